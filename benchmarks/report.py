@@ -1,0 +1,42 @@
+"""Markdown tables and curve plots for benchmark results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+TEST_KEYS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50")
+ROUTING_KEYS = ("effective_items", "collapsed_share", "interest_similarity")
+
+
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: str, ncols: int = 1) -> None:
+    """Valid Recall@50 over training steps, one line per label."""
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for label, points in curves.items():
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, label=label, linewidth=1.4)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("valid Recall@50")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncols=ncols)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,79 @@
+"""Runs many ``remi train`` jobs as subprocesses, a few at a time, and collects their results.
+
+Each job gets one torch thread and the jobs run side by side, which on a 2-core machine uses
+the cores better than one 2-thread job at a time. A finished run (metrics.json present) is not
+rerun, so an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@dataclass
+class Job:
+    name: str  # unique run folder name
+    args: dict[str, Any]  # remi train flags, without dashes (underscores ok)
+    tags: dict[str, Any] = field(default_factory=dict)  # what the report groups by
+
+
+def _flags(args: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif value is not None:
+            out += [flag, str(value)]
+    return out
+
+
+def run_job(job: Job, root: Path, threads: int = 1) -> dict[str, Any]:
+    run_dir = root / job.name
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "remi.cli",
+            "train",
+            "--out",
+            str(run_dir),
+            "--threads",
+            str(threads),
+            "--no-progress",
+            *_flags(job.args),
+        ]
+        with (run_dir / "stdout.log").open("w") as fh:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            return {"name": job.name, "tags": job.tags, "error": (run_dir / "stdout.log").read_text()[-500:]}
+    result = json.loads(metrics.read_text())
+    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    return {
+        "name": job.name,
+        "tags": job.tags,
+        "result": result,
+        "curve": [(c["step"], c["valid"]["recall@50"]) for c in curve],
+    }
+
+
+def run_all(jobs: list[Job], root: Path, parallel: int = 2) -> list[dict[str, Any]]:
+    root.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(parallel) as pool:
+        results = list(tqdm(pool.map(lambda j: run_job(j, root), jobs), total=len(jobs), desc="runs"))
+    for r in results:
+        if "error" in r:
+            print(f"run {r['name']} failed: {r['error']}", file=sys.stderr)
+    return results

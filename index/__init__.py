@@ -1,0 +1,1 @@
+"""FAISS item index: build, search and merge per-interest results."""

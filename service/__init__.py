@@ -1,0 +1,1 @@
+"""Online candidate-matching service (FastAPI). Never imports torch or training code."""

@@ -1,0 +1,133 @@
+"""The `remi` command as a user runs it: a real subprocess, exit codes and one-line errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+
+def remi(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "remi.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
+
+
+def test_synth_train_evaluate_round_trip(tmp_path: Path) -> None:
+    assert remi("data", "synth", "--out", str(tmp_path / "d"), "--users", "300", "--items", "200").returncode == 0
+    data = tmp_path / "d" / "interactions.csv.gz"
+    proc = remi(
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--scheme",
+        "remi",
+        "--max-steps",
+        "100",
+        "--eval-every",
+        "50",
+        "--dim",
+        "16",
+        "--negatives",
+        "64",
+        "--lam",
+        "100",
+    )
+    assert proc.returncode == 0, proc.stderr
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    evaluated = json.loads(remi("evaluate", "--run", str(tmp_path / "run")).stdout)
+    assert evaluated["test"] == pytest.approx(trained["test"], abs=1e-6)
+
+
+def test_train_accepts_a_config_file_and_flags_override_it(tmp_path: Path, synth_csv: Path) -> None:
+    (tmp_path / "cfg.json").write_text(
+        json.dumps({"train": {"scheme": "ihn", "beta": 0.3, "dim": 16, "max_steps": 40}})
+    )
+    proc = remi(
+        "train",
+        "--config",
+        str(tmp_path / "cfg.json"),
+        "--data",
+        str(synth_csv),
+        "--out",
+        str(tmp_path / "r"),
+        "--max-steps",
+        "20",
+        "--eval-every",
+        "10",
+    )
+    assert proc.returncode == 0, proc.stderr
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (cfg["scheme"], cfg["beta"], cfg["dim"], cfg["max_steps"]) == ("ihn", 0.3, 16, 20)
+
+
+def test_help_documents_every_train_flag() -> None:
+    out = remi("train", "--help").stdout
+    for flag in (
+        "--data",
+        "--model",
+        "--scheme",
+        "--beta",
+        "--lam",
+        "--max-steps",
+        "--max-minutes",
+        "--eval-every",
+        "--seed",
+        "--seq-len",
+        "--interests",
+        "--dim",
+        "--split-file",
+        "--config",
+    ):
+        assert flag in out
+
+
+def _csv(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("make_data", "needle"),
+    [
+        (lambda d: str(d / "missing.csv"), "not found"),
+        (lambda d: _csv(d / "cols.csv", "user_id,item_id\nu,i\n"), "missing column"),
+        (lambda d: _csv(d / "ts.csv", "user_id,item_id,timestamp\nu,i,1.5\n"), "timestamp must be an integer"),
+        (lambda d: _csv(d / "tiny.csv", "user_id,item_id,timestamp\nu,i,1\nu,j,2\n"), "no interactions left"),
+        (
+            lambda d: _csv(
+                d / "few.csv",
+                "user_id,item_id,timestamp\n" + "".join(f"u{u},i{k},{k}\n" for u in range(5) for k in range(6)),
+            ),
+            "too small to split",
+        ),
+    ],
+)
+def test_bad_data_gives_a_one_line_error_and_nonzero_exit(tmp_path: Path, make_data, needle: str) -> None:
+    _assert_one_line_error(remi("train", "--data", make_data(tmp_path), "--out", str(tmp_path / "run")), needle)
+
+
+def test_split_file_with_unknown_users_is_a_one_line_error(tmp_path: Path, synth_csv: Path) -> None:
+    pd.DataFrame({"user_id": ["ghost"], "part": ["test"]}).to_csv(tmp_path / "split.csv", index=False)
+    proc = remi(
+        "train", "--data", str(synth_csv), "--split-file", str(tmp_path / "split.csv"), "--out", str(tmp_path / "r")
+    )
+    _assert_one_line_error(proc, "not in the data")
+
+
+def test_bad_setting_names_the_field(tmp_path: Path, synth_csv: Path) -> None:
+    proc = remi("train", "--data", str(synth_csv), "--out", str(tmp_path / "r"), "--scheme", "bogus")
+    _assert_one_line_error(proc, "scheme")
+
+
+def test_evaluate_of_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    _assert_one_line_error(remi("evaluate", "--run", str(tmp_path)), "not a run directory")

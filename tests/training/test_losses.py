@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+
+from training.losses import hard_readout, ihn_loss, routing_regularization, weighting_scores
+
+
+def _logits(b: int = 4, m: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(b, generator=g) * 2, torch.randn(b, m, generator=g) * 3
+
+
+def test_beta_zero_is_exactly_the_sampled_softmax() -> None:
+    pos, neg = _logits()
+    sampled = torch.nn.functional.cross_entropy(torch.cat([pos[:, None], neg], 1), torch.zeros(4, dtype=torch.long))
+    assert ihn_loss(pos, neg, beta=0.0).item() == pytest.approx(sampled.item(), abs=1e-6)
+    # the importance-weighted path with uniform weights is the same number, too
+    uniform = torch.zeros_like(neg)
+    assert ihn_loss(pos, neg, beta=1.0, weight_scores=uniform).item() == pytest.approx(sampled.item(), abs=1e-5)
+
+
+def test_ihn_matches_the_closed_form() -> None:
+    pos, neg = _logits()
+    beta, m = 0.7, neg.shape[1]
+    w = torch.softmax(beta * neg, -1)
+    expected = (-pos + torch.log(torch.exp(pos) + m * (w * torch.exp(neg)).sum(-1))).mean()
+    assert ihn_loss(pos, neg, beta).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_larger_beta_puts_more_weight_on_higher_scoring_negatives() -> None:
+    pos, neg = _logits()
+    top = neg.argmax(-1)
+    shares = []
+    for beta in (0.0, 0.5, 2.0):
+        logits = neg.clone().requires_grad_(True)
+        ihn_loss(pos, logits, beta, detach_weights=True).backward()
+        grad = logits.grad.abs()
+        shares.append((grad[torch.arange(4), top] / grad.sum(-1)).mean().item())
+    assert shares[0] < shares[1] < shares[2]
+
+
+def test_accidental_hits_are_dropped_from_the_denominator() -> None:
+    pos, neg = _logits(b=1, m=3)
+    valid = torch.tensor([[True, False, True]])
+    expected = -pos + torch.logsumexp(torch.stack([pos[0], neg[0, 0], neg[0, 2]]), 0)
+    assert ihn_loss(pos, neg, 0.0, neg_valid=valid).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_weighting_scores_are_bounded_for_cosine_and_standardized() -> None:
+    user, negs = torch.randn(4, 8) * 10, torch.randn(32, 8) * 10
+    logits = user @ negs.T
+    assert weighting_scores("cosine", user, negs, logits).abs().max() <= 1 + 1e-6
+    z = weighting_scores("standardized", user, negs, logits)
+    assert torch.allclose(z.std(-1), torch.ones(4), atol=1e-4)
+
+
+def test_hard_readout_picks_the_interest_closest_to_the_target() -> None:
+    interests = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    assert torch.equal(hard_readout(interests, torch.tensor([[0.1, 2.0]])), torch.tensor([[0.0, 1.0]]))
+
+
+@pytest.mark.parametrize("norm", ["authors", "valid"])
+def test_rr_is_zero_for_uniform_routing_and_largest_for_one_hot(norm: str) -> None:
+    b, k, length, d = 2, 4, 5, 16
+    mask = torch.ones(b, length, dtype=torch.bool)
+    uniform = torch.full((b, k, length), 1 / length)
+    one_hot = torch.zeros(b, k, length)
+    one_hot[..., 0] = 1
+    peaked = torch.softmax(torch.randn(b, k, length, generator=torch.Generator().manual_seed(0)), -1)
+    r_uniform = routing_regularization(uniform, mask, d, norm).item()
+    r_peaked = routing_regularization(peaked, mask, d, norm).item()
+    r_one_hot = routing_regularization(one_hot, mask, d, norm).item()
+    assert r_uniform == pytest.approx(0.0, abs=1e-12)
+    assert r_uniform < r_peaked < r_one_hot
+    if norm == "authors":  # the reference formula: K * ((1 - 1/L) / d)^2 per user
+        assert r_one_hot == pytest.approx(k * ((1 - 1 / length) / d) ** 2)
+    else:
+        assert r_one_hot == pytest.approx(1.0)
+
+
+def test_rr_valid_norm_ignores_padding() -> None:
+    mask = torch.tensor([[True, True, False, False]])
+    uniform_valid = torch.tensor([[[0.5, 0.5, 0.0, 0.0]]])
+    assert routing_regularization(uniform_valid, mask, 8, "valid").item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_rr_gradient_flows_to_the_routing_logits() -> None:
+    logits = torch.randn(2, 3, 6, requires_grad=True)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    for norm in ("authors", "valid"):
+        logits.grad = None
+        routing_regularization(torch.softmax(logits, -1), mask, 8, norm).backward()
+        assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_loss_at_init_is_about_log_m() -> None:
+    pos, neg = torch.zeros(8), torch.zeros(8, 1280)
+    assert ihn_loss(pos, neg, 0.0).item() == pytest.approx(math.log(1281), rel=1e-6)

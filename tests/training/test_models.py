@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from training.models import MODELS, build_model
+
+
+def _batch(b: int = 6, length: int = 8, n_items: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, n_items + 1, (b, length), generator=g)
+    lengths = torch.tensor([1, 2, 3, 5, 8, 8])[:b]
+    mask = torch.arange(length)[None, :] < lengths[:, None]
+    return ids.masked_fill(~mask, 0), mask
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_shapes_and_routing_rows_are_distributions_over_valid_items(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, n_items=50, dim=16, interests=4, seq_len=8).eval()
+    ids, mask = _batch()
+    interests, routing = model(ids, mask)
+    k = 1 if name == "dnn" else 4
+    assert interests.shape == (6, k, 16) and routing.shape == (6, k, 8)
+    assert torch.allclose(routing.sum(-1), torch.ones(6, k), atol=1e-5)
+    assert (routing.masked_select(~mask.unsqueeze(1).expand_as(routing)) == 0).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_padding_never_changes_an_output(name: str, train_mode: bool) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, n_items=50, dim=16, interests=4, seq_len=8).train(train_mode)
+    ids, mask = _batch()
+    garbage = ids.masked_fill(~mask, 0) + (~mask) * torch.randint(1, 51, ids.shape)  # junk ids in padded slots
+    state = torch.random.get_rng_state()
+    v1, r1 = model(ids, mask)
+    torch.random.set_rng_state(state)  # MIND draws routing noise in training mode
+    v2, r2 = model(garbage, mask)
+    assert torch.equal(v1, v2) and torch.equal(r1, r2)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_user_is_encoded_the_same_alone_or_in_a_batch(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, n_items=50, dim=16, interests=4, seq_len=8).eval()
+    ids, mask = _batch()
+    v_all, r_all = model(ids, mask)
+    v_one, r_one = model(ids[2:3], mask[2:3])
+    assert torch.allclose(v_all[2:3], v_one, atol=1e-6) and torch.allclose(r_all[2:3], r_one, atol=1e-6)
+
+
+def test_sa_training_and_eval_paths_agree() -> None:
+    """The packed (valid-positions-only) training path is an optimisation, not a different model."""
+    torch.manual_seed(0)
+    model = build_model("comirec-sa", n_items=50, dim=16, interests=4, seq_len=8)
+    ids, mask = _batch()
+    v_train, r_train = model.train()(ids, mask)
+    v_eval, r_eval = model.eval()(ids, mask)
+    assert torch.allclose(v_train, v_eval, atol=1e-6) and torch.allclose(r_train, r_eval, atol=1e-6)
+
+
+def test_padding_row_stays_zero() -> None:
+    model = build_model("comirec-sa", n_items=10, dim=8)
+    assert torch.count_nonzero(model.item_emb.weight[0]) == 0
+    assert model.item_vectors().shape == (10, 8)

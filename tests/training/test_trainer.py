@@ -1,0 +1,107 @@
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import SMALL
+from training.config import TrainConfig
+from training.evaluate import user_interests
+from training.models import build_model
+from training.trainer import evaluate_run, load_run, prepare, train
+
+
+@pytest.fixture(scope="module")
+def sa_run(synth_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(data=str(synth_csv), model="comirec-sa", scheme="remi", lam=100.0, **SMALL)
+    return out, train(cfg, out, show_progress=False)
+
+
+def test_run_directory_has_checkpoint_config_log_and_metrics(sa_run: tuple[Path, dict[str, Any]]) -> None:
+    out, result = sa_run
+    for name in ("config.json", "model.pt", "item_ids.txt", "metrics.jsonl", "metrics.json"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved["test"]) == {"recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50"}
+    assert {"effective_items", "collapsed_share", "interest_similarity"} <= set(saved["routing"])
+    assert saved["steps"] == SMALL["max_steps"] and saved["train_seconds"] > 0
+    assert saved["config"]["scheme"] == "remi"
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [250, 500, 750, 1000]
+
+
+def test_training_on_planted_data_beats_popularity_by_far(sa_run: tuple[Path, dict[str, Any]]) -> None:
+    _, result = sa_run
+    assert result["test"]["recall@50"] > 1.5 * result["popularity_test"]["recall@50"]
+
+
+def test_train_then_evaluate_round_trips_the_metrics(sa_run: tuple[Path, dict[str, Any]]) -> None:
+    out, result = sa_run
+    again = evaluate_run(out)
+    for key, value in result["test"].items():
+        assert again["test"][key] == pytest.approx(value, abs=1e-6)
+
+
+def test_checkpoint_loads_with_weights_only(sa_run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = sa_run
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert "item_emb.weight" in state
+
+
+def _topic_coverage(model, prep, truth: dict) -> float:
+    """Share of a user's planted topics that some interest's top-10 items are mostly about."""
+    item_topic = np.array([truth["item_topic"][i] for i in prep.data.item_ids])
+    interests, _ = user_interests(model, prep.test.history, prep.test.mask)
+    items = model.item_vectors().detach().numpy()
+    scores = interests @ items.T  # (U, K, I); the history itself is excluded, so copying it earns nothing
+    seen = np.zeros((len(scores), items.shape[0]), dtype=bool)
+    rows = np.repeat(np.arange(len(scores)), prep.test.mask.sum(1))
+    seen[rows, prep.test.history[prep.test.mask] - 1] = True
+    scores[np.broadcast_to(seen[:, None, :], scores.shape)] = -np.inf
+    top_topics = item_topic[np.argsort(-scores, -1)[:, :, :10]]  # (U, K, 10)
+    coverage = []
+    for row, user in zip(top_topics, prep.test.users, strict=True):
+        planted = set(truth["user_topics"][prep.data.user_ids[user]])
+        found = {int(np.bincount(t).argmax()) for t in row}
+        coverage.append(len(found & planted) / len(planted))
+    return float(np.mean(coverage))
+
+
+def test_interests_recover_the_planted_topics(sa_run: tuple[Path, dict[str, Any]], synth_dir: Path) -> None:
+    out, _ = sa_run
+    cfg, model = load_run(out)
+    prep = prepare(cfg)
+    truth = json.loads((synth_dir / "topics.json").read_text())
+    torch.manual_seed(0)
+    untrained = build_model(cfg.model, model.n_items, cfg.dim, cfg.interests, cfg.seq_len)
+    trained_cov, untrained_cov = _topic_coverage(model, prep, truth), _topic_coverage(untrained, prep, truth)
+    assert untrained_cov < 0.15  # chance level: 4 interests among 50 topics
+    assert trained_cov > 0.4
+
+
+@pytest.mark.parametrize("model", ["comirec-dr", "mind", "dnn"])
+def test_every_backbone_trains_with_remi(model: str, synth_csv: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        data=str(synth_csv), model=model, scheme="remi", lam=100.0, **{**SMALL, "max_steps": 200, "eval_every": 100}
+    )
+    result = train(cfg, tmp_path, show_progress=False)
+    assert np.isfinite(result["test"]["recall@50"]) and result["test"]["recall@50"] > 0
+    assert result["steps"] == 200
+
+
+def test_same_seed_gives_the_same_run(synth_csv: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        data=str(synth_csv), scheme="remi", lam=100.0, **{**SMALL, "max_steps": 60, "eval_every": 30}, threads=1
+    )
+    a = train(cfg, tmp_path / "a", show_progress=False)
+    b = train(cfg, tmp_path / "b", show_progress=False)
+    assert a["test"] == b["test"]
+
+
+def test_early_stopping_stops_after_patience(synth_csv: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(data=str(synth_csv), **{**SMALL, "max_steps": 5000, "eval_every": 10, "patience": 2, "lr": 1e-7})
+    result = train(cfg, tmp_path, show_progress=False)
+    assert result["steps"] < 5000

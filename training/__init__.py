@@ -1,0 +1,1 @@
+"""Offline trainer: data, multi-interest backbones, REMI training schemes, evaluation."""

@@ -1,0 +1,100 @@
+"""The trainer's one config object.
+
+Values come from (highest first) explicit arguments (CLI flags), a JSON config file
+(``remi train --config``, e.g. what ``remi tune`` writes), environment variables with the
+prefix ``REMI_TRAIN_``, then the defaults below (REMI.md A.7).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from remi.errors import RemiError
+
+ModelName = Literal["comirec-sa", "comirec-dr", "mind", "dnn"]
+SchemeName = Literal["sampled", "ihn", "rr", "remi"]
+
+
+class TrainConfig(BaseSettings):
+    """Everything that defines a training run; saved as ``config.json`` beside the checkpoint."""
+
+    model_config = SettingsConfigDict(env_prefix="REMI_TRAIN_", extra="forbid")
+
+    # data
+    data: str = Field("", description="interactions CSV(.gz) with user_id,item_id,timestamp")
+    split_file: str | None = Field(None, description="CSV user_id,part fixing the user split")
+    min_count: int = Field(5, ge=1, description="k-core threshold for users and items")
+    kcore_single_pass: bool = Field(False, description="one filter pass (reference scripts) instead of until stable")
+    split_seed: int = Field(1230, description="seed of the 80/10/10 user shuffle")
+    min_history: int = Field(4, ge=1, description="smallest cut point when sampling training examples")
+
+    # model
+    model: ModelName = "comirec-sa"
+    dim: int = Field(64, ge=2)
+    interests: int = Field(4, ge=1)
+    seq_len: int = Field(20, ge=1)
+
+    # scheme
+    scheme: SchemeName = "sampled"
+    beta: float = Field(1.0, ge=0, description="IHN hardness (used by ihn and remi)")
+    lam: float = Field(12800.0, ge=0, description="RR weight, per-user mean convention (used by rr and remi)")
+    ihn_scores: Literal["raw", "cosine", "standardized"] = "raw"
+    ihn_detach: bool = False
+    ihn_warmup: int = Field(0, ge=0, description="steps over which beta ramps linearly from 0")
+    remove_accidental_hits: bool = False
+    rr_norm: Literal["authors", "valid"] = "authors"
+
+    # optimisation
+    batch_size: int = Field(128, ge=1)
+    negatives: int = Field(1280, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_steps: int = Field(100_000, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+    eval_every: int = Field(1000, ge=1)
+    patience: int = Field(20, ge=1, description="evaluations without a better valid recall@50 before stopping")
+    seed: int = 2021
+    device: str = "cpu"
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.model == "dnn":
+            self.interests = 1
+        return self
+
+    @property
+    def effective_beta(self) -> float:
+        return self.beta if self.scheme in ("ihn", "remi") else 0.0
+
+    @property
+    def effective_lam(self) -> float:
+        return self.lam if self.scheme in ("rr", "remi") else 0.0
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Builds a TrainConfig from an optional JSON file plus explicit overrides (None = unset)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise RemiError(f"config file not found: {p}")
+        try:
+            loaded = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise RemiError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        if not isinstance(loaded, dict):
+            raise RemiError(f"{p}: expected a JSON object of settings")
+        values.update(loaded.get("train", loaded))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "config"
+        raise RemiError(f"invalid setting {field}: {err['msg']}") from exc

@@ -1,0 +1,304 @@
+"""Interaction data: load, k-core filter, encode, split, and cut into train / eval sequences.
+
+Everything is held as flat numpy arrays (one ``items`` array in user-major, time order plus
+``offsets``), never as per-row Python objects, so preparing a million interactions takes
+seconds. Item indices are contiguous from 1; index 0 is reserved for padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from remi.errors import RemiError
+
+REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
+SPLIT_PARTS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """Filtered, encoded, time-ordered interactions.
+
+    Attributes:
+        user_ids: (U,) raw user ids (str); user index u is position u.
+        item_ids: (I,) raw item ids (str); item index i (1-based) is position i - 1.
+        offsets: (U + 1,) int64; user u's sequence is ``items[offsets[u]:offsets[u + 1]]``.
+        items: (N,) int64 item indices in 1..I, each user's rows in time order.
+    """
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    offsets: np.ndarray
+    items: np.ndarray
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def sequence(self, user: int) -> np.ndarray:
+        return self.items[self.offsets[user] : self.offsets[user + 1]]
+
+    def item_popularity(self, users: np.ndarray | None = None) -> np.ndarray:
+        """(I + 1,) interaction counts per item index (index 0 = padding = 0), optionally over some users."""
+        if users is None:
+            return np.bincount(self.items, minlength=self.n_items + 1)
+        idx = _ranges(self.offsets[users], self.offsets[users + 1])
+        return np.bincount(self.items[idx], minlength=self.n_items + 1)
+
+
+@dataclass(frozen=True)
+class UserSplit:
+    """User indices of each part; the parts are disjoint."""
+
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+
+    def part(self, name: str) -> np.ndarray:
+        return {"train": self.train, "valid": self.valid, "test": self.test}[name]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """History / ground-truth cut of evaluation users (REMI.md B.6).
+
+    Attributes:
+        users: (U,) user indices.
+        history: (U, L) int64 item indices, left-aligned, right-padded with 0.
+        mask: (U, L) bool, True on real items.
+        truth: list of U int64 arrays, the last ~20% of each sequence (duplicates kept).
+    """
+
+    users: np.ndarray
+    history: np.ndarray
+    mask: np.ndarray
+    truth: list[np.ndarray]
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, e)`` for every pair, without a Python loop."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    rep_starts = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+    return np.arange(total, dtype=np.int64) + rep_starts
+
+
+def read_interactions(path: str | Path) -> pd.DataFrame:
+    """Read a ``user_id,item_id,timestamp`` CSV (optionally gzipped); ids stay strings.
+
+    Raises RemiError with one line naming the problem for a missing file, missing columns,
+    empty data or timestamps that are not integers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RemiError(f"data file not found: {path}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError as exc:
+        raise RemiError(f"{path}: the file is empty") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
+        raise RemiError(f"{path}: cannot parse as CSV ({str(exc).splitlines()[0]})") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise RemiError(f"{path}: missing column(s) {', '.join(missing)}; expected header user_id,item_id,timestamp")
+    df = df[list(REQUIRED_COLUMNS)]
+    if len(df) == 0:
+        raise RemiError(f"{path}: no interactions (only a header)")
+    ts = pd.to_numeric(df["timestamp"], errors="coerce")
+    bad = ts.isna().to_numpy() | (ts.to_numpy() % 1 != 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise RemiError(
+            f"{path}: timestamp must be an integer (Unix seconds); row {row + 2} has {df['timestamp'].iloc[row]!r}"
+        )
+    for col in ("user_id", "item_id"):
+        empty = (df[col].str.len() == 0).to_numpy()
+        if empty.any():
+            row = int(np.flatnonzero(empty)[0])
+            raise RemiError(f"{path}: empty {col} on row {row + 2}")
+    return pd.DataFrame(
+        {"user_id": df["user_id"].to_numpy(), "item_id": df["item_id"].to_numpy(), "timestamp": ts.astype("int64")}
+    )
+
+
+def kcore_mask(user_codes: np.ndarray, item_codes: np.ndarray, k: int, iterative: bool = True) -> np.ndarray:
+    """Rows kept by the k-core filter: items with >= k rows, then users with >= k rows on kept items.
+
+    Repeated (user, item) rows count, as in the reference preprocessing. ``iterative=False`` is
+    the single pass of REMI.md B.7 (items may end below k); the default repeats until stable.
+    """
+    keep = np.ones(len(user_codes), dtype=bool)
+    if k <= 1:
+        return keep
+    while True:
+        item_count = np.bincount(item_codes[keep], minlength=item_codes.max() + 1)
+        keep_items = keep & (item_count[item_codes] >= k)
+        user_count = np.bincount(user_codes[keep_items], minlength=user_codes.max() + 1)
+        new_keep = keep_items & (user_count[user_codes] >= k)
+        if not iterative or new_keep.sum() == keep.sum():
+            return new_keep
+        keep = new_keep
+
+
+def encode(df: pd.DataFrame, min_count: int = 5, iterative: bool = True) -> Interactions:
+    """k-core filter, stable time sort per user, and contiguous ids (items by descending popularity).
+
+    The sort is stable, so rows of one user with equal timestamps keep their file order.
+    """
+    user_codes, user_uniques = pd.factorize(df["user_id"], sort=False)
+    item_codes, item_uniques = pd.factorize(df["item_id"], sort=False)
+    keep = kcore_mask(user_codes, item_codes, min_count, iterative)
+    if not keep.any():
+        raise RemiError(
+            f"no interactions left after the {min_count}-core filter "
+            f"({len(user_uniques)} users, {len(item_uniques)} items before); lower --min-count"
+        )
+    u, it, ts = user_codes[keep], item_codes[keep], df["timestamp"].to_numpy()[keep]
+    order = np.lexsort((ts, u))  # stable: ties keep file order
+    u, it = u[order], it[order]
+
+    # Items: contiguous 1..I by descending popularity (ties by first appearance).
+    counts = np.bincount(it, minlength=len(item_uniques))
+    present = np.flatnonzero(counts)
+    by_pop = present[np.argsort(-counts[present], kind="stable")]
+    remap = np.zeros(len(item_uniques), dtype=np.int64)
+    remap[by_pop] = np.arange(1, len(by_pop) + 1)
+
+    users_present, user_index = np.unique(u, return_inverse=True)
+    offsets = np.zeros(len(users_present) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(user_index), out=offsets[1:])
+    return Interactions(
+        user_ids=np.asarray(user_uniques, dtype=object)[users_present],
+        item_ids=np.asarray(item_uniques, dtype=object)[by_pop],
+        offsets=offsets,
+        items=remap[it],
+    )
+
+
+def load_interactions(path: str | Path, min_count: int = 5, iterative: bool = True) -> Interactions:
+    """Read and encode a normalized interactions file."""
+    return encode(read_interactions(path), min_count=min_count, iterative=iterative)
+
+
+MIN_USERS_TO_SPLIT = 10
+
+
+def split_users(data: Interactions, seed: int = 1230, fractions: tuple[float, float] = (0.8, 0.1)) -> UserSplit:
+    """Seeded 80/10/10 shuffle split of users (inductive: valid/test users never train)."""
+    if data.n_users < MIN_USERS_TO_SPLIT:
+        raise RemiError(
+            f"dataset too small to split: {data.n_users} users after filtering, need at least {MIN_USERS_TO_SPLIT}"
+        )
+    perm = np.random.default_rng(seed).permutation(data.n_users)
+    n_train = int(round(fractions[0] * data.n_users))
+    n_valid = max(1, int(round(fractions[1] * data.n_users)))
+    n_train = min(n_train, data.n_users - n_valid - 1)
+    return UserSplit(
+        train=np.sort(perm[:n_train]),
+        valid=np.sort(perm[n_train : n_train + n_valid]),
+        test=np.sort(perm[n_train + n_valid :]),
+    )
+
+
+def read_split_file(path: str | Path, data: Interactions, raw_users: set[str] | None = None) -> UserSplit:
+    """A predefined user split from a CSV ``user_id,part`` (part in train/valid/test).
+
+    Users named in the file but absent from the raw data are an error; users the k-core filter
+    removed are skipped; users of the data that the file does not name are left out of all parts.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RemiError(f"split file not found: {path}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
+        raise RemiError(f"{path}: cannot parse split file ({str(exc).splitlines()[0]})") from exc
+    if "user_id" not in df.columns or "part" not in df.columns:
+        raise RemiError(f"{path}: split file needs columns user_id,part")
+    bad_parts = sorted(set(df["part"]) - set(SPLIT_PARTS))
+    if bad_parts:
+        raise RemiError(f"{path}: unknown part(s) {bad_parts[:5]}; use train, valid or test")
+    dup = df["user_id"].duplicated()
+    if dup.any():
+        raise RemiError(f"{path}: user {df['user_id'][dup].iloc[0]!r} appears more than once")
+    known = raw_users if raw_users is not None else set(data.user_ids)
+    unknown = df.loc[~df["user_id"].isin(known), "user_id"]
+    if len(unknown):
+        raise RemiError(f"{path}: {len(unknown)} user(s) not in the data, e.g. {unknown.iloc[0]!r}")
+    index = pd.Series(np.arange(data.n_users), index=pd.Index(data.user_ids))
+    parts = {}
+    for part in SPLIT_PARTS:
+        names = df.loc[df["part"] == part, "user_id"]
+        users = index.reindex(names.to_numpy()).dropna().to_numpy().astype(np.int64)
+        if len(users) == 0:
+            raise RemiError(f"{path}: no {part} users left after filtering")
+        parts[part] = np.sort(users)
+    return UserSplit(**parts)
+
+
+def eval_set(data: Interactions, users: np.ndarray, seq_len: int, history_fraction: float = 0.8) -> EvalSet:
+    """Cut each user at k = floor(0.8 n): history = the L items before k, truth = items[k:].
+
+    Users whose cut leaves no history or no truth are skipped.
+    """
+    n = data.lengths[users]
+    k = np.floor(history_fraction * n).astype(np.int64)
+    ok = (k >= 1) & (k < n)
+    users, n, k = users[ok], n[ok], k[ok]
+    starts = data.offsets[users]
+    h_start = np.maximum(0, k - seq_len)
+    history, mask = _window(data.items, starts + h_start, k - h_start, seq_len)
+    truth = np.split(data.items[_ranges(starts + k, starts + n)], np.cumsum(n - k)[:-1])
+    return EvalSet(users=users, history=history, mask=mask, truth=truth)
+
+
+def _window(items: np.ndarray, first: np.ndarray, length: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B, L) left-aligned windows ``items[first : first + length]`` padded with 0, and their mask."""
+    pos = np.arange(seq_len)
+    mask = pos[None, :] < length[:, None]
+    idx = np.where(mask, first[:, None] + pos[None, :], 0)
+    return np.where(mask, items[idx], 0), mask
+
+
+class TrainSampler:
+    """Draws training examples as in REMI.md B.5, vectorised.
+
+    Each example: a uniformly random training user, a cut point k uniform in
+    {min_history, ..., n - 1} (clipped for short users), target = item k, history = the L items
+    before k. No epochs: long and short users are equally likely.
+    """
+
+    def __init__(self, data: Interactions, users: np.ndarray, seq_len: int, min_history: int = 4, seed: int = 0):
+        n = data.lengths[users]
+        users = users[n >= 2]
+        if len(users) == 0:
+            raise RemiError("no training user has 2 or more interactions")
+        self.items = data.items
+        self.starts = data.offsets[users]
+        self.n = data.lengths[users]
+        self.low = np.minimum(min_history, self.n - 1)
+        self.seq_len = seq_len
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns history (B, L) int64, mask (B, L) bool, target (B,) int64."""
+        u = self.rng.integers(0, len(self.n), batch_size)
+        low, n, start = self.low[u], self.n[u], self.starts[u]
+        k = low + (self.rng.random(batch_size) * (n - low)).astype(np.int64)
+        h_start = np.maximum(0, k - self.seq_len)
+        history, mask = _window(self.items, start + h_start, k - h_start, self.seq_len)
+        return history, mask, self.items[start + k]

@@ -1,0 +1,275 @@
+"""The training loop: sample, forward, REMI loss, Adam; evaluate on valid users every N steps,
+keep the best checkpoint, stop early; then score the best model on the test users.
+
+Run directory layout (read by ``remi evaluate`` and, later, ``remi export``)::
+
+    config.json     the TrainConfig plus the data shape (n_items)
+    model.pt        best state_dict (load with weights_only=True)
+    item_ids.txt    raw item id of item index i on line i (line 1 = index 1)
+    metrics.jsonl   one line per evaluation during training
+    metrics.json    final valid/test metrics, routing diagnostics, steps, timings, config
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from remi.errors import RemiError
+from training.config import TrainConfig
+from training.data import (
+    EvalSet,
+    Interactions,
+    TrainSampler,
+    UserSplit,
+    encode,
+    eval_set,
+    read_interactions,
+    read_split_file,
+    split_users,
+)
+from training.evaluate import evaluate, popularity_metrics
+from training.losses import hard_readout, ihn_loss, routing_regularization, weighting_scores
+from training.models import MultiInterestModel, build_model
+
+log = logging.getLogger("remi.train")
+
+CONFIG_FILE, WEIGHTS_FILE, ITEMS_FILE = "config.json", "model.pt", "item_ids.txt"
+LOG_FILE, METRICS_FILE = "metrics.jsonl", "metrics.json"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Encoded data, user split and the evaluation cuts a run needs."""
+
+    data: Interactions
+    split: UserSplit
+    valid: EvalSet
+    test: EvalSet
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    """Loads, filters and splits the data as the config says."""
+    raw = read_interactions(cfg.data)
+    data = encode(raw, min_count=cfg.min_count, iterative=not cfg.kcore_single_pass)
+    if cfg.split_file:
+        split = read_split_file(cfg.split_file, data, raw_users=set(raw["user_id"].unique()))
+    else:
+        split = split_users(data, seed=cfg.split_seed)
+    valid = eval_set(data, split.valid, cfg.seq_len)
+    test = eval_set(data, split.test, cfg.seq_len)
+    if len(valid.users) == 0 or len(test.users) == 0:
+        raise RemiError("dataset too small to split: no valid or test user has a history and a ground truth")
+    return Prepared(data, split, valid, test)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def beta_at(cfg: TrainConfig, step: int) -> float:
+    """IHN hardness at a step: linear warm-up from 0 over ``ihn_warmup`` steps, then constant."""
+    beta = cfg.effective_beta
+    if cfg.ihn_warmup and step < cfg.ihn_warmup:
+        return beta * step / cfg.ihn_warmup
+    return beta
+
+
+def training_loss(
+    model: MultiInterestModel,
+    cfg: TrainConfig,
+    history: torch.Tensor,
+    mask: torch.Tensor,
+    target: torch.Tensor,
+    negatives: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of the configured scheme: returns (total loss, the RR term before λ)."""
+    b_sz, length = history.shape
+    emb = model.item_emb(torch.cat([history.reshape(-1), target, negatives]))  # one lookup, one grad buffer
+    h = emb[: b_sz * length].view(b_sz, length, -1) * mask.unsqueeze(-1).to(emb.dtype)  # (B, L, d)
+    target_emb = emb[b_sz * length : b_sz * (length + 1)]  # (B, d)
+    neg_emb = emb[b_sz * (length + 1) :]  # (M, d)
+    interests, routing = model.from_embeddings(h, mask)  # (B, K, d), (B, K, L)
+    user = hard_readout(interests, target_emb)  # (B, d)
+    pos_logit = (user * target_emb).sum(-1)  # (B,)
+    neg_logits = user @ neg_emb.T  # (B, M)
+    weights = None if beta == 0 else weighting_scores(cfg.ihn_scores, user, neg_emb, neg_logits)
+    valid = negatives.unsqueeze(0) != target.unsqueeze(1) if cfg.remove_accidental_hits else None
+    loss = ihn_loss(pos_logit, neg_logits, beta, weights, valid, cfg.ihn_detach)
+    rr = torch.zeros((), dtype=loss.dtype)
+    if cfg.effective_lam > 0:
+        rr = routing_regularization(routing, mask, model.dim, cfg.rr_norm)
+        loss = loss + cfg.effective_lam * rr
+    return loss, rr
+
+
+def train(
+    cfg: TrainConfig, out_dir: str | Path, prepared: Prepared | None = None, show_progress: bool | None = None
+) -> dict[str, Any]:
+    """Trains, checkpoints the best valid model, writes the run directory and returns metrics.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    prep = prepared or prepare(cfg)
+    seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+    model = build_model(cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len).to(device)
+    # fused Adam: one kernel over all parameters, about 2x faster per step on CPU than foreach here
+    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    sampler = TrainSampler(prep.data, prep.split.train, cfg.seq_len, cfg.min_history, seed=cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    (out / ITEMS_FILE).write_text("\n".join(map(str, prep.data.item_ids)) + "\n")
+    saved_cfg = {**cfg.model_dump(), "n_items": prep.data.n_items}
+    (out / CONFIG_FILE).write_text(json.dumps(saved_cfg, indent=2))
+    log.info(
+        "train start",
+        extra={
+            "model": cfg.model,
+            "scheme": cfg.scheme,
+            "users": prep.data.n_users,
+            "items": prep.data.n_items,
+            "train_users": len(prep.split.train),
+            "threads": torch.get_num_threads(),
+        },
+    )
+
+    best_recall, best_step, best_state, bad_evals = -1.0, 0, copy.deepcopy(model.state_dict()), 0
+    train_seconds, loss_sum, rr_sum, loss_n, step = 0.0, 0.0, 0.0, 0, 0
+    deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else float("inf")
+    bar = tqdm(
+        total=cfg.max_steps,
+        desc=f"{cfg.model}/{cfg.scheme}",
+        unit="step",
+        disable=None if show_progress is None else not show_progress,
+        mininterval=1.0,
+    )
+    with (out / LOG_FILE).open("w") as log_fh:
+        while step < cfg.max_steps and time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            hist, mask, target = sampler.sample(cfg.batch_size)
+            negatives = torch.randint(1, prep.data.n_items + 1, (cfg.negatives,), generator=gen)
+            loss, rr = training_loss(
+                model,
+                cfg,
+                torch.from_numpy(hist).to(device),
+                torch.from_numpy(mask).to(device),
+                torch.from_numpy(target).to(device),
+                negatives.to(device),
+                beta_at(cfg, step),
+            )
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            train_seconds += time.perf_counter() - t0
+            step += 1
+            loss_sum += loss.item()
+            rr_sum += rr.item()
+            loss_n += 1
+            bar.update(1)
+            if not np.isfinite(loss_sum):
+                raise RemiError(f"training diverged: loss is {loss.item()} at step {step}; lower --lr or --beta")
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                metrics, routing = evaluate(model, prep.valid, ns=(50,), device=cfg.device)
+                record = {
+                    "step": step,
+                    "train_seconds": round(train_seconds, 3),
+                    "loss": loss_sum / loss_n,
+                    "rr": rr_sum / loss_n,
+                    "valid": metrics,
+                    "routing": routing,
+                }
+                log_fh.write(json.dumps(record) + "\n")
+                log_fh.flush()
+                loss_sum = rr_sum = 0.0
+                loss_n = 0
+                bar.set_postfix(r50=f"{metrics['recall@50']:.4f}", best=f"{max(best_recall, 0):.4f}")
+                if metrics["recall@50"] > best_recall:
+                    best_recall, best_step, bad_evals = metrics["recall@50"], step, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                    torch.save(best_state, out / WEIGHTS_FILE)
+                else:
+                    bad_evals += 1
+                    if bad_evals >= cfg.patience:
+                        log.info("early stop", extra={"step": step, "best_step": best_step})
+                        break
+    bar.close()
+    if best_recall < 0:  # budget ran out before the first evaluation
+        best_state, best_step = model.state_dict(), step
+        torch.save(best_state, out / WEIGHTS_FILE)
+    model.load_state_dict(best_state)
+    valid_metrics, _ = evaluate(model, prep.valid, device=cfg.device)
+    test_metrics, routing = evaluate(model, prep.test, device=cfg.device)
+    result = {
+        "valid": valid_metrics,
+        "test": test_metrics,
+        "routing": routing,
+        "popularity_test": popularity_metrics(prep.data.item_popularity(prep.split.train), prep.test),
+        "steps": step,
+        "best_step": best_step,
+        "train_seconds": round(train_seconds, 3),
+        "seconds_per_1k_steps": round(1000 * train_seconds / max(step, 1), 3),
+        "data": {
+            "users": prep.data.n_users,
+            "items": prep.data.n_items,
+            "interactions": len(prep.data.items),
+            "train_users": len(prep.split.train),
+            "valid_users": len(prep.valid.users),
+            "test_users": len(prep.test.users),
+        },
+        "config": cfg.model_dump(),
+    }
+    (out / METRICS_FILE).write_text(json.dumps(result, indent=2))
+    log.info("train done", extra={"steps": step, "best_step": best_step, "test_recall@50": test_metrics["recall@50"]})
+    return result
+
+
+def load_run(run_dir: str | Path) -> tuple[TrainConfig, MultiInterestModel]:
+    """Rebuilds the config and the best model of a run directory."""
+    run = Path(run_dir)
+    cfg_path, weights = run / CONFIG_FILE, run / WEIGHTS_FILE
+    if not cfg_path.is_file() or not weights.is_file():
+        raise RemiError(f"{run}: not a run directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    saved = json.loads(cfg_path.read_text())
+    n_items = saved.pop("n_items")
+    cfg = TrainConfig(**saved)
+    model = build_model(cfg.model, n_items, cfg.dim, cfg.interests, cfg.seq_len)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # corrupt or mismatched file: one line for the user
+        raise RemiError(
+            f"{weights}: cannot load checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from exc
+    return cfg, model
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None) -> dict[str, Any]:
+    """Recomputes valid/test metrics of a run's best checkpoint (optionally on another data path)."""
+    cfg, model = load_run(run_dir)
+    if data:
+        cfg = cfg.model_copy(update={"data": data})
+    prep = prepare(cfg)
+    trained_items = (Path(run_dir) / ITEMS_FILE).read_text().split("\n")[: model.n_items]
+    if prep.data.n_items != model.n_items or list(prep.data.item_ids) != trained_items:
+        raise RemiError(
+            f"data has {prep.data.n_items} items after filtering but the model was trained on "
+            f"{model.n_items} different or differently ordered items; evaluate on the training data"
+        )
+    valid_metrics, _ = evaluate(model, prep.valid)
+    test_metrics, routing = evaluate(model, prep.test)
+    return {"valid": valid_metrics, "test": test_metrics, "routing": routing}
