@@ -20,9 +20,9 @@ from training.trainer import prepare, train
 log = logging.getLogger("remi.tune")
 
 # Search ranges (lambda in the per-user mean convention; the authors' 100 summed = 12,800).
-BETA_RANGE = (0.02, 10.0)
-LAM_RANGE = (10.0, 1e5)
-LR_RANGE = (3e-4, 5e-3)
+BETA_RANGE = (0.01, 3.0)
+LAM_RANGE = (300.0, 1e5)
+LR_RANGE = (3e-4, 3e-3)
 
 
 def suggest(trial: optuna.Trial, scheme: str, tune_lr: bool) -> dict[str, Any]:
