@@ -34,8 +34,9 @@ def main() -> None:
     stamps = rng.integers(1_500_000_000, 1_600_000_000, args.rows)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "interactions.csv.gz"
-        pd.DataFrame({"user_id": [f"u{u}" for u in users], "item_id": [f"i{i}" for i in items],
-                      "timestamp": stamps}).to_csv(path, index=False)
+        pd.DataFrame(
+            {"user_id": [f"u{u}" for u in users], "item_id": [f"i{i}" for i in items], "timestamp": stamps}
+        ).to_csv(path, index=False)
         timings = {}
         t = time.perf_counter()
         df = read_interactions(path)
@@ -48,13 +49,21 @@ def main() -> None:
         ev = eval_set(data, split.test, 20)
         timings["split + eval cut"] = time.perf_counter() - t
     timings["total"] = sum(timings.values())
-    out = {"rows": args.rows, "users_after": data.n_users, "items_after": data.n_items,
-           "interactions_after": len(data.items), "eval_users": len(ev.users), "seconds": timings}
+    out = {
+        "rows": args.rows,
+        "users_after": data.n_users,
+        "items_after": data.n_items,
+        "interactions_after": len(data.items),
+        "eval_users": len(ev.users),
+        "seconds": timings,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "data_prep.json").write_text(json.dumps(out, indent=2))
-    text = (f"# Data preparation of {args.rows:,} interactions (CSV.gz)\n\n"
-            f"After the 5-core filter: {data.n_users:,} users, {data.n_items:,} items, {len(data.items):,} rows.\n\n"
-            + md_table(["stage", "seconds"], [[k, v] for k, v in timings.items()]))
+    text = (
+        f"# Data preparation of {args.rows:,} interactions (CSV.gz)\n\n"
+        f"After the 5-core filter: {data.n_users:,} users, {data.n_items:,} items, {len(data.items):,} rows.\n\n"
+        + md_table(["stage", "seconds"], [[k, v] for k, v in timings.items()])
+    )
     (RESULTS / "data_prep.md").write_text(text)
     print(text)
 

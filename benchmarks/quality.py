@@ -87,20 +87,49 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         routing = {k: mean(r["result"]["routing"][k] for r in runs) for k in ROUTING_KEYS}
         s_per_1k = mean(r["result"]["seconds_per_1k_steps"] for r in runs)
         best_steps = [r["result"]["best_step"] for r in runs]
-        summary.append({"dataset": ds, "model": model, "scheme": scheme, "seeds": [r["tags"]["seed"] for r in runs],
-                        "test_mean": {k: mean(v) for k, v in test.items()},
-                        "test_std": {k: pstdev(v) for k, v in test.items()},
-                        "routing": routing, "best_steps": best_steps, "seconds_per_1k_steps": s_per_1k,
-                        "popularity_test_recall@50": runs[0]["result"]["popularity_test"]["recall@50"]})
-        rows.append([ds, model, scheme, len(runs), *[f"{mean(v):.4f} ± {pstdev(v):.4f}" for v in test.values()],
-                     *[routing[k] for k in ROUTING_KEYS], f"{mean(best_steps):.0f}", s_per_1k])
+        summary.append(
+            {
+                "dataset": ds,
+                "model": model,
+                "scheme": scheme,
+                "seeds": [r["tags"]["seed"] for r in runs],
+                "test_mean": {k: mean(v) for k, v in test.items()},
+                "test_std": {k: pstdev(v) for k, v in test.items()},
+                "routing": routing,
+                "best_steps": best_steps,
+                "seconds_per_1k_steps": s_per_1k,
+                "popularity_test_recall@50": runs[0]["result"]["popularity_test"]["recall@50"],
+            }
+        )
+        rows.append(
+            [
+                ds,
+                model,
+                scheme,
+                len(runs),
+                *[f"{mean(v):.4f} ± {pstdev(v):.4f}" for v in test.values()],
+                *[routing[k] for k in ROUTING_KEYS],
+                f"{mean(best_steps):.0f}",
+                s_per_1k,
+            ]
+        )
     (RESULTS / "quality.json").write_text(json.dumps({"summary": summary, "runs": results}, indent=1, default=str))
-    headers = ["dataset", "model", "scheme", "seeds", *[f"test {k}" for k in TEST_KEYS], *ROUTING_KEYS,
-               "best step (mean)", "s / 1k steps"]
-    text = (f"# Quality: sampled vs remi, budget {args.steps} steps, patience {args.patience} evaluations\n\n"
-            "Mean ± population std over seeds of the test metrics of the best-valid-Recall@50 checkpoint; "
-            "routing diagnostics on test users; seconds per 1,000 training steps with 1 torch thread per run "
-            "and two runs side by side on the 2-core machine.\n\n" + md_table(headers, rows))
+    headers = [
+        "dataset",
+        "model",
+        "scheme",
+        "seeds",
+        *[f"test {k}" for k in TEST_KEYS],
+        *ROUTING_KEYS,
+        "best step (mean)",
+        "s / 1k steps",
+    ]
+    text = (
+        f"# Quality: sampled vs remi, budget {args.steps} steps, patience {args.patience} evaluations\n\n"
+        "Mean ± population std over seeds of the test metrics of the best-valid-Recall@50 checkpoint; "
+        "routing diagnostics on test users; seconds per 1,000 training steps with 1 torch thread per run "
+        "and two runs side by side on the 2-core machine.\n\n" + md_table(headers, rows)
+    )
     (RESULTS / "quality.md").write_text(text)
     plot(groups, RESULTS / "quality.png")
     print(text)
@@ -115,8 +144,15 @@ def plot(groups: dict[tuple[str, str, str], list[dict[str, Any]]], path: Path) -
                 continue
             for i, r in enumerate(runs):
                 steps, values = zip(*r["curve"], strict=True)
-                ax.plot(steps, values, color="C0" if scheme == "sampled" else "C3", alpha=0.8, linewidth=1.2,
-                        label=f"{model} {scheme}" if i == 0 else None, linestyle="-" if model == "comirec-sa" else "--")
+                ax.plot(
+                    steps,
+                    values,
+                    color="C0" if scheme == "sampled" else "C3",
+                    alpha=0.8,
+                    linewidth=1.2,
+                    label=f"{model} {scheme}" if i == 0 else None,
+                    linestyle="-" if model == "comirec-sa" else "--",
+                )
         ax.set_title(ds)
         ax.set_xlabel("training step")
         ax.set_ylabel("valid Recall@50")

@@ -28,10 +28,18 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
 def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: str, ncols: int = 1) -> None:
     """Valid Recall@50 over training steps, one line per label."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    for label, points in curves.items():
+    colors = plt.get_cmap("tab20").colors
+    for i, (label, points) in enumerate(curves.items()):
         if points:
             steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, label=label, linewidth=1.4)
+            ax.plot(
+                steps,
+                values,
+                label=label,
+                linewidth=1.4,
+                color=colors[(2 * i) % 20 + (i // 10)],
+                linestyle="-" if i % 2 == 0 else "--",
+            )
     ax.set_xlabel("training step")
     ax.set_ylabel("valid Recall@50")
     ax.set_title(title)

@@ -131,3 +131,10 @@ def test_bad_setting_names_the_field(tmp_path: Path, synth_csv: Path) -> None:
 
 def test_evaluate_of_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     _assert_one_line_error(remi("evaluate", "--run", str(tmp_path)), "not a run directory")
+
+
+def test_demo_generates_data_trains_and_prints_metrics(tmp_path: Path) -> None:
+    proc = remi("demo", "--out", str(tmp_path), "--steps", "60")
+    assert proc.returncode == 0, proc.stderr
+    assert "recall@50" in proc.stdout and "popularity" in proc.stdout
+    assert (tmp_path / "run" / "metrics.json").is_file()

@@ -1,0 +1,28 @@
+import json
+from pathlib import Path
+
+from tests.conftest import SMALL
+from training.config import load_config
+from training.tune import BETA_RANGE, LAM_RANGE, tune
+
+
+def test_tune_writes_a_config_that_train_accepts_and_a_trials_table(synth_csv: Path, tmp_path: Path) -> None:
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"train": {"dim": SMALL["dim"], "batch_size": 64, "negatives": 128}}))
+    best = tune(
+        data=str(synth_csv),
+        out=tmp_path,
+        scheme="remi",
+        trials=2,
+        max_steps=60,
+        eval_every=30,
+        base_config=base,
+        threads=1,
+    )
+    assert BETA_RANGE[0] <= best["train"]["beta"] <= BETA_RANGE[1]
+    assert LAM_RANGE[0] <= best["train"]["lam"] <= LAM_RANGE[1]
+    cfg = load_config(tmp_path / "best.json", data=str(synth_csv))
+    assert cfg.beta == best["train"]["beta"] and cfg.dim == SMALL["dim"] and cfg.scheme == "remi"
+    trials = (tmp_path / "trials.csv").read_text().splitlines()
+    assert len(trials) == 3  # header + 2 trials
+    assert "params_beta" in (tmp_path / "trials.md").read_text()
