@@ -84,7 +84,9 @@ def tune(
     frame.to_csv(out / "trials.csv", index=False)
     cols = [c for c in frame.columns if c.startswith(("params_", "user_attrs_")) or c in ("number", "value")]
     (out / "trials.md").write_text(frame[cols].to_markdown(index=False, floatfmt=".4g") + "\n")
-    best_settings = {k: v for k, v in base.model_dump().items() if k not in ("data", "split_file", "threads")}
+    # Ship the model and scheme settings only; data, budget and machine belong to each run's flags.
+    run_specific = ("data", "split_file", "threads", "device", "max_steps", "max_minutes", "eval_every", "seed")
+    best_settings = {k: v for k, v in base.model_dump().items() if k not in run_specific}
     best_settings.update(study.best_params)
     best = {
         "train": best_settings,
