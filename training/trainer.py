@@ -116,6 +116,13 @@ def training_loss(
     return loss, rr
 
 
+def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write-then-rename, so a crash mid-save never leaves a truncated checkpoint behind."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
 def train(
     cfg: TrainConfig, out_dir: str | Path, prepared: Prepared | None = None, show_progress: bool | None = None
 ) -> dict[str, Any]:
@@ -159,7 +166,7 @@ def train(
         mininterval=1.0,
     )
     with (out / LOG_FILE).open("w") as log_fh:
-        while step < cfg.max_steps and time.monotonic() < deadline:
+        while step < cfg.max_steps:
             t0 = time.perf_counter()
             hist, mask, target = sampler.sample(cfg.batch_size)
             negatives = torch.randint(1, prep.data.n_items + 1, (cfg.negatives,), generator=gen)
@@ -183,7 +190,8 @@ def train(
             bar.update(1)
             if not np.isfinite(loss_sum):
                 raise RemiError(f"training diverged: loss is {loss.item()} at step {step}; lower --lr or --beta")
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            out_of_time = time.monotonic() >= deadline
+            if step % cfg.eval_every == 0 or step == cfg.max_steps or out_of_time:
                 metrics, routing = evaluate(model, prep.valid, ns=(50,), device=cfg.device)
                 record = {
                     "step": step,
@@ -201,16 +209,16 @@ def train(
                 if metrics["recall@50"] > best_recall:
                     best_recall, best_step, bad_evals = metrics["recall@50"], step, 0
                     best_state = copy.deepcopy(model.state_dict())
-                    torch.save(best_state, out / WEIGHTS_FILE)
+                    _save_atomic(best_state, out / WEIGHTS_FILE)
                 else:
                     bad_evals += 1
                     if bad_evals >= cfg.patience:
                         log.info("early stop", extra={"step": step, "best_step": best_step})
                         break
+            if out_of_time:
+                log.info("time budget reached", extra={"step": step, "max_minutes": cfg.max_minutes})
+                break
     bar.close()
-    if best_recall < 0:  # budget ran out before the first evaluation
-        best_state, best_step = model.state_dict(), step
-        torch.save(best_state, out / WEIGHTS_FILE)
     model.load_state_dict(best_state)
     valid_metrics, _ = evaluate(model, prep.valid, device=cfg.device)
     test_metrics, routing = evaluate(model, prep.test, device=cfg.device)

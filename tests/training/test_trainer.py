@@ -105,3 +105,13 @@ def test_early_stopping_stops_after_patience(synth_csv: Path, tmp_path: Path) ->
     cfg = TrainConfig(data=str(synth_csv), **{**SMALL, "max_steps": 5000, "eval_every": 10, "patience": 2, "lr": 1e-7})
     result = train(cfg, tmp_path, show_progress=False)
     assert result["steps"] < 5000
+
+
+def test_wall_clock_budget_stops_training_and_still_evaluates(synth_csv: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        data=str(synth_csv), **{**SMALL, "max_steps": 10_000_000, "eval_every": 1_000_000}, max_minutes=0.05
+    )
+    result = train(cfg, tmp_path, show_progress=False)
+    assert 0 < result["steps"] < 10_000_000
+    assert result["best_step"] == result["steps"]  # the final partial chunk was evaluated and kept
+    assert (tmp_path / "model.pt").is_file()
