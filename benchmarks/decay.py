@@ -36,6 +36,33 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+def plot_mechanism(results: list[dict], path: Path) -> None:
+    """Spread of the negative logits and the effective number of negatives IHN weights sit on."""
+    import matplotlib.pyplot as plt
+
+    with_scores = [r for r in results if r.get("scores")]
+    if not with_scores:
+        return
+    keys = [
+        ("neg_logit_std", "std of negative logits"),
+        ("ihn_effective_negatives", "IHN effective negatives (of 1280)"),
+        ("item_norm", "mean item-embedding norm"),
+    ]
+    fig, axes = plt.subplots(1, len(keys), figsize=(15, 4.2))
+    for ax, (key, label) in zip(axes, keys, strict=True):
+        for r in with_scores:
+            steps = [s for s, _ in r["scores"]]
+            ax.plot(steps, [sc[key] for _, sc in r["scores"]], label=r["tags"]["variant"], linewidth=1.3)
+        ax.set_xlabel("training step")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20000, help="step budget of every run")
@@ -93,6 +120,7 @@ def main() -> None:
         "Best checkpoint by valid Recall@50; test metrics of that checkpoint. lambda is per-user mean "
         "(authors' 100 summed = 12,800).\n\n" + md_table(headers, rows)
     )
+    plot_mechanism(ok, RESULTS / "decay_mechanism.png")
     plot_curves(
         {r["tags"]["variant"]: r["curve"] for r in ok},
         RESULTS / "decay.png",

@@ -66,6 +66,7 @@ def run_job(job: Job, root: Path, threads: int = 1) -> dict[str, Any]:
         "tags": job.tags,
         "result": result,
         "curve": [(c["step"], c["valid"]["recall@50"]) for c in curve],
+        "scores": [(c["step"], c["scores"]) for c in curve if c.get("scores")],
     }
 
 

@@ -95,8 +95,14 @@ def training_loss(
     target: torch.Tensor,
     negatives: torch.Tensor,
     beta: float,
+    stats: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch of the configured scheme: returns (total loss, the RR term before λ)."""
+    """One batch of the configured scheme: returns (total loss, the RR term before λ).
+
+    If ``stats`` is given it is filled with score-scale diagnostics: mean positive logit, spread
+    of the negative logits, the effective number of negatives the IHN weights sit on
+    (exp entropy; M when uniform) and the mean item-embedding norm.
+    """
     b_sz, length = history.shape
     emb = model.item_emb(torch.cat([history.reshape(-1), target, negatives]))  # one lookup, one grad buffer
     h = emb[: b_sz * length].view(b_sz, length, -1) * mask.unsqueeze(-1).to(emb.dtype)  # (B, L, d)
@@ -113,6 +119,13 @@ def training_loss(
     if cfg.effective_lam > 0:
         rr = routing_regularization(routing, mask, model.dim, cfg.rr_norm)
         loss = loss + cfg.effective_lam * rr
+    if stats is not None:  # diagnostics of the score scale behind the IHN weights (the decay study)
+        with torch.no_grad():
+            stats["pos_logit"] = pos_logit.mean().item()
+            stats["neg_logit_std"] = neg_logits.std(-1).mean().item()
+            log_w = torch.log_softmax(beta * (neg_logits if weights is None else weights), -1)
+            stats["ihn_effective_negatives"] = torch.exp(-(log_w.exp() * log_w).sum(-1)).mean().item()
+            stats["item_norm"] = model.item_emb.weight[1:].norm(dim=-1).mean().item()
     return loss, rr
 
 
@@ -157,6 +170,7 @@ def train(
 
     best_recall, best_step, best_state, bad_evals = -1.0, 0, copy.deepcopy(model.state_dict()), 0
     train_seconds, loss_sum, rr_sum, loss_n, step = 0.0, 0.0, 0.0, 0, 0
+    stats: dict[str, float] = {}
     deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else float("inf")
     bar = tqdm(
         total=cfg.max_steps,
@@ -178,6 +192,7 @@ def train(
                 torch.from_numpy(target).to(device),
                 negatives.to(device),
                 beta_at(cfg, step),
+                stats if (step + 1) % cfg.eval_every == 0 else None,
             )
             optim.zero_grad(set_to_none=True)
             loss.backward()
@@ -198,6 +213,7 @@ def train(
                     "train_seconds": round(train_seconds, 3),
                     "loss": loss_sum / loss_n,
                     "rr": rr_sum / loss_n,
+                    "scores": dict(stats),
                     "valid": metrics,
                     "routing": routing,
                 }
