@@ -18,6 +18,7 @@ from benchmarks.report import ROUTING_KEYS, TEST_KEYS, md_table, plot_curves
 from benchmarks.runner import SHARED_DATA, Job, run_all
 
 RESULTS = Path(__file__).parent / "results"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 REMI = {"scheme": "remi", "beta": 1.0, "lam": 12800.0}
 VARIANTS: dict[str, dict] = {
@@ -33,6 +34,7 @@ VARIANTS: dict[str, dict] = {
     "remi cosine beta=5": {**REMI, "ihn_scores": "cosine", "beta": 5.0},
     "remi rr valid lam=10": {**REMI, "rr_norm": "valid", "lam": 10.0},
     "remi rr valid lam=1": {**REMI, "rr_norm": "valid", "lam": 1.0},
+    "remi tuned (configs/amazon_beauty.json)": {"config": CONFIGS / "amazon_beauty.json", "scheme": "remi"},
 }
 
 
@@ -71,6 +73,7 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=2, help="runs side by side (1 thread each)")
     ap.add_argument("--only", nargs="*", help="run only these variant names")
     ap.add_argument("--runs", type=Path, default=Path("runs/decay"), help="where run folders go")
+    ap.add_argument("--name", default="decay", help="base name of the result files")
     args = ap.parse_args()
     data = SHARED_DATA / "amazon_beauty"
     base = {
@@ -91,7 +94,7 @@ def main() -> None:
     results = run_all(jobs, args.runs, args.parallel)
     ok = [r for r in results if "result" in r]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "decay.json").write_text(json.dumps(ok, indent=1, default=str))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(ok, indent=1, default=str))
     headers = [
         "variant",
         "best step",
@@ -115,19 +118,19 @@ def main() -> None:
                 res["seconds_per_1k_steps"],
             ]
         )
-    (RESULTS / "decay.md").write_text(
+    (RESULTS / f"{args.name}.md").write_text(
         f"# REMI decay study: ComiRec-SA on amazon_beauty (split file), {args.steps} steps, seed {args.seed}\n\n"
         "Best checkpoint by valid Recall@50; test metrics of that checkpoint. lambda is per-user mean "
         "(authors' 100 summed = 12,800).\n\n" + md_table(headers, rows)
     )
-    plot_mechanism(ok, RESULTS / "decay_mechanism.png")
+    plot_mechanism(ok, RESULTS / f"{args.name}_mechanism.png")
     plot_curves(
         {r["tags"]["variant"]: r["curve"] for r in ok},
-        RESULTS / "decay.png",
+        RESULTS / f"{args.name}.png",
         f"ComiRec-SA on amazon_beauty: valid Recall@50, {args.steps} steps",
         ncols=2,
     )
-    print((RESULTS / "decay.md").read_text())
+    print((RESULTS / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":
