@@ -71,6 +71,9 @@ def train_cmd(
     rr_norm: Annotated[
         str | None, Opt(help="RR normalisation: authors (1/L mean, /d) or valid (per valid length).")
     ] = None,
+    emb_l2: Annotated[
+        float | None, Opt(help="L2 penalty on the batch's item and user vectors (against norm growth).")
+    ] = None,
     split_file: Annotated[str | None, Opt(help="CSV user_id,part (train/valid/test) fixing the user split.")] = None,
     max_steps: Annotated[int | None, Opt(help="Step budget.")] = None,
     max_minutes: Annotated[float | None, Opt(help="Wall-clock budget in minutes.")] = None,

@@ -48,6 +48,7 @@ class TrainConfig(BaseSettings):
     ihn_warmup: int = Field(0, ge=0, description="steps over which beta ramps linearly from 0")
     remove_accidental_hits: bool = False
     rr_norm: Literal["authors", "valid"] = "authors"
+    emb_l2: float = Field(0.0, ge=0, description="L2 penalty on the batch's item and user vectors (curbs norm growth)")
 
     # optimisation
     batch_size: int = Field(128, ge=1)

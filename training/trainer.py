@@ -119,6 +119,11 @@ def training_loss(
     if cfg.effective_lam > 0:
         rr = routing_regularization(routing, mask, model.dim, cfg.rr_norm)
         loss = loss + cfg.effective_lam * rr
+    if cfg.emb_l2 > 0:
+        # Scores grow with the norms during training until the softmax is over-confident and
+        # valid recall decays; penalising the norms of the vectors this batch uses curbs that.
+        norms = torch.cat([(emb[b_sz * length :] ** 2).sum(-1), (user**2).sum(-1)])
+        loss = loss + cfg.emb_l2 * norms.mean()
     if stats is not None:  # diagnostics of the score scale behind the IHN weights (the decay study)
         with torch.no_grad():
             stats["pos_logit"] = pos_logit.mean().item()

@@ -115,3 +115,18 @@ def test_wall_clock_budget_stops_training_and_still_evaluates(synth_csv: Path, t
     assert 0 < result["steps"] < 10_000_000
     assert result["best_step"] == result["steps"]  # the final partial chunk was evaluated and kept
     assert (tmp_path / "model.pt").is_file()
+
+
+def test_embedding_l2_penalty_grows_linearly_with_its_weight(synth_csv: Path) -> None:
+    from training.data import TrainSampler
+    from training.trainer import training_loss
+
+    cfg = TrainConfig(data=str(synth_csv), **SMALL)
+    prep = prepare(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len)
+    hist, mask, target = TrainSampler(prep.data, prep.split.train, cfg.seq_len, seed=0).sample(16)
+    args = (torch.from_numpy(hist), torch.from_numpy(mask), torch.from_numpy(target), torch.arange(1, 33), 0.0)
+    losses = [training_loss(model, cfg.model_copy(update={"emb_l2": w}), *args)[0].item() for w in (0.0, 0.1, 0.2)]
+    assert losses[1] > losses[0]
+    assert losses[2] - losses[0] == pytest.approx(2 * (losses[1] - losses[0]), rel=1e-4)
