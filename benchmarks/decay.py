@@ -34,9 +34,10 @@ VARIANTS: dict[str, dict] = {
     "remi cosine beta=5": {**REMI, "ihn_scores": "cosine", "beta": 5.0},
     "remi rr valid lam=10": {**REMI, "rr_norm": "valid", "lam": 10.0},
     "remi rr valid lam=1": {**REMI, "rr_norm": "valid", "lam": 1.0},
-    "remi tuned (configs/amazon_beauty.json)": {"config": CONFIGS / "amazon_beauty.json", "scheme": "remi"},
+    "remi tuned (amazon_beauty.json)": {"config": CONFIGS / "amazon_beauty.json", "scheme": "remi"},
     "remi tuned + emb_l2 0.01": {"config": CONFIGS / "amazon_beauty.json", "scheme": "remi", "emb_l2": 0.01},
     "remi tuned + emb_l2 0.03": {"config": CONFIGS / "amazon_beauty.json", "scheme": "remi", "emb_l2": 0.03},
+    "remi tuned + emb_l2 0.1": {"config": CONFIGS / "amazon_beauty.json", "scheme": "remi", "emb_l2": 0.1},
 }
 
 
