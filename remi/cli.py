@@ -141,7 +141,7 @@ def tune_cmd(
     seed: Annotated[int, Opt(help="Seed of the sampler and of every trial.")] = 2021,
     threads: Annotated[int | None, Opt(help="torch intra-op threads per trial.")] = None,
 ) -> None:
-    """Search beta, lambda (and lr) on the valid users with Optuna (TPE)."""
+    """Search beta, lambda, the embedding L2 penalty (and lr) on the valid users with Optuna (TPE)."""
     from training.tune import tune
 
     best = tune(

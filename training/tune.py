@@ -23,6 +23,7 @@ log = logging.getLogger("remi.tune")
 BETA_RANGE = (0.01, 3.0)
 LAM_RANGE = (300.0, 1e5)
 LR_RANGE = (3e-4, 3e-3)
+EMB_L2_RANGE = (1e-3, 0.3)
 
 
 def suggest(trial: optuna.Trial, scheme: str, tune_lr: bool) -> dict[str, Any]:
@@ -33,6 +34,8 @@ def suggest(trial: optuna.Trial, scheme: str, tune_lr: bool) -> dict[str, Any]:
         params["lam"] = trial.suggest_float("lam", *LAM_RANGE, log=True)
     if tune_lr:
         params["lr"] = trial.suggest_float("lr", *LR_RANGE, log=True)
+    # the norm penalty that stops the late decay (benchmarks/results/decay_fix.md)
+    params["emb_l2"] = trial.suggest_float("emb_l2", *EMB_L2_RANGE, log=True)
     return params
 
 
