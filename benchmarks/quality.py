@@ -133,11 +133,14 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "best step (mean)",
         "s / 1k steps",
     ]
+    budgets = ", ".join(sorted({f"{r['tags']['dataset']} {r['result']['config']['max_steps']}" for r in results}))
     text = (
-        f"# Quality: sampled vs remi, budget {args.steps} steps, patience {args.patience} evaluations\n\n"
+        f"# Quality: sampled vs remi (step budgets: {budgets}; patience {args.patience} evaluations)\n\n"
         "Mean ± population std over seeds of the test metrics of the best-valid-Recall@50 checkpoint; "
         "routing diagnostics on test users; seconds per 1,000 training steps with 1 torch thread per run "
-        "and two runs side by side on the 2-core machine.\n\n" + md_table(headers, rows)
+        "and two or three runs side by side on the 2-core machine (so only comparable within a dataset). "
+        "`remi` uses the tuned `configs/<dataset>.json`, `remi-default` the shipped `configs/default.json`.\n\n"
+        + md_table(headers, rows)
     )
     (RESULTS / "quality.md").write_text(text)
     plot(groups, RESULTS / "quality.png")
@@ -156,7 +159,7 @@ def plot(groups: dict[tuple[str, str, str], list[dict[str, Any]]], path: Path) -
                 ax.plot(
                     steps,
                     values,
-                    color="C0" if scheme == "sampled" else "C3",
+                    color={"sampled": "C0", "remi": "C3"}.get(scheme, "C2"),
                     alpha=0.8,
                     linewidth=1.2,
                     label=f"{model} {scheme}" if i == 0 else None,
