@@ -167,13 +167,21 @@ def demo(
     steps: Annotated[int, Opt(min=1, help="Training steps.")] = 3000,
 ) -> None:
     """The quick start: generate planted-topic data, train ComiRec-SA with REMI, print test metrics."""
-    from training.config import TrainConfig
+    from training.config import load_config
     from training.synth import SynthConfig, write
     from training.trainer import train
 
     data = write(SynthConfig(), out / "data")
     typer.echo(f"data: {data}")
-    cfg = TrainConfig(data=str(data), model="comirec-sa", scheme="remi", max_steps=steps, eval_every=500)
+    default = Path(__file__).resolve().parents[1] / "configs" / "default.json"  # the shipped setting
+    cfg = load_config(
+        default if default.is_file() else None,
+        data=str(data),
+        model="comirec-sa",
+        scheme="remi",
+        max_steps=steps,
+        eval_every=500,
+    )
     result = train(cfg, out / "run", show_progress=True)
     typer.echo(f"run: {out / 'run'}  ({result['steps']} steps, {result['train_seconds']:.1f} s of training)")
     typer.echo(f"{'metric':<12}{'remi':>10}{'popularity':>12}")
