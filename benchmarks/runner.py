@@ -8,6 +8,7 @@ rerun, so an interrupted benchmark resumes where it stopped.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +40,7 @@ def _flags(args: dict[str, Any]) -> list[str]:
 
 
 def run_job(job: Job, root: Path, threads: int = 1) -> dict[str, Any]:
-    run_dir = root / job.name
+    run_dir = root / re.sub(r"[^\w.+=-]", "_", job.name)  # a label with "/" must not nest folders
     metrics = run_dir / "metrics.json"
     if not metrics.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
