@@ -1,6 +1,8 @@
-"""Searching K interest vectors per user in one FAISS call."""
+"""Searching K interest vectors per user in one FAISS call, with exact exclusion of seen items."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import faiss
 import numpy as np
@@ -21,8 +23,51 @@ def search_interests(index: faiss.Index, interests: np.ndarray, n: int) -> tuple
     """
     u, k, d = interests.shape
     queries = np.ascontiguousarray(interests.reshape(u * k, d), dtype=np.float32)
-    scores, ids = index.search(queries, min(n, index.ntotal))
+    scores, ids = index.search(queries, max(1, min(n, index.ntotal)))
     if ids.shape[1] < n:
         ids = np.pad(ids, ((0, 0), (0, n - ids.shape[1])), constant_values=-1)
         scores = np.pad(scores, ((0, 0), (0, n - scores.shape[1])), constant_values=-np.inf)
+    ids, scores = ids[:, :n], scores[:, :n]
     return ids.reshape(u, k, n), scores.reshape(u, k, n)
+
+
+def search_excluding(
+    index: faiss.Index,
+    interests: np.ndarray,
+    n: int,
+    exclude: Sequence[Sequence[int] | np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n item indices per interest, none of them in the user's exclusion set.
+
+    Args:
+        index: FAISS index whose row r is item index r + 1.
+        interests: (U, K, d) float32 interest vectors.
+        n: results per interest.
+        exclude: per user, item indices (1-based, the model's vocabulary) that must not appear.
+    Returns:
+        item indices (U, K, n), -1 where fewer results exist, and their scores (U, K, n).
+
+    Exact by over-fetching: an excluded item can only displace results, so asking for
+    n + |exclusion set| and filtering always leaves the best n allowed items the index returns.
+    One FAISS call for all users keeps the batch path cheap.
+    """
+    u, k, _ = interests.shape
+    sets = [np.unique(np.asarray(e, dtype=np.int64)) for e in exclude] if exclude is not None else []
+    if exclude is not None and len(sets) != u:
+        raise ValueError(f"{len(sets)} exclusion sets for {u} users")
+    width = max((len(s) for s in sets), default=0)
+    rows, scores = search_interests(index, interests, n + width)
+    ids = np.where(rows >= 0, rows + 1, -1)
+    scores = np.where(rows >= 0, scores, -np.inf)
+    if width:
+        table = np.full((u, width), -2, dtype=np.int64)  # -2 never matches an id or the -1 filler
+        for i, s in enumerate(sets):
+            table[i, : len(s)] = s
+        banned = (ids[:, :, :, None] == table[:, None, None, :]).any(-1)
+        ids = np.where(banned, -1, ids)
+        scores = np.where(banned, -np.inf, scores)
+        # Stable compaction: allowed results keep their order, the banned slots move to the end.
+        order = np.argsort(ids < 0, axis=-1, kind="stable")[:, :, :n]
+        ids = np.take_along_axis(ids, order, -1)
+        scores = np.take_along_axis(scores, order, -1)
+    return ids[:, :, :n], scores[:, :, :n].astype(np.float32)

@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets: generate synthetic data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+index_app = typer.Typer(help="FAISS item index: build one, inspect or roll back an index root.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
 
 Opt = typer.Option
 
@@ -159,6 +161,153 @@ def tune_cmd(
         threads=threads,
     )
     typer.echo(json.dumps(best, indent=2))
+
+
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, Opt(help="Run directory written by `remi train`.")],
+    out: Annotated[Path, Opt(help="Artifact folder to create (user_tower.onnx, item embeddings, manifest...).")],
+    data: Annotated[str | None, Opt(help="Training interactions (default: the path the run recorded).")] = None,
+    force: Annotated[bool, Opt(help="Replace an existing artifact folder (atomically).")] = False,
+    opset: Annotated[int, Opt(min=17, help="ONNX opset version.")] = 18,
+    sample_users: Annotated[
+        int, Opt(min=0, help="Held-out histories kept for parity, index recall and warm-up.")
+    ] = 1024,
+) -> None:
+    """Export a run's user tower to ONNX (checked against PyTorch) with the item table and manifest."""
+    from training.export import export_run
+
+    manifest = export_run(run, out, data=data, force=force, opset=opset, sample_users=sample_users)
+    typer.echo(
+        json.dumps(
+            {
+                "out": str(out),
+                "model_version": manifest.model_version,
+                "backbone": manifest.backbone,
+                "items": manifest.n_items,
+                "dim": manifest.dim,
+                "interests": manifest.interests,
+                "parity_max_abs": manifest.parity_max_abs,
+            },
+            indent=2,
+        )
+    )
+
+
+def _index_params(**flags: object) -> dict[str, object]:
+    names = {"hnsw_m": "m"}
+    return {names.get(k, k): v for k, v in flags.items() if v is not None}
+
+
+KindOpt = Annotated[str, Opt(help="Index kind: flat (exact), hnsw, ivfpq, or auto (by item count).")]
+HnswM = Annotated[int | None, Opt(min=2, help="HNSW: neighbours per node (default 32).")]
+EfConstruction = Annotated[int | None, Opt(min=1, help="HNSW: build-time beam width (default 80).")]
+EfSearch = Annotated[int | None, Opt(min=1, help="HNSW: search beam width (default 128).")]
+Nlist = Annotated[int | None, Opt(min=1, help="IVF-PQ: inverted lists (default 4 sqrt(items)).")]
+PqM = Annotated[int | None, Opt(min=1, help="IVF-PQ: sub-quantisers, must divide d (default d / 4).")]
+Nbits = Annotated[int | None, Opt(min=4, max=12, help="IVF-PQ: bits per sub-quantiser code (default 8).")]
+Nprobe = Annotated[int | None, Opt(min=1, help="IVF-PQ: lists visited per query (default 32).")]
+Refine = Annotated[
+    int | None, Opt(min=0, help="IVF-PQ: re-rank refine x k candidates with exact vectors; 0 = off (default 4).")
+]
+MinRecall = Annotated[
+    float, Opt(min=0.0, max=1.0, help="Fail the build if recall@50 against exact search is below this.")
+]
+
+
+@index_app.command("build")
+def index_build_cmd(
+    artifacts: Annotated[Path, Opt(help="Artifact folder written by `remi export`.")],
+    out: Annotated[Path, Opt(help="Index folder to create (index.faiss + manifest.json).")],
+    kind: KindOpt = "auto",
+    min_recall: MinRecall = 0.95,
+    hnsw_m: HnswM = None,
+    ef_construction: EfConstruction = None,
+    ef_search: EfSearch = None,
+    nlist: Nlist = None,
+    pq_m: PqM = None,
+    nbits: Nbits = None,
+    nprobe: Nprobe = None,
+    refine: Refine = None,
+    item_queries: Annotated[
+        bool, Opt(help="Measure recall on item vectors instead of the model's interests on held-out histories.")
+    ] = False,
+    force: Annotated[bool, Opt(help="Replace an existing index folder (atomically).")] = False,
+) -> None:
+    """Build one FAISS inner-product index over the item embeddings and record its recall@50."""
+    from index.reindex import build_from_artifacts
+
+    params = _index_params(
+        hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist, pq_m=pq_m,
+        nbits=nbits, nprobe=nprobe, refine=refine,
+    )  # fmt: skip
+    manifest = build_from_artifacts(
+        artifacts, out, kind, params, min_recall=min_recall, use_interests=not item_queries, force=force
+    )
+    typer.echo(json.dumps(manifest.model_dump(exclude={"files"}), indent=2))
+
+
+@app.command("reindex")
+def reindex_cmd(
+    artifacts: Annotated[Path, Opt(help="Artifact folder written by `remi export`.")],
+    root: Annotated[Path, Opt(help="Index root: versions/<version>/ and the `current` pointer.")],
+    kind: KindOpt = "auto",
+    min_recall: MinRecall = 0.95,
+    keep: Annotated[int, Opt(min=1, help="Complete versions kept (current is never removed).")] = 3,
+    force: Annotated[bool, Opt(help="Build even if current already holds these artifacts and settings.")] = False,
+    hnsw_m: HnswM = None,
+    ef_construction: EfConstruction = None,
+    ef_search: EfSearch = None,
+    nlist: Nlist = None,
+    pq_m: PqM = None,
+    nbits: Nbits = None,
+    nprobe: Nprobe = None,
+    refine: Refine = None,
+) -> None:
+    """Batch reindex: build a new index version, validate it, then flip `current` atomically."""
+    from index.reindex import reindex
+
+    params = _index_params(
+        hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist, pq_m=pq_m,
+        nbits=nbits, nprobe=nprobe, refine=refine,
+    )  # fmt: skip
+    result = reindex(artifacts, root, kind, params, min_recall=min_recall, keep=keep, force=force)
+    typer.echo(
+        json.dumps(
+            {
+                "current": result.version,
+                "previous": result.previous,
+                "built": result.built,
+                "kind": result.manifest.kind,
+                "params": result.manifest.params,
+                "recall@50": result.manifest.recall_at_50,
+                "build_seconds": result.manifest.build_seconds,
+                "pruned": result.pruned,
+                "seconds": round(result.seconds, 2),
+            },
+            indent=2,
+        )
+    )
+
+
+@index_app.command("status")
+def index_status_cmd(root: Annotated[Path, Opt(help="Index root.")]) -> None:
+    """Show the version `current` points to and the complete versions kept."""
+    from index.reindex import list_versions
+    from remi.contract import read_current
+
+    typer.echo(json.dumps({"current": read_current(root), "versions": list_versions(root)}, indent=2))
+
+
+@index_app.command("rollback")
+def index_rollback_cmd(
+    root: Annotated[Path, Opt(help="Index root.")],
+    to: Annotated[str | None, Opt(help="Version to activate (default: the one before current).")] = None,
+) -> None:
+    """Point `current` back at an older complete version (validated first)."""
+    from index.reindex import rollback
+
+    typer.echo(json.dumps({"current": rollback(root, to)}))
 
 
 @app.command("demo")

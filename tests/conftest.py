@@ -23,3 +23,26 @@ def synth_csv(synth_dir: Path) -> Path:
 
 
 SMALL = {"max_steps": 1000, "eval_every": 250, "batch_size": 64, "negatives": 256, "dim": 32, "seed": 1}
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ComiRec-SA run (d = 16): enough for the export, index and service tests."""
+    from training.config import TrainConfig
+    from training.trainer import train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(data=str(synth_csv), scheme="remi", max_steps=300, eval_every=150, batch_size=64,
+                      negatives=256, dim=16, seed=1)  # fmt: skip
+    train(cfg, out, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run exported once per session (tests that damage artifacts copy it first)."""
+    from training.export import export_run
+
+    out = tmp_path_factory.mktemp("artifacts") / "art"
+    export_run(trained_run, out)
+    return out

@@ -1,0 +1,196 @@
+"""Building, measuring, saving and loading the FAISS inner-product item index.
+
+Kinds (all inner product, FAISS row r = item index r + 1):
+
+* ``flat``  — exact brute force (IndexFlatIP).
+* ``hnsw``  — graph search (IndexHNSWFlat): params ``m``, ``ef_construction``, ``ef_search``.
+* ``ivfpq`` — inverted lists + product quantisation (IndexIVFPQ), optionally re-ranked with the
+  exact vectors (IndexRefineFlat): params ``nlist``, ``pq_m``, ``nbits``, ``nprobe``, ``refine``.
+
+``auto`` follows the FAISS guidelines ("Guidelines to choose an index"): exact search while it
+is cheap, HNSW while memory is not the constraint, IVF-PQ beyond; the thresholds are backed by
+``benchmarks/index.py`` (see benchmarks/results/index.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from remi.contract import (
+    FORMAT_VERSION,
+    INDEX_FILE,
+    ArtifactError,
+    IndexManifest,
+    file_entries,
+    read_index_manifest,
+    utc_now,
+    write_manifest,
+)
+from remi.errors import RemiError
+
+log = logging.getLogger("remi.index")
+
+KINDS = ("flat", "hnsw", "ivfpq", "auto")
+FLAT_MAX_ITEMS = 50_000  # below this, exact search of 4 interests costs well under a millisecond
+HNSW_MAX_ITEMS = 10_000_000  # ~0.5 kB/item at d = 64, M = 32: beyond this, memory argues for IVF-PQ
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "flat": {},
+    "hnsw": {"m": 32, "ef_construction": 80, "ef_search": 128},
+    "ivfpq": {"nlist": None, "pq_m": None, "nbits": 8, "nprobe": 32, "refine": 4},
+}
+
+
+def choose_kind(n_items: int) -> str:
+    """The ``auto`` choice for a catalogue size."""
+    if n_items <= FLAT_MAX_ITEMS:
+        return "flat"
+    if n_items <= HNSW_MAX_ITEMS:
+        return "hnsw"
+    return "ivfpq"
+
+
+def resolve_params(kind: str, n_items: int, dim: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults for a kind with unset sizes derived from the data (nlist ~ 4 sqrt(N), pq_m ~ d / 4)."""
+    if kind not in DEFAULTS:
+        raise RemiError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+    params = {**DEFAULTS[kind], **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    unknown = set(params) - set(DEFAULTS[kind])
+    if unknown:
+        raise RemiError(f"index kind {kind} has no parameter(s) {', '.join(sorted(unknown))}")
+    if kind == "ivfpq":
+        if params["nlist"] is None:
+            params["nlist"] = int(min(max(1, 4 * math.isqrt(n_items)), max(1, n_items // 39)))
+        if params["pq_m"] is None:
+            params["pq_m"] = next(m for m in (dim // 4, dim // 2, dim, 1) if m >= 1 and dim % m == 0)
+        if dim % params["pq_m"]:
+            raise RemiError(f"pq_m={params['pq_m']} must divide the dimension {dim}")
+        params["nprobe"] = min(params["nprobe"], params["nlist"])
+    return params
+
+
+def build_faiss(vectors: np.ndarray, kind: str, params: dict[str, Any]) -> faiss.Index:
+    """Builds (trains and fills) an index of one kind over (I, d) float32 vectors."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = x.shape
+    if kind == "flat":
+        index: faiss.Index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, int(params["m"]), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(params["ef_construction"])
+    elif kind == "ivfpq":
+        spec = f"IVF{int(params['nlist'])},PQ{int(params['pq_m'])}x{int(params['nbits'])}"
+        index = faiss.index_factory(d, spec + (",RFlat" if params["refine"] else ""), faiss.METRIC_INNER_PRODUCT)
+        sample = 256 * int(params["nlist"])
+        train = x if n <= sample else x[np.sort(np.random.default_rng(0).choice(n, sample, replace=False))]
+        index.train(train)
+    else:
+        raise RemiError(f"unknown index kind {kind!r}")
+    index.add(x)
+    apply_search_params(index, kind, params)
+    return index
+
+
+def apply_search_params(index: faiss.Index, kind: str, params: dict[str, Any]) -> None:
+    """Search-time knobs are not all stored in the file; set them after every build or load."""
+    if kind == "hnsw":
+        index.hnsw.efSearch = int(params["ef_search"])
+    elif kind == "ivfpq":
+        if params["refine"]:
+            refine = faiss.downcast_index(index)
+            refine.k_factor = float(params["refine"])
+            faiss.extract_index_ivf(refine.base_index).nprobe = int(params["nprobe"])
+        else:
+            faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+
+
+def recall_at(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 50) -> float:
+    """Mean overlap of the index's top-k with the exact inner-product top-k."""
+    k = min(k, len(vectors))
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    _, truth = exact.search(q, k)
+    _, found = index.search(q, k)
+    hits = [len(np.intersect1d(t, f[f >= 0], assume_unique=False)) for t, f in zip(truth, found, strict=True)]
+    return float(np.mean(hits) / k)
+
+
+def build_index_folder(
+    vectors: np.ndarray,
+    out: Path,
+    kind: str,
+    model_version: str,
+    queries: np.ndarray | None = None,
+    params: dict[str, Any] | None = None,
+    min_recall: float = 0.95,
+) -> IndexManifest:
+    """Builds an index into the (existing, empty) folder ``out`` and writes its manifest.
+
+    Recall@50 against exact search is measured on ``queries`` (real interest vectors) or, when
+    none are given, on a sample of the item vectors themselves; below ``min_recall`` it raises.
+    """
+    n, dim = vectors.shape
+    chosen = choose_kind(n) if kind == "auto" else kind
+    resolved = resolve_params(chosen, n, dim, params)
+    t0 = time.perf_counter()
+    index = build_faiss(vectors, chosen, resolved)
+    build_seconds = time.perf_counter() - t0
+    source = "interests" if queries is not None and len(queries) else "items"
+    if source == "items":
+        rng = np.random.default_rng(0)
+        queries = vectors[rng.choice(n, min(n, 1000), replace=False)]
+    recall = None if chosen == "flat" else recall_at(index, vectors, queries, 50)
+    log.info(
+        "index built",
+        extra={"kind": chosen, "params": resolved, "items": n, "seconds": round(build_seconds, 2), "recall@50": recall},
+    )
+    if recall is not None and recall < min_recall:
+        raise RemiError(
+            f"{chosen} index recall@50 is {recall:.4f} against exact search, below the threshold {min_recall}; "
+            "raise its search parameters (e.g. --ef-search, --nprobe, --refine) or lower --min-recall"
+        )
+    faiss.write_index(index, str(out / INDEX_FILE))
+    manifest = IndexManifest(
+        format_version=FORMAT_VERSION,
+        kind=chosen,
+        params=resolved,
+        n_items=n,
+        dim=dim,
+        model_version=model_version,
+        build_seconds=round(build_seconds, 3),
+        recall_at_50=recall,
+        recall_queries=len(queries),
+        recall_source=source,
+        faiss_version=faiss.__version__,
+        created_at=utc_now(),
+        files=file_entries(out, [INDEX_FILE]),
+    )
+    write_manifest(out, manifest)
+    return manifest
+
+
+def load_faiss(folder: str | Path, check_hash: bool = True) -> tuple[IndexManifest, faiss.Index]:
+    """Reads an index folder; a missing, truncated or corrupt file is an ArtifactError, not a crash."""
+    folder = Path(folder)
+    manifest = read_index_manifest(folder, check_hash=check_hash)
+    try:
+        index = faiss.read_index(str(folder / INDEX_FILE))
+    except RuntimeError as exc:
+        raise ArtifactError(
+            f"{folder / INDEX_FILE}: unreadable FAISS index ({str(exc).splitlines()[0][:200]})"
+        ) from exc
+    if index.d != manifest.dim or index.ntotal != manifest.n_items:
+        raise ArtifactError(
+            f"{folder / INDEX_FILE}: holds {index.ntotal} x {index.d}, "
+            f"manifest says {manifest.n_items} x {manifest.dim}"
+        )
+    apply_search_params(index, manifest.kind, manifest.params)
+    return manifest, index

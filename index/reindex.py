@@ -1,0 +1,251 @@
+"""Index builds from model artifacts, and the batch reindex job with its atomic ``current`` flip.
+
+The reindex job is safe to run from cron or twice in a row: one job at a time holds a lock on
+the root, everything is built and validated in a hidden folder, and ``current`` changes by one
+rename only after validation passed. Whatever fails, or wherever the job is killed, the old
+``current`` stays as it was and keeps pointing at a complete version.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.build import build_index_folder, choose_kind, load_faiss, resolve_params
+from index.search import search_excluding
+from remi.artifacts import Artifacts, load_artifacts
+from remi.contract import (
+    MANIFEST,
+    VERSION_ARTIFACTS,
+    VERSIONS,
+    ArtifactError,
+    IndexManifest,
+    atomic_folder,
+    check_pair,
+    read_artifact_manifest,
+    read_current,
+    read_index_manifest,
+    version_dir,
+    write_current,
+)
+from remi.errors import RemiError
+
+log = logging.getLogger("remi.reindex")
+
+
+def interest_queries(arts: Artifacts, max_users: int = 1000) -> np.ndarray:
+    """Real query vectors: the ONNX tower's interests on held-out users' histories, (S * K, d)."""
+    history, mask = arts.sample_history[:max_users], arts.sample_mask[:max_users]
+    if len(history) == 0:
+        return np.zeros((0, arts.manifest.dim), dtype=np.float32)
+    chunks = [arts.tower.run(history[i : i + 256], mask[i : i + 256])[0] for i in range(0, len(history), 256)]
+    interests = np.concatenate(chunks)
+    return interests.reshape(-1, interests.shape[-1])
+
+
+def build_from_artifacts(
+    artifacts_dir: str | Path,
+    out: str | Path,
+    kind: str = "auto",
+    params: dict[str, Any] | None = None,
+    min_recall: float = 0.95,
+    use_interests: bool = True,
+    force: bool = False,
+) -> IndexManifest:
+    """``remi index build``: one index folder from an artifact folder (written atomically)."""
+    arts = load_artifacts(artifacts_dir)
+    queries = interest_queries(arts) if use_interests else None
+    with atomic_folder(Path(out), replace=force) as tmp:
+        manifest = build_index_folder(
+            arts.item_vectors, tmp, kind, arts.version, queries=queries, params=params, min_recall=min_recall
+        )
+    return manifest
+
+
+def smoke_query(arts: Artifacts, folder: Path) -> None:
+    """Loads the built folder as the service will and runs real queries through it."""
+    index_manifest, index = load_faiss(folder)
+    check_pair(arts.manifest, index_manifest)
+    history, mask = arts.sample_history[:8], arts.sample_mask[:8]
+    if len(history) == 0:
+        history, mask = np.ones((1, arts.manifest.seq_len), dtype=np.int64), np.zeros((1, arts.manifest.seq_len), bool)
+        mask[0, 0] = True
+    interests, _ = arts.tower.run(history, mask)
+    seen = [h[m] for h, m in zip(history, mask, strict=True)]
+    ids, scores = search_excluding(index, interests, 10, seen)
+    found = ids >= 0
+    if not found.any():
+        raise ArtifactError(f"{folder}: smoke query returned no results")
+    if ids.max() > arts.manifest.n_items or not np.isfinite(scores[found]).all():
+        raise ArtifactError(f"{folder}: smoke query returned out-of-range ids or non-finite scores")
+    for row, banned in zip(ids, seen, strict=True):
+        if np.isin(row, banned).any():
+            raise ArtifactError(f"{folder}: smoke query returned an excluded item")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link when on the same filesystem (instant, no extra space); copy otherwise."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+@contextmanager
+def _root_lock(root: Path) -> Iterator[None]:
+    """One reindex job per root at a time (a second one waits)."""
+    with (root / ".lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _clean_partial(root: Path) -> list[str]:
+    """Removes folders a killed job left behind (hidden temporaries); safe under the lock."""
+    removed = []
+    for path in (root / VERSIONS).glob(".*.tmp-*"):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    for path in root.glob(".current.tmp-*"):
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
+def list_versions(root: str | Path) -> list[str]:
+    """Complete versions (with a manifest), oldest first."""
+    folder = Path(root) / VERSIONS
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file())
+
+
+def _prune(root: Path, keep: int, current: str) -> list[str]:
+    versions = list_versions(root)
+    doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != current]
+    for name in doomed:
+        shutil.rmtree(version_dir(root, name), ignore_errors=True)
+    return doomed
+
+
+@dataclass(frozen=True)
+class ReindexResult:
+    version: str
+    previous: str | None
+    built: bool  # False when current was already built from these artifacts with these settings
+    manifest: IndexManifest
+    pruned: list[str]
+    seconds: float
+
+
+def reindex(
+    artifacts_dir: str | Path,
+    root: str | Path,
+    kind: str = "auto",
+    params: dict[str, Any] | None = None,
+    min_recall: float = 0.95,
+    keep: int = 3,
+    force: bool = False,
+) -> ReindexResult:
+    """Builds, validates and activates a new index version under ``root``."""
+    if keep < 1:
+        raise RemiError("--keep must be at least 1 (the version being activated)")
+    t0 = time.perf_counter()
+    root = Path(root)
+    (root / VERSIONS).mkdir(parents=True, exist_ok=True)
+    with _root_lock(root):
+        removed = _clean_partial(root)
+        if removed:
+            log.warning("removed partial folders of an interrupted job", extra={"removed": removed})
+        arts = load_artifacts(artifacts_dir)
+        previous = read_current(root)
+        chosen = choose_kind(arts.manifest.n_items) if kind == "auto" else kind
+        wanted = resolve_params(chosen, arts.manifest.n_items, arts.manifest.dim, params)
+        if previous and not force:
+            try:
+                old = read_index_manifest(version_dir(root, previous), check_hash=False)
+            except ArtifactError:
+                old = None
+            if old and old.model_version == arts.version and old.kind == chosen and old.params == wanted:
+                log.info("index up to date", extra={"version": previous})
+                return ReindexResult(previous, previous, False, old, [], time.perf_counter() - t0)
+
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        version = f"{stamp}-{arts.version[:8]}-{chosen}"
+        with atomic_folder(version_dir(root, version)) as tmp:
+            manifest = build_index_folder(
+                arts.item_vectors, tmp, chosen, arts.version, interest_queries(arts), params, min_recall
+            )
+            (tmp / VERSION_ARTIFACTS).mkdir()
+            for name in [*arts.manifest.files, MANIFEST]:
+                _link_or_copy(arts.folder / name, tmp / VERSION_ARTIFACTS / name)
+            read_artifact_manifest(tmp / VERSION_ARTIFACTS)  # the copy is complete and intact
+            smoke_query(arts, tmp)
+        write_current(root, version)
+        pruned = _prune(root, keep, version)
+    seconds = time.perf_counter() - t0
+    log.info(
+        "reindex done",
+        extra={"version": version, "previous": previous, "pruned": pruned, "seconds": round(seconds, 2)},
+    )
+    return ReindexResult(version, previous, True, manifest, pruned, seconds)
+
+
+def rollback(root: str | Path, to: str | None = None) -> str:
+    """Points ``current`` at an older complete version (default: the one before current)."""
+    root = Path(root)
+    with _root_lock(root):
+        versions = list_versions(root)
+        current = read_current(root)
+        if to is None:
+            older = [v for v in versions if current is None or v < current]
+            if not older:
+                raise RemiError(f"{root}: no version older than {current} to roll back to")
+            to = older[-1]
+        if to not in versions:
+            raise RemiError(f"{root}: no complete version {to!r} (have: {', '.join(versions) or 'none'})")
+        read_index_manifest(version_dir(root, to))
+        read_artifact_manifest(version_dir(root, to) / VERSION_ARTIFACTS)
+        write_current(root, to)
+    return to
+
+
+@dataclass
+class LoadedVersion:
+    """A model + index pair ready to serve: validated, dimension-checked, one unit."""
+
+    name: str
+    folder: Path
+    artifacts: Artifacts
+    manifest: IndexManifest
+    index: Any  # faiss.Index
+
+
+def load_version(folder: str | Path, threads: int = 1) -> LoadedVersion:
+    """Loads a version folder (index + the artifacts it was built from) and checks they pair."""
+    folder = Path(folder)
+    arts = load_artifacts(folder / VERSION_ARTIFACTS, threads=threads)
+    manifest, index = load_faiss(folder)
+    check_pair(arts.manifest, manifest)
+    return LoadedVersion(folder.name, folder, arts, manifest, index)
+
+
+def load_current(root: str | Path, threads: int = 1) -> LoadedVersion:
+    """The version ``current`` points to; ArtifactError when there is none or it is broken."""
+    name = read_current(root)
+    if name is None:
+        raise ArtifactError(f"{root}: no current index version (run `remi reindex` first)")
+    return load_version(version_dir(root, name), threads=threads)

@@ -1,0 +1,121 @@
+"""Loading exported model artifacts for inference: the ONNX user tower, item vectors and ids.
+
+Used by the index build (recall on real interest vectors) and the service; needs onnxruntime
+and numpy only, never torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from remi.contract import (
+    INPUT_ITEMS,
+    INPUT_MASK,
+    ITEM_EMBEDDINGS,
+    ITEM_IDS,
+    ITEM_POPULARITY,
+    MODEL_FILE,
+    OUTPUT_INTERESTS,
+    OUTPUT_ROUTING,
+    SAMPLE_HISTORIES,
+    ArtifactError,
+    ArtifactManifest,
+    read_artifact_manifest,
+)
+
+
+def pad_histories(histories: Sequence[Sequence[int] | np.ndarray], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Item-index histories (oldest first) -> the model's input: the last ``seq_len`` items,
+    left-aligned and right-padded with 0, and the matching mask (the training convention)."""
+    ids = np.zeros((len(histories), seq_len), dtype=np.int64)
+    mask = np.zeros((len(histories), seq_len), dtype=bool)
+    for row, hist in enumerate(histories):
+        tail = np.asarray(hist, dtype=np.int64)[-seq_len:]
+        ids[row, : len(tail)] = tail
+        mask[row, : len(tail)] = True
+    return ids, mask
+
+
+class UserTower:
+    """The exported user tower on onnxruntime: padded histories -> K interests and routing."""
+
+    def __init__(self, path: str | Path, threads: int = 1):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ArtifactError(f"{path}: cannot load the ONNX model ({str(exc).splitlines()[0][:200]})") from exc
+        names = {i.name for i in self.session.get_inputs()}
+        if names != {INPUT_ITEMS, INPUT_MASK}:
+            raise ArtifactError(f"{path}: inputs {sorted(names)}, expected {INPUT_ITEMS} and {INPUT_MASK}")
+        self.seq_len = int(self.session.get_inputs()[0].shape[1])
+
+    def run(self, item_ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, L) int64, (B, L) bool -> interests (B, K, d) float32, routing (B, K, L) float32."""
+        interests, routing = self.session.run(
+            [OUTPUT_INTERESTS, OUTPUT_ROUTING], {INPUT_ITEMS: item_ids, INPUT_MASK: mask}
+        )
+        return interests, routing
+
+
+@dataclass
+class Artifacts:
+    """Everything inference needs from one exported model, loaded and validated."""
+
+    folder: Path
+    manifest: ArtifactManifest
+    tower: UserTower
+    item_vectors: np.ndarray  # (I, d) float32, row r = item index r + 1
+    item_ids: list[str]  # raw id of row r
+    popularity: np.ndarray  # (I,) int64
+    sample_history: np.ndarray  # (S, L) int64
+    sample_mask: np.ndarray  # (S, L) bool
+    index_of: dict[str, int] = field(repr=False, default_factory=dict)  # raw id -> item index (row + 1)
+
+    @property
+    def version(self) -> str:
+        return self.manifest.model_version
+
+
+def load_artifacts(folder: str | Path, threads: int = 1, check_hash: bool = True) -> Artifacts:
+    """Validates the folder against its manifest, then loads every file; errors are ArtifactError."""
+    folder = Path(folder)
+    manifest = read_artifact_manifest(folder, check_hash=check_hash)
+    try:
+        vectors = np.load(folder / ITEM_EMBEDDINGS, allow_pickle=False)
+        popularity = np.load(folder / ITEM_POPULARITY, allow_pickle=False)
+        with np.load(folder / SAMPLE_HISTORIES, allow_pickle=False) as sample:
+            sample_history, sample_mask = sample["history"], sample["mask"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactError(f"{folder}: cannot read an array file ({str(exc).splitlines()[0]})") from exc
+    item_ids = (folder / ITEM_IDS).read_text().split("\n")[: manifest.n_items]
+    if vectors.shape != (manifest.n_items, manifest.dim) or vectors.dtype != np.float32:
+        raise ArtifactError(
+            f"{folder / ITEM_EMBEDDINGS}: shape {vectors.shape} {vectors.dtype}, "
+            f"manifest says ({manifest.n_items}, {manifest.dim}) float32"
+        )
+    if len(item_ids) != manifest.n_items or popularity.shape != (manifest.n_items,):
+        raise ArtifactError(f"{folder}: item ids or popularity do not hold {manifest.n_items} items")
+    tower = UserTower(folder / MODEL_FILE, threads=threads)
+    if tower.seq_len != manifest.seq_len:
+        raise ArtifactError(f"{folder / MODEL_FILE}: history length {tower.seq_len}, manifest says {manifest.seq_len}")
+    return Artifacts(
+        folder=folder,
+        manifest=manifest,
+        tower=tower,
+        item_vectors=vectors,
+        item_ids=item_ids,
+        popularity=popularity,
+        sample_history=sample_history,
+        sample_mask=sample_mask,
+        index_of={raw: row + 1 for row, raw in enumerate(item_ids)},
+    )

@@ -1,0 +1,199 @@
+"""``remi export``: a run's user tower to ONNX plus the item table, ids, popularity and manifest.
+
+The folder is filled under a hidden temporary name and renamed into place only after the ONNX
+model has been checked against PyTorch, so a crash never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from remi.artifacts import UserTower, pad_histories
+from remi.contract import (
+    ARTIFACT_FILES,
+    FORMAT_VERSION,
+    INPUT_ITEMS,
+    INPUT_MASK,
+    ITEM_EMBEDDINGS,
+    ITEM_IDS,
+    ITEM_POPULARITY,
+    MODEL_FILE,
+    OUTPUT_INTERESTS,
+    OUTPUT_ROUTING,
+    SAMPLE_HISTORIES,
+    ArtifactManifest,
+    atomic_folder,
+    file_entries,
+    sha256_file,
+    utc_now,
+    write_manifest,
+)
+from remi.errors import RemiError
+from training.models import MultiInterestModel
+from training.trainer import ITEMS_FILE, METRICS_FILE, load_run, prepare
+
+log = logging.getLogger("remi.export")
+
+PARITY_TOLERANCE = 1e-4
+
+
+class _Tower(torch.nn.Module):
+    """The user tower alone: eval-mode forward with the artifact's input and output names."""
+
+    def __init__(self, model: MultiInterestModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, item_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(item_ids, mask)
+
+
+def export_onnx(model: MultiInterestModel, path: Path, opset: int = 18) -> None:
+    """Dynamo-based export with a dynamic batch axis; L is fixed (histories are padded to L)."""
+    model.eval()
+    length = model.seq_len
+    ids = torch.randint(1, model.n_items + 1, (2, length))
+    mask = torch.ones(2, length, dtype=torch.bool)
+    mask[1, length // 2 :] = False
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" and similar noise
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Tower(model),
+            (ids, mask),
+            str(path),
+            input_names=[INPUT_ITEMS, INPUT_MASK],
+            output_names=[OUTPUT_INTERESTS, OUTPUT_ROUTING],
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            dynamic_shapes={"item_ids": {0: batch}, "mask": {0: batch}},
+            verbose=False,
+        )
+    exporter_log.setLevel(level)
+
+
+def parity_inputs(n_items: int, seq_len: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Batches of 1 and 64 with history lengths 1, L and in between (the export acceptance set)."""
+    rng = np.random.default_rng(seed)
+    lengths_64 = np.concatenate([[1, seq_len, max(1, seq_len // 2)], rng.integers(1, seq_len + 1, 61)])
+    batches = []
+    for lengths in ([1], [seq_len], [max(1, seq_len // 2)], lengths_64):
+        hist = [rng.integers(1, n_items + 1, int(n)) for n in lengths]
+        batches.append(pad_histories(hist, seq_len))
+    return batches
+
+
+@torch.no_grad()
+def parity_error(model: MultiInterestModel, onnx_path: Path, batches: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Max abs difference between onnxruntime and PyTorch over interests and routing."""
+    model.eval()
+    tower = UserTower(onnx_path)
+    worst = 0.0
+    for ids, mask in batches:
+        ort_v, ort_r = tower.run(ids, mask)
+        ref_v, ref_r = model(torch.from_numpy(ids), torch.from_numpy(mask))
+        worst = max(worst, float(np.abs(ort_v - ref_v.numpy()).max()), float(np.abs(ort_r - ref_r.numpy()).max()))
+    return worst
+
+
+def _fingerprint(path: str, data: Any) -> dict[str, Any]:
+    file = Path(path)
+    return {
+        "path": str(file),
+        "bytes": file.stat().st_size,
+        "sha256": sha256_file(file),
+        "users": data.n_users,
+        "items": data.n_items,
+        "interactions": len(data.items),
+    }
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    data: str | None = None,
+    force: bool = False,
+    opset: int = 18,
+    sample_users: int = 1024,
+) -> ArtifactManifest:
+    """Exports a run directory to an artifact folder and returns its manifest."""
+    if opset < 17:
+        raise RemiError(f"--opset {opset}: the artifact contract needs opset >= 17")
+    run = Path(run_dir)
+    t0 = time.perf_counter()
+    cfg, model = load_run(run)
+    model.eval()
+    if data:
+        cfg = cfg.model_copy(update={"data": data})
+    prep = prepare(cfg)
+    trained_items = (run / ITEMS_FILE).read_text().split("\n")[: model.n_items]
+    if list(prep.data.item_ids) != trained_items:
+        raise RemiError(
+            f"{cfg.data}: its items after filtering differ from the {model.n_items} the run trained on; "
+            "export with the training data (--data)"
+        )
+    metrics = json.loads((run / METRICS_FILE).read_text()) if (run / METRICS_FILE).is_file() else {}
+
+    with atomic_folder(Path(out), replace=force) as tmp:
+        export_onnx(model, tmp / MODEL_FILE, opset)
+        with torch.no_grad():
+            vectors = model.item_vectors().detach().float().numpy()
+        np.save(tmp / ITEM_EMBEDDINGS, np.ascontiguousarray(vectors, dtype=np.float32))
+        (tmp / ITEM_IDS).write_text("\n".join(trained_items) + "\n")
+        np.save(tmp / ITEM_POPULARITY, prep.data.item_popularity()[1:].astype(np.int64))
+        # Held-out users' histories: the index build measures recall on their interests.
+        history = np.concatenate([prep.valid.history, prep.test.history])[:sample_users]
+        mask = np.concatenate([prep.valid.mask, prep.test.mask])[:sample_users]
+        np.savez(tmp / SAMPLE_HISTORIES, history=history, mask=mask)
+
+        batches = parity_inputs(model.n_items, model.seq_len) + [
+            (history[i : i + 64], mask[i : i + 64]) for i in range(0, len(history), 64)
+        ]
+        error = parity_error(model, tmp / MODEL_FILE, batches)
+        if not error <= PARITY_TOLERANCE:
+            raise RemiError(f"ONNX parity check failed: max abs difference {error:.2e} > {PARITY_TOLERANCE:.0e}")
+
+        files = file_entries(tmp, list(ARTIFACT_FILES))
+        content = hashlib.sha256()
+        for name in (MODEL_FILE, ITEM_EMBEDDINGS, ITEM_IDS):
+            content.update(files[name].sha256.encode())
+        manifest = ArtifactManifest(
+            format_version=FORMAT_VERSION,
+            model_version=content.hexdigest()[:16],
+            backbone=cfg.model,
+            dim=cfg.dim,
+            interests=model.n_interests,
+            seq_len=cfg.seq_len,
+            n_items=model.n_items,
+            opset=opset,
+            created_at=utc_now(),
+            data_fingerprint=_fingerprint(cfg.data, prep.data),
+            metrics={k: metrics[k] for k in ("valid", "test", "routing", "steps", "best_step") if k in metrics},
+            train_config=cfg.model_dump(),
+            parity_max_abs=error,
+            files=files,
+        )
+        write_manifest(tmp, manifest)
+    log.info(
+        "export done",
+        extra={
+            "out": str(out),
+            "model_version": manifest.model_version,
+            "parity_max_abs": error,
+            "seconds": round(time.perf_counter() - t0, 2),
+        },
+    )
+    return manifest
