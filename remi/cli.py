@@ -310,6 +310,71 @@ def index_rollback_cmd(
     typer.echo(json.dumps({"current": rollback(root, to)}))
 
 
+@app.command("serve")
+def serve_cmd(
+    index_root: Annotated[Path, Opt(help="Index root (versions/ + `current`), followed for hot reload.")],
+    artifacts: Annotated[
+        Path | None, Opt(help="Model artifacts; builds the first index version if the root has none.")
+    ] = None,
+    host: Annotated[str, Opt(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, Opt(min=0, max=65535, help="Port.")] = 8000,
+    workers: Annotated[int, Opt(min=1, help="uvicorn worker processes (needs --redis-url when > 1).")] = 1,
+    redis_url: Annotated[
+        str | None,
+        Opt(help="Redis history store, e.g. redis://localhost:6379/0 (default: REMI_REDIS_URL or embedded)."),
+    ] = None,
+    seed_history: Annotated[
+        str | None, Opt(help="CSV user_id,item_id,timestamp loaded into the embedded history store.")
+    ] = None,
+    onnx_threads: Annotated[int | None, Opt(min=1, help="onnxruntime intra-op threads per worker (default 1).")] = None,
+    faiss_threads: Annotated[int | None, Opt(min=1, help="FAISS threads per worker (default 1).")] = None,
+    compute_threads: Annotated[
+        int | None, Opt(min=1, help="Threads running model + search off the event loop (default 2).")
+    ] = None,
+    microbatch: Annotated[
+        bool | None, Opt(help="Coalesce concurrent requests into one model + index call (default off).")
+    ] = None,
+    poll_seconds: Annotated[float | None, Opt(min=0, help="Seconds between checks of `current` (0 = off).")] = None,
+    access_log: Annotated[bool, Opt(help="uvicorn access log (off: it costs throughput).")] = False,
+    log_level: Annotated[str, Opt(help="Log level.")] = "info",
+) -> None:
+    """Serve POST /recommend and friends with uvicorn; every REMI_* setting applies (see README)."""
+    import os
+
+    import uvicorn
+
+    from remi.logs import setup_logging
+
+    flags = {
+        "index_root": index_root, "artifacts": artifacts, "host": host, "port": port, "workers": workers,
+        "redis_url": redis_url, "seed_history": seed_history, "onnx_threads": onnx_threads,
+        "faiss_threads": faiss_threads, "compute_threads": compute_threads, "microbatch": microbatch,
+        "poll_seconds": poll_seconds, "log_level": log_level,
+    }  # fmt: skip
+    for key, value in flags.items():  # env, so every worker process reads the same settings
+        if value is not None:
+            os.environ[f"REMI_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    from pydantic import ValidationError
+
+    from service.config import ServiceSettings
+
+    try:
+        ServiceSettings()
+    except ValidationError as exc:
+        raise RemiError(str(exc).splitlines()[-2].strip() if len(str(exc).splitlines()) > 1 else str(exc)) from exc
+    setup_logging(log_level)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level.lower(),
+        access_log=access_log,
+        log_config=None,
+    )
+
+
 @app.command("demo")
 def demo(
     out: Annotated[Path, Opt(help="Working folder for the generated data and the run.")] = Path("demo"),

@@ -40,3 +40,4 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build loaded: noise at INFO

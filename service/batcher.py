@@ -1,0 +1,82 @@
+"""Micro-batching: concurrent requests share one ONNX run and one FAISS call.
+
+The first request of a batch waits at most ``max_wait`` seconds for others to join (or until
+``max_size`` have); the whole batch then runs in the compute thread pool while the next batch
+collects. Whether this raises throughput depends on the per-call overhead it amortises against
+the added wait; benchmarks/serving.py measures both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from service import metrics
+from service.engine import Engine, Query, Result, Timings
+
+
+class MicroBatcher:
+    def __init__(
+        self, executor: Executor, engine: Callable[[], Engine], max_wait: float, max_size: int, parallel: int = 1
+    ):
+        self.executor, self.engine, self.max_wait, self.max_size = executor, engine, max_wait, max_size
+        self.slots = asyncio.Semaphore(parallel)  # batches in flight (one per compute thread)
+        self.queue: asyncio.Queue[tuple[Query, asyncio.Future[tuple[Result, Engine, Timings]]]] = asyncio.Queue()
+        self.task: asyncio.Task[Any] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+
+    async def submit(self, query: Query) -> tuple[Result, Engine, Timings]:
+        future: asyncio.Future[tuple[Result, Engine, Timings]] = asyncio.get_running_loop().create_future()
+        await self.queue.put((query, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_size:
+                try:
+                    batch.append(self.queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            engine = self.engine()
+            metrics.BATCH_SIZE.observe(len(batch))
+            await self.slots.acquire()
+            loop.create_task(self._execute(batch, engine))
+
+    async def _execute(self, batch: list[tuple[Query, asyncio.Future[Any]]], engine: Engine) -> None:
+        try:
+            results, timings = await asyncio.get_running_loop().run_in_executor(
+                self.executor, engine.recommend, [query for query, _ in batch]
+            )
+        except Exception as exc:  # hand the failure to every waiting request
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        finally:
+            self.slots.release()
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result((result, engine, timings))

@@ -1,0 +1,64 @@
+"""The service's one config object: environment variables with the prefix ``REMI_``.
+
+``remi serve`` flags set the same variables, so a container, a test and the CLI configure the
+service the same way (and every uvicorn worker process reads identical settings).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Every setting of the online service, with its default."""
+
+    model_config = SettingsConfigDict(env_prefix="REMI_", extra="ignore")
+
+    # artifacts
+    index_root: Path = Field(Path("index_root"), description="Index root with versions/ and the `current` pointer.")
+    artifacts: Path | None = Field(
+        None, description="Model artifacts; used to build the first index version when the root has none."
+    )
+    poll_seconds: float = Field(2.0, ge=0, description="How often to check `current` for a new version; 0 = never.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token of POST /admin/reload; unset = disabled.")
+
+    # history store
+    redis_url: str | None = Field(
+        None, description="Redis URL of the history store; unset = embedded in-process store."
+    )
+    redis_prefix: str = Field("remi:", description="Key namespace in Redis.")
+    redis_timeout_ms: float = Field(50.0, gt=0, description="Redis socket and connect timeout.")
+    redis_max_connections: int = Field(64, ge=1, description="Redis connection pool size per worker.")
+    history_max_len: int = Field(200, ge=1, description="Events kept per user (older ones are trimmed).")
+    history_ttl_days: float | None = Field(30.0, gt=0, description="Expiry of an idle user's history in Redis.")
+    seed_history: str | None = Field(
+        None, description="CSV user_id,item_id,timestamp loaded into the embedded store at start (demo)."
+    )
+
+    # requests
+    k_max: int = Field(500, ge=1, description="Largest k a request may ask for.")
+    batch_max: int = Field(256, ge=1, description="Most users in one POST /recommend/batch.")
+    events_max: int = Field(1000, ge=1, description="Most events in one POST /users/{id}/events.")
+
+    # compute
+    onnx_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per worker.")
+    faiss_threads: int = Field(1, ge=1, description="FAISS OpenMP threads per worker.")
+    compute_threads: int = Field(2, ge=1, description="Threads running model + search off the event loop.")
+    microbatch: bool = Field(False, description="Coalesce concurrent requests into one model + index call.")
+    microbatch_wait_ms: float = Field(1.0, ge=0, description="Longest a request waits for others to join its batch.")
+    microbatch_max: int = Field(64, ge=1, description="Most requests coalesced into one batch.")
+
+    # server (used by `remi serve`)
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, ge=0, le=65535, description="Port.")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes.")
+    log_level: str = Field("info", description="Log level.")
+
+    @model_validator(mode="after")
+    def _embedded_store_is_per_process(self) -> ServiceSettings:
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError("the embedded history store lives in one process: use --workers 1 or set REMI_REDIS_URL")
+        return self

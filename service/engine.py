@@ -1,0 +1,166 @@
+"""Candidate generation for a batch of users: ONNX interests -> one FAISS call -> merge.
+
+Pure computation over one loaded model + index pair (no HTTP, no history store), so the
+in-process benchmark, the micro-batcher and the request handlers all run the same code. An
+Engine is immutable; a reload builds a new one and swaps the reference.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index.merge import interest_weights, merge
+from index.reindex import LoadedVersion
+from index.search import search_excluding
+from remi.artifacts import pad_histories
+
+
+@dataclass(frozen=True)
+class Query:
+    """One user's request after the history lookup; ``history`` holds item indices, oldest first."""
+
+    history: np.ndarray
+    k: int
+    exclude_seen: bool = True
+    merge: str = "score"
+
+
+@dataclass
+class Result:
+    item_ids: list[str]
+    scores: list[float]
+    interests: list[int | None]
+    cold_start: bool
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage for a whole batch (the caller attributes them to its requests)."""
+
+    model: float = 0.0
+    search: float = 0.0
+    merge: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Engine:
+    """Recommends from one model + index pair."""
+
+    def __init__(self, version: LoadedVersion, faiss_threads: int = 1):
+        self.version = version
+        self.arts = version.artifacts
+        self.index = version.index
+        self.seq_len = self.arts.manifest.seq_len
+        faiss.omp_set_num_threads(faiss_threads)
+        # cold start: most popular first (ties by item index, i.e. stable)
+        self.popular = (np.argsort(-self.arts.popularity, kind="stable") + 1).astype(np.int64)
+        self.popular_scores = self.arts.popularity[self.popular - 1].astype(np.float32)
+
+    @property
+    def model_version(self) -> str:
+        return self.arts.version
+
+    @property
+    def index_version(self) -> str:
+        return self.version.name
+
+    def encode(self, raw_items: Sequence[str]) -> tuple[np.ndarray, int]:
+        """Raw ids -> item indices; unknown ids are skipped and counted (never an error)."""
+        index_of = self.arts.index_of
+        known = [index_of[item] for item in raw_items if item in index_of]
+        return np.asarray(known, dtype=np.int64), len(raw_items) - len(known)
+
+    def recommend(self, queries: Sequence[Query]) -> tuple[list[Result], Timings]:
+        """Results in the order of ``queries``; users without a usable history get popularity."""
+        timings = Timings()
+        results: list[Result | None] = [None] * len(queries)
+        warm = [i for i, q in enumerate(queries) if len(q.history)]
+        if warm:
+            t0 = time.perf_counter()
+            ids, mask = pad_histories([queries[i].history for i in warm], self.seq_len)
+            interests, routing = self.arts.tower.run(ids, mask)
+            t1 = time.perf_counter()
+            n = max(queries[i].k for i in warm)
+            exclude = [queries[i].history if queries[i].exclude_seen else () for i in warm]
+            found, scores = search_excluding(self.index, interests, n, exclude)
+            t2 = time.perf_counter()
+            weights = interest_weights(routing, mask)
+            for strategy in {queries[i].merge for i in warm}:
+                rows = [j for j, i in enumerate(warm) if queries[i].merge == strategy]
+                merged, merged_scores, who = merge(strategy, found[rows], scores[rows], n, weights[rows])
+                for r, j in enumerate(rows):
+                    q = queries[warm[j]]
+                    keep = merged[r, : q.k] >= 0
+                    results[warm[j]] = Result(
+                        item_ids=[self.arts.item_ids[i - 1] for i in merged[r, : q.k][keep]],
+                        scores=merged_scores[r, : q.k][keep].tolist(),
+                        interests=who[r, : q.k][keep].tolist(),
+                        cold_start=False,
+                    )
+            timings.model, timings.search, timings.merge = t1 - t0, t2 - t1, time.perf_counter() - t2
+        for i, q in enumerate(queries):
+            if results[i] is None:
+                results[i] = self.popular_for(q.k, q.history if q.exclude_seen else ())
+        return results, timings  # type: ignore[return-value]
+
+    def popular_for(self, k: int, exclude: Sequence[int] | np.ndarray = ()) -> Result:
+        """The cold-start list: most interacted items in the training data, minus excluded ones."""
+        take = k + len(exclude)
+        items, scores = self.popular[:take], self.popular_scores[:take]
+        if len(exclude):
+            keep = ~np.isin(items, np.asarray(exclude))
+            items, scores = items[keep], scores[keep]
+        return Result(
+            item_ids=[self.arts.item_ids[i - 1] for i in items[:k]],
+            scores=scores[:k].tolist(),
+            interests=[None] * min(k, len(items)),
+            cold_start=True,
+        )
+
+    def explain(self, history: np.ndarray, top_n: int = 10, top_history: int = 10) -> list[dict[str, Any]]:
+        """Per interest: the history items it draws on, how many effectively, and its own candidates."""
+        if not len(history):
+            return []
+        ids, mask = pad_histories([history], self.seq_len)
+        interests, routing = self.arts.tower.run(ids, mask)
+        found, scores = search_excluding(self.index, interests, top_n, [history])
+        weights = interest_weights(routing, mask)[0]
+        out = []
+        valid = mask[0]
+        for k in range(interests.shape[1]):
+            row = routing[0, k][valid]
+            p = row / max(float(row.sum()), 1e-12)
+            entropy = float(-(p[p > 0] * np.log(p[p > 0])).sum())
+            order = np.argsort(-row, kind="stable")[:top_history]
+            out.append(
+                {
+                    "interest": k,
+                    "weight": round(float(weights[k]), 4),
+                    "effective_items": round(float(np.exp(entropy)), 3),
+                    "norm": round(float(np.linalg.norm(interests[0, k])), 4),
+                    "history": [
+                        {"item_id": self.arts.item_ids[int(ids[0, j]) - 1], "weight": round(float(row[j]), 4)}
+                        for j in order
+                    ],
+                    "candidates": [
+                        {"item_id": self.arts.item_ids[int(i) - 1], "score": float(s)}
+                        for i, s in zip(found[0, k], scores[0, k], strict=True)
+                        if i >= 0
+                    ],
+                }
+            )
+        return out
+
+    def warm_up(self, rounds: int = 3) -> None:
+        """Runs real held-out histories through every stage so the first request is not slow."""
+        hist, mask = self.arts.sample_history[:64], self.arts.sample_mask[:64]
+        queries = [Query(h[m], 50) for h, m in zip(hist, mask, strict=True)] or [Query(np.array([1]), 50)]
+        for _ in range(rounds):
+            self.recommend(queries[:1])
+            self.recommend(queries)

@@ -1,0 +1,77 @@
+"""Prometheus metrics of the service and the ASGI middleware that records them per route.
+
+A plain ASGI middleware instead of Starlette's BaseHTTPMiddleware: it adds no task or stream
+wrapping per request, which matters at thousands of requests per second. Routes are labelled
+by their template (``/users/{user_id}/events``), never the raw path, so ids cannot explode the
+label cardinality. With several workers set PROMETHEUS_MULTIPROC_DIR (prometheus-client's
+multiprocess mode) so one scrape sees every worker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+REQUESTS = Counter("remi_requests_total", "HTTP requests by route and status code.", ["route", "method", "status"])
+LATENCY = Histogram("remi_request_seconds", "HTTP request latency by route.", ["route"], buckets=LATENCY_BUCKETS)
+STAGE = Histogram(
+    "remi_stage_seconds",
+    "Time per candidate-generation stage (history, model, search, merge) per request or batch.",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+FALLBACKS = Counter("remi_fallbacks_total", "Responses served from a fallback.", ["reason"])
+UNKNOWN_ITEMS = Counter("remi_unknown_items_total", "History item ids the model does not know (skipped).")
+HISTORY_ERRORS = Counter("remi_history_errors_total", "History store calls that failed or timed out.", ["op"])
+RELOADS = Counter("remi_reloads_total", "Model + index reload attempts by result.", ["result"])
+BATCH_SIZE = Histogram("remi_batch_users", "Users per model + index call.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+VERSION = Gauge("remi_version_info", "The model + index pair being served (value 1).", ["model", "index"])
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text; merges every worker's samples in multiprocess mode."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def set_version(model: str, index: str) -> None:
+    VERSION.clear()
+    VERSION.labels(model=model, index=index).set(1)
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by route template and status."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            REQUESTS.labels(label, scope["method"], str(status["code"])).inc()
+            LATENCY.labels(label).observe(time.perf_counter() - start)
