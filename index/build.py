@@ -41,6 +41,10 @@ KINDS = ("flat", "hnsw", "ivfpq", "auto")
 FLAT_MAX_ITEMS = 20_000  # up to here exact search of 4 interests costs under a millisecond on one core
 HNSW_MAX_ITEMS = 10_000_000  # ~0.65 kB/item at d = 64, M = 48: beyond this, memory argues for IVF-PQ
 
+# Search-time knobs that calibration walks (cheapest first) until recall reaches the target.
+EF_LADDER = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
+NPROBE_LADDER = (8, 16, 32, 64, 128, 256, 512, 1024)
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     "flat": {},
     "hnsw": {"m": 48, "ef_construction": 200, "ef_search": 64},
@@ -111,16 +115,55 @@ def apply_search_params(index: faiss.Index, kind: str, params: dict[str, Any]) -
             faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
 
 
-def recall_at(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 50) -> float:
-    """Mean overlap of the index's top-k with the exact inner-product top-k."""
-    k = min(k, len(vectors))
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = 50) -> np.ndarray:
+    """Ground truth for recall: exact inner-product top-k rows of every query."""
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    _, truth = exact.search(q, k)
-    _, found = index.search(q, k)
+    return exact.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(vectors)))[1]
+
+
+def recall_at(
+    index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 50, truth: np.ndarray | None = None
+) -> float:
+    """Mean overlap of the index's top-k with the exact inner-product top-k."""
+    k = min(k, len(vectors))
+    truth = exact_top(vectors, queries, k) if truth is None else truth
+    _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     hits = [len(np.intersect1d(t, f[f >= 0], assume_unique=False)) for t, f in zip(truth, found, strict=True)]
     return float(np.mean(hits) / k)
+
+
+TUNED = {"hnsw": ("ef_search", EF_LADDER), "ivfpq": ("nprobe", NPROBE_LADDER)}
+
+
+def calibrate(
+    index: faiss.Index,
+    kind: str,
+    params: dict[str, Any],
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    target: float,
+) -> tuple[dict[str, Any], float, dict[str, float]]:
+    """Walks the search knob up its ladder until recall@50 reaches ``target``.
+
+    The cheapest setting that meets the target is the fastest one that does, so ``auto`` builds
+    meet the recall gate at any catalogue size without hand-tuning. Returns the chosen params,
+    their recall and every (value -> recall) tried.
+    """
+    key, ladder = TUNED[kind]
+    truth = exact_top(vectors, queries, 50)
+    limit = params.get("nlist", float("inf"))
+    tried: dict[str, float] = {}
+    best = dict(params)
+    recall = 0.0
+    for value in [v for v in ladder if v <= limit] or [ladder[0]]:
+        best = {**params, key: value}
+        apply_search_params(index, kind, best)
+        recall = recall_at(index, vectors, queries, 50, truth)
+        tried[str(value)] = round(recall, 4)
+        if recall >= target:
+            break
+    return best, recall, tried
 
 
 def build_index_folder(
@@ -147,7 +190,14 @@ def build_index_folder(
     if source == "items":
         rng = np.random.default_rng(0)
         queries = vectors[rng.choice(n, min(n, 1000), replace=False)]
-    recall = None if chosen == "flat" else recall_at(index, vectors, queries, 50)
+    calibration = None
+    if chosen == "flat":
+        recall = None
+    elif TUNED[chosen][0] in (params or {}):  # set explicitly: measure, do not tune
+        recall = recall_at(index, vectors, queries, 50)
+    else:
+        resolved, recall, tried = calibrate(index, chosen, resolved, vectors, queries, min_recall)
+        calibration = {"param": TUNED[chosen][0], "target": min_recall, "tried": tried}
     log.info(
         "index built",
         extra={"kind": chosen, "params": resolved, "items": n, "seconds": round(build_seconds, 2), "recall@50": recall},
@@ -155,7 +205,7 @@ def build_index_folder(
     if recall is not None and recall < min_recall:
         raise RemiError(
             f"{chosen} index recall@50 is {recall:.4f} against exact search, below the threshold {min_recall}; "
-            "raise its search parameters (e.g. --ef-search, --nprobe, --refine) or lower --min-recall"
+            "raise its parameters (e.g. --hnsw-m, --ef-search, --nprobe, --refine) or lower --min-recall"
         )
     faiss.write_index(index, str(out / INDEX_FILE))
     manifest = IndexManifest(
@@ -169,6 +219,7 @@ def build_index_folder(
         recall_at_50=recall,
         recall_queries=len(queries),
         recall_source=source,
+        calibration=calibration,
         faiss_version=faiss.__version__,
         created_at=utc_now(),
         files=file_entries(out, [INDEX_FILE]),

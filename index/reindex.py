@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from index.build import build_index_folder, choose_kind, load_faiss, resolve_params
+from index.build import TUNED, build_index_folder, choose_kind, load_faiss, resolve_params
 from index.search import search_excluding
 from remi.artifacts import Artifacts, load_artifacts
 from remi.contract import (
@@ -141,6 +141,13 @@ def _prune(root: Path, keep: int, current: str) -> list[str]:
     return doomed
 
 
+def _same_build(old: IndexManifest, wanted: dict[str, Any], given: dict[str, Any] | None) -> bool:
+    """Same settings, ignoring a search knob that calibration chose (unless given explicitly)."""
+    tuned = TUNED.get(old.kind, (None,))[0]
+    skip = {tuned} if tuned and tuned not in (given or {}) else set()
+    return {k: v for k, v in old.params.items() if k not in skip} == {k: v for k, v in wanted.items() if k not in skip}
+
+
 @dataclass(frozen=True)
 class ReindexResult:
     version: str
@@ -179,7 +186,7 @@ def reindex(
                 old = read_index_manifest(version_dir(root, previous), check_hash=False)
             except ArtifactError:
                 old = None
-            if old and old.model_version == arts.version and old.kind == chosen and old.params == wanted:
+            if old and old.model_version == arts.version and old.kind == chosen and _same_build(old, wanted, params):
                 log.info("index up to date", extra={"version": previous})
                 return ReindexResult(previous, previous, False, old, [], time.perf_counter() - t0)
 

@@ -107,6 +107,7 @@ class IndexManifest(BaseModel):
     recall_at_50: float | None  # against exact search; None for flat (exact by construction)
     recall_queries: int
     recall_source: str  # "interests" (ONNX on held-out histories) or "items" (item vectors)
+    calibration: dict[str, Any] | None = None  # search knob tuned up to the recall target, if any
     faiss_version: str
     created_at: str
     files: dict[str, FileEntry]

@@ -125,6 +125,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(metrics.MetricsMiddleware)
     app.state.remi = state
 
+    warned = [0.0]
+
     async def stored_histories(user_ids: list[str]) -> list[list[Event]] | None:
         """None when the store is down or slow: the caller falls back, it never fails."""
         if not user_ids:
@@ -134,7 +136,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             return await state.history.get_many(user_ids, settings.history_max_len)
         except HistoryUnavailable as exc:
             metrics.HISTORY_ERRORS.labels("get").inc()
-            log.warning("history store unavailable", extra={"error": str(exc)})
+            now = time.monotonic()
+            if now - warned[0] > 5:  # one line per 5 s during an outage, not one per request
+                warned[0] = now
+                log.warning("history store unavailable: serving fallbacks", extra={"error": str(exc)})
             return None
         finally:
             metrics.STAGE.labels("history").observe(time.perf_counter() - t0)

@@ -164,3 +164,20 @@ def test_faiss_row_maps_to_item_index_plus_one(artifacts_dir: Path, tmp_path: Pa
     ids, _ = search_excluding(index, (vectors[row] / norms[row])[None, None, :], 1)
     assert ids[0, 0, 0] == row + 1
     assert isinstance(index, faiss.Index)
+
+
+def test_auto_calibrates_the_search_knob_up_to_the_recall_target(tmp_path: Path) -> None:
+    x, q = clustered(n=20_000, d=16, clusters=200)
+    manifest = build_index_folder(x, tmp_path, "hnsw", "m1", queries=q, params={"m": 16}, min_recall=0.98)
+    tried = manifest.calibration["tried"]
+    assert manifest.calibration["param"] == "ef_search" and manifest.recall_at_50 >= 0.98
+    assert manifest.params["ef_search"] == int(list(tried)[-1])
+    assert all(r < 0.98 for r in list(tried.values())[:-1])  # stopped at the first passing setting
+    _, index = load_faiss(tmp_path)
+    assert index.hnsw.efSearch == manifest.params["ef_search"]  # the chosen value is what loads
+
+
+def test_explicit_search_setting_is_measured_not_tuned(tmp_path: Path) -> None:
+    x, q = clustered()
+    manifest = build_index_folder(x, tmp_path, "hnsw", "m1", queries=q, params={"ef_search": 64})
+    assert manifest.calibration is None and manifest.params["ef_search"] == 64

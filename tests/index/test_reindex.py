@@ -40,8 +40,8 @@ def test_running_twice_is_safe_and_force_builds_a_new_version(artifacts_dir: Pat
     third = reindex(artifacts_dir, tmp_path, kind="hnsw", force=True)
     assert third.built and third.previous == first.version
     assert read_current(tmp_path) == third.version and list_versions(tmp_path) == [first.version, third.version]
-    changed = reindex(artifacts_dir, tmp_path, kind="hnsw", params={"ef_search": 64})
-    assert changed.built and changed.manifest.params["ef_search"] == 64
+    changed = reindex(artifacts_dir, tmp_path, kind="hnsw", params={"ef_search": 80})
+    assert changed.built and changed.manifest.params["ef_search"] == 80
 
 
 def test_keeps_the_last_n_versions(artifacts_dir: Path, tmp_path: Path) -> None:

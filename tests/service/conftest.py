@@ -1,0 +1,136 @@
+"""Real servers for the end-to-end tests: `remi serve` subprocesses on free ports, real Redis."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+SHARED_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    root: Path
+    proc: subprocess.Popen[str]
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_server(root: Path, artifacts: Path | None, **env: str) -> Server:
+    """Starts `remi serve` and waits until /readyz answers (200 or 503: the process is up)."""
+    port = free_port()
+    log = root.parent / f"server-{port}.log"
+    args = [sys.executable, "-m", "remi.cli", "serve", "--index-root", str(root), "--port", str(port)]
+    if artifacts:
+        args += ["--artifacts", str(artifacts)]
+    full_env = {**os.environ, "REMI_POLL_SECONDS": "0.2", **env}
+    proc = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=full_env, text=True)
+    server = Server(f"http://127.0.0.1:{port}", root, proc, log)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(server.url + "/readyz", timeout=1).status_code in (200, 503):
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"server did not start: {log.read_text()[-3000:]}")
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key namespace of one test on the shared Redis, removed afterwards (never a FLUSH)."""
+    prefix = f"remi-test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    delete_prefix(SHARED_REDIS, prefix)
+
+
+@pytest.fixture(scope="module")
+def api(artifacts_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One Redis-backed server shared by the read-mostly tests of a module (own key namespace)."""
+    prefix = f"remi-test:{uuid.uuid4().hex[:12]}:"
+    root = tmp_path_factory.mktemp("api") / "root"
+    server = start_server(
+        root, artifacts_dir, REMI_REDIS_URL=SHARED_REDIS, REMI_REDIS_PREFIX=prefix, REMI_ADMIN_TOKEN="s3cret"
+    )
+    yield server
+    server.stop()
+    delete_prefix(SHARED_REDIS, prefix)
+
+
+class OwnRedis:
+    """A private redis-server on a free port, for outage tests (the shared one is never stopped)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is needed for the outage tests"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port, socket_timeout=0.2).ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("own redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    server = OwnRedis()
+    server.start()
+    yield server
+    server.stop()
