@@ -121,6 +121,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         version=remi.__version__,
         description="Multi-interest candidate matching: K interest vectors per user, one FAISS search each.",
         lifespan=lifespan,
+        responses={400: {"description": "Body is not decodable JSON"}},
     )
     app.add_middleware(metrics.MetricsMiddleware)
     app.state.remi = state
@@ -203,7 +204,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def recommend(body: RecommendRequest) -> RecommendResponse:  # type: ignore[valid-type]
         return (await recommend_many([body]))[0]
 
-    @app.post("/recommend/batch", response_model=BatchResponse, summary="Top-k candidates for many users at once")
+    @app.post(
+        "/recommend/batch",
+        response_model=BatchResponse,
+        responses={503: {"description": "No model loaded yet"}},
+        summary="Top-k candidates for many users at once",
+    )
     async def recommend_batch(body: BatchRequest) -> BatchResponse:  # type: ignore[valid-type]
         t0 = time.perf_counter()
         results = await recommend_many(body.requests)
@@ -242,7 +248,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             items=[HistoryItem(item_id=e.item_id, timestamp=e.timestamp, known=e.item_id in known) for e in events],
         )
 
-    @app.get("/users/{user_id}/interests", summary="Explain: what each interest draws on and retrieves")
+    @app.get(
+        "/users/{user_id}/interests",
+        responses={503: {"description": "No model loaded, or history store unavailable"}},
+        summary="Explain: what each interest draws on and retrieves",
+    )
     async def interests(
         user_id: UserPath,
         top_n: Annotated[int, Query(ge=1, le=100, description="Candidates shown per interest.")] = 10,
@@ -269,7 +279,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Model, index and history store usable")
+    @app.get(
+        "/readyz",
+        responses={503: {"description": "No usable model + index pair"}},
+        summary="Model, index and history store usable",
+    )
     async def readyz() -> Response:
         engine = state.versions.engine
         history_ok = await state.history.ping()
@@ -312,7 +326,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         payload, content_type = metrics.render()
         return Response(payload, media_type=content_type)
 
-    @app.post("/admin/reload", summary="Load the version `current` points to now (bearer token)")
+    @app.post(
+        "/admin/reload",
+        responses={401: {"description": "Bad or missing bearer token"}, 404: {"description": "Admin disabled"}},
+        summary="Load the version `current` points to now (bearer token)",
+    )
     async def admin_reload(
         authorization: Annotated[str | None, Header()] = None,
         force: Annotated[bool, Body(embed=True)] = False,

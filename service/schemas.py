@@ -8,14 +8,25 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from annotated_types import Ge
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints
 
 MergeName = Literal["score", "quota", "round_robin"]
 Fallback = Literal["cold_start", "history_unavailable"]
 
+
+def _json_integer(value: object) -> object:
+    """JSON integers only: 5 and 5.0 pass (JSON Schema "integer"), "5" and true do not."""
+    if isinstance(value, (str, bool, bytes)):
+        raise ValueError("must be a JSON integer, not a string or boolean")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
 # Ids are opaque strings; bounded so a client cannot make us hash or store megabytes per key.
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)] | int
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)] | JsonInt
 
 
 class Item(BaseModel):
@@ -43,7 +54,9 @@ class BatchResponse(BaseModel):
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item_id: ItemId
-    timestamp: int | None = Field(None, ge=0, description="Unix seconds; optional.")
+    timestamp: Annotated[int, Ge(0), BeforeValidator(_json_integer)] | None = Field(
+        None, description="Unix seconds; optional."
+    )
 
 
 class EventsResponse(BaseModel):
@@ -73,7 +86,7 @@ def request_models(k_max: int, batch_max: int, events_max: int) -> tuple[type[Ba
     class RecommendRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         user_id: UserId
-        k: int = Field(50, ge=1, le=k_max, description=f"How many items (1..{k_max}).")
+        k: JsonInt = Field(50, ge=1, le=k_max, description=f"How many items (1..{k_max}).")
         history: list[ItemId] | None = Field(
             None,
             description=(
@@ -82,8 +95,8 @@ def request_models(k_max: int, batch_max: int, events_max: int) -> tuple[type[Ba
                 "lists are truncated to their most recent items, never rejected."
             ),
         )
-        use_stored_history: bool = Field(True, description="Read the user's stored history.")
-        exclude_seen: bool = Field(True, description="Never recommend an item of the history.")
+        use_stored_history: StrictBool = Field(True, description="Read the user's stored history.")
+        exclude_seen: StrictBool = Field(True, description="Never recommend an item of the history.")
         merge: MergeName = Field(
             "score",
             description="score: global by score; quota: each interest a share by its weight; round_robin.",
