@@ -412,11 +412,16 @@ def loadtest_cmd(
 
 @app.command("demo")
 def demo(
-    out: Annotated[Path, Opt(help="Working folder for the generated data and the run.")] = Path("demo"),
+    out: Annotated[Path, Opt(help="Working folder for the generated data, run, artifacts and index.")] = Path("demo"),
     steps: Annotated[int, Opt(min=1, help="Training steps.")] = 3000,
+    serve: Annotated[bool, Opt(help="Serve the model afterwards (embedded history store, no Redis needed).")] = True,
+    port: Annotated[int, Opt(min=0, max=65535, help="Port to serve on.")] = 8000,
+    host: Annotated[str, Opt(help="Bind address.")] = "127.0.0.1",
 ) -> None:
-    """The quick start: generate planted-topic data, train ComiRec-SA with REMI, print test metrics."""
+    """The quick start: planted-topic data -> train ComiRec-SA with REMI -> export ONNX -> FAISS index -> serve."""
+    from index.reindex import reindex
     from training.config import load_config
+    from training.export import export_run
     from training.synth import SynthConfig, write
     from training.trainer import train
 
@@ -441,6 +446,34 @@ def demo(
         f"routing: {routing['effective_items']:.2f} effective items per interest, "
         f"{routing['collapsed_share']:.0%} collapsed, interest similarity {routing['interest_similarity']:.2f}"
     )
+    manifest = export_run(out / "run", out / "artifacts", force=True)
+    typer.echo(
+        f"artifacts: {out / 'artifacts'}  (model {manifest.model_version}, ONNX parity {manifest.parity_max_abs:.1e})"
+    )
+    version = reindex(out / "artifacts", out / "index")
+    typer.echo(f"index: {out / 'index'}  (current = {version.version}, {version.manifest.kind})")
+    user = next(iter(open_users(data)))
+    url = f"http://{host}:{port}"
+    body = json.dumps({"user_id": user, "k": 10})
+    typer.echo(
+        "\ntry it:\n"
+        f"  curl -s -X POST {url}/recommend -H 'content-type: application/json' -d '{body}'\n"
+        f"  curl -s {url}/users/{user}/interests\n"
+        f"  open {url}/docs for the API\n"
+    )
+    if not serve:
+        return
+    import os
+
+    os.environ["REMI_SEED_HISTORY"] = str(data)
+    serve_cmd(index_root=out / "index", artifacts=None, host=host, port=port)
+
+
+def open_users(data: Path) -> list[str]:
+    """A few user ids of the generated data, for the printed example."""
+    import pandas as pd
+
+    return pd.read_csv(data, nrows=5, dtype=str)["user_id"].tolist()
 
 
 def main() -> None:

@@ -134,7 +134,11 @@ def test_evaluate_of_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
 
 
 def test_demo_generates_data_trains_and_prints_metrics(tmp_path: Path) -> None:
-    proc = remi("demo", "--out", str(tmp_path), "--steps", "60")
+    proc = remi("demo", "--out", str(tmp_path), "--steps", "60", "--no-serve")
     assert proc.returncode == 0, proc.stderr
     assert "recall@50" in proc.stdout and "popularity" in proc.stdout
     assert (tmp_path / "run" / "metrics.json").is_file()
+    assert "curl -s -X POST http://127.0.0.1:8000/recommend" in proc.stdout
+    from index.reindex import load_current
+
+    assert load_current(tmp_path / "index").artifacts.manifest.backbone == "comirec-sa"

@@ -226,7 +226,9 @@ def train(
                 log_fh.flush()
                 loss_sum = rr_sum = 0.0
                 loss_n = 0
-                bar.set_postfix(r50=f"{metrics['recall@50']:.4f}", best=f"{max(best_recall, 0):.4f}")
+                bar.set_postfix(
+                    r50=f"{metrics['recall@50']:.4f}", best=f"{max(best_recall, metrics['recall@50'], 0):.4f}"
+                )
                 if metrics["recall@50"] > best_recall:
                     best_recall, best_step, bad_evals = metrics["recall@50"], step, 0
                     best_state = copy.deepcopy(model.state_dict())
