@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Datasets: generate synthetic data.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: generate synthetic data, convert public raw dumps.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 index_app = typer.Typer(help="FAISS item index: build one, inspect or roll back an index root.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
@@ -53,6 +53,36 @@ def synth(
         raise RemiError("--max-len must be >= --min-len")
     path = write(SynthConfig(users=users, items=items, topics=topics, min_len=min_len, max_len=max_len, seed=seed), out)
     typer.echo(str(path))
+
+
+@data_app.command("convert")
+def convert_cmd(
+    fmt: Annotated[str, Opt("--format", help="Raw format: amazon-reviews, movielens or retailrocket.")],
+    input_path: Annotated[Path, Opt("--input", help="Raw file (gzip or plain, detected by content).")],
+    out: Annotated[Path, Opt(help="Normalized CSV to write (user_id,item_id,timestamp; gzipped if it ends in .gz).")],
+    min_rating: Annotated[
+        float | None, Opt(help="Keep only ratings >= this (movielens, amazon-reviews); default: keep all.")
+    ] = None,
+    events: Annotated[
+        str | None, Opt(help="retailrocket: comma-separated event types to keep (default view,addtocart,transaction).")
+    ] = None,
+    max_malformed_share: Annotated[
+        float, Opt(min=0.0, max=1.0, help="Fail if a larger share of the rows is malformed (wrong format?).")
+    ] = 0.1,
+) -> None:
+    """Convert a public raw dump to the normalized CSV; prints the report (JSON) and a summary on stderr."""
+    from training.convert import convert
+
+    report = convert(
+        fmt,
+        input_path,
+        out,
+        min_rating=min_rating,
+        events=None if events is None else [e.strip() for e in events.split(",") if e.strip()],
+        max_malformed_share=max_malformed_share,
+    )
+    typer.echo(json.dumps(report.to_dict(), indent=2))
+    typer.echo(report.summary(), err=True)
 
 
 @app.command("train")
@@ -93,9 +123,18 @@ def train_cmd(
     device: Annotated[str | None, Opt(help="torch device, e.g. cpu or cuda.")] = None,
     threads: Annotated[int | None, Opt(help="torch intra-op threads.")] = None,
     progress: Annotated[bool | None, Opt(help="Show a progress bar (default: when stderr is a terminal).")] = None,
+    nproc: Annotated[
+        int,
+        Opt(min=1, help="Processes for distributed data-parallel training (torchrun + DDP; gloo on CPU, nccl on GPU)."),
+    ] = 1,
 ) -> None:
     """Train a multi-interest model; writes RUN_DIR/metrics.json and the best checkpoint."""
-    overrides = {k: v for k, v in locals().items() if k not in ("out", "config", "progress")}
+    overrides = {k: v for k, v in locals().items() if k not in ("out", "config", "progress", "nproc")}
+    import os
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _relaunch_distributed(nproc, threads)
+        return
     from training.config import load_config
     from training.trainer import train
 
@@ -103,6 +142,8 @@ def train_cmd(
     if not cfg.data:
         raise RemiError("no data: pass --data PATH (or set it in --config)")
     result = train(cfg, out, show_progress=progress)
+    if not result:  # a non-zero rank of a distributed run: rank 0 reports
+        return
     typer.echo(
         json.dumps(
             {
@@ -115,6 +156,31 @@ def train_cmd(
             indent=2,
         )
     )
+
+
+def _relaunch_distributed(nproc: int, threads: int | None) -> None:
+    """Re-runs this same command under torchrun with N processes (each gets cores / N threads)."""
+    import os
+    import subprocess
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        args.append(arg)
+    env = dict(os.environ)
+    if threads is None:
+        env["REMI_TRAIN_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    code = subprocess.call([*cmd, "-m", "remi.cli", *args], env=env)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("evaluate")
