@@ -100,6 +100,40 @@ def _public_url(url: str) -> str:
     return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path.partition('?')[0]}"
 
 
+def _client_for(url: str, **options: Any) -> Any:
+    """A client for a plain, Cluster or Sentinel URL.
+
+    * ``redis://`` / ``rediss://`` / ``unix://`` — one server (redis-py's own URL format).
+    * ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` for TLS) — Redis
+      Cluster; one seed node is enough, the client discovers the rest. A user's history is one
+      key, so every write stays a single-slot transaction.
+    * ``redis+sentinel://host:port[,host:port...]/service_name[/db]`` — Sentinel; the client
+      asks the sentinels for the current master of ``service_name`` and follows failovers.
+    """
+    scheme, _, rest = url.partition("://")
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        seeds = rest.split("/")[0].split(",")
+        base = scheme.replace("+cluster", "")
+        options.pop("max_connections", None)  # per node in cluster mode; redis-py sizes it itself
+        return aioredis.RedisCluster.from_url(f"{base}://{seeds[0]}", **options)
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        hosts, _, path = rest.partition("/")
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            raise ValueError("a sentinel URL needs the service name: redis+sentinel://host:port/service_name[/db]")
+        sentinels = []
+        for host in hosts.split(","):
+            name, _, port = host.rpartition(":")
+            sentinels.append((name or host, int(port or 26379)))
+        db = int(parts[1]) if len(parts) > 1 else 0
+        from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+        timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
+        sentinel = Sentinel(sentinels, sentinel_kwargs=timeouts, ssl=scheme.startswith("rediss"), **options)
+        return sentinel.master_for(parts[0], connection_pool_class=SentinelConnectionPool, db=db)
+    return aioredis.Redis.from_url(url, **options)
+
+
 class RedisHistory:
     """Histories as Redis lists, newest first, capped at `max_len` and expiring after `ttl_seconds`.
 
@@ -133,7 +167,7 @@ class RedisHistory:
         self.failures = 0
         self._open_until: float | None = None  # None: breaker closed
         self._probing = False
-        self._client = aioredis.Redis.from_url(
+        self._client = _client_for(
             url,
             max_connections=max_connections,
             socket_timeout=timeout_s,
