@@ -27,6 +27,7 @@ index_app = typer.Typer(help="FAISS item index: build one, inspect or roll back 
 app.add_typer(index_app, name="index")
 
 Opt = typer.Option
+TRAIN_ONLY_MODULES = {"torch", "training", "optuna", "onnx", "onnxscript", "matplotlib", "tabulate", "tqdm"}
 
 
 @app.callback()
@@ -548,6 +549,15 @@ def main() -> None:
         app()
     except RemiError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:  # e.g. `remi train` in the serving image, which has no torch
+        if (exc.name or "").split(".")[0] not in TRAIN_ONLY_MODULES:
+            raise
+        print(
+            f"error: this installation has no training components (missing {exc.name}); "
+            'install them with `pip install "remi-match[train]"` or use the jobs image',
+            file=sys.stderr,
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -65,4 +65,5 @@ def popularity_metrics(popularity: np.ndarray, data: EvalSet, ns: tuple[int, ...
         popularity: (I + 1,) interaction counts per item index (index 0 = padding).
     """
     top = np.argsort(-popularity[1:], kind="stable")[: max(ns)] + 1
+    top = np.pad(top, (0, max(ns) - len(top)), constant_values=-1)  # catalogues smaller than N
     return ranking_metrics(np.broadcast_to(top, (len(data.truth), len(top))), data.truth, ns)

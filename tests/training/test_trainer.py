@@ -130,3 +130,13 @@ def test_embedding_l2_penalty_grows_linearly_with_its_weight(synth_csv: Path) ->
     losses = [training_loss(model, cfg.model_copy(update={"emb_l2": w}), *args)[0].item() for w in (0.0, 0.1, 0.2)]
     assert losses[1] > losses[0]
     assert losses[2] - losses[0] == pytest.approx(2 * (losses[1] - losses[0]), rel=1e-4)
+
+
+def test_catalogue_smaller_than_the_cutoff_trains_and_evaluates(tmp_path: Path) -> None:
+    """40 items < @50: metrics are computed on the shorter lists instead of failing."""
+    from training.synth import SynthConfig, write
+
+    data = write(SynthConfig(users=200, items=40, topics=4, min_len=8, max_len=20, seed=3), tmp_path / "d")
+    cfg = TrainConfig(data=str(data), max_steps=20, eval_every=10, batch_size=32, negatives=16, dim=8, min_count=1)
+    result = train(cfg, tmp_path / "run", show_progress=False)
+    assert 0 < result["test"]["recall@50"] <= 1 and 0 < result["popularity_test"]["recall@50"] <= 1
