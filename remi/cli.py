@@ -430,12 +430,16 @@ def serve_cmd(
     except ValidationError as exc:
         raise RemiError(str(exc).splitlines()[-2].strip() if len(str(exc).splitlines()) > 1 else str(exc)) from exc
     setup_logging(log_level)
+    if workers > 1:
+        from service.workers import serve_workers
+
+        serve_workers(workers, host, port, log_level.lower(), access_log)
+        return
     uvicorn.run(
         "service.app:create_app",
         factory=True,
         host=host,
         port=port,
-        workers=workers,
         log_level=log_level.lower(),
         access_log=access_log,
         log_config=None,

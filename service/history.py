@@ -244,6 +244,8 @@ class RedisHistory:
     async def get_many(self, user_ids: list[str], limit: int) -> list[list[Event]]:
         if limit <= 0 or not user_ids:
             return [[] for _ in user_ids]
+        if len(user_ids) == 1:  # the common single-user request: no pipeline machinery
+            return [await self.get(user_ids[0], limit)]
 
         async def run() -> list[list[str]]:
             async with self._client.pipeline(transaction=False) as pipe:
