@@ -23,12 +23,13 @@ def low_free_port() -> int:
     """A free port whose cluster bus port (+10000) is valid too."""
     while True:
         port = random.randint(20000, 50000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+            return port
+        except OSError:
+            continue
 
 
 def redis_server(port: int, folder: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -37,7 +38,7 @@ def redis_server(port: int, folder: Path, *extra: str) -> subprocess.Popen[bytes
     return subprocess.Popen([*args, "--dir", str(folder), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def wait(predicate, timeout: float = 15.0) -> None:
+def wait(predicate, timeout: float = 45.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
