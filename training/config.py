@@ -54,7 +54,7 @@ class TrainConfig(BaseSettings):
     batch_size: int = Field(128, ge=1)
     negatives: int = Field(1280, ge=1)
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay (L2 on every parameter)")
     max_steps: int = Field(100_000, ge=1)
     max_minutes: float | None = Field(None, gt=0)
     eval_every: int = Field(1000, ge=1)
