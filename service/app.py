@@ -57,6 +57,7 @@ class State:
         )
         self.executor = ThreadPoolExecutor(settings.compute_threads, thread_name_prefix="remi-compute")
         self.batcher: MicroBatcher | None = None
+        self.active = 0  # recommendation requests in progress (tells the batcher whether to wait)
 
     def engine(self) -> Engine:
         engine = self.versions.engine
@@ -92,6 +93,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 settings.microbatch_wait_ms / 1000,
                 settings.microbatch_max,
                 parallel=settings.compute_threads,
+                active=lambda: state.active,
             )
             state.batcher.start()
         poller = loop.create_task(state.versions.poll_forever()) if settings.poll_seconds > 0 else None
@@ -146,6 +148,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             metrics.STAGE.labels("history").observe(time.perf_counter() - t0)
 
     async def recommend_many(requests: Sequence[Any]) -> list[dict[str, Any]]:
+        state.active += 1
+        try:
+            return await _recommend_many(requests)
+        finally:
+            state.active -= 1
+
+    async def _recommend_many(requests: Sequence[Any]) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         engine = state.engine()  # this request finishes on this pair even if a reload swaps it
         wanted = [r.user_id for r in requests if r.use_stored_history]

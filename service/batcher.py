@@ -1,8 +1,10 @@
 """Micro-batching: concurrent requests share one ONNX run and one FAISS call.
 
 The first request of a batch waits at most ``max_wait`` seconds for others to join (or until
-``max_size`` have); the whole batch then runs in the compute thread pool while the next batch
-collects. Whether this raises throughput depends on the per-call overhead it amortises against
+``max_size`` have), but only while other requests are on their way (between arrival and the
+queue, e.g. reading their history): a lone request is dispatched at once, so coalescing costs
+nothing at low concurrency. The whole batch then runs in the compute thread pool while the next
+batch collects. Whether this raises throughput depends on the per-call overhead it amortises against
 the added wait; benchmarks/serving.py measures both ways.
 """
 
@@ -19,9 +21,17 @@ from service.engine import Engine, Query, Result, Timings
 
 class MicroBatcher:
     def __init__(
-        self, executor: Executor, engine: Callable[[], Engine], max_wait: float, max_size: int, parallel: int = 1
+        self,
+        executor: Executor,
+        engine: Callable[[], Engine],
+        max_wait: float,
+        max_size: int,
+        parallel: int = 1,
+        active: Callable[[], int] = lambda: 0,
     ):
         self.executor, self.engine, self.max_wait, self.max_size = executor, engine, max_wait, max_size
+        self.active = active  # requests being handled right now (arrived, not yet answered)
+        self.running = 0  # requests inside batches that are computing
         self.slots = asyncio.Semaphore(parallel)  # batches in flight (one per compute thread)
         self.queue: asyncio.Queue[tuple[Query, asyncio.Future[tuple[Result, Engine, Timings]]]] = asyncio.Queue()
         self.task: asyncio.Task[Any] | None = None
@@ -53,6 +63,8 @@ class MicroBatcher:
                     continue
                 except asyncio.QueueEmpty:
                     pass
+                if self.active() - self.running - len(batch) <= 0:
+                    break  # nobody else is coming: do not wait for them
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -60,12 +72,19 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
-            engine = self.engine()
+            try:
+                engine = self.engine()
+            except Exception as exc:  # e.g. no model: answer these requests, keep the loop alive
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
             metrics.BATCH_SIZE.observe(len(batch))
             await self.slots.acquire()
             loop.create_task(self._execute(batch, engine))
 
     async def _execute(self, batch: list[tuple[Query, asyncio.Future[Any]]], engine: Engine) -> None:
+        self.running += len(batch)
         try:
             results, timings = await asyncio.get_running_loop().run_in_executor(
                 self.executor, engine.recommend, [query for query, _ in batch]
@@ -76,6 +95,7 @@ class MicroBatcher:
                     future.set_exception(exc)
             return
         finally:
+            self.running -= len(batch)
             self.slots.release()
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():

@@ -30,7 +30,9 @@ class ServiceSettings(BaseSettings):
         None, description="Redis URL of the history store; unset = embedded in-process store."
     )
     redis_prefix: str = Field("remi:", description="Key namespace in Redis.")
-    redis_timeout_ms: float = Field(50.0, gt=0, description="Redis socket and connect timeout.")
+    redis_timeout_ms: float = Field(
+        100.0, gt=0, description="Redis socket and connect timeout (then the request falls back)."
+    )
     redis_max_connections: int = Field(64, ge=1, description="Redis connection pool size per worker.")
     history_max_len: int = Field(200, ge=1, description="Events kept per user (older ones are trimmed).")
     history_ttl_days: float | None = Field(30.0, gt=0, description="Expiry of an idle user's history in Redis.")
@@ -47,8 +49,10 @@ class ServiceSettings(BaseSettings):
     onnx_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per worker.")
     faiss_threads: int = Field(1, ge=1, description="FAISS OpenMP threads per worker.")
     compute_threads: int = Field(2, ge=1, description="Threads running model + search off the event loop.")
-    microbatch: bool = Field(False, description="Coalesce concurrent requests into one model + index call.")
-    microbatch_wait_ms: float = Field(1.0, ge=0, description="Longest a request waits for others to join its batch.")
+    microbatch: bool = Field(True, description="Coalesce concurrent requests into one model + index call.")
+    microbatch_wait_ms: float = Field(
+        1.0, ge=0, description="Longest a request waits for others on their way to join its batch."
+    )
     microbatch_max: int = Field(64, ge=1, description="Most requests coalesced into one batch.")
 
     # server (used by `remi serve`)
