@@ -55,7 +55,13 @@ class State:
             timeout_s=settings.redis_timeout_ms / 1000,
             max_connections=settings.redis_max_connections,
         )
-        self.executor = ThreadPoolExecutor(settings.compute_threads, thread_name_prefix="remi-compute")
+        # OpenMP's thread count is per calling thread: set it in each compute thread, where FAISS runs.
+        self.executor = ThreadPoolExecutor(
+            settings.compute_threads,
+            thread_name_prefix="remi-compute",
+            initializer=_set_faiss_threads,
+            initargs=(settings.faiss_threads,),
+        )
         self.batcher: MicroBatcher | None = None
         self.active = 0  # recommendation requests in progress (tells the batcher whether to wait)
 
@@ -354,6 +360,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return await state.versions.refresh(force=force)
 
     return app
+
+
+def _set_faiss_threads(n: int) -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(n)
 
 
 def _fallback(history_failed: bool, result: Result) -> str | None:
