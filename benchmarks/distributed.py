@@ -68,8 +68,8 @@ def main() -> None:
     (RESULTS / "distributed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     table = md_table(
         ["processes", "threads each", "steps", "train s", "steps/s", "speedup", "valid R@50"],
-        [[r["processes"], r["threads_per_process"], r["steps"], r["train_seconds"], r["steps_per_s"], r["speedup"],
-          r["valid_recall@50"]] for r in rows],
+        [[r["processes"], r["threads_per_process"], r["steps"], f"{r['train_seconds']:.1f}", f"{r['steps_per_s']:.0f}",
+          f"{r['speedup']:.2f}", f"{r['valid_recall@50']:.4f}"] for r in rows],
     )  # fmt: skip
     text = (
         f"# Distributed training throughput (`python -m benchmarks.distributed`)\n\n"
