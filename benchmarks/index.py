@@ -40,14 +40,23 @@ RESULTS = Path(__file__).parent / "results"
 K, TOP = 4, 50
 
 
-def catalogue(n: int, d: int, seed: int = 0, clusters: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-    """(n, d) clustered item vectors with log-normal norms and (1000, d) interest-like queries."""
-    rng = np.random.default_rng(seed)
+def clustered_items(
+    n: int, d: int, seed: int, clusters: int, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, d) float32 item vectors (Gaussian clusters, log-normal norms) and each item's cluster."""
+    rng = rng or np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, d)).astype(np.float32)
     assign = rng.integers(0, clusters, n)
     x = centres[assign] + 0.6 * rng.normal(size=(n, d)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     x *= rng.lognormal(0.0, 0.35, (n, 1)).astype(np.float32)
+    return np.ascontiguousarray(x), assign
+
+
+def catalogue(n: int, d: int, seed: int = 0, clusters: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """(n, d) clustered item vectors with log-normal norms and (1000, d) interest-like queries."""
+    rng = np.random.default_rng(seed)
+    x, assign = clustered_items(n, d, seed, clusters, rng)  # the queries continue the same stream
     queries = np.empty((1000, d), dtype=np.float32)
     members = [np.flatnonzero(assign == c) for c in range(clusters)]
     for i in range(len(queries)):

@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.index import clustered_items
 from benchmarks.report import md_table
 
 RESULTS = Path(__file__).parent / "results"
@@ -68,17 +69,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------- synthetic artifacts
-
-
-def clustered_items(n: int, d: int, seed: int, clusters: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, d) float32 item vectors (Gaussian clusters, log-normal norms) and each item's cluster."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, d)).astype(np.float32)
-    assign = rng.integers(0, clusters, n)
-    x = centres[assign] + 0.6 * rng.normal(size=(n, d)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    x *= rng.lognormal(0.0, 0.35, (n, 1)).astype(np.float32)
-    return np.ascontiguousarray(x), assign
 
 
 class HistoryMaker:
