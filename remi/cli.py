@@ -240,11 +240,17 @@ def export_cmd(
     sample_users: Annotated[
         int, Opt(min=0, help="Held-out histories kept for parity, index recall and warm-up.")
     ] = 1024,
+    external_data: Annotated[
+        bool | None,
+        Opt(help="Weights in user_tower.onnx.data beside the model (default: only above 1.5 GB, protobuf's limit)."),
+    ] = None,
 ) -> None:
     """Export a run's user tower to ONNX (checked against PyTorch) with the item table and manifest."""
     from training.export import export_run
 
-    manifest = export_run(run, out, data=data, force=force, opset=opset, sample_users=sample_users)
+    manifest = export_run(
+        run, out, data=data, force=force, opset=opset, sample_users=sample_users, external_data=external_data
+    )
     typer.echo(
         json.dumps(
             {

@@ -7,6 +7,7 @@ Model artifacts (written by ``remi export``)::
     manifest.json          ArtifactManifest (written last: its presence means "complete")
     user_tower.onnx        history (B, L) int64 item indices + mask (B, L) bool
                            -> interests (B, K, d) float32, routing (B, K, L) float32
+    user_tower.onnx.data   its weights, only when kept outside the model (large catalogues)
     item_embeddings.npy    (I, d) float32; row r is item index r + 1 (index 0 = padding)
     item_ids.txt           raw item id of row r on line r
     item_popularity.npy    (I,) int64 interaction counts per row (cold-start ranking)
@@ -43,6 +44,7 @@ FORMAT_VERSION = 1
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "user_tower.onnx"
+MODEL_DATA = "user_tower.onnx.data"  # the weights, for models over protobuf's 2 GB (optional)
 ITEM_EMBEDDINGS = "item_embeddings.npy"
 ITEM_IDS = "item_ids.txt"
 ITEM_POPULARITY = "item_popularity.npy"

@@ -26,6 +26,7 @@ from remi.contract import (
     ITEM_EMBEDDINGS,
     ITEM_IDS,
     ITEM_POPULARITY,
+    MODEL_DATA,
     MODEL_FILE,
     OUTPUT_INTERESTS,
     OUTPUT_ROUTING,
@@ -57,9 +58,19 @@ class _Tower(torch.nn.Module):
         return self.model(item_ids, mask)
 
 
-def export_onnx(model: MultiInterestModel, path: Path, opset: int = 18) -> None:
-    """Dynamo-based export with a dynamic batch axis; L is fixed (histories are padded to L)."""
+EXTERNAL_DATA_BYTES = 1_500_000_000  # protobuf caps a single-file model at 2 GB
+
+
+def export_onnx(model: MultiInterestModel, path: Path, opset: int = 18, external_data: bool | None = None) -> None:
+    """Dynamo-based export with a dynamic batch axis; L is fixed (histories are padded to L).
+
+    The item table is part of the user tower (it embeds the history). Above ~1.5 GB of weights
+    (about 6M items at d = 64) they go to ``user_tower.onnx.data`` beside the model, because a
+    single-file ONNX model cannot exceed 2 GB; ``external_data`` forces either layout.
+    """
     model.eval()
+    if external_data is None:
+        external_data = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
     length = model.seq_len
     ids = torch.randint(1, model.n_items + 1, (2, length))
     mask = torch.ones(2, length, dtype=torch.bool)
@@ -78,7 +89,7 @@ def export_onnx(model: MultiInterestModel, path: Path, opset: int = 18) -> None:
             output_names=[OUTPUT_INTERESTS, OUTPUT_ROUTING],
             opset_version=opset,
             dynamo=True,
-            external_data=False,
+            external_data=external_data,
             dynamic_shapes={"item_ids": {0: batch}, "mask": {0: batch}},
             verbose=False,
         )
@@ -128,6 +139,7 @@ def export_run(
     force: bool = False,
     opset: int = 18,
     sample_users: int = 1024,
+    external_data: bool | None = None,
 ) -> ArtifactManifest:
     """Exports a run directory to an artifact folder and returns its manifest."""
     if opset < 17:
@@ -148,7 +160,7 @@ def export_run(
     metrics = json.loads((run / METRICS_FILE).read_text()) if (run / METRICS_FILE).is_file() else {}
 
     with atomic_folder(Path(out), replace=force) as tmp:
-        export_onnx(model, tmp / MODEL_FILE, opset)
+        export_onnx(model, tmp / MODEL_FILE, opset, external_data)
         with torch.no_grad():
             vectors = model.item_vectors().detach().float().numpy()
         np.save(tmp / ITEM_EMBEDDINGS, np.ascontiguousarray(vectors, dtype=np.float32))
@@ -166,9 +178,10 @@ def export_run(
         if not error <= PARITY_TOLERANCE:
             raise RemiError(f"ONNX parity check failed: max abs difference {error:.2e} > {PARITY_TOLERANCE:.0e}")
 
-        files = file_entries(tmp, list(ARTIFACT_FILES))
+        weights = [MODEL_DATA] if (tmp / MODEL_DATA).is_file() else []
+        files = file_entries(tmp, [*ARTIFACT_FILES, *weights])
         content = hashlib.sha256()
-        for name in (MODEL_FILE, ITEM_EMBEDDINGS, ITEM_IDS):
+        for name in (MODEL_FILE, *weights, ITEM_EMBEDDINGS, ITEM_IDS):
             content.update(files[name].sha256.encode())
         manifest = ArtifactManifest(
             format_version=FORMAT_VERSION,

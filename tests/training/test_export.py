@@ -152,3 +152,24 @@ def test_manifest_of_another_format_version_is_refused(artifacts_dir: Path, tmp_
     (broken / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="format version 99"):
         load_artifacts(broken)
+
+
+def test_weights_outside_the_model_file_export_load_and_are_checked(trained_run: Path, tmp_path: Path) -> None:
+    """The layout large catalogues need (a single-file ONNX model stops at 2 GB)."""
+    from remi.contract import MODEL_DATA
+
+    manifest = export_run(trained_run, tmp_path / "art", external_data=True)
+    assert MODEL_DATA in manifest.files and manifest.parity_max_abs <= PARITY_TOLERANCE
+    arts = load_artifacts(tmp_path / "art")
+    v, _ = arts.tower.run(arts.sample_history[:8], arts.sample_mask[:8])
+    assert v.shape[0] == 8
+    from index.reindex import load_current, reindex
+
+    reindex(tmp_path / "art", tmp_path / "root", kind="flat")  # the version copies the weights file too
+    served = load_current(tmp_path / "root").artifacts
+    assert np.array_equal(served.tower.run(arts.sample_history[:8], arts.sample_mask[:8])[0], v)
+    data = bytearray((tmp_path / "art" / MODEL_DATA).read_bytes())
+    data[100] ^= 0xFF
+    (tmp_path / "art" / MODEL_DATA).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=MODEL_DATA):
+        load_artifacts(tmp_path / "art")
