@@ -389,9 +389,11 @@ def serve_cmd(
     artifacts: Annotated[
         Path | None, Opt(help="Model artifacts; builds the first index version if the root has none.")
     ] = None,
-    host: Annotated[str, Opt(help="Bind address.")] = "127.0.0.1",
-    port: Annotated[int, Opt(min=0, max=65535, help="Port.")] = 8000,
-    workers: Annotated[int, Opt(min=1, help="uvicorn worker processes (needs --redis-url when > 1).")] = 1,
+    host: Annotated[str | None, Opt(help="Bind address (default 127.0.0.1 or REMI_HOST).")] = None,
+    port: Annotated[int | None, Opt(min=0, max=65535, help="Port (default 8000 or REMI_PORT).")] = None,
+    workers: Annotated[
+        int | None, Opt(min=1, help="Worker processes sharing the port (default 1 or REMI_WORKERS; > 1 needs Redis).")
+    ] = None,
     redis_url: Annotated[
         str | None,
         Opt(help="Redis history store, e.g. redis://localhost:6379/0 (default: REMI_REDIS_URL or embedded)."),
@@ -409,7 +411,7 @@ def serve_cmd(
     ] = None,
     poll_seconds: Annotated[float | None, Opt(min=0, help="Seconds between checks of `current` (0 = off).")] = None,
     access_log: Annotated[bool, Opt(help="uvicorn access log (off: it costs throughput).")] = False,
-    log_level: Annotated[str, Opt(help="Log level.")] = "info",
+    log_level: Annotated[str | None, Opt(help="Log level (default info or REMI_LOG_LEVEL).")] = None,
 ) -> None:
     """Serve POST /recommend and friends with uvicorn; every REMI_* setting applies (see README)."""
     import os
@@ -437,21 +439,22 @@ def serve_cmd(
     from service.config import ServiceSettings
 
     try:
-        ServiceSettings()
+        settings = ServiceSettings()
     except ValidationError as exc:
         raise RemiError(str(exc).splitlines()[-2].strip() if len(str(exc).splitlines()) > 1 else str(exc)) from exc
-    setup_logging(log_level)
-    if workers > 1:
+    level = settings.log_level.lower()
+    setup_logging(level)
+    if settings.workers > 1:
         from service.workers import serve_workers
 
-        serve_workers(workers, host, port, log_level.lower(), access_log)
+        serve_workers(settings.workers, settings.host, settings.port, level, access_log)
         return
     uvicorn.run(
         "service.app:create_app",
         factory=True,
-        host=host,
-        port=port,
-        log_level=log_level.lower(),
+        host=settings.host,
+        port=settings.port,
+        log_level=level,
         access_log=access_log,
         log_config=None,
     )

@@ -3,8 +3,9 @@
 A plain ASGI middleware instead of Starlette's BaseHTTPMiddleware: it adds no task or stream
 wrapping per request, which matters at thousands of requests per second. Routes are labelled
 by their template (``/users/{user_id}/events``), never the raw path, so ids cannot explode the
-label cardinality. With several workers set PROMETHEUS_MULTIPROC_DIR (prometheus-client's
-multiprocess mode) so one scrape sees every worker.
+label cardinality. With several workers (``remi serve --workers N``) the samples go through
+prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by the supervisor), so a
+scrape of any worker reports them all.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ UNKNOWN_ITEMS = Counter("remi_unknown_items_total", "History item ids the model 
 HISTORY_ERRORS = Counter("remi_history_errors_total", "History store calls that failed or timed out.", ["op"])
 RELOADS = Counter("remi_reloads_total", "Model + index reload attempts by result.", ["result"])
 BATCH_SIZE = Histogram("remi_batch_users", "Users per model + index call.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-VERSION = Gauge("remi_version_info", "The model + index pair being served (value 1).", ["model", "index"])
+VERSION = Gauge(
+    "remi_version_info",
+    "The model + index pair being served (value 1).",
+    ["model", "index"],
+    multiprocess_mode="liveall",  # one series per live worker: a half-finished rollout stays visible
+)
 
 
 def render() -> tuple[bytes, str]:
@@ -45,8 +51,14 @@ def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+_serving: list[tuple[str, str]] = []
+
+
 def set_version(model: str, index: str) -> None:
-    VERSION.clear()
+    """1 for the pair served now, 0 for the one before (multiprocess files cannot forget a series)."""
+    for old in _serving:
+        VERSION.labels(model=old[0], index=old[1]).set(0)
+    _serving[:] = [(model, index)]
     VERSION.labels(model=model, index=index).set(1)
 
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from typing import Any
 
@@ -48,6 +51,12 @@ def serve_workers(workers: int, host: str, port: int, log_level: str, access_log
         with socket.socket() as probe:
             probe.bind((host, 0))
             port = probe.getsockname()[1]
+    # One /metrics for all workers: prometheus-client's multiprocess mode, where every worker
+    # writes its samples to files in a shared folder and a scrape of any worker merges them.
+    metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="remi-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     ctx = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -69,6 +78,10 @@ def serve_workers(workers: int, host: str, port: int, log_level: str, access_log
         for i, proc in enumerate(procs):
             if not proc.is_alive() and not stopping:
                 log.error("worker died; restarting", extra={"pid": proc.pid, "exitcode": proc.exitcode})
+                if metrics_dir:
+                    from prometheus_client import multiprocess
+
+                    multiprocess.mark_process_dead(proc.pid)
                 procs[i] = start()
     for proc in procs:
         proc.terminate()
@@ -76,3 +89,5 @@ def serve_workers(workers: int, host: str, port: int, log_level: str, access_log
         proc.join(10)
         if proc.is_alive():
             proc.kill()
+    if metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

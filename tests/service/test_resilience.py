@@ -172,3 +172,29 @@ def test_broken_artifacts_at_start_do_not_stop_the_process(artifacts_dir: Path, 
         assert server.proc.poll() is None
     finally:
         server.stop()
+
+
+def test_two_workers_share_the_port_and_one_metrics_view(artifacts_dir: Path, tmp_path: Path) -> None:
+    """SO_REUSEPORT workers: every request answered, and /metrics of either counts all of them."""
+    import re
+    import uuid
+
+    from tests.service.conftest import SHARED_REDIS, delete_prefix
+
+    prefix = f"remi-test:{uuid.uuid4().hex[:12]}:"
+    server = start_server(tmp_path / "root", artifacts_dir, REMI_WORKERS="2", REMI_REDIS_URL=SHARED_REDIS,
+                          REMI_REDIS_PREFIX=prefix)  # fmt: skip
+    try:
+        codes = []
+        for i in range(40):  # new connections: the kernel spreads them over both workers
+            with httpx.Client(timeout=10) as client:
+                codes.append(client.post(f"{server.url}/recommend", json={"user_id": f"w{i}"}).status_code)
+        assert codes == [200] * 40
+        text = httpx.get(server.url + "/metrics").text
+        count = re.search(r'remi_requests_total\{method="POST",route="/recommend",status="200"\} (\S+)', text)
+        assert count and float(count.group(1)) == 40
+        serving = re.findall(r'remi_version_info\{[^}]*pid="(\d+)"[^}]*\} 1\.0', text)
+        assert len(set(serving)) == 2, text  # two live workers, each reporting its pair
+    finally:
+        server.stop()
+        delete_prefix(SHARED_REDIS, prefix)
