@@ -430,7 +430,7 @@ def serve_cmd(
     # spin while idle; per-request work is far too small to split, and the spinning threads steal
     # the cores other workers need (measured: 634 -> 1,024 req/s with 2 workers). One each.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(faiss_threads or 1))
+        os.environ.setdefault(var, str(faiss_threads or os.environ.get("REMI_FAISS_THREADS") or 1))
     for key, value in flags.items():  # env, so every worker process reads the same settings
         if value is not None:
             os.environ[f"REMI_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)

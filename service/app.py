@@ -95,7 +95,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if settings.microbatch:
             state.batcher = MicroBatcher(
                 state.executor,
-                state.engine,
                 settings.microbatch_wait_ms / 1000,
                 settings.microbatch_max,
                 parallel=settings.compute_threads,
@@ -177,7 +176,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if sum(unknown):
             metrics.UNKNOWN_ITEMS.inc(sum(unknown))
         if state.batcher is not None and len(queries) == 1:
-            result, engine, timings = await state.batcher.submit(queries[0])
+            result, timings = await state.batcher.submit(queries[0], engine)
             results = [result]
         else:
             metrics.BATCH_SIZE.observe(len(queries))

@@ -23,17 +23,16 @@ class MicroBatcher:
     def __init__(
         self,
         executor: Executor,
-        engine: Callable[[], Engine],
         max_wait: float,
         max_size: int,
         parallel: int = 1,
         active: Callable[[], int] = lambda: 0,
     ):
-        self.executor, self.engine, self.max_wait, self.max_size = executor, engine, max_wait, max_size
+        self.executor, self.max_wait, self.max_size = executor, max_wait, max_size
         self.active = active  # requests being handled right now (arrived, not yet answered)
         self.running = 0  # requests inside batches that are computing
         self.slots = asyncio.Semaphore(parallel)  # batches in flight (one per compute thread)
-        self.queue: asyncio.Queue[tuple[Query, asyncio.Future[tuple[Result, Engine, Timings]]]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[Query, Engine, asyncio.Future[tuple[Result, Timings]]]] = asyncio.Queue()
         self.task: asyncio.Task[Any] | None = None
 
     def start(self) -> None:
@@ -47,9 +46,11 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
 
-    async def submit(self, query: Query) -> tuple[Result, Engine, Timings]:
-        future: asyncio.Future[tuple[Result, Engine, Timings]] = asyncio.get_running_loop().create_future()
-        await self.queue.put((query, future))
+    async def submit(self, query: Query, engine: Engine) -> tuple[Result, Timings]:
+        """Runs ``query`` on ``engine``: the one whose item indices encoded it, even if a reload
+        has swapped in another since."""
+        future: asyncio.Future[tuple[Result, Timings]] = asyncio.get_running_loop().create_future()
+        await self.queue.put((query, engine, future))
         return await future
 
     async def _run(self) -> None:
@@ -72,31 +73,29 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
-            try:
-                engine = self.engine()
-            except Exception as exc:  # e.g. no model: answer these requests, keep the loop alive
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            metrics.BATCH_SIZE.observe(len(batch))
-            await self.slots.acquire()
-            loop.create_task(self._execute(batch, engine))
+            groups: dict[int, list[tuple[Query, Engine, asyncio.Future[Any]]]] = {}
+            for item in batch:  # only during a reload do two engines meet in one batch
+                groups.setdefault(id(item[1]), []).append(item)
+            for group in groups.values():
+                metrics.BATCH_SIZE.observe(len(group))
+                await self.slots.acquire()
+                loop.create_task(self._execute(group))
 
-    async def _execute(self, batch: list[tuple[Query, asyncio.Future[Any]]], engine: Engine) -> None:
+    async def _execute(self, batch: list[tuple[Query, Engine, asyncio.Future[Any]]]) -> None:
+        engine = batch[0][1]
         self.running += len(batch)
         try:
             results, timings = await asyncio.get_running_loop().run_in_executor(
-                self.executor, engine.recommend, [query for query, _ in batch]
+                self.executor, engine.recommend, [query for query, _, _ in batch]
             )
         except Exception as exc:  # hand the failure to every waiting request
-            for _, future in batch:
+            for _, _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
         finally:
             self.running -= len(batch)
             self.slots.release()
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, _, future), result in zip(batch, results, strict=True):
             if not future.done():
-                future.set_result((result, engine, timings))
+                future.set_result((result, timings))

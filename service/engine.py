@@ -90,10 +90,14 @@ class Engine:
             exclude = [queries[i].history if queries[i].exclude_seen else () for i in warm]
             found, scores = search_excluding(self.index, interests, n, exclude)
             t2 = time.perf_counter()
-            weights = interest_weights(routing, mask)
+            # only the quota merge reads the interest weights
+            quota = any(queries[i].merge == "quota" for i in warm)
+            weights = interest_weights(routing, mask) if quota else None
             for strategy in {queries[i].merge for i in warm}:
                 rows = [j for j, i in enumerate(warm) if queries[i].merge == strategy]
-                merged, merged_scores, who = merge(strategy, found[rows], scores[rows], n, weights[rows])
+                merged, merged_scores, who = merge(
+                    strategy, found[rows], scores[rows], n, weights[rows] if weights is not None else None
+                )
                 for r, j in enumerate(rows):
                     q = queries[warm[j]]
                     keep = merged[r, : q.k] >= 0

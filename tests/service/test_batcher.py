@@ -1,0 +1,48 @@
+"""Micro-batching: concurrent requests share a call, each on the engine that encoded it."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from service.batcher import MicroBatcher
+from service.engine import Query, Result, Timings
+
+
+class RecordingEngine:
+    """Stands in for Engine.recommend and records the batches it ran."""
+
+    def __init__(self, name: str):
+        self.name, self.batches = name, []
+
+    def recommend(self, queries):
+        self.batches.append(len(queries))
+        return [Result([self.name], [1.0], [0], False) for _ in queries], Timings()
+
+
+def run(submissions, active: int):
+    async def scenario():
+        batcher = MicroBatcher(ThreadPoolExecutor(2), max_wait=0.05, max_size=64, parallel=2, active=lambda: active)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(Query(np.array([1]), 5), e) for e in submissions))
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(scenario())
+
+
+def test_concurrent_requests_share_one_call() -> None:
+    engine = RecordingEngine("a")
+    answers = run([engine] * 5, active=5)
+    assert engine.batches == [5] and [r.item_ids for r, _ in answers] == [["a"]] * 5
+
+
+def test_each_request_runs_on_the_engine_that_encoded_it() -> None:
+    """A reload between encoding and computing must not send one model's item indices to another."""
+    old, new = RecordingEngine("old"), RecordingEngine("new")
+    answers = run([old, new, old], active=3)
+    assert [r.item_ids[0] for r, _ in answers] == ["old", "new", "old"]
+    assert old.batches == [2] and new.batches == [1]
