@@ -1,0 +1,72 @@
+"""The lock files are what every install uses (README, .ci/run, both images): they must cover pyproject.toml.
+
+A dependency added to pyproject.toml but not re-locked would install fine on a machine that
+already has it and fail on a fresh one; these checks catch that before CI's fresh venv does.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _pins(lock: str) -> dict[str, str]:
+    text = (ROOT / "requirements" / lock).read_text()
+    return {canonicalize_name(m[1]): m[2] for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==([^\s\\;]+)", text, re.M)}
+
+
+def _requirements(extras: list[str]) -> list[Requirement]:
+    reqs = [Requirement(r) for r in PYPROJECT["dependencies"]]
+    for extra in extras:
+        for raw in PYPROJECT["optional-dependencies"][extra]:
+            req = Requirement(raw)
+            if canonicalize_name(req.name) == "remi-match":
+                reqs += _requirements(sorted(req.extras))
+            else:
+                reqs.append(req)
+    return reqs
+
+
+@pytest.mark.parametrize(("lock", "extras"), [("service.txt", []), ("train.txt", ["train"]), ("dev.txt", ["dev"])])
+def test_every_declared_dependency_is_pinned_in_its_lock_at_an_allowed_version(lock: str, extras: list[str]) -> None:
+    pins = _pins(lock)
+    for req in _requirements(extras):
+        name = canonicalize_name(req.name)
+        if name == "torch":
+            continue
+        assert name in pins, f"{req.name} is in pyproject.toml but not in requirements/{lock}: run requirements/lock.sh"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{lock} pins {name}=={pins[name]}, not {req}"
+
+
+@pytest.mark.parametrize("lock", ["service.txt", "train.txt", "dev.txt"])
+def test_locks_leave_torch_out_and_hash_every_pin(lock: str) -> None:
+    text = (ROOT / "requirements" / lock).read_text()
+    assert "torch" not in _pins(lock), "torch must stay out of the hashed lock (its build depends on the machine)"
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 2)[2])
+    for block in blocks:
+        if "==" in block.split("\n", 1)[0]:
+            assert "--hash=sha256:" in block, f"unhashed pin in {lock}: {block.splitlines()[0]}"
+
+
+def test_service_and_train_locks_agree_with_the_dev_lock() -> None:
+    dev = _pins("dev.txt")
+    for lock in ("service.txt", "train.txt"):
+        for name, version in _pins(lock).items():
+            assert dev.get(name) == version, f"{lock} pins {name}=={version}, dev.txt {dev.get(name)}"
+
+
+def test_every_install_path_uses_the_lock() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "venv" in ci and "--require-hashes -r requirements/dev.txt" in ci
+    readme_first_screen = (ROOT / "README.md").read_text()[:1500]
+    assert "--require-hashes -r requirements/dev.txt" in readme_first_screen
+    assert "requirements/service.txt" in (ROOT / "docker" / "api.Dockerfile").read_text()
+    assert "requirements/train.txt" in (ROOT / "docker" / "jobs.Dockerfile").read_text()
