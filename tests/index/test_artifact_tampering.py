@@ -281,9 +281,7 @@ def test_item_table_defects_are_refused_at_load_with_one_line(
     assert len(str(caught.value).splitlines()) == 1
 
 
-def test_duplicate_ids_are_refused_by_the_reindex_cli_and_at_service_load(
-    artifacts_dir: Path, tmp_path: Path
-) -> None:
+def test_duplicate_ids_are_refused_by_the_reindex_cli_and_at_service_load(artifacts_dir: Path, tmp_path: Path) -> None:
     art = copy_artifacts(artifacts_dir, tmp_path / "art")
     dup_id(art, tmp_path)
     proc = remi("reindex", "--artifacts", str(art), "--root", str(tmp_path / "root"))
