@@ -4,6 +4,11 @@ The reindex job is safe to run from cron or twice in a row: one job at a time ho
 the root, everything is built and validated in a hidden folder, and ``current`` changes by one
 rename only after validation passed. Whatever fails, or wherever the job is killed, the old
 ``current`` stays as it was and keeps pointing at a complete version.
+
+A published version is immutable whatever happens to the folder it was built from: the
+artifacts are copied into it (a reflink clone where the filesystem can, else a real copy; never
+a hard link, which ``cp new.npy artifacts/...`` would rewrite in place), the index is built from
+the copy, not the source, and every file is made read-only.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +39,7 @@ from remi.contract import (
     IndexManifest,
     atomic_folder,
     check_pair,
+    list_versions,
     read_artifact_manifest,
     read_current,
     read_index_manifest,
@@ -94,12 +101,33 @@ def smoke_query(arts: Artifacts, folder: Path) -> None:
             raise ArtifactError(f"{folder}: smoke query returned an excluded item")
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard link when on the same filesystem (instant, no extra space); copy otherwise."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+FICLONE = 0x40049409  # linux/fs.h _IOW(0x94, 9, int): share the blocks copy-on-write (btrfs, XFS)
+
+
+def _publish_file(src: Path, dst: Path) -> None:
+    """A private copy of ``src`` at ``dst``: a reflink clone where supported, else a real copy.
+
+    Never a hard link: a link shares the inode, so an in-place rewrite of the source (``cp``,
+    ``shutil.copyfile``, an editor) would change the published version behind its checksums.
+    A clone is copy-on-write, so it is as private as a copy. The source is opened without
+    following a symbolic link (the manifest check refuses links; this closes the race).
+    """
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fin, dst.open("xb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+            return
+        except OSError:  # EOPNOTSUPP/EXDEV/EINVAL: this filesystem (or pair) cannot clone
+            pass
+        shutil.copyfileobj(fin, fout, 1 << 22)
+        fout.flush()
+
+
+def _seal(folder: Path) -> None:
+    """Makes every file of a version read-only (folders stay writable so pruning can remove it)."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
 
 
 @contextmanager
@@ -116,21 +144,15 @@ def _root_lock(root: Path) -> Iterator[None]:
 def _clean_partial(root: Path) -> list[str]:
     """Removes folders a killed job left behind (hidden temporaries); safe under the lock."""
     removed = []
-    for path in (root / VERSIONS).glob(".*.tmp-*"):
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path.name)
-    for path in root.glob(".current.tmp-*"):
-        path.unlink(missing_ok=True)
-        removed.append(path.name)
+    for pattern in (".*.tmp-*", ".*.old-*"):
+        for path in (root / VERSIONS).glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    for pattern in (".current.tmp-*", ".previous.tmp-*"):
+        for path in root.glob(pattern):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
     return removed
-
-
-def list_versions(root: str | Path) -> list[str]:
-    """Complete versions (with a manifest), oldest first."""
-    folder = Path(root) / VERSIONS
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file())
 
 
 def _prune(root: Path, keep: int, current: str) -> list[str]:
@@ -177,30 +199,40 @@ def reindex(
         removed = _clean_partial(root)
         if removed:
             log.warning("removed partial folders of an interrupted job", extra={"removed": removed})
-        arts = load_artifacts(artifacts_dir)
+        source = read_artifact_manifest(artifacts_dir)  # names, sizes and hashes, before any work
         previous = read_current(root)
-        chosen = choose_kind(arts.manifest.n_items) if kind == "auto" else kind
-        wanted = resolve_params(chosen, arts.manifest.n_items, arts.manifest.dim, params)
+        chosen = choose_kind(source.n_items) if kind == "auto" else kind
+        wanted = resolve_params(chosen, source.n_items, source.dim, params)
         if previous and not force:
             try:
                 old = read_index_manifest(version_dir(root, previous), check_hash=False)
             except ArtifactError:
                 old = None
-            if old and old.model_version == arts.version and old.kind == chosen and _same_build(old, wanted, params):
+            if (
+                old
+                and old.model_version == source.model_version
+                and old.kind == chosen
+                and _same_build(old, wanted, params)
+            ):
                 log.info("index up to date", extra={"version": previous})
                 return ReindexResult(previous, previous, False, old, [], time.perf_counter() - t0)
 
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        version = f"{stamp}-{arts.version[:8]}-{chosen}"
+        version = f"{stamp}-{source.model_version[:8]}-{chosen}"
         with atomic_folder(version_dir(root, version)) as tmp:
+            published = tmp / VERSION_ARTIFACTS
+            published.mkdir()
+            for name in [*source.files, MANIFEST]:
+                _publish_file(Path(artifacts_dir) / name, published / name)
+            # Everything below reads the private copy, so the version holds exactly what was checked.
+            arts = load_artifacts(published)
+            if arts.version != source.model_version:
+                raise ArtifactError(f"{artifacts_dir}: changed while being copied (run the reindex again)")
             manifest = build_index_folder(
                 arts.item_vectors, tmp, chosen, arts.version, interest_queries(arts), params, min_recall
             )
-            (tmp / VERSION_ARTIFACTS).mkdir()
-            for name in [*arts.manifest.files, MANIFEST]:
-                _link_or_copy(arts.folder / name, tmp / VERSION_ARTIFACTS / name)
-            read_artifact_manifest(tmp / VERSION_ARTIFACTS)  # the copy is complete and intact
             smoke_query(arts, tmp)
+            _seal(tmp)
         write_current(root, version)
         pruned = _prune(root, keep, version)
     seconds = time.perf_counter() - t0

@@ -24,6 +24,7 @@ from remi.contract import (
     SAMPLE_HISTORIES,
     ArtifactError,
     ArtifactManifest,
+    parse_item_ids,
     read_artifact_manifest,
 )
 
@@ -86,6 +87,52 @@ class Artifacts:
         return self.manifest.model_version
 
 
+def _first_bad_row(array: np.ndarray) -> int | None:
+    bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def check_item_table(folder: Path, manifest: ArtifactManifest, vectors: np.ndarray, popularity: np.ndarray) -> None:
+    """The arrays agree with the manifest and hold usable numbers.
+
+    A NaN or infinite vector makes every inner product with it NaN (FAISS then ranks it
+    arbitrarily), and a NaN or negative count breaks the cold-start order: refused at export,
+    reindex and service load alike rather than served.
+    """
+    n, dim = manifest.n_items, manifest.dim
+    if vectors.shape != (n, dim) or vectors.dtype != np.float32:
+        raise ArtifactError(
+            f"{folder / ITEM_EMBEDDINGS}: shape {vectors.shape} {vectors.dtype}, manifest says ({n}, {dim}) float32"
+        )
+    row = _first_bad_row(vectors)
+    if row is not None:
+        raise ArtifactError(
+            f"{folder / ITEM_EMBEDDINGS}: row {row} (item index {row + 1}) holds NaN or infinite values"
+        )
+    if popularity.shape != (n,):
+        raise ArtifactError(f"{folder / ITEM_POPULARITY}: shape {popularity.shape}, manifest says ({n},)")
+    if popularity.dtype.kind not in "iuf":
+        raise ArtifactError(f"{folder / ITEM_POPULARITY}: dtype {popularity.dtype}, expected interaction counts")
+    row = _first_bad_row(popularity)
+    if row is not None:
+        raise ArtifactError(f"{folder / ITEM_POPULARITY}: row {row} holds a NaN or infinite count")
+    if n and popularity.min() < 0:
+        raise ArtifactError(f"{folder / ITEM_POPULARITY}: row {int(np.argmin(popularity))} holds a negative count")
+
+
+def check_sample_histories(folder: Path, manifest: ArtifactManifest, history: np.ndarray, mask: np.ndarray) -> None:
+    """Held-out histories feed the ONNX tower at build and warm-up: shapes and item indices must fit."""
+    where = folder / SAMPLE_HISTORIES
+    if history.ndim != 2 or history.shape[1:] != (manifest.seq_len,) or mask.shape != history.shape:
+        raise ArtifactError(
+            f"{where}: history {history.shape} and mask {mask.shape}, expected (S, {manifest.seq_len}) each"
+        )
+    if history.dtype.kind not in "iu" or mask.dtype != np.bool_:
+        raise ArtifactError(f"{where}: history {history.dtype} and mask {mask.dtype}, expected int64 and bool")
+    if history.size and (history.min() < 0 or history.max() > manifest.n_items):
+        raise ArtifactError(f"{where}: item indices outside 0..{manifest.n_items}")
+
+
 def load_artifacts(folder: str | Path, threads: int = 1, check_hash: bool = True) -> Artifacts:
     """Validates the folder against its manifest, then loads every file; errors are ArtifactError."""
     folder = Path(folder)
@@ -97,14 +144,9 @@ def load_artifacts(folder: str | Path, threads: int = 1, check_hash: bool = True
             sample_history, sample_mask = sample["history"], sample["mask"]
     except (OSError, ValueError, KeyError) as exc:
         raise ArtifactError(f"{folder}: cannot read an array file ({str(exc).splitlines()[0]})") from exc
-    item_ids = (folder / ITEM_IDS).read_text().split("\n")[: manifest.n_items]
-    if vectors.shape != (manifest.n_items, manifest.dim) or vectors.dtype != np.float32:
-        raise ArtifactError(
-            f"{folder / ITEM_EMBEDDINGS}: shape {vectors.shape} {vectors.dtype}, "
-            f"manifest says ({manifest.n_items}, {manifest.dim}) float32"
-        )
-    if len(item_ids) != manifest.n_items or popularity.shape != (manifest.n_items,):
-        raise ArtifactError(f"{folder}: item ids or popularity do not hold {manifest.n_items} items")
+    item_ids = parse_item_ids((folder / ITEM_IDS).read_bytes(), manifest.n_items, folder / ITEM_IDS)
+    check_item_table(folder, manifest, vectors, popularity)
+    check_sample_histories(folder, manifest, sample_history, sample_mask)
     tower = UserTower(folder / MODEL_FILE, threads=threads)
     if tower.seq_len != manifest.seq_len:
         raise ArtifactError(f"{folder / MODEL_FILE}: history length {tower.seq_len}, manifest says {manifest.seq_len}")

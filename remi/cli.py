@@ -442,6 +442,7 @@ def serve_cmd(
         settings = ServiceSettings()
     except ValidationError as exc:
         raise RemiError(str(exc).splitlines()[-2].strip() if len(str(exc).splitlines()) > 1 else str(exc)) from exc
+    _check_serve_paths(settings.index_root, settings.artifacts)
     level = settings.log_level.lower()
     setup_logging(level)
     if settings.workers > 1:
@@ -458,6 +459,29 @@ def serve_cmd(
         access_log=access_log,
         log_config=None,
     )
+
+
+def _check_serve_paths(root: Path, artifacts: Path | None) -> None:
+    """Refuses a start that can never become ready (it would answer 503 until someone looks).
+
+    An index root with at least one complete version starts even if ``current`` is broken: the
+    worker then serves the last good version (see service/versions.py). Without one, only
+    ``--artifacts`` (an existing folder) can give it a first version.
+    """
+    from remi.contract import list_versions
+
+    if root.exists() and not root.is_dir():
+        raise RemiError(f"index root {root}: not a folder")
+    if list_versions(root):
+        return
+    if artifacts is None:
+        if not root.exists():
+            raise RemiError(f"index root {root}: no such folder (check --index-root, or pass --artifacts to build one)")
+        raise RemiError(
+            f"index root {root}: no index version in it (run `remi reindex --root {root}` or pass --artifacts)"
+        )
+    if not artifacts.is_dir():
+        raise RemiError(f"--artifacts {artifacts}: no such folder, and index root {root} has no version to serve")
 
 
 @app.command("loadtest")

@@ -16,19 +16,28 @@ Model artifacts (written by ``remi export``)::
 Index versions (written by ``remi index build`` / ``remi reindex``)::
 
     INDEX_ROOT/current                 one line: the version folder name serving now
+    INDEX_ROOT/previous                one line: what ``current`` named before its last flip
+                                       (a worker that cannot load ``current`` falls back to it)
     INDEX_ROOT/versions/<version>/     index.faiss + manifest.json (IndexManifest)
                                        + artifacts/ (the model artifacts it was built from)
 
 A version folder is self-contained (model + index pair), so flipping ``current`` swaps both
-at once and the service can never pair a model with an index built from another.
+at once and the service can never pair a model with an index built from another. Its files are
+private read-only copies (never hard links), so nothing done to the source folder reaches it.
+
+Every name read from a manifest or from ``current`` is joined to a folder, so each must be one
+plain path component (:func:`check_file_name`): a manifest cannot make a reader look, or a
+writer copy, outside its own folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,6 +62,7 @@ ARTIFACT_FILES = (MODEL_FILE, ITEM_EMBEDDINGS, ITEM_IDS, ITEM_POPULARITY, SAMPLE
 
 INDEX_FILE = "index.faiss"
 CURRENT = "current"
+PREVIOUS = "previous"
 VERSIONS = "versions"
 VERSION_ARTIFACTS = "artifacts"
 
@@ -61,6 +71,8 @@ INPUT_ITEMS, INPUT_MASK = "item_ids", "mask"
 OUTPUT_INTERESTS, OUTPUT_ROUTING = "interests", "routing"
 
 IndexKind = Literal["flat", "hnsw", "ivfpq"]
+
+log = logging.getLogger("remi.contract")
 
 
 class ArtifactError(RemiError):
@@ -127,7 +139,46 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def _plain_name_problem(name: object) -> str | None:
+    """Why ``name`` is not a single plain path component, or None when it is one."""
+    if not isinstance(name, str) or not name:
+        return "empty"
+    if name in (".", ".."):
+        return "a relative reference"
+    if "/" in name or "\\" in name:
+        return "a path, not a name (no separators allowed)"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "contains a control character"
+    return None
+
+
+def check_file_name(name: object, where: str | Path) -> str:
+    """A file listed in a manifest must be one plain name inside its folder.
+
+    Refuses separators (so no absolute paths, no ``..`` hops, no sub-folders), ``.``/``..``,
+    empty names and control characters (NUL, newline): the name is joined to the folder by
+    every reader and by the reindex copy, so anything else could read or overwrite a file
+    outside it (a previous version's index, say).
+    """
+    problem = _plain_name_problem(name)
+    if problem:
+        raise ArtifactError(f"{where}: file name {name!r} is not a plain file name inside the folder ({problem})")
+    return str(name)
+
+
+def check_version_name(name: object, where: str | Path) -> str:
+    """A version name (from ``current``, ``previous`` or --to) is one plain, non-hidden folder name."""
+    problem = _plain_name_problem(name)
+    if not problem and str(name).startswith("."):
+        problem = "hidden names are partial folders"
+    if problem:
+        raise ArtifactError(f"{where}: version name {name!r} is not a folder name under {VERSIONS}/ ({problem})")
+    return str(name)
+
+
 def file_entries(folder: Path, names: tuple[str, ...] | list[str]) -> dict[str, FileEntry]:
+    for name in names:
+        check_file_name(name, folder)
     return {name: FileEntry(bytes=(folder / name).stat().st_size, sha256=sha256_file(folder / name)) for name in names}
 
 
@@ -154,16 +205,28 @@ def _read_manifest(folder: Path, schema: type[BaseModel], what: str) -> Any:
         raise ArtifactError(
             f"{path}: format version {manifest.format_version}, this remi reads version {FORMAT_VERSION}"
         )
+    for name in manifest.files:
+        check_file_name(name, path)
     return manifest
 
 
 def verify_files(folder: Path, files: dict[str, FileEntry], check_hash: bool = True) -> None:
-    """Every listed file exists with its recorded size (and hash): catches truncation and corruption."""
+    """Every listed file exists with its recorded size (and hash): catches truncation and corruption.
+
+    A listed file must be a regular file in the folder itself, not a symbolic link: a link could
+    point anywhere, and the version copy would follow it.
+    """
     for name, entry in files.items():
-        path = folder / name
-        if not path.is_file():
-            raise ArtifactError(f"{path}: missing (listed in {folder / MANIFEST})")
-        size = path.stat().st_size
+        path = folder / check_file_name(name, folder / MANIFEST)
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            raise ArtifactError(f"{path}: missing (listed in {folder / MANIFEST})") from None
+        if stat.S_ISLNK(info.st_mode):
+            raise ArtifactError(f"{path}: is a symbolic link; listed files must be regular files inside the folder")
+        if not stat.S_ISREG(info.st_mode):
+            raise ArtifactError(f"{path}: not a regular file (listed in {folder / MANIFEST})")
+        size = info.st_size
         if size != entry.bytes:
             raise ArtifactError(f"{path}: {size} bytes, the manifest says {entry.bytes} (truncated or replaced)")
         if check_hash and sha256_file(path) != entry.sha256:
@@ -189,6 +252,48 @@ def read_index_manifest(folder: str | Path, check_hash: bool = True) -> IndexMan
         raise ArtifactError(f"{folder / MANIFEST}: does not list {INDEX_FILE}")
     verify_files(folder, manifest.files, check_hash)
     return manifest
+
+
+def item_id_problem(raw: str) -> str | None:
+    """Why one raw item id cannot be served, or None. Ids are matched exactly against request
+    ids, so an empty id, surrounding whitespace or a control character (a stray ``\\r`` of a
+    CRLF file) would make an item that no client can name, or two that look the same."""
+    if not raw:
+        return "empty item id"
+    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+        return f"item id {raw!r} contains a control character"
+    if raw != raw.strip():
+        return f"item id {raw!r} has leading or trailing whitespace"
+    return None
+
+
+def check_item_ids(ids: list[str], where: str | Path) -> None:
+    """Every id clean (see :func:`item_id_problem`) and unique; errors name the line(s), 1-based."""
+    first_line: dict[str, int] = {}
+    for line, raw in enumerate(ids, start=1):
+        problem = item_id_problem(raw)
+        if problem:
+            raise ArtifactError(f"{where}: line {line}: {problem}")
+        seen = first_line.setdefault(raw, line)
+        if seen != line:
+            raise ArtifactError(
+                f"{where}: duplicate item id {raw!r} on lines {seen} and {line} (an item must have one row)"
+            )
+
+
+def parse_item_ids(data: bytes, n_items: int, where: str | Path) -> list[str]:
+    """``item_ids.txt`` -> exactly ``n_items`` clean, unique ids (one per line, final newline optional)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{where}: not UTF-8 (byte {exc.start})") from None
+    ids = text.split("\n")
+    if text.endswith("\n"):
+        ids.pop()  # the final newline ends the last line, it does not start an empty one
+    check_item_ids(ids, where)
+    if len(ids) != n_items:
+        raise ArtifactError(f"{where}: holds {len(ids)} item ids, the manifest says {n_items}")
+    return ids
 
 
 def check_pair(model: ArtifactManifest, index: IndexManifest) -> None:
@@ -217,6 +322,7 @@ def atomic_folder(final: Path, replace: bool = False) -> Iterator[Path]:
     if final.exists() and not replace:
         raise ArtifactError(f"{final}: already exists (pass --force to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_old(final)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -225,7 +331,7 @@ def atomic_folder(final: Path, replace: bool = False) -> Iterator[Path]:
             old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(final, old)
             os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_tree(old)
         else:
             os.replace(tmp, final)
     finally:
@@ -233,25 +339,81 @@ def atomic_folder(final: Path, replace: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _remove_tree(path: Path) -> None:
+    """Removes a replaced folder; a failure is logged (with the path), never silently kept."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove a replaced folder", extra={"path": str(path), "error": str(exc)})
+
+
+def _sweep_old(final: Path) -> None:
+    """Removes ``.<name>.old-*`` folders that a swap of ``final`` killed mid-way left behind.
+
+    Safe at any time: such a folder was renamed away from ``final`` and no reader opens it by
+    that name (readers load files into memory; a version folder is never swapped this way).
+    """
+    for old in final.parent.glob(f".{final.name}.old-*"):
+        if old.is_dir() and not old.is_symlink():
+            _remove_tree(old)
+
+
 def read_current(root: str | Path) -> str | None:
     """The version name ``current`` points to, or None before the first reindex."""
     path = Path(root) / CURRENT
     if not path.is_file():
         return None
-    name = path.read_text().strip()
+    name = path.read_text(errors="replace").strip()
     return name or None
 
 
-def write_current(root: str | Path, version: str) -> None:
-    """Atomic pointer flip: write a new file, fsync, rename over the old one."""
-    root = Path(root)
-    tmp = root / f".{CURRENT}.tmp-{uuid.uuid4().hex[:8]}"
+def read_previous(root: str | Path) -> str | None:
+    """The version ``current`` named before its last flip (the fallback a worker prefers)."""
+    path = Path(root) / PREVIOUS
+    if not path.is_file():
+        return None
+    name = path.read_text(errors="replace").strip()
+    return name or None
+
+
+def _write_pointer(root: Path, file: str, version: str) -> None:
+    tmp = root / f".{file}.tmp-{uuid.uuid4().hex[:8]}"
     with tmp.open("w") as fh:
         fh.write(version + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, root / CURRENT)
+    os.replace(tmp, root / file)
+
+
+def write_current(root: str | Path, version: str) -> None:
+    """Atomic pointer flip: write a new file, fsync, rename over the old one.
+
+    The old value goes to ``previous`` first: it is the version the running workers serve
+    until they load the new one, so a worker that (re)starts and cannot load the new one falls
+    back to the same version as its siblings.
+    """
+    root = Path(root)
+    check_version_name(version, root / CURRENT)
+    old = read_current(root)
+    if old and old != version:
+        _write_pointer(root, PREVIOUS, old)
+    _write_pointer(root, CURRENT, version)
 
 
 def version_dir(root: str | Path, version: str) -> Path:
-    return Path(root) / VERSIONS / version
+    """``root/versions/<version>``; the name is checked, since it comes from a file or a flag."""
+    return Path(root) / VERSIONS / check_version_name(version, Path(root) / CURRENT)
+
+
+def list_versions(root: str | Path) -> list[str]:
+    """Complete versions (with a manifest), oldest first (names start with a UTC timestamp)."""
+    folder = Path(root) / VERSIONS
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if not p.name.startswith(".") and _plain_name_problem(p.name) is None and (p / MANIFEST).is_file()
+    )

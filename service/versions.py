@@ -4,6 +4,13 @@ A new version is loaded completely (hash-checked files, ONNX session, FAISS inde
 check), warmed up, and only then swapped in by replacing one reference; requests that already
 hold the old Engine finish on it. A broken version is refused, remembered (so polling does not
 retry it every few seconds), logged, counted and shown in /readyz, and the old one keeps serving.
+
+A worker with nothing loaded yet (start-up, or a restart after a crash or an OOM kill) whose
+``current`` is refused falls back to the last good version on disk instead of answering 503
+beside siblings that answer 200: first the version ``current`` named before its last flip
+(``INDEX_ROOT/previous``, what the siblings still serve), then every other complete version,
+newest first; the first that loads completely serves. The refusal stays in /readyz
+(``last_reload_error``) until ``current`` names a version this worker serves or loads.
 """
 
 from __future__ import annotations
@@ -15,13 +22,24 @@ from pathlib import Path
 from typing import Any
 
 from index.reindex import load_version, reindex
-from remi.contract import read_current, version_dir
+from remi.contract import VERSIONS, list_versions, read_current, read_previous, version_dir
 from remi.errors import RemiError
 from service import metrics
 from service.config import ServiceSettings
 from service.engine import Engine
 
 log = logging.getLogger("remi.service")
+
+NO_CURRENT = ""  # the "refused version" while INDEX_ROOT/current is missing or empty
+
+
+def fallback_order(root: Path, refused: str | None) -> list[str]:
+    """Where a worker with no model looks when ``current`` is refused (see the module docstring)."""
+    versions = list_versions(root)
+    previous = read_previous(root)
+    order = [previous] if previous in versions else []
+    order += [name for name in reversed(versions) if name not in order]
+    return [name for name in order if name != refused]
 
 
 class Versions:
@@ -48,6 +66,38 @@ class Versions:
         engine.warm_up()
         return engine
 
+    def _fall_back(self, refused: str | None) -> tuple[list[str], tuple[str, Engine] | None]:
+        """The candidates of :func:`fallback_order`, and the first that loads completely (or None)."""
+        candidates = fallback_order(self.root, refused)
+        for name in candidates:
+            try:
+                return candidates, (name, self._load(name))
+            except (RemiError, OSError, RuntimeError, ValueError) as exc:
+                log.warning("fallback version refused", extra={"version": name, "error": str(exc)})
+        return candidates, None
+
+    def _install(self, engine: Engine) -> str | None:
+        previous, self.engine, self.loaded_at = self.serving, engine, time.time()
+        metrics.set_version(engine.model_version, engine.index_version)
+        return previous
+
+    async def _refuse(self, name: str | None, error: str) -> dict[str, Any]:
+        """Remembers the refusal; with nothing loaded yet, serves the last good version on disk."""
+        self.failed, self.error = name, error
+        if self.engine is not None:
+            return {"changed": False, "version": self.serving, "error": self.error}
+        candidates, found = await asyncio.to_thread(self._fall_back, name)
+        if found is None:
+            if candidates:
+                self.error = f"{error}; no other version under {self.root / VERSIONS} loads either"
+            return {"changed": False, "version": None, "error": self.error}
+        fallback, engine = found
+        self._install(engine)
+        self.error = f"{error}; serving {fallback} (the last good version on disk) instead"
+        metrics.RELOADS.labels("fallback").inc()
+        log.warning("serving a fallback version", extra={"version": fallback, "refused": name})
+        return {"changed": True, "version": fallback, "previous": None, "error": self.error}
+
     async def refresh(self, force: bool = False) -> dict[str, Any]:
         """Loads ``current`` if it changed (or ``force``); returns what happened."""
         async with self._lock:
@@ -56,23 +106,27 @@ class Versions:
             except OSError as exc:
                 name, self.error = None, f"cannot read {self.root}/current: {exc}"
             if name is None:
-                if self.engine is None:
-                    self.error = self.error or f"{self.root}: no current index version (run `remi reindex`)"
+                if self.engine is None and self.failed != NO_CURRENT:
+                    error = self.error or f"{self.root}: no current index version (run `remi reindex`)"
+                    return await self._refuse(NO_CURRENT, error)
                 return {"changed": False, "version": self.serving, "error": self.error}
-            if not force and (name == self.serving or name == self.failed):
+            if name == self.serving and not force:
+                if self.error:  # `current` is back on what this worker serves (a rollback): resolved
+                    log.info("reload error resolved", extra={"version": name, "error": self.error})
+                    self.failed = self.error = None
+                return {"changed": False, "version": self.serving, "error": None}
+            if not force and name == self.failed:
                 return {"changed": False, "version": self.serving, "error": self.error}
             t0 = time.perf_counter()
             try:
                 engine = await asyncio.to_thread(self._load, name)
             except (RemiError, OSError, RuntimeError, ValueError) as exc:
-                self.failed, self.error = name, f"version {name} refused: {exc}"
                 metrics.RELOADS.labels("refused").inc()
                 log.error("reload refused", extra={"version": name, "error": str(exc), "serving": self.serving})
-                return {"changed": False, "version": self.serving, "error": self.error}
-            previous, self.engine = self.serving, engine
-            self.failed, self.error, self.loaded_at = None, None, time.time()
+                return await self._refuse(name, f"version {name} refused: {exc}")
+            previous = self._install(engine)
+            self.failed, self.error = None, None
             metrics.RELOADS.labels("loaded").inc()
-            metrics.set_version(engine.model_version, engine.index_version)
             log.info(
                 "serving version",
                 extra={
@@ -83,6 +137,11 @@ class Versions:
                 },
             )
             return {"changed": True, "version": name, "previous": previous, "error": None}
+
+    @property
+    def refused(self) -> str | None:
+        """The version name refused last and not yet resolved (for /readyz), or None."""
+        return self.failed or None
 
     @property
     def serving(self) -> str | None:

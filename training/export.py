@@ -33,6 +33,7 @@ from remi.contract import (
     SAMPLE_HISTORIES,
     ArtifactManifest,
     atomic_folder,
+    check_item_ids,
     file_entries,
     sha256_file,
     utc_now,
@@ -152,6 +153,7 @@ def export_run(
         cfg = cfg.model_copy(update={"data": data})
     prep = prepare(cfg)
     trained_items = (run / ITEMS_FILE).read_text().split("\n")[: model.n_items]
+    check_item_ids(trained_items, run / ITEMS_FILE)  # unique, clean ids: the service matches them exactly
     if list(prep.data.item_ids) != trained_items:
         raise RemiError(
             f"{cfg.data}: its items after filtering differ from the {model.n_items} the run trained on; "

@@ -111,6 +111,20 @@ def test_existing_folder_needs_force(trained_run: Path, artifacts_dir: Path) -> 
         export_run(trained_run, artifacts_dir)
 
 
+def test_duplicate_item_ids_in_the_run_are_refused_at_export(trained_run: Path, tmp_path: Path) -> None:
+    from training.trainer import ITEMS_FILE
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    ids = (run / ITEMS_FILE).read_text().split("\n")
+    ids[11] = ids[5]
+    (run / ITEMS_FILE).write_text("\n".join(ids))
+    with pytest.raises(ArtifactError, match=r"duplicate item id '[^']+' on lines 6 and 12") as caught:
+        export_run(run, tmp_path / "art")
+    assert len(str(caught.value).splitlines()) == 1
+    assert not (tmp_path / "art").exists()
+
+
 def test_folder_without_manifest_is_reported_incomplete(artifacts_dir: Path, tmp_path: Path) -> None:
     broken = tmp_path / "art"
     shutil.copytree(artifacts_dir, broken)
