@@ -58,7 +58,7 @@ class State:
             settings.redis_url,
             prefix=settings.redis_prefix,
             max_len=settings.history_max_len,
-            ttl_seconds=int(settings.history_ttl_days * 86400) if settings.history_ttl_days else None,
+            ttl_seconds=settings.history_ttl_seconds,
             timeout_s=settings.redis_timeout_ms / 1000,
             max_connections=settings.redis_max_connections,
             retry_after_s=settings.redis_breaker_open_s,

@@ -76,6 +76,11 @@ class ServiceSettings(BaseSettings):
     workers: int = Field(1, ge=1, description="uvicorn worker processes.")
     log_level: str = Field("info", description="Log level.")
 
+    @property
+    def history_ttl_seconds(self) -> int | None:
+        """The Redis expiry of a history, shared by the service and `remi history load`."""
+        return int(self.history_ttl_days * 86400) if self.history_ttl_days else None
+
     @model_validator(mode="after")
     def _embedded_store_is_per_process(self) -> ServiceSettings:
         if self.workers > 1 and not self.redis_url:

@@ -132,6 +132,15 @@ def _encode(event: Event) -> str:
     return f"{'' if event.timestamp is None else event.timestamp}:{event.item_id}"
 
 
+def encode_many(item_ids: Any, timestamps: Any) -> list[str]:
+    """`_encode` for whole columns at once (the bulk loader): ``"<timestamp>:<item_id>"``.
+
+    Vectorised with pandas; a test checks it equals `_encode` event by event.
+    """
+    stamps = pd.Series(np.asarray(timestamps, dtype=np.int64)).astype(str)
+    return (stamps + ":" + pd.Series(np.asarray(item_ids, dtype=object)).astype(str)).tolist()
+
+
 def _decode(raw: str) -> Event:
     # The first ':' ends the timestamp; item ids may contain ':' themselves.
     stamp, _, item_id = raw.partition(":")
