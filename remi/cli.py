@@ -25,9 +25,11 @@ data_app = typer.Typer(help="Datasets: generate synthetic data, convert public r
 app.add_typer(data_app, name="data")
 index_app = typer.Typer(help="FAISS item index: build one, inspect or roll back an index root.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+history_app = typer.Typer(help="Per-user histories in the service's Redis store.", no_args_is_help=True)
+app.add_typer(history_app, name="history")
 
 Opt = typer.Option
-TRAIN_ONLY_MODULES = {"torch", "training", "optuna", "onnx", "onnxscript", "matplotlib", "tabulate", "tqdm"}
+TRAIN_ONLY_MODULES = {"torch", "training", "optuna", "onnx", "onnxscript", "matplotlib", "tabulate"}
 
 
 @app.callback()
@@ -445,6 +447,12 @@ def serve_cmd(
     _check_serve_paths(settings.index_root, settings.artifacts)
     level = settings.log_level.lower()
     setup_logging(level)
+    if settings.redis_url and settings.seed_history:
+        import logging
+
+        warning = "--seed-history is ignored with a Redis history store: load it with `remi history load`"
+        logging.getLogger("remi.cli").warning(warning, extra={"path": settings.seed_history})
+        typer.echo(f"warning: {warning}", err=True)
     if settings.workers > 1:
         from service.workers import serve_workers
 
@@ -482,6 +490,60 @@ def _check_serve_paths(root: Path, artifacts: Path | None) -> None:
         )
     if not artifacts.is_dir():
         raise RemiError(f"--artifacts {artifacts}: no such folder, and index root {root} has no version to serve")
+
+
+@history_app.command("load")
+def history_load_cmd(
+    data: Annotated[
+        Path, Opt(help="user_id,item_id,timestamp as CSV(.gz), a Parquet file or a folder of Parquet parts.")
+    ],
+    redis_url: Annotated[
+        str | None, Opt(help="Redis URL (default REMI_REDIS_URL); cluster/sentinel URLs work.")
+    ] = None,
+    prefix: Annotated[str | None, Opt(help="Key namespace (default REMI_REDIS_PREFIX or remi:).")] = None,
+    max_len: Annotated[
+        int | None, Opt(min=1, help="Events kept per user (default REMI_HISTORY_MAX_LEN or 200).")
+    ] = None,
+    ttl_days: Annotated[
+        float | None, Opt(min=0.0, help="Expiry of each list in days, 0 = none (default REMI_HISTORY_TTL_DAYS or 30).")
+    ] = None,
+    rows_per_partition: Annotated[
+        int, Opt(min=1000, help="Rows sorted in memory at once (memory bound; more = fewer temporary files).")
+    ] = 2_000_000,
+    progress: Annotated[bool, Opt(help="Progress bars on stderr.")] = True,
+) -> None:
+    """Load histories into Redis so the service answers the data's users personalised from the start.
+
+    Each user in DATA gets their last MAX_LEN events by timestamp (ties in file order), with the
+    service's key scheme, encoding and expiry. A loaded user's list is REPLACED atomically (events
+    it had in Redis, e.g. posted to the API, are dropped); users not in DATA are untouched. So a
+    re-run leaves the same lists, never doubled ones. Streamed in two passes through temporary
+    files: memory is bounded by --rows-per-partition, not by the file.
+    """
+    import os
+
+    from service.config import ServiceSettings
+    from service.history_load import load_history
+
+    settings = ServiceSettings()
+    url = redis_url or settings.redis_url
+    if not url:
+        raise RemiError("no Redis URL: pass --redis-url or set REMI_REDIS_URL")
+    if ttl_days is None:
+        ttl = settings.history_ttl_seconds
+    else:
+        ttl = int(ttl_days * 86400) or None
+    report = load_history(
+        data,
+        url,
+        prefix=settings.redis_prefix if prefix is None else prefix,
+        max_len=max_len or settings.history_max_len,
+        ttl_seconds=ttl,
+        rows_per_partition=rows_per_partition,
+        progress=progress and os.environ.get("REMI_NO_PROGRESS") is None,
+    )
+    typer.echo(json.dumps(report.as_dict()))
+    typer.echo(report.line(), err=True)
 
 
 @app.command("loadtest")

@@ -25,7 +25,14 @@ from service.batcher import MicroBatcher
 from service.config import ServiceSettings
 from service.engine import Engine, Result
 from service.engine import Query as EngineQuery
-from service.history import Event, HistoryStore, HistoryUnavailable, MemoryHistory, make_history_store
+from service.history import (
+    Event,
+    HistoryStore,
+    HistoryUnavailable,
+    IdempotencyConflict,
+    MemoryHistory,
+    make_history_store,
+)
 from service.schemas import (
     BatchResponse,
     EventsResponse,
@@ -51,9 +58,14 @@ class State:
             settings.redis_url,
             prefix=settings.redis_prefix,
             max_len=settings.history_max_len,
-            ttl_seconds=int(settings.history_ttl_days * 86400) if settings.history_ttl_days else None,
+            ttl_seconds=settings.history_ttl_seconds,
             timeout_s=settings.redis_timeout_ms / 1000,
             max_connections=settings.redis_max_connections,
+            retry_after_s=settings.redis_breaker_open_s,
+            breaker_window_s=settings.redis_breaker_window_s,
+            breaker_min_failures=settings.redis_breaker_min_failures,
+            breaker_failure_rate=settings.redis_breaker_failure_rate,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
         )
         # OpenMP's thread count is per calling thread: set it in each compute thread, where FAISS runs.
         self.executor = ThreadPoolExecutor(
@@ -86,6 +98,17 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if isinstance(state.history, MemoryHistory) and settings.seed_history:
             users = await loop.run_in_executor(None, state.history.seed_from_csv, settings.seed_history)
             log.info("embedded history store seeded", extra={"users": users, "path": settings.seed_history})
+        elif settings.seed_history:
+            log.warning(
+                "REMI_SEED_HISTORY is ignored with a Redis history store: load it with `remi history load`",
+                extra={"path": settings.seed_history},
+            )
+        history_status, history_error = await state.history.health()
+        if history_status != "ok":  # start degraded (fallbacks), but say so loudly
+            log.warning(
+                "history store not usable at start: serving fallbacks until it is",
+                extra={"history_store": history_status, "error": history_error},
+            )
         try:
             await asyncio.to_thread(state.versions.bootstrap)
         except Exception as exc:  # a bad artifact folder must not stop the process
@@ -235,17 +258,43 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.post(
         "/users/{user_id}/events",
         response_model=EventsResponse,
-        responses={503: {"description": "History store unavailable: nothing was stored, retry"}},
-        summary="Append interactions to a user's history",
+        responses={
+            422: {"description": "Invalid body, or an Idempotency-Key reused for different events"},
+            503: {
+                "description": "History store unavailable: 'events not stored' (retry), or 'outcome unknown' "
+                "(retry with the same Idempotency-Key)"
+            },
+        },
+        summary="Append interactions to a user's history (at most once per Idempotency-Key)",
     )
-    async def add_events(user_id: UserPath, body: EventsRequest) -> EventsResponse:  # type: ignore[valid-type]
+    async def add_events(
+        user_id: UserPath,
+        body: EventsRequest,  # type: ignore[valid-type]
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                min_length=1,
+                max_length=256,
+                description="Makes retries safe: a request repeating a key of the last "
+                f"{settings.idempotency_ttl_s} s is answered as the first was and stores nothing again.",
+            ),
+        ] = None,
+    ) -> Response:
         events = [Event(str(e.item_id), e.timestamp) for e in body.events]
         try:
-            length = await state.history.append(user_id, events)
+            done = await state.history.append(user_id, events, idempotency_key)
+        except IdempotencyConflict as exc:
+            raise HTTPException(422, f"Idempotency-Key: {exc}") from exc
         except HistoryUnavailable as exc:
             metrics.HISTORY_ERRORS.labels("append").inc()
-            raise HTTPException(503, f"history store unavailable, events not stored: {exc}") from exc
-        return EventsResponse(user_id=user_id, stored=len(events), history_len=length)
+            if exc.applied is None:  # e.g. a timeout after the command was sent: it may have run
+                outcome = "outcome unknown (the events may have been stored): retry with the same Idempotency-Key"
+            else:
+                outcome = "events not stored: retry"
+            raise HTTPException(503, f"history store unavailable ({exc.reason}), {outcome}; {exc}") from exc
+        out = EventsResponse(user_id=user_id, stored=done.stored, history_len=done.history_len)
+        headers = {"Idempotent-Replayed": "true"} if done.replayed else None
+        return Response(orjson.dumps(out.model_dump()), media_type="application/json", headers=headers)
 
     @app.get(
         "/users/{user_id}/history",
@@ -303,12 +352,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     async def readyz() -> Response:
         engine = state.versions.engine
-        history_ok = await state.history.ping()
+        history_status, history_error = await state.history.health()
+        history_ok = history_status == "ok"
         body = {
             "status": "ready" if engine and history_ok else ("degraded" if engine else "not_ready"),
             "model": engine.model_version if engine else None,
             "index": engine.index_version if engine else None,
-            "history_store": "ok" if history_ok else "unavailable",
+            "history_store": history_status,  # ok | unavailable | writes_failing
+            "history_error": history_error,
             "last_reload_error": state.versions.error,
         }
         # A history outage degrades answers (fallbacks) but must not pull every replica out of

@@ -34,6 +34,21 @@ class ServiceSettings(BaseSettings):
         100.0, gt=0, description="Redis socket and connect timeout (then the request falls back)."
     )
     redis_max_connections: int = Field(64, ge=1, description="Redis connection pool size per worker.")
+    redis_breaker_window_s: float = Field(
+        10.0, gt=0, description="Rolling window in which the circuit breaker counts Redis calls and failures."
+    )
+    redis_breaker_min_failures: int = Field(
+        5, ge=1, description="Failures in the window before the breaker may open (one late reply never opens it)."
+    )
+    redis_breaker_failure_rate: float = Field(
+        0.5, gt=0, le=1, description="Share of the window's calls that must fail for the breaker to open."
+    )
+    redis_breaker_open_s: float = Field(
+        1.0, ge=0, description="How long an open breaker fails calls fast before one call probes Redis."
+    )
+    idempotency_ttl_s: int = Field(
+        86400, ge=1, description="How long an Idempotency-Key of POST /users/{id}/events is remembered."
+    )
     history_max_len: int = Field(200, ge=1, description="Events kept per user (older ones are trimmed).")
     history_ttl_days: float | None = Field(30.0, gt=0, description="Expiry of an idle user's history in Redis.")
     seed_history: str | None = Field(
@@ -60,6 +75,11 @@ class ServiceSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="Port.")
     workers: int = Field(1, ge=1, description="uvicorn worker processes.")
     log_level: str = Field("info", description="Log level.")
+
+    @property
+    def history_ttl_seconds(self) -> int | None:
+        """The Redis expiry of a history, shared by the service and `remi history load`."""
+        return int(self.history_ttl_days * 86400) if self.history_ttl_days else None
 
     @model_validator(mode="after")
     def _embedded_store_is_per_process(self) -> ServiceSettings:

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import re
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,24 +21,45 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import pandas as pd
 import redis.asyncio as aioredis
+import redis.exceptions as redis_exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.crc import key_slot
+from redis.exceptions import AuthenticationError, BusyLoadingError, MaxConnectionsError, RedisError
 
 log = logging.getLogger("remi.history")
 
 T = TypeVar("T")
 
-# What "the store is down or slow" looks like; anything else (a WRONGTYPE reply, a bug) is not a
-# reason to fall back silently and propagates.
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 _RAW_ID = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 
 
 class HistoryUnavailable(Exception):
-    """The store cannot be reached or timed out; callers fall back."""
+    """The store could not serve this call; readers fall back, writers answer 503.
+
+    ``reason`` is a short code (``timeout``, ``unreachable``, ``denied``, ``read_only``, ...) and
+    ``applied`` says what a writer may tell its client: False when the command surely never ran
+    (nothing was stored), None when it may have run (a timeout after the command was sent), so a
+    retry is only safe with the same idempotency key.
+    """
+
+    def __init__(self, message: str, reason: str = "unavailable", applied: bool | None = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.applied = applied
+
+
+class IdempotencyConflict(ValueError):
+    """An idempotency key was reused for a different set of events (a client bug, answered 422)."""
+
+
+@dataclass(frozen=True)
+class Appended:
+    """The outcome of an append: as stored the first time when ``replayed`` (a retried key)."""
+
+    stored: int
+    history_len: int
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,12 +77,16 @@ class HistoryStore(Protocol):
         """`get` for a batch in one round trip; [] for unknown users."""
         ...
 
-    async def append(self, user_id: str, events: list[Event]) -> int:
-        """Add events (the last given is the newest); returns the stored length after capping."""
+    async def append(self, user_id: str, events: list[Event], idempotency_key: str | None = None) -> Appended:
+        """Add events (the last given is the newest), at most once per `idempotency_key`."""
         ...
 
     async def ping(self) -> bool:
         """True if the store is usable now; never raises (readiness)."""
+        ...
+
+    async def health(self) -> tuple[str, str | None]:
+        """("ok" | "unavailable" | "writes_failing", why) for /readyz; never raises."""
         ...
 
     async def close(self) -> None: ...
@@ -81,8 +106,39 @@ def history_key(prefix: str, user_id: str) -> str:
     return f"{prefix}h:s:{digest}"
 
 
+def idempotency_marker_key(prefix: str, user_id: str, idempotency_key: str) -> str:
+    """Redis key remembering one idempotency key of one user.
+
+    Its hash tag is the user's history key, so in Redis Cluster the marker lives in the same slot
+    and the check-and-append stays one atomic single-slot script. Under the same prefix, so an
+    operator's SCAN/DEL of the namespace removes it too.
+    """
+    digest = hashlib.sha256(idempotency_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{prefix}i:{{{history_key(prefix, user_id)}}}:{digest}"
+
+
+def _check_prefix(prefix: str) -> None:
+    """Refuse a prefix whose braces would put a user's marker in another Cluster slot than the history."""
+    sample = "u1"
+    if key_slot(history_key(prefix, sample).encode()) != key_slot(idempotency_marker_key(prefix, sample, "k").encode()):
+        raise ValueError(f"redis prefix {prefix!r}: '{{' and '}}' are only allowed as one complete hash tag")
+
+
+def _fingerprint(encoded: list[str]) -> str:
+    return hashlib.sha256("\n".join(encoded).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def _encode(event: Event) -> str:
     return f"{'' if event.timestamp is None else event.timestamp}:{event.item_id}"
+
+
+def encode_many(item_ids: Any, timestamps: Any) -> list[str]:
+    """`_encode` for whole columns at once (the bulk loader): ``"<timestamp>:<item_id>"``.
+
+    Vectorised with pandas; a test checks it equals `_encode` event by event.
+    """
+    stamps = pd.Series(np.asarray(timestamps, dtype=np.int64)).astype(str)
+    return (stamps + ":" + pd.Series(np.asarray(item_ids, dtype=object)).astype(str)).tolist()
 
 
 def _decode(raw: str) -> Event:
@@ -134,13 +190,187 @@ def _client_for(url: str, **options: Any) -> Any:
     return aioredis.Redis.from_url(url, **options)
 
 
+@dataclass(frozen=True)
+class _Failure:
+    reason: str
+    applied: bool | None  # False: the command never ran; None: unknown
+    server_wide: bool  # the server as a whole is unusable (counts for the breaker), not this one command
+
+
+# Error replies that mean "this server cannot serve anyone now", whatever the command.
+_SERVER_WIDE_REPLIES = {
+    "DENIED": "denied",
+    "NOAUTH": "auth",
+    "WRONGPASS": "auth",
+    "LOADING": "loading",
+    "MASTERDOWN": "master_down",
+    "CLUSTERDOWN": "cluster_down",
+    "TRYAGAIN": "try_again",
+}
+# Error replies refusing one command on a reachable server: reads may still work, no breaker.
+_COMMAND_REPLIES = {"READONLY": "read_only", "OOM": "out_of_memory", "NOPERM": "no_permission"}
+
+
+_NETWORK = (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError, OSError, asyncio.TimeoutError)
+_CONNECT_FAILED = re.compile(r"(Error [-\w]+|Timeout) connecting to ")  # redis-py's wording for connect()
+
+
+def _classify(err: BaseException) -> _Failure | None:
+    """What a failed Redis call means for fallbacks, the breaker and the client; None = not a store failure.
+
+    Every redis-py exception is a store failure (a handshake refused with DENIED arrives as a plain
+    ResponseError), so none of them can turn a read into a 500.
+    """
+    if isinstance(err, BusyLoadingError):
+        return _Failure("loading", False, True)
+    if isinstance(err, AuthenticationError):
+        return _Failure("auth", False, True)
+    text = str(err)
+    if isinstance(err, _NETWORK) and _CONNECT_FAILED.match(text):
+        # "Error 111 connecting to host:port", "Timeout connecting to server": nothing was sent.
+        return _Failure("unreachable", False, True)
+    if isinstance(err, (redis_exceptions.TimeoutError, asyncio.TimeoutError)):
+        return _Failure("timeout", None, True)
+    if isinstance(err, (redis_exceptions.ConnectionError, OSError)):
+        return _Failure("connection_lost", None, True)
+    if isinstance(err, redis_exceptions.ResponseError):
+        code = text.split(" ", 1)[0].upper()
+        if code in _SERVER_WIDE_REPLIES:
+            return _Failure(_SERVER_WIDE_REPLIES[code], False, True)
+        if code in _COMMAND_REPLIES:
+            return _Failure(_COMMAND_REPLIES[code], False, False)
+        # ReadOnlyError & co. are subclasses whose message no longer starts with the code.
+        for cls, reason in ((redis_exceptions.ReadOnlyError, "read_only"),
+                            (redis_exceptions.OutOfMemoryError, "out_of_memory"),
+                            (redis_exceptions.NoPermissionError, "no_permission")):  # fmt: skip
+            if isinstance(err, cls):
+                return _Failure(reason, False, False)
+        return _Failure("error_reply", False, False)
+    if isinstance(err, RedisError):
+        return _Failure("redis_error", None, True)
+    return None
+
+
+class CircuitBreaker:
+    """Opens on a sustained failure rate, not on one late reply.
+
+    Calls and failures are counted in a rolling window of `window_s` (ten buckets). The breaker
+    opens when the window holds at least `min_failures` failures AND they are at least
+    `failure_rate` of its calls: a down server (every call fails) opens it after `min_failures`
+    calls, while a few slow replies among hundreds on a busy event loop never do. Open, it fails
+    calls fast for `open_s`; then one call probes: success closes it (and clears the window),
+    failure reopens it. `clock` is injectable so the policy is testable without sleeping.
+    """
+
+    def __init__(
+        self,
+        *,
+        window_s: float = 10.0,
+        min_failures: int = 5,
+        failure_rate: float = 0.5,
+        open_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if window_s <= 0 or min_failures < 1 or not 0 < failure_rate <= 1 or open_s < 0:
+            raise ValueError("breaker: window_s > 0, min_failures >= 1, 0 < failure_rate <= 1, open_s >= 0")
+        self.window_s, self.min_failures, self.failure_rate, self.open_s = window_s, min_failures, failure_rate, open_s
+        self.clock = clock
+        self._bucket_s = window_s / 10
+        self._buckets: deque[list[float]] = deque()  # [bucket start, calls, failures], oldest first
+        self.open_until: float | None = None  # None: closed
+        self.probing = False
+        self.trips = 0
+
+    def _bucket(self, now: float) -> list[float]:
+        while self._buckets and self._buckets[0][0] <= now - self.window_s:
+            self._buckets.popleft()
+        start = now - now % self._bucket_s
+        if not self._buckets or self._buckets[-1][0] != start:
+            self._buckets.append([start, 0, 0])
+        return self._buckets[-1]
+
+    def counts(self) -> tuple[int, int]:
+        """(calls, failures) in the window now."""
+        self._bucket(self.clock())
+        return int(sum(b[1] for b in self._buckets)), int(sum(b[2] for b in self._buckets))
+
+    @property
+    def is_open(self) -> bool:
+        return self.open_until is not None
+
+    def admit(self) -> tuple[bool, float]:
+        """(allowed, seconds left open); allowed with the breaker open means this call is the probe."""
+        if self.open_until is None:
+            return True, 0.0
+        left = self.open_until - self.clock()
+        if left > 0 or self.probing:
+            return False, max(left, 0.0)
+        self.probing = True
+        return True, 0.0
+
+    def success(self) -> bool:
+        """Records a call the server answered; True if this closed an open breaker."""
+        self.probing = False
+        closed = self.open_until is not None
+        if closed:  # a fresh start: the outage's failures must not re-open it
+            self.open_until = None
+            self._buckets.clear()
+        self._bucket(self.clock())[1] += 1
+        return closed
+
+    def failure(self) -> bool:
+        """Records a server-wide failure; True if this opened the breaker (it was closed)."""
+        now = self.clock()
+        bucket = self._bucket(now)
+        bucket[1] += 1
+        bucket[2] += 1
+        if self.open_until is not None:  # a failed probe (or a call admitted before the trip)
+            self.probing = False
+            self.open_until = now + self.open_s
+            return False
+        calls, failures = self.counts()
+        if failures >= self.min_failures and failures >= self.failure_rate * calls:
+            self.open_until = now + self.open_s
+            self.trips += 1
+            return True
+        return False
+
+    def release(self) -> None:
+        """A probe ended with neither verdict (e.g. the pool was busy): let the next call probe."""
+        self.probing = False
+
+
+# Check-and-append in one atomic step (a Lua script is atomic, and all its keys share one slot):
+# a marker per idempotency key makes a retried request a replay of the first answer, never a
+# second copy. KEYS[1]: the history (newest first); KEYS[2]: the marker, absent without a key.
+# ARGV: max_len, ttl (0 = none), marker ttl, fingerprint, then the events oldest first. The
+# first write is the LPUSH, so a refused write (READONLY, OOM, NOPERM) leaves nothing behind.
+_APPEND_LUA = """
+if #KEYS > 1 then
+  local seen = redis.call('GET', KEYS[2])
+  if seen then return {1, seen} end
+end
+for i = 5, #ARGV, 1000 do
+  redis.call('LPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+local n = redis.call('LLEN', KEYS[1])
+if #KEYS > 1 then
+  redis.call('SET', KEYS[2], ARGV[4] .. ':' .. (#ARGV - 4) .. ':' .. n, 'EX', ARGV[3])
+end
+return {0, n}
+"""
+
+
 class RedisHistory:
     """Histories as Redis lists, newest first, capped at `max_len` and expiring after `ttl_seconds`.
 
     Timeouts are short and there are no retries: a slow history should cost a request a fallback,
-    not its latency budget. After a failure a circuit breaker answers HistoryUnavailable without
-    touching the network for `retry_after_s`, so an outage does not add a timeout to every request;
-    then one call probes, and its success closes the breaker.
+    not its latency budget. A :class:`CircuitBreaker` fails calls fast while the server is down
+    (a sustained failure rate), so an outage does not add a timeout to every request. Every
+    redis-py error becomes :class:`HistoryUnavailable` with a reason; errors of one command on a
+    reachable server (READONLY, OOM, NOPERM) do not count for the breaker, since reads still work.
     """
 
     def __init__(
@@ -152,21 +382,37 @@ class RedisHistory:
         timeout_s: float = 0.05,
         max_connections: int = 64,
         retry_after_s: float = 1.0,
+        breaker_window_s: float = 10.0,
+        breaker_min_failures: int = 5,
+        breaker_failure_rate: float = 0.5,
+        idempotency_ttl_s: int = 86400,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         if ttl_seconds is not None and ttl_seconds < 1:
             raise ValueError(f"ttl_seconds must be >= 1 or None, got {ttl_seconds}")
-        if timeout_s <= 0 or retry_after_s < 0 or max_connections < 1:
-            raise ValueError("timeout_s and max_connections must be positive, retry_after_s non-negative")
+        if timeout_s <= 0 or retry_after_s < 0 or max_connections < 1 or idempotency_ttl_s < 1:
+            raise ValueError(
+                "timeout_s, max_connections and idempotency_ttl_s must be positive, retry_after_s non-negative"
+            )
+        _check_prefix(prefix)
         self.prefix = prefix
         self.max_len = max_len
         self.ttl_seconds = ttl_seconds
         self.retry_after_s = retry_after_s
+        self.idempotency_ttl_s = idempotency_ttl_s
         self.url = _public_url(url)
         self.failures = 0
-        self._open_until: float | None = None  # None: breaker closed
-        self._probing = False
+        self.last_error: str | None = None  # the latest failure, for /readyz
+        self._write_error: str | None = None  # a refused write (READONLY, OOM, ...) not yet followed by a success
+        self.breaker = CircuitBreaker(
+            window_s=breaker_window_s,
+            min_failures=breaker_min_failures,
+            failure_rate=breaker_failure_rate,
+            open_s=retry_after_s,
+            clock=clock,
+        )
         self._client = _client_for(
             url,
             max_connections=max_connections,
@@ -175,64 +421,72 @@ class RedisHistory:
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
         )
+        self._append_script = self._client.register_script(_APPEND_LUA)
 
     @property
     def available(self) -> bool:
         """False while calls fail fast (the breaker is open or a probe is in flight)."""
-        if self._open_until is None:
+        if not self.breaker.is_open:
             return True
-        return time.monotonic() >= self._open_until and not self._probing
+        assert self.breaker.open_until is not None
+        return self.breaker.clock() >= self.breaker.open_until and not self.breaker.probing
 
-    def _admit(self) -> bool:
-        """Raises while the breaker is open; returns True when this call is the probe."""
-        if self._open_until is None:
-            return False
-        left = self._open_until - time.monotonic()
-        if left > 0:
-            raise HistoryUnavailable(
-                f"history store unavailable (circuit open, next try in {left:.2f} s) at {self.url}"
-            )
-        if self._probing:
-            raise HistoryUnavailable(f"history store unavailable (circuit open, a probe is in flight) at {self.url}")
-        self._probing = True
-        return True
-
-    def _trip(self, err: BaseException) -> HistoryUnavailable:
-        self.failures += 1
-        if self._open_until is None:
-            log.warning("history store %s unavailable (%s: %s); failing fast", self.url, type(err).__name__, err)
-        self._open_until = time.monotonic() + self.retry_after_s
-        return HistoryUnavailable(f"history store unavailable ({type(err).__name__}: {err}) at {self.url}")
+    def _admit(self) -> None:
+        allowed, left = self.breaker.admit()
+        if allowed:
+            return
+        why = f"next try in {left:.2f} s" if left > 0 else "a probe is in flight"
+        raise HistoryUnavailable(
+            f"history store unavailable (circuit open, {why}; last error: {self.last_error}) at {self.url}",
+            reason="circuit_open",
+            applied=False,
+        )
 
     async def _drop_idle_connections(self) -> None:
         # After a server restart the pooled sockets are dead, and the pool's check-out test does not
-        # notice; without this every stale connection would fail one request and reopen the breaker.
+        # notice; without this every stale connection would fail one request.
         try:
             await self._client.connection_pool.disconnect(inuse_connections=False)
         except Exception:  # best effort: the caller is already failing
             log.debug("dropping idle history connections failed", exc_info=True)
 
-    def _close_breaker(self) -> None:
-        if self._open_until is not None:
-            log.info("history store %s reachable again", self.url)
-        self._open_until = None
+    async def _failed(self, err: BaseException, failure: _Failure) -> HistoryUnavailable:
+        self.failures += 1
+        text = str(err)  # a DENIED reply is a 1 kB essay: the first sentence says it
+        message = f"{failure.reason}: {type(err).__name__}: {text if len(text) <= 200 else text[:200] + '...'}"
+        self.last_error = message
+        if failure.server_wide:
+            if self.breaker.failure():
+                log.warning(
+                    "history store %s unavailable (%s); failing fast for %.1f s at a time",
+                    self.url, message, self.retry_after_s,
+                )  # fmt: skip
+            await self._drop_idle_connections()
+        else:
+            self.breaker.success()  # the server answered: it is up, this command was refused
+            if failure.reason == "error_reply":
+                log.error("history store %s refused a command: %s", self.url, message)
+        return HistoryUnavailable(
+            f"history store unavailable ({message}) at {self.url}", reason=failure.reason, applied=failure.applied
+        )
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
-        probe = self._admit()
+        self._admit()
         try:
             result = await op()
         except MaxConnectionsError as err:
             # The pool is saturated, Redis itself is fine: fall back for this call only.
             self.failures += 1
-            raise HistoryUnavailable(f"history store busy ({err}) at {self.url}") from err
-        except _UNAVAILABLE as err:
-            unavailable = self._trip(err)  # open first, so nothing is admitted while we clean up
-            await self._drop_idle_connections()
-            raise unavailable from err
-        finally:
-            if probe:
-                self._probing = False
-        self._close_breaker()
+            self.breaker.release()
+            raise HistoryUnavailable(f"history store busy ({err}) at {self.url}", "pool_exhausted", False) from err
+        except BaseException as err:
+            failure = _classify(err)
+            if failure is None:  # a bug or a cancellation, not the store
+                self.breaker.release()
+                raise
+            raise await self._failed(err, failure) from err
+        if self.breaker.success():
+            log.info("history store %s reachable again", self.url)
         return result
 
     async def get(self, user_id: str, limit: int) -> list[Event]:
@@ -255,38 +509,50 @@ class RedisHistory:
 
         return [[_decode(r) for r in reversed(raw)] for raw in await self._call(run)]
 
-    async def append(self, user_id: str, events: list[Event]) -> int:
+    async def append(self, user_id: str, events: list[Event], idempotency_key: str | None = None) -> Appended:
         key = history_key(self.prefix, user_id)
-        if not events:  # LPUSH needs at least one value
-            return int(await self._call(lambda: self._client.llen(key)))
+        if not events:  # nothing to write: report the length
+            return Appended(0, int(await self._call(lambda: self._client.llen(key))))
+        encoded = [_encode(e) for e in events]
+        fingerprint = _fingerprint(encoded)
+        keys = [key]
+        if idempotency_key is not None:
+            keys.append(idempotency_marker_key(self.prefix, user_id, idempotency_key))
+        args = [self.max_len, self.ttl_seconds or 0, self.idempotency_ttl_s, fingerprint, *encoded]
+        try:
+            flag, value = await self._call(lambda: self._append_script(keys=keys, args=args))
+        except HistoryUnavailable as exc:
+            if exc.reason in ("read_only", "out_of_memory", "no_permission", "error_reply"):
+                self._write_error = str(exc)
+            raise
+        self._write_error = None
+        if int(flag) == 0:
+            return Appended(len(events), int(value))
+        seen_fingerprint, stored, length = str(value).split(":")
+        if seen_fingerprint != fingerprint:
+            raise IdempotencyConflict("this Idempotency-Key was already used for different events")
+        return Appended(int(stored), int(length), replayed=True)
 
-        async def run() -> list[Any]:
-            # MULTI/EXEC: no reader ever sees the list uncapped or without its expiry.
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.lpush(key, *(_encode(e) for e in events))
-                pipe.ltrim(key, 0, self.max_len - 1)
-                if self.ttl_seconds is not None:
-                    pipe.expire(key, self.ttl_seconds)
-                pipe.llen(key)
-                return await pipe.execute()
-
-        return int((await self._call(run))[-1])
-
-    async def ping(self) -> bool:
+    async def health(self) -> tuple[str, str | None]:
         # Always tries, even while the breaker is open: readiness has to be able to see a recovery.
         try:
             await self._client.ping()
         except MaxConnectionsError:
-            return False
-        except _UNAVAILABLE as err:
-            self._trip(err)
-            await self._drop_idle_connections()
-            return False
-        except Exception:  # readiness must never raise
-            log.exception("history store %s ping failed", self.url)
-            return False
-        self._close_breaker()
-        return True
+            return "unavailable", "connection pool exhausted"
+        except Exception as err:  # readiness must never raise
+            failure = _classify(err)
+            if failure is None:
+                log.exception("history store %s ping failed", self.url)
+                return "unavailable", f"{type(err).__name__}: {err}"
+            return "unavailable", str(await self._failed(err, failure))
+        if self.breaker.success():
+            log.info("history store %s reachable again", self.url)
+        if self._write_error:
+            return "writes_failing", self._write_error
+        return "ok", None
+
+    async def ping(self) -> bool:
+        return (await self.health())[0] != "unavailable"
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -295,11 +561,22 @@ class RedisHistory:
 class MemoryHistory:
     """In-process histories for the quick start: no Redis, nothing shared between workers, lost on restart."""
 
-    def __init__(self, max_len: int = 200) -> None:
+    def __init__(
+        self,
+        max_len: int = 200,
+        idempotency_ttl_s: float = 86400,
+        idempotency_max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.max_len = max_len
         self._data: dict[str, deque[Event]] = {}  # oldest on the left; maxlen drops the oldest
+        # (user, key) -> (fingerprint, stored, length, expires at); oldest first, bounded.
+        self._seen: OrderedDict[tuple[str, str], tuple[str, int, int, float]] = OrderedDict()
+        self._idempotency_ttl_s = idempotency_ttl_s
+        self._idempotency_max_keys = idempotency_max_keys
+        self._clock = clock
 
     async def get(self, user_id: str, limit: int) -> list[Event]:
         events = self._data.get(user_id)
@@ -310,13 +587,36 @@ class MemoryHistory:
     async def get_many(self, user_ids: list[str], limit: int) -> list[list[Event]]:
         return [await self.get(u, limit) for u in user_ids]
 
-    async def append(self, user_id: str, events: list[Event]) -> int:
+    async def append(self, user_id: str, events: list[Event], idempotency_key: str | None = None) -> Appended:
+        # No await before the write: one event loop, so check-and-append is atomic here too.
+        fingerprint = _fingerprint([_encode(e) for e in events])
+        now = self._clock()
+        while self._seen and next(iter(self._seen.values()))[3] <= now:
+            self._seen.popitem(last=False)  # expired (insertion order = expiry order)
+        if idempotency_key is not None:
+            seen = self._seen.get((user_id, idempotency_key))
+            if seen is not None:
+                if seen[0] != fingerprint:
+                    raise IdempotencyConflict("this Idempotency-Key was already used for different events")
+                return Appended(seen[1], seen[2], replayed=True)
         stored = self._data.setdefault(user_id, deque(maxlen=self.max_len))
         stored.extend(events)
-        return len(stored)
+        if idempotency_key is not None:
+            self._seen[(user_id, idempotency_key)] = (
+                fingerprint,
+                len(events),
+                len(stored),
+                now + self._idempotency_ttl_s,
+            )
+            while len(self._seen) > self._idempotency_max_keys:
+                self._seen.popitem(last=False)
+        return Appended(len(events), len(stored))
 
     async def ping(self) -> bool:
         return True
+
+    async def health(self) -> tuple[str, str | None]:
+        return "ok", None
 
     async def close(self) -> None:
         return None
@@ -354,4 +654,5 @@ def make_history_store(redis_url: str | None, *, max_len: int = 200, **redis_kwa
     """RedisHistory when a URL is configured, else the embedded store (Redis-only options are ignored)."""
     if redis_url:
         return RedisHistory(redis_url, max_len=max_len, **redis_kwargs)
-    return MemoryHistory(max_len=max_len)
+    ttl = redis_kwargs.get("idempotency_ttl_s", 86400)
+    return MemoryHistory(max_len=max_len, idempotency_ttl_s=ttl)

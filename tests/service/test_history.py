@@ -135,8 +135,8 @@ def test_append_then_get_is_oldest_first_with_timestamps(prefix: str) -> None:
     async def go() -> list[Event]:
         store = RedisHistory(REDIS_URL, prefix=prefix)
         try:
-            assert await store.append("u1", [Event("a", 1), Event("b", 2)]) == 2
-            assert await store.append("u1", [Event("c", 3), Event("d")]) == 4
+            assert (await store.append("u1", [Event("a", 1), Event("b", 2)])).history_len == 2
+            assert (await store.append("u1", [Event("c", 3), Event("d")])).history_len == 4
             return await store.get("u1", 10)
         finally:
             await store.close()
@@ -149,7 +149,7 @@ def test_cap_keeps_the_newest_and_limit_returns_the_most_recent(prefix: str) -> 
     async def go() -> tuple[int, list[Event], list[Event], list[Event]]:
         store = RedisHistory(REDIS_URL, prefix=prefix, max_len=5)
         try:
-            n = await store.append("u1", [Event(f"i{t}", t) for t in range(8)])
+            n = (await store.append("u1", [Event(f"i{t}", t) for t in range(8)])).history_len
             return n, await store.get("u1", 100), await store.get("u1", 2), await store.get("u1", 0)
         finally:
             await store.close()
@@ -234,9 +234,9 @@ def test_append_of_nothing_reports_the_stored_length(prefix: str) -> None:
     async def go() -> tuple[int, int]:
         store = RedisHistory(REDIS_URL, prefix=prefix)
         try:
-            before = await store.append("u1", [])
+            before = (await store.append("u1", [])).history_len
             await store.append("u1", [Event("a", 1)])
-            return before, await store.append("u1", [])
+            return before, (await store.append("u1", [])).history_len
         finally:
             await store.close()
 
@@ -273,9 +273,11 @@ def test_outage_fails_fast_then_recovers_after_restart(private_redis: tuple[int,
     retry_after = 0.3
 
     async def go() -> None:
-        store = RedisHistory(f"redis://:s3cret@127.0.0.1:{port}/0", prefix="t:", retry_after_s=retry_after)
+        store = RedisHistory(
+            f"redis://:s3cret@127.0.0.1:{port}/0", prefix="t:", retry_after_s=retry_after, breaker_min_failures=1
+        )
         try:
-            assert await store.append("u1", [Event("a", 1)]) == 1
+            assert (await store.append("u1", [Event("a", 1)])).history_len == 1
             _stop(procs[0])
 
             err, took = await _timed(store.get("u1", 10))
@@ -294,7 +296,7 @@ def test_outage_fails_fast_then_recovers_after_restart(private_redis: tuple[int,
             procs.append(_start_redis(port))
             await asyncio.sleep(retry_after + 0.05)
             assert store.available
-            assert await store.append("u1", [Event("b", 2)]) == 1  # the restarted server is empty
+            assert (await store.append("u1", [Event("b", 2)])).history_len == 1  # the restarted server is empty
             assert await store.get("u1", 10) == [Event("b", 2)]
             assert await store.ping() is True and store.available
         finally:
@@ -308,7 +310,7 @@ def test_successful_ping_closes_the_breaker_before_the_window_ends(private_redis
     port, procs = private_redis
 
     async def go() -> None:
-        store = RedisHistory(f"redis://127.0.0.1:{port}/0", prefix="t:", retry_after_s=60)
+        store = RedisHistory(f"redis://127.0.0.1:{port}/0", prefix="t:", retry_after_s=60, breaker_min_failures=1)
         try:
             _stop(procs[0])
             with pytest.raises(HistoryUnavailable):
@@ -330,7 +332,9 @@ def test_pooled_connections_from_before_a_restart_do_not_fail_requests(private_r
     port, procs = private_redis
 
     async def go() -> None:
-        store = RedisHistory(f"redis://127.0.0.1:{port}/0", prefix="t:", retry_after_s=0.1)
+        store = RedisHistory(
+            f"redis://127.0.0.1:{port}/0", prefix="t:", retry_after_s=0.1, breaker_min_failures=1, timeout_s=0.5
+        )
         try:
             await asyncio.gather(*(store.get(f"u{i}", 5) for i in range(20)))  # fills the pool
             _stop(procs[0])
@@ -352,7 +356,7 @@ def test_after_the_window_only_one_call_probes() -> None:
     port = _free_port()  # nothing listens there
 
     async def go() -> None:
-        store = RedisHistory(f"redis://127.0.0.1:{port}/0", retry_after_s=0.05)
+        store = RedisHistory(f"redis://127.0.0.1:{port}/0", retry_after_s=0.05, breaker_min_failures=1)
         try:
             with pytest.raises(HistoryUnavailable):
                 await store.get("u1", 5)
@@ -419,14 +423,14 @@ def test_bad_settings_are_refused() -> None:
 def test_memory_store_orders_caps_and_limits_like_redis() -> None:
     async def go() -> None:
         store = MemoryHistory(max_len=5)
-        assert await store.append("u1", [Event(f"i{t}", t) for t in range(3)]) == 3
-        assert await store.append("u1", [Event(f"i{t}", t) for t in range(3, 8)] + [Event("x:y")]) == 5
+        assert (await store.append("u1", [Event(f"i{t}", t) for t in range(3)])).history_len == 3
+        assert (await store.append("u1", [Event(f"i{t}", t) for t in range(3, 8)] + [Event("x:y")])).history_len == 5
         assert await store.get("u1", 100) == [Event(f"i{t}", t) for t in range(4, 8)] + [Event("x:y")]
         assert await store.get("u1", 2) == [Event("i7", 7), Event("x:y")]
         assert await store.get("u1", 0) == []
         assert await store.get("nobody", 5) == []
         assert await store.get_many(["nobody", "u1"], 1) == [[], [Event("x:y")]]
-        assert await store.append("u2", []) == 0
+        assert (await store.append("u2", [])).history_len == 0
         assert await store.ping() is True
         await store.close()
 

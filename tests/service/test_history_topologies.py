@@ -54,7 +54,7 @@ async def round_trip(url: str) -> None:
     store = RedisHistory(url, prefix="topology-test:")
     try:
         for user in ("u1", "u2", "u3", "some user:*"):
-            assert await store.append(user, [Event("a", 1), Event("b:c", 2)]) == 2
+            assert (await store.append(user, [Event("a", 1), Event("b:c", 2)])).history_len == 2
         many = await store.get_many(["u1", "u2", "u3", "some user:*", "nobody"], 10)
         assert many[:4] == [[Event("a", 1), Event("b:c", 2)]] * 4 and many[4] == []
         assert await store.get("u2", 1) == [Event("b:c", 2)]

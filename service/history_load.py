@@ -1,0 +1,370 @@
+"""`remi history load`: interaction data into the service's Redis history store.
+
+Without it a Redis-backed service answers ``cold_start`` for every user of the training data.
+The loader writes exactly what the service would hold after seeing those events: the last
+``max_len`` events per user in time order (equal timestamps keep their file order, as training
+does), under the service's own key scheme (:func:`service.history.history_key`), encoding and
+expiry, so the two cannot drift.
+
+Memory stays bounded whatever the file size: pass 1 streams the file in Arrow batches and splits
+the rows by a hash of the user into partition files on disk; pass 2 sorts one partition at a time
+(every event of a user is in one partition) and writes its users with pipelined, atomic
+per-user replacements. Nothing holds the whole file, and never as Python objects.
+
+Semantics: a loaded user's list is **replaced** (one Lua script per user: DEL + LPUSH + EXPIRE,
+atomic and single-slot, so Redis Cluster works), which makes a re-run idempotent: it leaves the
+same lists, never doubled ones. Events such a user received through the API before the load are
+dropped; users absent from the file are not touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from remi.errors import RemiError
+from service.history import _classify, _client_for, _public_url, encode_many, history_key
+
+COLUMNS = ("user_id", "item_id", "timestamp")
+_SCHEMA = pa.schema(
+    [("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()), ("row", pa.int64())]
+)
+
+# KEYS[1]: the user's history; ARGV[1]: ttl seconds (0 = none); ARGV[2..]: events, oldest first.
+# The service's lists are newest first (LPUSH), so LPUSH oldest..newest builds the same list.
+_REPLACE_LUA = """
+redis.call('DEL', KEYS[1])
+for i = 2, #ARGV, 1000 do
+  redis.call('LPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+if tonumber(ARGV[1]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return #ARGV - 1
+"""
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    users: int
+    events: int  # events written (at most max_len per user)
+    rows: int  # rows read
+    partitions: int
+    seconds: float
+    events_per_s: float
+
+    def line(self) -> str:
+        return (
+            f"loaded {self.users:,} users, {self.events:,} events ({self.rows:,} rows read) in "
+            f"{self.seconds:.1f} s: {self.events_per_s:,.0f} events/s"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+def _sources(path: Path) -> list[Path]:
+    if path.is_dir():
+        parts = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+        if not parts:
+            raise RemiError(f"{path}: a folder without .parquet files")
+        return parts
+    if not path.is_file():
+        raise RemiError(f"data file not found: {path}")
+    return [path]
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix == ".parquet" or path.name.endswith(".parq")
+
+
+def _check_columns(path: Path, names: list[str]) -> None:
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise RemiError(
+            f"{path}: missing column(s) {', '.join(missing)}; "
+            f"expected user_id,item_id,timestamp (found {', '.join(names)})"
+        )
+
+
+def _normalise(path: Path, batch: pa.RecordBatch) -> pa.Table:
+    """The three columns as string, string, int64 (Unix seconds); one-line errors for bad values."""
+    users, items, stamps = (batch.column(c) for c in COLUMNS)
+    try:
+        if pa.types.is_timestamp(stamps.type):
+            stamps = pc.cast(stamps.cast(pa.timestamp("s")), pa.int64())
+        elif pa.types.is_floating(stamps.type):
+            if pc.any(pc.not_equal(pc.floor(stamps), stamps)).as_py():
+                raise RemiError(f"{path}: timestamp must be an integer (Unix seconds)")
+            stamps = pc.cast(stamps, pa.int64())
+        else:
+            stamps = pc.cast(stamps, pa.int64())
+        users, items = pc.cast(users, pa.string()), pc.cast(items, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise RemiError(
+            f"{path}: cannot read the columns as user_id, item_id (text) and timestamp (integer): {exc}"
+        ) from exc
+    for name, col in (("user_id", users), ("item_id", items), ("timestamp", stamps)):
+        if col.null_count:
+            raise RemiError(f"{path}: empty {name} in {col.null_count} row(s)")
+    for name, col in (("user_id", users), ("item_id", items)):
+        if pc.any(pc.equal(pc.utf8_length(col), 0)).as_py():
+            raise RemiError(f"{path}: empty {name}")
+    return pa.table({"user_id": users, "item_id": items, "timestamp": stamps})
+
+
+def iter_tables(path: Path, batch_rows: int = 262_144) -> Iterator[pa.Table]:
+    """The interactions of a CSV(.gz) file, a Parquet file or a folder of Parquet parts, in file order."""
+    for source in _sources(path):
+        try:
+            if _is_parquet(source):
+                parquet = pq.ParquetFile(source)
+                _check_columns(source, parquet.schema_arrow.names)
+                for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(COLUMNS)):
+                    yield _normalise(source, batch)
+                continue
+            stream = pa.input_stream(str(source), compression="detect")
+            reader = pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(block_size=16 << 20),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={"user_id": pa.string(), "item_id": pa.string(), "timestamp": pa.int64()},
+                    strings_can_be_null=False,
+                ),
+            )
+            _check_columns(source, reader.schema.names)
+            for batch in reader:
+                yield _normalise(source, batch.select(list(COLUMNS)))
+        except RemiError:
+            raise
+        except (pa.ArrowInvalid, OSError, EOFError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise RemiError(f"{source}: cannot read ({first})") from exc
+
+
+def _estimated_rows(path: Path) -> int:
+    """A rough row count from the size on disk (compressed ~4x), to size the partitions."""
+    total = 0
+    for source in _sources(path):
+        if _is_parquet(source):
+            total += pq.ParquetFile(source).metadata.num_rows
+        else:
+            size = source.stat().st_size
+            total += size * 4 // 24 if source.suffix == ".gz" else size // 24
+    return total
+
+
+# --- the two passes ---------------------------------------------------------------------------------
+
+
+def _partition(path: Path, folder: Path, parts: int, batch_rows: int, bar: Any) -> tuple[list[Path], int]:
+    """Pass 1: rows to `parts` Arrow files by a hash of the user; a global row number keeps file order."""
+    files = [folder / f"part-{i:04d}.arrow" for i in range(parts)]
+    writers: list[Any] = [None] * parts
+    rows = 0
+    try:
+        for table in iter_tables(path, batch_rows):
+            n = table.num_rows
+            table = table.append_column("row", pa.array(np.arange(rows, rows + n, dtype=np.int64)))
+            rows += n
+            if parts == 1:
+                groups = [(0, table)]
+            else:
+                users = table.column("user_id").to_numpy(zero_copy_only=False)
+                part = (pd.util.hash_array(users.astype(object), categorize=False) % parts).astype(np.int64)
+                order = np.argsort(part, kind="stable")
+                table = table.take(pa.array(order))
+                bounds = np.searchsorted(part[order], np.arange(parts + 1))
+                groups = [(i, table.slice(bounds[i], bounds[i + 1] - bounds[i])) for i in range(parts)]
+            for i, chunk in groups:
+                if chunk.num_rows == 0:
+                    continue
+                if writers[i] is None:
+                    writers[i] = pa.ipc.new_file(str(files[i]), _SCHEMA)
+                writers[i].write_table(chunk)
+            bar.update(n)
+    finally:
+        for writer in writers:
+            if writer is not None:
+                writer.close()
+    return [f for f, w in zip(files, writers, strict=True) if w is not None], rows
+
+
+def _last_events(table: pa.Table, max_len: int) -> Iterator[tuple[str, list[str]]]:
+    """Per user of one partition: its last `max_len` events, oldest first, encoded as the service does."""
+    users = table.column("user_id").to_numpy(zero_copy_only=False)
+    codes, uniques = pd.factorize(users)
+    stamps = table.column("timestamp").to_numpy()
+    order = np.lexsort((table.column("row").to_numpy(), stamps, codes))  # user, time, file order
+    codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    ends = np.r_[starts[1:], len(codes)]
+    first = np.maximum(starts, ends - max_len)
+    keep = np.zeros(len(codes), dtype=bool)
+    keep_idx = np.concatenate([np.arange(f, e) for f, e in zip(first.tolist(), ends.tolist(), strict=True)])
+    keep[keep_idx] = True
+    picked = order[keep]
+    encoded = encode_many(table.column("item_id").take(pa.array(picked)).to_numpy(zero_copy_only=False), stamps[picked])
+    offsets = np.r_[0, np.cumsum(ends - first)]
+    for u, (a, b) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
+        yield str(uniques[codes[starts[u]]]), encoded[a:b]
+
+
+async def _write(
+    url: str,
+    files: list[Path],
+    *,
+    prefix: str,
+    max_len: int,
+    ttl_seconds: int | None,
+    batch_events: int,
+    in_flight: int,
+    timeout_s: float,
+    bar: Any,
+) -> tuple[int, int]:
+    """Pass 2: one partition in memory at a time, users written by pipelined replace scripts."""
+    try:
+        client = _client_for(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    except (ValueError, TypeError) as exc:
+        raise RemiError(f"bad Redis URL {_public_url(url)}: {exc}") from exc
+    users = events = 0
+    try:
+        try:
+            sha = await client.script_load(_REPLACE_LUA)
+        except Exception as exc:
+            failure = _classify(exc)
+            if failure is None:
+                raise
+            raise RemiError(f"cannot use Redis at {_public_url(url)} ({failure.reason}: {exc})") from exc
+        slots = asyncio.Semaphore(in_flight)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def send(batch: list[tuple[str, list[str]]]) -> None:
+            try:
+                for attempt in (1, 2):
+                    pipe = client.pipeline(transaction=False)
+                    for key, values in batch:
+                        pipe.evalsha(sha, 1, key, ttl_seconds or 0, *values)
+                    try:
+                        await pipe.execute()
+                        break
+                    except Exception as exc:  # NOSCRIPT after a failover: reload, resend (replacement is idempotent)
+                        if attempt == 2 or "NOSCRIPT" not in str(exc):
+                            raise
+                        await client.script_load(_REPLACE_LUA)
+                bar.update(sum(len(v) for _, v in batch))
+            finally:
+                slots.release()
+
+        async def flush(batch: list[tuple[str, list[str]]]) -> None:
+            await slots.acquire()
+            task = asyncio.create_task(send(batch))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            await asyncio.sleep(0)  # let it put its commands on the wire while we prepare the next batch
+            for done in [t for t in tasks if t.done()]:
+                done.result()
+
+        for file in files:
+            with pa.memory_map(str(file)) as source:
+                table = pa.ipc.open_file(source).read_all()
+            batch: list[tuple[str, list[str]]] = []
+            size = 0
+            for user_id, values in _last_events(table, max_len):
+                batch.append((history_key(prefix, user_id), values))
+                size += len(values)
+                users += 1
+                events += len(values)
+                if size >= batch_events:
+                    await flush(batch)
+                    batch, size = [], 0
+            if batch:
+                await flush(batch)
+            del table
+        if tasks:
+            await asyncio.gather(*tasks)
+    except RemiError:
+        raise
+    except Exception as exc:
+        failure = _classify(exc)
+        if failure is None:
+            raise
+        raise RemiError(f"Redis at {_public_url(url)} failed during the load ({failure.reason}: {exc})") from exc
+    finally:
+        await client.aclose()
+    return users, events
+
+
+def load_history(
+    data: str | Path,
+    redis_url: str,
+    *,
+    prefix: str,
+    max_len: int,
+    ttl_seconds: int | None,
+    rows_per_partition: int = 2_000_000,
+    batch_rows: int = 262_144,
+    batch_events: int = 20_000,
+    in_flight: int = 4,
+    timeout_s: float = 10.0,
+    progress: bool = False,
+    tmp_dir: str | Path | None = None,
+) -> LoadReport:
+    """Replace the Redis history of every user in `data` with their last `max_len` events."""
+    if max_len < 1:
+        raise RemiError(f"max_len must be >= 1, got {max_len}")
+    from tqdm import tqdm
+
+    path = Path(data)
+    parts = max(1, math.ceil(_estimated_rows(path) / rows_per_partition))
+    t0 = time.perf_counter()
+
+    async def check() -> None:  # fail on a bad URL or an unusable Redis before reading a byte
+        try:
+            client = _client_for(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        except (ValueError, TypeError) as exc:
+            raise RemiError(f"bad Redis URL {_public_url(redis_url)}: {exc}") from exc
+        try:
+            await client.ping()
+        except Exception as exc:
+            failure = _classify(exc)
+            if failure is None:
+                raise
+            raise RemiError(f"cannot use Redis at {_public_url(redis_url)} ({failure.reason}: {exc})") from exc
+        finally:
+            await client.aclose()
+
+    asyncio.run(check())
+    with tempfile.TemporaryDirectory(prefix="remi-history-load-", dir=tmp_dir) as folder:
+        with tqdm(desc="read", unit=" rows", unit_scale=True, disable=not progress) as bar:
+            files, rows = _partition(path, Path(folder), parts, batch_rows, bar)
+        with tqdm(desc="write", unit=" events", unit_scale=True, disable=not progress) as bar:
+            users, events = asyncio.run(
+                _write(
+                    redis_url,
+                    files,
+                    prefix=prefix,
+                    max_len=max_len,
+                    ttl_seconds=ttl_seconds,
+                    batch_events=batch_events,
+                    in_flight=in_flight,
+                    timeout_s=timeout_s,
+                    bar=bar,
+                )
+            )
+    seconds = time.perf_counter() - t0
+    return LoadReport(users, events, rows, len(files), round(seconds, 3), round(events / max(seconds, 1e-9), 1))
