@@ -18,8 +18,8 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
-from pydantic import AfterValidator, StrictBool
 from fastapi.responses import Response
+from pydantic import AfterValidator, StrictBool
 
 import remi
 from service import metrics

@@ -189,9 +189,7 @@ def decode_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise json.JSONDecodeError(f"body is not valid UTF-8 (byte {exc.start})", "", exc.start) from exc
     try:
-        value = json.loads(
-            text, parse_constant=_parse_constant, parse_float=_parse_float, parse_int=_parse_int
-        )
+        value = json.loads(text, parse_constant=_parse_constant, parse_float=_parse_float, parse_int=_parse_int)
     except RecursionError as exc:
         raise json.JSONDecodeError("JSON nested too deeply", "", 0) from exc
     return _replace_surrogates(value)
@@ -259,11 +257,11 @@ def safe_input(value: Any) -> Any:
 
 
 def _safe_ctx(ctx: dict[str, Any]) -> dict[str, Any]:
-    return {
-        str(key): _clip(value, 200) if isinstance(value, str) else safe_input(value)
-        if value is None or isinstance(value, (bool, int, float)) else _clip(str(value), 200)
-        for key, value in ctx.items()
-    }
+    out: dict[str, Any] = {}
+    for key, value in ctx.items():
+        scalar = value is None or isinstance(value, (bool, int, float))
+        out[str(key)] = safe_input(value) if scalar else _clip(str(value), 200)
+    return out
 
 
 def render_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -29,4 +29,5 @@ def test_api_conforms_to_its_schema_with_every_check(api: Server, tmp_path: Path
         "--no-color",
     ]  # fmt: skip
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    print(proc.stdout[-4000:])  # the summary, shown with -s or on failure
     assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-3000:]
