@@ -19,7 +19,7 @@ def test_api_conforms_to_its_schema_with_every_check(api: Server, tmp_path: Path
     args = [
         sys.executable, "-m", "schemathesis.cli", "run", f"{api.url}/openapi.json",
         "--checks", "all",
-        "--max-examples", "25",
+        "--max-examples", "60",
         "--seed", "20261128",
         "--workers", "1",
         "--generation-database", "none",
