@@ -202,15 +202,35 @@ class _SafeJsonRequest(Request):
         return self._json
 
 
+def _is_json(content_type: str | None) -> bool:
+    """The test FastAPI applies: application/json or application/<anything>+json."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 class SafeJsonRoute(APIRoute):
     """Every route decodes its JSON body with :func:`decode_json` (FastAPI's documented hook
-    for a custom Request class)."""
+    for a custom Request class), and a body sent as anything but JSON is one clear 422 (FastAPI
+    would validate the raw text against the model: "Input should be a valid dictionary")."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        takes_body = self.body_field is not None
 
         async def strict_json_handler(request: Request) -> Response:
-            return await handler(_SafeJsonRequest(request.scope, request.receive, request._send))
+            strict = _SafeJsonRequest(request.scope, request.receive, request._send)
+            if takes_body and not _is_json(strict.headers.get("content-type")) and await strict.body():
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "json_invalid",
+                            "loc": ("body",),
+                            "msg": "the body must be JSON sent with content-type: application/json",
+                            "input": strict.headers.get("content-type", ""),
+                        }
+                    ]
+                )
+            return await handler(strict)
 
         return strict_json_handler
 

@@ -101,6 +101,7 @@ def test_a_body_without_a_json_content_type_is_a_422(client: TestClient, content
     headers = {"content-type": content_type} if content_type else {}
     response = client.post("/recommend", content=b'{"user_id": "\xff' + b"x" * 5000 + b'"}', headers=headers)
     assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["type"] == "json_invalid" and "application/json" in response.text
     assert len(response.content) < 2000
 
 
