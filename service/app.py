@@ -16,13 +16,16 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Body, FastAPI, Header, HTTPException, Path, Query
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import AfterValidator, StrictBool
 
 import remi
 from service import metrics
 from service.batcher import MicroBatcher
 from service.config import ServiceSettings
+from service.docs_ui import mount_offline_docs
 from service.engine import Engine, Result
 from service.engine import Query as EngineQuery
 from service.history import (
@@ -33,19 +36,33 @@ from service.history import (
     MemoryHistory,
     make_history_store,
 )
+from service.http_guards import BodyLimitMiddleware, SafeJsonRoute, validation_error_handler
 from service.schemas import (
+    BAD_INPUT_422,
+    TOO_LARGE_413,
+    USER_ID_PATTERN,
     BatchResponse,
     EventsResponse,
     HistoryItem,
     HistoryResponse,
     RecommendResponse,
+    check_user_id,
     request_models,
 )
 from service.versions import Versions
 
 log = logging.getLogger("remi.service")
 
-UserPath = Annotated[str, Path(min_length=1, max_length=256, description="Opaque user id.")]
+UserPath = Annotated[
+    str,
+    AfterValidator(check_user_id),
+    Path(
+        min_length=1,
+        max_length=256,
+        description="Opaque user id (printable UTF-8; see the body's user_id).",
+        json_schema_extra={"pattern": USER_ID_PATTERN},
+    ),
+]
 
 
 class State:
@@ -151,10 +168,27 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         version=remi.__version__,
         description="Multi-interest candidate matching: K interest vectors per user, one FAISS search each.",
         lifespan=lifespan,
-        responses={400: {"description": "Body is not decodable JSON"}},
+        docs_url=None,  # served from packaged assets below, not a CDN
+        redoc_url=None,
     )
-    app.add_middleware(metrics.MetricsMiddleware)
+    # Every route decodes JSON strictly and every 422 renders safely (service/http_guards.py).
+    app.router.route_class = SafeJsonRoute
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(metrics.MetricsMiddleware)  # outermost: 413s are counted too
     app.state.remi = state
+    mount_offline_docs(app)
+
+    def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        """A dependency, so FastAPI runs it before it validates the body's fields: a caller
+        without the token learns nothing about the body (only text that is not JSON at all is
+        refused earlier, with a 422 json_invalid, as the body is decoded before any check)."""
+        token = settings.admin_token.get_secret_value() if settings.admin_token else None
+        if not token:
+            raise HTTPException(404, "admin endpoints are disabled (set REMI_ADMIN_TOKEN)")
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "bad or missing bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     warned = [0.0]
 
@@ -237,7 +271,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.post(
         "/recommend",
         response_model=RecommendResponse,
-        responses={503: {"description": "No model loaded yet"}},
+        responses={503: {"description": "No model loaded yet"}, 413: TOO_LARGE_413, 422: BAD_INPUT_422},
         summary="Top-k candidates for one user",
     )
     async def recommend(body: RecommendRequest) -> Response:  # type: ignore[valid-type]
@@ -246,7 +280,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.post(
         "/recommend/batch",
         response_model=BatchResponse,
-        responses={503: {"description": "No model loaded yet"}},
+        responses={503: {"description": "No model loaded yet"}, 413: TOO_LARGE_413, 422: BAD_INPUT_422},
         summary="Top-k candidates for many users at once",
     )
     async def recommend_batch(body: BatchRequest) -> Response:  # type: ignore[valid-type]
@@ -259,7 +293,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         "/users/{user_id}/events",
         response_model=EventsResponse,
         responses={
-            422: {"description": "Invalid body, or an Idempotency-Key reused for different events"},
+            413: TOO_LARGE_413,
+            422: {**BAD_INPUT_422, "description": "Invalid body, or an Idempotency-Key reused for different events"},
             503: {
                 "description": "History store unavailable: 'events not stored' (retry), or 'outcome unknown' "
                 "(retry with the same Idempotency-Key)"
@@ -299,7 +334,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.get(
         "/users/{user_id}/history",
         response_model=HistoryResponse,
-        responses={503: {"description": "History store unavailable"}},
+        responses={503: {"description": "History store unavailable"}, 422: BAD_INPUT_422},
         summary="A user's stored history, oldest first",
     )
     async def get_history(user_id: UserPath) -> HistoryResponse:
@@ -316,7 +351,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.get(
         "/users/{user_id}/interests",
-        responses={503: {"description": "No model loaded, or history store unavailable"}},
+        responses={503: {"description": "No model loaded, or history store unavailable"}, 422: BAD_INPUT_422},
         summary="Explain: what each interest draws on and retrieves",
     )
     async def interests(
@@ -394,19 +429,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.post(
         "/admin/reload",
-        responses={401: {"description": "Bad or missing bearer token"}, 404: {"description": "Admin disabled"}},
+        responses={
+            401: {"description": "Bad or missing bearer token"},
+            404: {"description": "Admin disabled"},
+            413: TOO_LARGE_413,
+            422: BAD_INPUT_422,
+        },
         summary="Load the version `current` points to now (bearer token)",
+        dependencies=[Depends(require_admin)],
     )
     async def admin_reload(
-        authorization: Annotated[str | None, Header()] = None,
-        force: Annotated[bool, Body(embed=True)] = False,
+        force: Annotated[StrictBool, Body(embed=True, description="Reload even the version being served.")] = False,
     ) -> dict[str, Any]:
-        token = settings.admin_token.get_secret_value() if settings.admin_token else None
-        if not token:
-            raise HTTPException(404, "admin endpoints are disabled (set REMI_ADMIN_TOKEN)")
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not secrets.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "bad or missing bearer token", headers={"WWW-Authenticate": "Bearer"})
         return await state.versions.refresh(force=force)
 
     return app

@@ -59,6 +59,9 @@ class ServiceSettings(BaseSettings):
     k_max: int = Field(500, ge=1, description="Largest k a request may ask for.")
     batch_max: int = Field(256, ge=1, description="Most users in one POST /recommend/batch.")
     events_max: int = Field(1000, ge=1, description="Most events in one POST /users/{id}/events.")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1, description="Largest request body in bytes; larger ones get 413 (also when chunked)."
+    )
 
     # compute
     onnx_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per worker.")

@@ -6,10 +6,11 @@ event counts) come from settings; a bad value is a 422 whose ``loc`` names the f
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
 from annotated_types import Ge
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints
 
 MergeName = Literal["score", "quota", "round_robin"]
 Fallback = Literal["cold_start", "history_unavailable"]
@@ -24,8 +25,31 @@ def _json_integer(value: object) -> object:
 
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
-# Ids are opaque strings; bounded so a client cannot make us hash or store megabytes per key.
-UserId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+# User ids are opaque printable text. Refused: C0/C1 control characters, the BMP non-characters
+# and U+FFFD. Why U+FFFD: servers decode an invalid UTF-8 %-escape in a path (/users/%ff,
+# /users/%fe, /users/%80) to U+FFFD, so all of those (and a literal %EF%BF%BD) would share one
+# history; refusing it is the only way to refuse invalid UTF-8 once the path is decoded.
+# The same pattern is published in the OpenAPI schema (clients and fuzzers see the rule).
+USER_ID_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f\ufdd0-\ufdef\ufffd-\uffff]+$"
+_USER_ID_RE = re.compile(USER_ID_PATTERN)
+
+
+def check_user_id(value: str) -> str:
+    if not _USER_ID_RE.match(value):
+        raise ValueError(
+            "user ids must be valid UTF-8 text without control characters, non-characters or U+FFFD "
+            "(an invalid %-escape in the path decodes to U+FFFD)"
+        )
+    return value
+
+
+# Ids are bounded so a client cannot make us hash or store megabytes per key.
+UserId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=256),
+    AfterValidator(check_user_id),
+    Field(json_schema_extra={"pattern": USER_ID_PATTERN}),
+]
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)] | JsonInt
 
 
@@ -78,6 +102,31 @@ class HistoryResponse(BaseModel):
 
 class Reason(BaseModel):
     detail: str
+
+
+class ValidationErrorItem(BaseModel):
+    """One problem with the input; ``input`` is at most a short prefix of the value sent."""
+
+    type: str = Field(description="e.g. missing, int_parsing, string_too_long, json_invalid.")
+    loc: list[str | int] = Field(description='Where: ["body", "user_id"], ["path", "user_id"], ["body", <offset>].')
+    msg: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrorBody(BaseModel):
+    detail: list[ValidationErrorItem]
+
+
+BAD_INPUT_422 = {
+    "model": ValidationErrorBody,
+    "description": (
+        "Invalid input, naming the field in `loc`. A body that is not JSON (malformed, not UTF-8, "
+        "NaN/Infinity, a number outside the double range, a lone surrogate, or a content type that "
+        "is not application/json) is also a 422: `json_invalid` where the text does not parse."
+    ),
+}
+TOO_LARGE_413 = {"model": Reason, "description": "Request body over REMI_MAX_BODY_BYTES"}
 
 
 def request_models(k_max: int, batch_max: int, events_max: int) -> tuple[type[BaseModel], ...]:

@@ -7,10 +7,10 @@ already has it and fail on a fresh one; these checks catch that before CI's fres
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
