@@ -48,7 +48,8 @@ COMPOSE_REDIS_URL = "redis://redis:6379/0"
 TORCH_DEFAULTS = {"TORCH_SPEC": "torch==2.13.0", "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu"}
 UP_SERVICES = ("redis", "init", "api")  # what a plain `docker compose up` starts
 PROFILED = ("train", "export", "reindex", "loadtest")
-TRAIN_ONLY = ("torch", "training", "tqdm", "optuna", "matplotlib", "tabulate", "onnx", "onnxscript")
+# tqdm is not here: `remi history load` (service/history_load.py) shows its progress with it, in the API image too
+TRAIN_ONLY = ("torch", "training", "optuna", "matplotlib", "tabulate", "onnx", "onnxscript")
 # small sizes for the compose commands run here (the compose defaults are the real ones)
 SMALL = {
     "SYNTH_USERS": "300",
