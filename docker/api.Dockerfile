@@ -1,8 +1,10 @@
-# syntax=docker/dockerfile:1
-# The API image: `remi serve` with onnxruntime + FAISS + FastAPI only. It installs the base
-# dependencies of pyproject.toml (never the `train` extra) and copies only the packages the
-# service imports (remi, index, service), so the training stack cannot be imported here.
+# The API image: `remi serve` with onnxruntime + FAISS + FastAPI only. It installs the service lock
+# (requirements/service.txt: the base dependencies of pyproject.toml, never the `train` extra)
+# with hash checking, then the project itself with --no-deps, and copies only the packages
+# the service imports (remi, index, service), so the training stack cannot be imported here.
 #   docker build -f docker/api.Dockerfile -t remi-match-api:0.1.0 .
+# Build arguments:
+#   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL   a PyPI mirror (unset: pypi.org); hashes are checked either way
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,19 +19,22 @@ RUN groupadd --system --gid 10001 remi \
 
 WORKDIR /app
 
-# Dependencies first (this layer is rebuilt only when pyproject.toml changes): the base set only.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt
+# declared without a default, so they reach pip only when given
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
 
-# Then the code: the CLI, the artifact contract, the index and the service.
-COPY README.md ./
+# Dependencies first, from the lock (this layer is rebuilt only when the lock changes): exact
+# versions, and pip refuses any file whose sha256 is not in the lock.
+COPY requirements/service.txt ./requirements/service.txt
+RUN pip install --require-hashes -r requirements/service.txt
+
+# Then the code: the CLI, the artifact contract, the index and the service (--no-deps: every
+# dependency is already there, from the lock).
+COPY pyproject.toml README.md ./
 COPY remi ./remi
 COPY index ./index
 COPY service ./service
-RUN pip install --no-deps . && rm -rf build *.egg-info
+RUN pip install --no-deps . && rm -rf build *.egg-info && pip check
 
 USER remi
 
