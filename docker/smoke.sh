@@ -83,24 +83,6 @@ no_torch() {
 }
 step api-image-has-no-torch no_torch
 
-# `remi history load` is being added beside this script (issue 9, A.2). Until the jobs image has
-# it, init runs its script with a shell function standing in for that one command (so the rest of
-# the stack is still checked) and the training-user check is reported as skipped.
-# TODO(issue 9 A.2 merged): delete this block, so that a missing command fails the smoke test.
-HISTORY_LOAD=1
-if ! docker run --rm "$JOBS_IMAGE" history load --help >/dev/null 2>&1; then
-  HISTORY_LOAD=0
-  cat >"$WORK/no-history-load.yml" <<'YML'
-services:
-  init:
-    entrypoint:
-      - sh
-      - -ec
-      - 'remi() { if [ "$$1 $$2" = "history load" ]; then echo "smoke: no remi history load in this image, skipped"; return 0; fi; command remi "$$@"; }; eval "$$0"'
-YML
-  FILES+=(-f "$WORK/no-history-load.yml")
-fi
-
 # ---------------------------------------------------------------------------- up
 compose down -v --remove-orphans >/dev/null 2>&1  # a stack left over by an interrupted run
 UP=1
@@ -134,13 +116,9 @@ personalised() {  # personalised <user>: 200, k items, and no fallback (not cold
   echo "$out" | json 'len(d["items"]) == 10 and d["fallback"] is None and d["history_len"] > 0' | grep -qx True
 }
 step recommend personalised smoke-user
-if [ "$HISTORY_LOAD" = 1 ]; then
-  TRAIN_USER=$(docker run --rm -v "${PROJECT}_remi-data:/data" --entrypoint python "$JOBS_IMAGE" -c \
-    "import pandas as pd; print(pd.read_csv('/data/synth/interactions.csv.gz', nrows=1)['user_id'][0])")
-  step recommend-training-user personalised "$TRAIN_USER"
-else
-  echo "skip recommend-training-user remi history load is not in the jobs image yet (issue 9 A.2)"
-fi
+TRAIN_USER=$(docker run --rm -v "${PROJECT}_remi-data:/data" --entrypoint python "$JOBS_IMAGE" -c \
+  "import pandas as pd; print(pd.read_csv('/data/synth/interactions.csv.gz', nrows=1)['user_id'][0])")
+step recommend-training-user personalised "$TRAIN_USER"
 
 # ---------------------------------------------------------------------------- reindex
 BEFORE=$(get /version | json 'd["index_version"]')

@@ -29,7 +29,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatch
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -189,15 +188,6 @@ def localize(text: str, data: Path, api_url: str = "", redis_url: str = "") -> s
     text = re.sub(r"(?<![\w./-])/app(?=/)", str(REPO), text)
     text = text.replace("http://api:8000", api_url) if api_url else text
     return text.replace(COMPOSE_REDIS_URL, redis_url) if redis_url else text
-
-
-@cache
-def cli_has_history_load() -> bool:
-    """`remi history load` (issue 9, A.2) is merged from another branch; until then its checks skip.
-
-    TODO(issue 9 A.2 merged): return True here (or drop the helper), so its absence fails."""
-    proc = subprocess.run([sys.executable, "-m", "remi.cli", "history", "load", "--help"], capture_output=True)
-    return proc.returncode == 0
 
 
 def free_port() -> int:
@@ -445,8 +435,6 @@ def test_every_remi_command_and_flag_exists(words: tuple[str, ...]) -> None:
     )
     if words == ("loadtest",) and proc.returncode != 0 and "No such command" in proc.stderr:
         pytest.skip("`remi loadtest` is not in this CLI yet")
-    if words == ("history", "load") and not cli_has_history_load():
-        pytest.skip("`remi history load` is not in this CLI yet (issue 9, A.2: merged from another branch)")
     assert proc.returncode == 0, f"remi {' '.join(words)}: {proc.stderr}"
     flags = {t.split("=")[0] for _, call in CALLS if subcommand(call) == words for t in call if t[:2] == "--"}
     for flag in sorted(flags):
@@ -523,12 +511,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, own_redis: str) -> Iterator[
     data.mkdir()
     bin_dir.mkdir()
     remi = bin_dir / "remi"  # the image's `remi` console script, for this interpreter
-    stand_in = ""
-    if not cli_has_history_load():  # until issue 9 A.2 is merged: that one command is a no-op here
-        stand_in = (
-            'if [ "$1 $2" = "history load" ]; then echo "history load: not in this CLI yet, skipped"; exit 0; fi\n'
-        )
-    remi.write_text(f'#!/bin/sh\n{stand_in}exec "{sys.executable}" -m remi.cli "$@"\n')
+    remi.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m remi.cli "$@"\n')
     remi.chmod(0o755)
     compose_vars = {m.group(1) or m.group(3) for m in VAR.finditer(COMPOSE.read_text())} - {None}
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMI_") and k not in compose_vars}
@@ -579,8 +562,6 @@ def test_init_trains_a_first_model_once(stack: Stack) -> None:
 
 def test_training_users_are_personalised_from_the_start(stack: Stack) -> None:
     """Before init loaded the training histories, every training user got `cold_start` (issue 9, A.2)."""
-    if not cli_has_history_load():
-        pytest.skip("`remi history load` is not in this CLI yet (issue 9, A.2: merged from another branch)")
     with gzip.open(stack.data / "synth" / "interactions.csv.gz", "rt") as f:
         users = list(dict.fromkeys(line.split(",", 1)[0] for line in itertools.islice(f, 1, 2000)))[:5]
     for user in users:
