@@ -86,28 +86,29 @@ class Engine:
             ids, mask = pad_histories([queries[i].history for i in warm], self.seq_len)
             interests, routing = self.arts.tower.run(ids, mask)
             t1 = time.perf_counter()
-            n = max(queries[i].k for i in warm)
-            exclude = [queries[i].history if queries[i].exclude_seen else () for i in warm]
-            found, scores = search_excluding(self.index, interests, n, exclude)
-            t2 = time.perf_counter()
-            # only the quota merge reads the interest weights
-            quota = any(queries[i].merge == "quota" for i in warm)
-            weights = interest_weights(routing, mask) if quota else None
-            for strategy in {queries[i].merge for i in warm}:
-                rows = [j for j, i in enumerate(warm) if queries[i].merge == strategy]
-                merged, merged_scores, who = merge(
-                    strategy, found[rows], scores[rows], n, weights[rows] if weights is not None else None
+            # Each request is searched and merged on its own (its k, its exclusions, its merge): only
+            # the ONNX run is shared, and its rows do not depend on each other. A depth or quota
+            # taken from the batch would make an answer depend on its neighbours (issue 9 B.5).
+            for j, i in enumerate(warm):
+                q = queries[i]
+                s0 = time.perf_counter()
+                found, scores = search_excluding(
+                    self.index, interests[j : j + 1], q.k, [q.history] if q.exclude_seen else None
                 )
-                for r, j in enumerate(rows):
-                    q = queries[warm[j]]
-                    keep = merged[r, : q.k] >= 0
-                    results[warm[j]] = Result(
-                        item_ids=[self.arts.item_ids[i - 1] for i in merged[r, : q.k][keep]],
-                        scores=merged_scores[r, : q.k][keep].tolist(),
-                        interests=who[r, : q.k][keep].tolist(),
-                        cold_start=False,
-                    )
-            timings.model, timings.search, timings.merge = t1 - t0, t2 - t1, time.perf_counter() - t2
+                s1 = time.perf_counter()
+                # only the quota merge reads the interest weights
+                weights = interest_weights(routing[j : j + 1], mask[j : j + 1]) if q.merge == "quota" else None
+                merged, merged_scores, who = merge(q.merge, found, scores, q.k, weights)
+                keep = merged[0] >= 0
+                results[i] = Result(
+                    item_ids=[self.arts.item_ids[item - 1] for item in merged[0][keep]],
+                    scores=merged_scores[0][keep].tolist(),
+                    interests=who[0][keep].tolist(),
+                    cold_start=False,
+                )
+                timings.search += s1 - s0
+                timings.merge += time.perf_counter() - s1
+            timings.model = t1 - t0
         for i, q in enumerate(queries):
             if results[i] is None:
                 results[i] = self.popular_for(q.k, q.history if q.exclude_seen else ())
