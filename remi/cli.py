@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from index.params import DEFAULTS as INDEX_DEFAULTS
 from remi.errors import RemiError
 
 app = typer.Typer(
@@ -272,16 +273,22 @@ def _index_params(**flags: object) -> dict[str, object]:
     return {names.get(k, k): v for k, v in flags.items() if v is not None}
 
 
+_HNSW, _IVFPQ = INDEX_DEFAULTS["hnsw"], INDEX_DEFAULTS["ivfpq"]  # what the builder uses
 KindOpt = Annotated[str, Opt(help="Index kind: flat (exact), hnsw, ivfpq, or auto (by item count).")]
-HnswM = Annotated[int | None, Opt(min=2, help="HNSW: neighbours per node (default 32).")]
-EfConstruction = Annotated[int | None, Opt(min=1, help="HNSW: build-time beam width (default 80).")]
-EfSearch = Annotated[int | None, Opt(min=1, help="HNSW: search beam width (default 128).")]
+HnswM = Annotated[int | None, Opt(min=2, help=f"HNSW: neighbours per node (default {_HNSW['m']}).")]
+EfConstruction = Annotated[
+    int | None, Opt(min=1, help=f"HNSW: build-time beam width (default {_HNSW['ef_construction']}).")
+]
+EfSearch = Annotated[int | None, Opt(min=1, help=f"HNSW: search beam width (default {_HNSW['ef_search']}).")]
 Nlist = Annotated[int | None, Opt(min=1, help="IVF-PQ: inverted lists (default 4 sqrt(items)).")]
 PqM = Annotated[int | None, Opt(min=1, help="IVF-PQ: sub-quantisers, must divide d (default d / 4).")]
-Nbits = Annotated[int | None, Opt(min=4, max=12, help="IVF-PQ: bits per sub-quantiser code (default 8).")]
-Nprobe = Annotated[int | None, Opt(min=1, help="IVF-PQ: lists visited per query (default 32).")]
+Nbits = Annotated[
+    int | None, Opt(min=4, max=12, help=f"IVF-PQ: bits per sub-quantiser code (default {_IVFPQ['nbits']}).")
+]
+Nprobe = Annotated[int | None, Opt(min=1, help=f"IVF-PQ: lists visited per query (default {_IVFPQ['nprobe']}).")]
 Refine = Annotated[
-    int | None, Opt(min=0, help="IVF-PQ: re-rank refine x k candidates with exact vectors; 0 = off (default 4).")
+    int | None,
+    Opt(min=0, help=f"IVF-PQ: re-rank refine x k candidates with exact vectors; 0 = off (default {_IVFPQ['refine']})."),
 ]
 MinRecall = Annotated[
     float, Opt(min=0.0, max=1.0, help="Fail the build if recall@50 against exact search is below this.")

@@ -1,4 +1,4 @@
-"""Candidate generation for a batch of users: ONNX interests -> one FAISS call -> merge.
+"""Candidate generation for a batch of users: one ONNX run -> per-user FAISS search -> per-user merge.
 
 Pure computation over one loaded model + index pair (no HTTP, no history store), so the
 in-process benchmark, the micro-batcher and the request handlers all run the same code. An
