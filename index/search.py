@@ -92,6 +92,8 @@ def _search_over_fetching(
 
 def _ties_by_item(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Orders each (K, n) list by score, equal scores by item index, empty slots last."""
+    if not (scores[:, 1:] == scores[:, :-1]).any():  # FAISS lists come sorted: only ties need work
+        return ids, scores
     key = np.where(ids < 0, np.iinfo(np.int64).max, ids)
     order = np.lexsort((key, -scores.astype(np.float64)), axis=-1)
     return np.take_along_axis(ids, order, -1), np.take_along_axis(scores, order, -1)

@@ -86,26 +86,33 @@ class Engine:
             ids, mask = pad_histories([queries[i].history for i in warm], self.seq_len)
             interests, routing = self.arts.tower.run(ids, mask)
             t1 = time.perf_counter()
-            # Each request is searched and merged on its own (its k, its exclusions, its merge): only
-            # the ONNX run is shared, and its rows do not depend on each other. A depth or quota
-            # taken from the batch would make an answer depend on its neighbours (issue 9 B.5).
+            # Each request is searched and merged on its own terms (its k, its exclusions, its
+            # merge): only the ONNX run is shared, and its rows do not depend on each other. A
+            # depth or quota taken from the batch made answers depend on their neighbours (issue 9
+            # B.5). Requests with the same k still go through one search_excluding call (one FAISS
+            # call per user inside) and one merge call per strategy; both work row by row.
+            by_k: dict[int, list[int]] = {}
             for j, i in enumerate(warm):
-                q = queries[i]
+                by_k.setdefault(queries[i].k, []).append(j)
+            for k, rows in by_k.items():
                 s0 = time.perf_counter()
-                found, scores = search_excluding(
-                    self.index, interests[j : j + 1], q.k, [q.history] if q.exclude_seen else None
-                )
+                exclude = [queries[warm[j]].history if queries[warm[j]].exclude_seen else () for j in rows]
+                found, scores = search_excluding(self.index, interests[rows], k, exclude)
                 s1 = time.perf_counter()
-                # only the quota merge reads the interest weights
-                weights = interest_weights(routing[j : j + 1], mask[j : j + 1]) if q.merge == "quota" else None
-                merged, merged_scores, who = merge(q.merge, found, scores, q.k, weights)
-                keep = merged[0] >= 0
-                results[i] = Result(
-                    item_ids=[self.arts.item_ids[item - 1] for item in merged[0][keep]],
-                    scores=merged_scores[0][keep].tolist(),
-                    interests=who[0][keep].tolist(),
-                    cold_start=False,
-                )
+                for strategy in sorted({queries[warm[j]].merge for j in rows}):
+                    sub = [r for r, j in enumerate(rows) if queries[warm[j]].merge == strategy]
+                    picked = [rows[r] for r in sub]
+                    # only the quota merge reads the interest weights
+                    weights = interest_weights(routing[picked], mask[picked]) if strategy == "quota" else None
+                    merged, merged_scores, who = merge(strategy, found[sub], scores[sub], k, weights)
+                    for r, j in enumerate(picked):
+                        keep = merged[r] >= 0
+                        results[warm[j]] = Result(
+                            item_ids=[self.arts.item_ids[item - 1] for item in merged[r][keep]],
+                            scores=merged_scores[r][keep].tolist(),
+                            interests=who[r][keep].tolist(),
+                            cold_start=False,
+                        )
                 timings.search += s1 - s0
                 timings.merge += time.perf_counter() - s1
             timings.model = t1 - t0
