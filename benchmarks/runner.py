@@ -43,7 +43,10 @@ def run_job(job: Job, root: Path, threads: int = 1) -> dict[str, Any]:
     run_dir = root / re.sub(r"[^\w.+=-]", "_", job.name)  # a label with "/" must not nest folders
     metrics = run_dir / "metrics.json"
     if not metrics.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
+        # The log lives beside the run: `remi train` writes the run folder whole at the end, and
+        # --force replaces what an unfinished older attempt may have left there.
+        log_file = run_dir.with_name(run_dir.name + ".log")
+        root.mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable,
             "-m",
@@ -51,15 +54,16 @@ def run_job(job: Job, root: Path, threads: int = 1) -> dict[str, Any]:
             "train",
             "--out",
             str(run_dir),
+            "--force",
             "--threads",
             str(threads),
             "--no-progress",
             *_flags(job.args),
         ]
-        with (run_dir / "stdout.log").open("w") as fh:
+        with log_file.open("w") as fh:
             proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
-            return {"name": job.name, "tags": job.tags, "error": (run_dir / "stdout.log").read_text()[-500:]}
+            return {"name": job.name, "tags": job.tags, "error": log_file.read_text()[-500:]}
     result = json.loads(metrics.read_text())
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     return {

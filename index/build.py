@@ -23,6 +23,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from index.params import DEFAULTS
 from remi.contract import (
     FORMAT_VERSION,
     INDEX_FILE,
@@ -44,12 +45,6 @@ HNSW_MAX_ITEMS = 10_000_000  # ~0.65 kB/item at d = 64, M = 48: beyond this, mem
 # Search-time knobs that calibration walks (cheapest first) until recall reaches the target.
 EF_LADDER = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
 NPROBE_LADDER = (8, 16, 32, 64, 128, 256, 512, 1024)
-
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "flat": {},
-    "hnsw": {"m": 48, "ef_construction": 200, "ef_search": 64},
-    "ivfpq": {"nlist": None, "pq_m": None, "nbits": 8, "nprobe": 32, "refine": 4},
-}
 
 
 def choose_kind(n_items: int) -> str:

@@ -132,8 +132,8 @@ def _finish(
     taken: dict[int, tuple[float, int]], n: int, keep_order: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     items = list(taken.items())
-    if not keep_order:
-        items.sort(key=lambda kv: -kv[1][0])
+    if not keep_order:  # equal scores by item index, so the order never hangs on the visiting order
+        items.sort(key=lambda kv: (-kv[1][0], kv[0]))
     out_ids = np.full(n, -1, dtype=np.int64)
     out_scores = np.full(n, -np.inf, dtype=np.float32)
     out_interest = np.full(n, -1, dtype=np.int64)

@@ -45,35 +45,58 @@ def search_excluding(
         n: results per interest.
         exclude: per user, item indices (1-based, the model's vocabulary) that must not appear.
     Returns:
-        item indices (U, K, n), -1 where fewer results exist, and their scores (U, K, n).
+        item indices (U, K, n), -1 where fewer results exist, and their scores (U, K, n); each
+        list best first, equal scores by item index.
 
-    Exact by over-fetching: an excluded item can only displace results, so asking for
-    n + |exclusion set| and filtering always leaves the best n allowed items the index returns.
-    One FAISS call for all users keeps the batch path cheap.
+    A user's lists never depend on the other users of the call: each user's K interests are one
+    FAISS call of their own, at depth n, with only that user's exclusions. A shared call would
+    not do: its depth (n + the widest exclusion set) changes the HNSW beam (ef = max(efSearch,
+    depth)) and IVF-refine's candidate pool, and a flat index switches from per-pair SIMD to BLAS
+    (other rounding) beyond 20 queries, so the same request could get another list beside others.
+    With one FAISS thread the per-user calls cost only the Python call overhead (~10 us each).
     """
-    u, k, _ = interests.shape
+    u = interests.shape[0]
     sets = [np.unique(np.asarray(e, dtype=np.int64)) for e in exclude] if exclude is not None else []
     if exclude is not None and len(sets) != u:
         raise ValueError(f"{len(sets)} exclusion sets for {u} users")
-    width = max((len(s) for s in sets), default=0)
     selector_params = _selector_params(index)
-    if width and selector_params is not None and u <= 8:
-        return _search_with_selectors(index, interests, n, sets, selector_params)
-    rows, scores = search_interests(index, interests, n + width)
-    ids = np.where(rows >= 0, rows + 1, -1)
-    scores = np.where(rows >= 0, scores, -np.inf)
-    if width:
-        table = np.full((u, width), -2, dtype=np.int64)  # -2 never matches an id or the -1 filler
-        for i, s in enumerate(sets):
-            table[i, : len(s)] = s
-        banned = (ids[:, :, :, None] == table[:, None, None, :]).any(-1)
-        ids = np.where(banned, -1, ids)
-        scores = np.where(banned, -np.inf, scores)
+    ids = np.full((u, interests.shape[1], n), -1, dtype=np.int64)
+    scores = np.full((u, interests.shape[1], n), -np.inf, dtype=np.float32)
+    for i in range(u):
+        banned = sets[i] if sets else np.zeros(0, dtype=np.int64)
+        if len(banned) and selector_params is not None:
+            found, found_scores = _search_with_selector(index, interests[i], n, banned, selector_params)
+        else:
+            found, found_scores = _search_over_fetching(index, interests[i], n, banned)
+        ids[i], scores[i] = _ties_by_item(found, found_scores)
+    return ids, scores
+
+
+def _search_over_fetching(
+    index: faiss.Index, interests: np.ndarray, n: int, banned: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(K, d) -> (K, n): exact by over-fetching n + |banned| (a banned item only displaces results)."""
+    rows, scores = search_interests(index, interests[None], n + len(banned))
+    ids = np.where(rows[0] >= 0, rows[0] + 1, -1)
+    scores = np.where(rows[0] >= 0, scores[0], -np.inf)
+    if len(banned):
+        drop = np.isin(ids, banned)
+        ids = np.where(drop, -1, ids)
+        scores = np.where(drop, -np.inf, scores)
         # Stable compaction: allowed results keep their order, the banned slots move to the end.
-        order = np.argsort(ids < 0, axis=-1, kind="stable")[:, :, :n]
+        order = np.argsort(ids < 0, axis=-1, kind="stable")
         ids = np.take_along_axis(ids, order, -1)
         scores = np.take_along_axis(scores, order, -1)
-    return ids[:, :, :n], scores[:, :, :n].astype(np.float32)
+    return ids[:, :n], scores[:, :n].astype(np.float32)
+
+
+def _ties_by_item(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Orders each (K, n) list by score, equal scores by item index, empty slots last."""
+    if not (scores[:, 1:] == scores[:, :-1]).any():  # FAISS lists come sorted: only ties need work
+        return ids, scores
+    key = np.where(ids < 0, np.iinfo(np.int64).max, ids)
+    order = np.lexsort((key, -scores.astype(np.float64)), axis=-1)
+    return np.take_along_axis(ids, order, -1), np.take_along_axis(scores, order, -1)
 
 
 def _selector_params(index: faiss.Index) -> type | None:
@@ -90,27 +113,22 @@ def _selector_params(index: faiss.Index) -> type | None:
     return None
 
 
-def _search_with_selectors(
-    index: faiss.Index, interests: np.ndarray, n: int, sets: list[np.ndarray], params_cls: type
+def _search_with_selector(
+    index: faiss.Index, interests: np.ndarray, n: int, banned: np.ndarray, params_cls: type
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One FAISS call per user (its K interests together) with its exclusions as a selector."""
-    u, k, d = interests.shape
+    """(K, d) -> (K, n): one user's interests in one FAISS call, its exclusions as a selector."""
+    k = interests.shape[0]
     top = max(1, min(n, index.ntotal))
-    ids = np.full((u, k, n), -1, dtype=np.int64)
-    scores = np.full((u, k, n), -np.inf, dtype=np.float32)
-    concrete = faiss.downcast_index(index)
-    for i, banned in enumerate(sets):
-        queries = np.ascontiguousarray(interests[i], dtype=np.float32)
-        if len(banned):
-            rows = np.ascontiguousarray(banned[banned > 0] - 1, dtype=np.int64)
-            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(rows))
-            if params_cls is faiss.SearchParametersHNSW:
-                params = params_cls(sel=selector, efSearch=concrete.hnsw.efSearch)
-            else:
-                params = params_cls(sel=selector)
-            found_scores, found = index.search(queries, top, params=params)
-        else:
-            found_scores, found = index.search(queries, top)
-        ids[i, :, :top] = np.where(found >= 0, found + 1, -1)
-        scores[i, :, :top] = np.where(found >= 0, found_scores, -np.inf)
+    ids = np.full((k, n), -1, dtype=np.int64)
+    scores = np.full((k, n), -np.inf, dtype=np.float32)
+    queries = np.ascontiguousarray(interests, dtype=np.float32)
+    rows = np.ascontiguousarray(banned[banned > 0] - 1, dtype=np.int64)
+    selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(rows))
+    if params_cls is faiss.SearchParametersHNSW:
+        params = params_cls(sel=selector, efSearch=faiss.downcast_index(index).hnsw.efSearch)
+    else:
+        params = params_cls(sel=selector)
+    found_scores, found = index.search(queries, top, params=params)
+    ids[:, :top] = np.where(found >= 0, found + 1, -1)
+    scores[:, :top] = np.where(found >= 0, found_scores, -np.inf)
     return ids, scores

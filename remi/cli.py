@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from index.params import DEFAULTS as INDEX_DEFAULTS
 from remi.errors import RemiError
 
 app = typer.Typer(
@@ -126,15 +127,23 @@ def train_cmd(
     device: Annotated[str | None, Opt(help="torch device, e.g. cpu or cuda.")] = None,
     threads: Annotated[int | None, Opt(help="torch intra-op threads.")] = None,
     progress: Annotated[bool | None, Opt(help="Show a progress bar (default: when stderr is a terminal).")] = None,
+    progress_seconds: Annotated[
+        float | None,
+        Opt(min=0, help="Without a bar: seconds between progress lines on stderr; 0 = none (default 30.0)."),
+    ] = None,
+    force: Annotated[bool, Opt(help="Replace an existing run folder (only once the new run is complete).")] = False,
     nproc: Annotated[
         int,
         Opt(min=1, help="Processes for distributed data-parallel training (torchrun + DDP; gloo on CPU, nccl on GPU)."),
     ] = 1,
 ) -> None:
     """Train a multi-interest model; writes RUN_DIR/metrics.json and the best checkpoint."""
-    overrides = {k: v for k, v in locals().items() if k not in ("out", "config", "progress", "nproc")}
+    overrides = {k: v for k, v in locals().items() if k not in ("out", "config", "progress", "nproc", "force")}
     import os
 
+    from training.run_folder import check_run_folder
+
+    check_run_folder(out, force)  # before seconds of importing torch and reading the data
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch_distributed(nproc, threads)
         return
@@ -144,7 +153,7 @@ def train_cmd(
     cfg = load_config(config, **overrides)
     if not cfg.data:
         raise RemiError("no data: pass --data PATH (or set it in --config)")
-    result = train(cfg, out, show_progress=progress)
+    result = train(cfg, out, show_progress=progress, force=force)
     if not result:  # a non-zero rank of a distributed run: rank 0 reports
         return
     typer.echo(
@@ -274,16 +283,22 @@ def _index_params(**flags: object) -> dict[str, object]:
     return {names.get(k, k): v for k, v in flags.items() if v is not None}
 
 
+_HNSW, _IVFPQ = INDEX_DEFAULTS["hnsw"], INDEX_DEFAULTS["ivfpq"]  # what the builder uses
 KindOpt = Annotated[str, Opt(help="Index kind: flat (exact), hnsw, ivfpq, or auto (by item count).")]
-HnswM = Annotated[int | None, Opt(min=2, help="HNSW: neighbours per node (default 32).")]
-EfConstruction = Annotated[int | None, Opt(min=1, help="HNSW: build-time beam width (default 80).")]
-EfSearch = Annotated[int | None, Opt(min=1, help="HNSW: search beam width (default 128).")]
+HnswM = Annotated[int | None, Opt(min=2, help=f"HNSW: neighbours per node (default {_HNSW['m']}).")]
+EfConstruction = Annotated[
+    int | None, Opt(min=1, help=f"HNSW: build-time beam width (default {_HNSW['ef_construction']}).")
+]
+EfSearch = Annotated[int | None, Opt(min=1, help=f"HNSW: search beam width (default {_HNSW['ef_search']}).")]
 Nlist = Annotated[int | None, Opt(min=1, help="IVF-PQ: inverted lists (default 4 sqrt(items)).")]
 PqM = Annotated[int | None, Opt(min=1, help="IVF-PQ: sub-quantisers, must divide d (default d / 4).")]
-Nbits = Annotated[int | None, Opt(min=4, max=12, help="IVF-PQ: bits per sub-quantiser code (default 8).")]
-Nprobe = Annotated[int | None, Opt(min=1, help="IVF-PQ: lists visited per query (default 32).")]
+Nbits = Annotated[
+    int | None, Opt(min=4, max=12, help=f"IVF-PQ: bits per sub-quantiser code (default {_IVFPQ['nbits']}).")
+]
+Nprobe = Annotated[int | None, Opt(min=1, help=f"IVF-PQ: lists visited per query (default {_IVFPQ['nprobe']}).")]
 Refine = Annotated[
-    int | None, Opt(min=0, help="IVF-PQ: re-rank refine x k candidates with exact vectors; 0 = off (default 4).")
+    int | None,
+    Opt(min=0, help=f"IVF-PQ: re-rank refine x k candidates with exact vectors; 0 = off (default {_IVFPQ['refine']})."),
 ]
 MinRecall = Annotated[
     float, Opt(min=0.0, max=1.0, help="Fail the build if recall@50 against exact search is below this.")
@@ -586,10 +601,11 @@ def demo(
     out: Annotated[Path, Opt(help="Working folder for the generated data, run, artifacts and index.")] = Path("demo"),
     steps: Annotated[int, Opt(min=1, help="Training steps.")] = 3000,
     serve: Annotated[bool, Opt(help="Serve the model afterwards (embedded history store, no Redis needed).")] = True,
-    port: Annotated[int, Opt(min=0, max=65535, help="Port to serve on.")] = 8000,
-    host: Annotated[str, Opt(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int | None, Opt(min=0, max=65535, help="Port to serve on (default 8000 or REMI_PORT).")] = None,
+    host: Annotated[str | None, Opt(help="Bind address (default 127.0.0.1 or REMI_HOST).")] = None,
 ) -> None:
     """The quick start: planted-topic data -> train ComiRec-SA with REMI -> export ONNX -> FAISS index -> serve."""
+    host, port = serve_address(host, port)  # checked before minutes of training, not after
     from index.reindex import reindex
     from training.config import load_config
     from training.export import export_run
@@ -607,7 +623,7 @@ def demo(
         max_steps=steps,
         eval_every=500,
     )
-    result = train(cfg, out / "run", show_progress=True)
+    result = train(cfg, out / "run", show_progress=True, force=True)  # the demo's own folder, rebuilt each time
     typer.echo(f"run: {out / 'run'}  ({result['steps']} steps, {result['train_seconds']:.1f} s of training)")
     typer.echo(f"{'metric':<12}{'remi':>10}{'popularity':>12}")
     for key, value in result["test"].items():
@@ -638,6 +654,29 @@ def demo(
 
     os.environ["REMI_SEED_HISTORY"] = str(data)
     serve_cmd(index_root=out / "index", artifacts=None, host=host, port=port)
+
+
+def serve_address(host: str | None, port: int | None) -> tuple[str, int]:
+    """Where `remi demo` serves: its flags, else REMI_HOST / REMI_PORT, else serve's defaults.
+
+    The same precedence as `remi serve` (flags over REMI_* settings over the defaults), read
+    from the same settings class so the two commands cannot disagree.
+    """
+    import os
+
+    from service.config import ServiceSettings
+
+    fields = ServiceSettings.model_fields
+    host = host or os.environ.get("REMI_HOST") or fields["host"].default
+    if port is None:
+        raw = os.environ.get("REMI_PORT")
+        try:
+            port = int(raw) if raw not in (None, "") else fields["port"].default
+        except ValueError:
+            raise RemiError(f"REMI_PORT={raw!r}: not a port number") from None
+        if not 0 <= port <= 65535:
+            raise RemiError(f"REMI_PORT={raw}: a port is 0..65535")
+    return host, port
 
 
 def open_users(data: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""Micro-batching: concurrent requests share one ONNX run and one FAISS call.
+"""Micro-batching: concurrent requests share one ONNX run (each is still searched and merged on its own).
 
 The first request of a batch waits at most ``max_wait`` seconds for others to join (or until
 ``max_size`` have), but only while other requests are on their way (between arrival and the

@@ -1,4 +1,4 @@
-"""Candidate generation for a batch of users: ONNX interests -> one FAISS call -> merge.
+"""Candidate generation for a batch of users: one ONNX run -> per-user FAISS search -> per-user merge.
 
 Pure computation over one loaded model + index pair (no HTTP, no history store), so the
 in-process benchmark, the micro-batcher and the request handlers all run the same code. An
@@ -86,28 +86,36 @@ class Engine:
             ids, mask = pad_histories([queries[i].history for i in warm], self.seq_len)
             interests, routing = self.arts.tower.run(ids, mask)
             t1 = time.perf_counter()
-            n = max(queries[i].k for i in warm)
-            exclude = [queries[i].history if queries[i].exclude_seen else () for i in warm]
-            found, scores = search_excluding(self.index, interests, n, exclude)
-            t2 = time.perf_counter()
-            # only the quota merge reads the interest weights
-            quota = any(queries[i].merge == "quota" for i in warm)
-            weights = interest_weights(routing, mask) if quota else None
-            for strategy in {queries[i].merge for i in warm}:
-                rows = [j for j, i in enumerate(warm) if queries[i].merge == strategy]
-                merged, merged_scores, who = merge(
-                    strategy, found[rows], scores[rows], n, weights[rows] if weights is not None else None
-                )
-                for r, j in enumerate(rows):
-                    q = queries[warm[j]]
-                    keep = merged[r, : q.k] >= 0
-                    results[warm[j]] = Result(
-                        item_ids=[self.arts.item_ids[i - 1] for i in merged[r, : q.k][keep]],
-                        scores=merged_scores[r, : q.k][keep].tolist(),
-                        interests=who[r, : q.k][keep].tolist(),
-                        cold_start=False,
-                    )
-            timings.model, timings.search, timings.merge = t1 - t0, t2 - t1, time.perf_counter() - t2
+            # Each request is searched and merged on its own terms (its k, its exclusions, its
+            # merge): only the ONNX run is shared, and its rows do not depend on each other. A
+            # depth or quota taken from the batch made answers depend on their neighbours (issue 9
+            # B.5). Requests with the same k still go through one search_excluding call (one FAISS
+            # call per user inside) and one merge call per strategy; both work row by row.
+            by_k: dict[int, list[int]] = {}
+            for j, i in enumerate(warm):
+                by_k.setdefault(queries[i].k, []).append(j)
+            for k, rows in by_k.items():
+                s0 = time.perf_counter()
+                exclude = [queries[warm[j]].history if queries[warm[j]].exclude_seen else () for j in rows]
+                found, scores = search_excluding(self.index, interests[rows], k, exclude)
+                s1 = time.perf_counter()
+                for strategy in sorted({queries[warm[j]].merge for j in rows}):
+                    sub = [r for r, j in enumerate(rows) if queries[warm[j]].merge == strategy]
+                    picked = [rows[r] for r in sub]
+                    # only the quota merge reads the interest weights
+                    weights = interest_weights(routing[picked], mask[picked]) if strategy == "quota" else None
+                    merged, merged_scores, who = merge(strategy, found[sub], scores[sub], k, weights)
+                    for r, j in enumerate(picked):
+                        keep = merged[r] >= 0
+                        results[warm[j]] = Result(
+                            item_ids=[self.arts.item_ids[item - 1] for item in merged[r][keep]],
+                            scores=merged_scores[r][keep].tolist(),
+                            interests=who[r][keep].tolist(),
+                            cold_start=False,
+                        )
+                timings.search += s1 - s0
+                timings.merge += time.perf_counter() - s1
+            timings.model = t1 - t0
         for i, q in enumerate(queries):
             if results[i] is None:
                 results[i] = self.popular_for(q.k, q.history if q.exclude_seen else ())

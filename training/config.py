@@ -62,6 +62,9 @@ class TrainConfig(BaseSettings):
     seed: int = 2021
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
+    progress_seconds: float = Field(
+        30.0, ge=0, description="seconds between progress lines on stderr when no progress bar is shown; 0 = none"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

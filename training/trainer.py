@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from remi.contract import atomic_folder
 from remi.errors import RemiError
 from training.config import TrainConfig
 from training.data import (
@@ -42,6 +44,7 @@ from training.data import (
 from training.evaluate import evaluate, popularity_metrics
 from training.losses import hard_readout, ihn_loss, routing_regularization, weighting_scores
 from training.models import MultiInterestModel, build_model
+from training.run_folder import check_run_folder
 
 log = logging.getLogger("remi.train")
 
@@ -185,10 +188,61 @@ def _agree(flag: bool, world: int) -> bool:
     return bool(value.item())
 
 
+class ProgressLines:
+    """Progress as plain lines on stderr every ``every`` seconds (0 = never), and as log records.
+
+    The stand-in for the progress bar when stderr is not a terminal: step, mean loss since the
+    last line, the last valid recall@50 and steps/s, so a redirected log shows a run is alive.
+    """
+
+    def __init__(self, total: int, every: float):
+        self.total, self.every = total, every
+        self.started = self.last = time.monotonic()
+        self.last_step = 0
+        self.valid_recall: tuple[int, float] | None = None
+
+    def step(self, step: int, loss: float) -> None:
+        now = time.monotonic()
+        if not self.every or now - self.last < self.every:
+            return
+        rate = (step - self.last_step) / (now - self.last)
+        self.last, self.last_step = now, step
+        recall = f"{self.valid_recall[1]:.4f} (step {self.valid_recall[0]})" if self.valid_recall else "n/a"
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        print(
+            f"train step {step}/{self.total}  loss {loss:.4f}  valid recall@50 {recall}  {rate:.1f} steps/s"
+            f"  elapsed {now - self.started:.0f} s  eta {eta:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        log.info(
+            "train progress",
+            extra={
+                "step": step,
+                "max_steps": self.total,
+                "loss": round(loss, 6),
+                "valid_recall@50": self.valid_recall[1] if self.valid_recall else None,
+                "steps_per_second": round(rate, 2),
+                "elapsed_seconds": round(now - self.started, 1),
+            },
+        )
+
+
 def train(
-    cfg: TrainConfig, out_dir: str | Path, prepared: Prepared | None = None, show_progress: bool | None = None
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    prepared: Prepared | None = None,
+    show_progress: bool | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Trains, checkpoints the best valid model, writes the run directory and returns metrics.json.
+
+    The run directory appears only when training succeeds: everything is written into a hidden
+    sibling folder that is renamed into place at the end, so an exception, bad data or Ctrl-C
+    leaves no empty or half-written run behind (and a replaced run stays intact until then). An
+    existing folder with anything in it is refused unless ``force`` (the user's files are never
+    removed behind their back); an empty one is taken over. The data paths are stored absolute, so
+    ``remi evaluate``/``export`` work from any directory.
 
     Under torchrun (WORLD_SIZE > 1) it trains with DistributedDataParallel. Every rank draws the
     same global batch and the same shared negatives from the same seeded generators and keeps
@@ -199,13 +253,28 @@ def train(
     directory; the other ranks return an empty dict.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_folder(out, force)
+    cfg = cfg.model_copy(update={"data": _absolute(cfg.data), "split_file": _absolute(cfg.split_file)})
     rank, world = distributed_context(cfg.device)
     if cfg.batch_size % world:
         raise RemiError(f"--batch-size {cfg.batch_size} must divide evenly over {world} processes")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     prep = prepared or prepare(cfg)
+    if rank != 0:  # only rank 0 writes the run directory
+        return _train_into(cfg, out, prep, rank, world, show_progress)
+    with atomic_folder(out, replace=True) as work:
+        return _train_into(cfg, work, prep, rank, world, show_progress)
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else path
+
+
+def _train_into(
+    cfg: TrainConfig, out: Path, prep: Prepared, rank: int, world: int, show_progress: bool | None
+) -> dict[str, Any]:
+    """The training loop proper, writing the run files into ``out`` (rank 0 only)."""
     seed_everything(cfg.seed)
     device = torch.device(cfg.device if world == 1 or not cfg.device.startswith("cuda") else f"cuda:{rank}")
     model = build_model(cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len).to(device)
@@ -223,7 +292,7 @@ def train(
 
     if lead:
         (out / ITEMS_FILE).write_text("\n".join(map(str, prep.data.item_ids)) + "\n")
-        saved_cfg = {**cfg.model_dump(), "n_items": prep.data.n_items}
+        saved_cfg = {**cfg.model_dump(), "n_items": prep.data.n_items, "cwd": os.getcwd()}
         (out / CONFIG_FILE).write_text(json.dumps(saved_cfg, indent=2))
     log.info(
         "train start",
@@ -242,13 +311,11 @@ def train(
     train_seconds, loss_sum, rr_sum, loss_n, step = 0.0, 0.0, 0.0, 0, 0
     stats: dict[str, float] = {}
     deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else float("inf")
-    bar = tqdm(
-        total=cfg.max_steps,
-        desc=f"{cfg.model}/{cfg.scheme}",
-        unit="step",
-        disable=(None if show_progress is None else not show_progress) if lead else True,
-        mininterval=1.0,
-    )
+    show_bar = lead and (sys.stderr.isatty() if show_progress is None else show_progress)
+    desc = f"{cfg.model}/{cfg.scheme}"
+    bar = tqdm(total=cfg.max_steps, desc=desc, unit="step", disable=not show_bar, mininterval=1.0)
+    # Without a bar (output redirected, a job's log) a long run would print nothing for hours.
+    lines = ProgressLines(cfg.max_steps, cfg.progress_seconds if lead and not show_bar else 0.0)
     log_fh = (out / LOG_FILE).open("w") if lead else open(os.devnull, "w")  # noqa: SIM115
     with log_fh:
         while step < cfg.max_steps:
@@ -273,6 +340,7 @@ def train(
             rr_sum += rr.item()
             loss_n += 1
             bar.update(1)
+            lines.step(step, loss_sum / loss_n)
             if not np.isfinite(loss_sum):
                 raise RemiError(f"training diverged: loss is {loss.item()} at step {step}; lower --lr or --beta")
             out_of_time = time.monotonic() >= deadline
@@ -299,6 +367,7 @@ def train(
                 bar.set_postfix(
                     r50=f"{metrics['recall@50']:.4f}", best=f"{max(best_recall, metrics['recall@50'], 0):.4f}"
                 )
+                lines.valid_recall = (step, metrics["recall@50"])
                 if metrics["recall@50"] > best_recall:
                     best_recall, best_step, bad_evals = metrics["recall@50"], step, 0
                     best_state = copy.deepcopy(model.state_dict())
@@ -361,7 +430,11 @@ def load_run(run_dir: str | Path) -> tuple[TrainConfig, MultiInterestModel]:
         raise RemiError(f"{run}: not a run directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     saved = json.loads(cfg_path.read_text())
     n_items = saved.pop("n_items")
+    trained_in = saved.pop("cwd", None)
     cfg = TrainConfig(**saved)
+    cfg = cfg.model_copy(
+        update={"data": locate(cfg.data, run, trained_in), "split_file": locate(cfg.split_file, run, trained_in)}
+    )
     model = build_model(cfg.model, n_items, cfg.dim, cfg.interests, cfg.seq_len)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -373,11 +446,37 @@ def load_run(run_dir: str | Path) -> tuple[TrainConfig, MultiInterestModel]:
     return cfg, model
 
 
+def locate(path: str | None, run: Path, trained_in: str | None) -> str | None:
+    """A run's recorded data path made absolute.
+
+    Runs store absolute paths; older ones stored the path as typed, relative to the directory
+    training ran in. Such a path is tried from there (when recorded), from the current
+    directory, then from the run folder and each folder above it. Unfound, it is returned as is.
+    """
+    if not path or Path(path).is_absolute():
+        return path
+    bases = [Path(trained_in)] if trained_in else []
+    bases += [Path.cwd(), *run.resolve().parents]
+    for base in bases:
+        if (base / path).is_file():
+            return str((base / path).resolve())
+    return path
+
+
+def require_data(cfg: TrainConfig, run: Path) -> None:
+    """A clear error when a run's recorded data file cannot be found (before a bare 'not found')."""
+    if cfg.data and not Path(cfg.data).is_file():
+        where = "" if Path(cfg.data).is_absolute() else " (relative to where it was trained; tried here and above)"
+        raise RemiError(f"{run}: the data file it trained on, {cfg.data}, is not found{where}; pass --data PATH")
+
+
 def evaluate_run(run_dir: str | Path, data: str | None = None) -> dict[str, Any]:
     """Recomputes valid/test metrics of a run's best checkpoint (optionally on another data path)."""
     cfg, model = load_run(run_dir)
     if data:
         cfg = cfg.model_copy(update={"data": data})
+    else:
+        require_data(cfg, Path(run_dir))
     prep = prepare(cfg)
     trained_items = (Path(run_dir) / ITEMS_FILE).read_text().split("\n")[: model.n_items]
     if prep.data.n_items != model.n_items or list(prep.data.item_ids) != trained_items:

@@ -74,3 +74,11 @@ def test_interest_weights_count_the_history_items_each_interest_owns() -> None:
     mask = np.array([[True, True, True, False]])
     w = interest_weights(routing, mask)
     assert np.allclose(w, [[3 / 5, 2 / 5]])
+
+
+def test_quota_and_round_robin_do_not_order_equal_scores_by_visiting_order() -> None:
+    """Equal scores are ordered by item index, whichever interest reached them first (B.5)."""
+    ids = np.array([[[5, 6], [2, 3]]])
+    scores = np.ones((1, 2, 2))
+    out, _, _ = merge("quota", ids, scores, 3, np.array([[0.7, 0.3]]))
+    assert out[0].tolist() == [2, 5, 6]
