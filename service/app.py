@@ -294,7 +294,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         response_model=EventsResponse,
         responses={
             413: TOO_LARGE_413,
-            422: {**BAD_INPUT_422, "description": "Invalid body, or an Idempotency-Key reused for different events"},
+            409: {**BAD_INPUT_422, "description": "The Idempotency-Key was already used for other events."},
+            422: BAD_INPUT_422,
             503: {
                 "description": "History store unavailable: 'events not stored' (retry), or 'outcome unknown' "
                 "(retry with the same Idempotency-Key)"
@@ -319,7 +320,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         try:
             done = await state.history.append(user_id, events, idempotency_key)
         except IdempotencyConflict as exc:
-            raise HTTPException(422, f"Idempotency-Key: {exc}") from exc
+            # 409, not 422: the request is valid, it conflicts with what the key already stored.
+            error = {"type": "idempotency_conflict", "loc": ["header", "idempotency-key"], "msg": str(exc)}
+            return Response(orjson.dumps({"detail": [error]}), 409, media_type="application/json")
         except HistoryUnavailable as exc:
             metrics.HISTORY_ERRORS.labels("append").inc()
             if exc.applied is None:  # e.g. a timeout after the command was sent: it may have run
