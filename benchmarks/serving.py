@@ -952,7 +952,17 @@ def targets(result: dict[str, Any], env: dict[str, str]) -> list[list[str]]:
     ratio = real_best["qps"] / noop_best["qps"]
     p50, best_p50 = c1["latency_ms"]["p50"], fastest["latency_ms"]["p50"]
     degraded = head["fallbacks"] / max(1, head["requests"])
-    return [
+    long_runs = [r for r in real if r.get("headline") or r.get("fallback_check")]
+    healthy = [
+        [
+            f"[{tag_}] 0 fallbacks with a healthy Redis ({r['config']}, C = 32, {r['duration_s']:.0f} s, "
+            f"wrk -t{r.get('wrk_threads', '?')})",
+            f"{fallback_text(r)} fallbacks of {r['requests']:,} answers, {r['errors']} errors",
+            "yes" if r["fallbacks"] == 0 and r["errors"] == 0 else "no",
+        ]
+        for r in long_runs
+    ]
+    return healthy + [
         [
             f"[{tag_}] >= 1,000 req/s at C = 32 for 60 s, zero errors ({head['config']}, {head['duration_s']:.0f} s)",
             f"{head['qps']:,.0f} req/s, {head['errors']} errors, {fallback_text(head)} fallbacks",
@@ -1010,7 +1020,14 @@ def main() -> None:
     ap.add_argument("--headline-duration", type=float, default=60.0,
                     help="seconds of the headline run (best configuration, concurrency 32)")  # fmt: skip
     ap.add_argument("--server-warmup", type=float, default=3.0, help="seconds of unrecorded load after a server starts")
-    ap.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (capped at the connection count)")
+    ap.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (capped at the connection count)")
+    ap.add_argument(
+        "--fallback-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the other micro-batch setting for --headline-duration at C = 32: with a healthy Redis "
+        "both must answer with 0 fallbacks (a circuit breaker that opens on one late reply shows here)",
+    )
     ap.add_argument(
         "--loadtest-duration", type=float, default=15.0, help="seconds of the `remi loadtest` run (0 = skip)"
     )
@@ -1128,6 +1145,11 @@ def main() -> None:
         head_label = f"real w{best_w}" + (" microbatch" if use_mb else "")
         with real_server(args, root, prefix, best_w, use_mb, logs / "headline.log") as server:
             rows += tag([headline(head_label, server, args, users_file)], best_w, use_mb)
+            if args.fallback_check:  # the other micro-batch setting, as long: a healthy Redis must give 0 fallbacks
+                check = f"real w{best_w}" + ("" if use_mb else " microbatch") + " (fallback check)"
+                with real_server(args, root, prefix, best_w, not use_mb, logs / "fallback-check.log") as other:
+                    rows += tag([{**headline(check, other, args, users_file), "headline": False,
+                                  "fallback_check": True}], best_w, not use_mb)  # fmt: skip
             if args.loadtest_duration > 0:
                 result["python_loadtest"] = python_loadtest(server, users_csv, 32, args.loadtest_duration)
                 result["python_loadtest_reference"] = best_of(rows, head_label, 32)
