@@ -224,6 +224,23 @@ def _last_events(table: pa.Table, max_len: int) -> Iterator[tuple[str, list[str]
         yield str(uniques[codes[starts[u]]]), encoded[a:b]
 
 
+def _connect(url: str, timeout_s: float) -> Any:
+    """The service's own client factory, with a bad URL turned into the one-line error."""
+    try:
+        return _client_for(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    except (ValueError, TypeError) as exc:
+        raise RemiError(f"bad Redis URL {_public_url(url)}: {exc}") from exc
+
+
+def _redis_failure(exc: BaseException, url: str, what: str) -> RemiError | None:
+    """A Redis failure the service classifies (denied, auth, OOM...) as a one-line RemiError;
+    None for anything else, which the caller re-raises as the bug it is."""
+    failure = _classify(exc)
+    if failure is None:
+        return None
+    return RemiError(f"{what} at {_public_url(url)} ({failure.reason}: {exc})")
+
+
 async def _write(
     url: str,
     files: list[Path],
@@ -237,19 +254,15 @@ async def _write(
     bar: Any,
 ) -> tuple[int, int]:
     """Pass 2: one partition in memory at a time, users written by pipelined replace scripts."""
-    try:
-        client = _client_for(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    except (ValueError, TypeError) as exc:
-        raise RemiError(f"bad Redis URL {_public_url(url)}: {exc}") from exc
+    client = _connect(url, timeout_s)
     users = events = 0
     try:
         try:
             sha = await client.script_load(_REPLACE_LUA)
         except Exception as exc:
-            failure = _classify(exc)
-            if failure is None:
+            if (err := _redis_failure(exc, url, "cannot use Redis")) is None:
                 raise
-            raise RemiError(f"cannot use Redis at {_public_url(url)} ({failure.reason}: {exc})") from exc
+            raise err from exc
         slots = asyncio.Semaphore(in_flight)
         tasks: set[asyncio.Task[None]] = set()
 
@@ -300,10 +313,9 @@ async def _write(
     except RemiError:
         raise
     except Exception as exc:
-        failure = _classify(exc)
-        if failure is None:
+        if (err := _redis_failure(exc, url, "Redis failed during the load")) is None:
             raise
-        raise RemiError(f"Redis at {_public_url(url)} failed during the load ({failure.reason}: {exc})") from exc
+        raise err from exc
     finally:
         await client.aclose()
     return users, events
@@ -334,17 +346,13 @@ def load_history(
     t0 = time.perf_counter()
 
     async def check() -> None:  # fail on a bad URL or an unusable Redis before reading a byte
-        try:
-            client = _client_for(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        except (ValueError, TypeError) as exc:
-            raise RemiError(f"bad Redis URL {_public_url(redis_url)}: {exc}") from exc
+        client = _connect(redis_url, timeout_s)
         try:
             await client.ping()
         except Exception as exc:
-            failure = _classify(exc)
-            if failure is None:
+            if (err := _redis_failure(exc, redis_url, "cannot use Redis")) is None:
                 raise
-            raise RemiError(f"cannot use Redis at {_public_url(redis_url)} ({failure.reason}: {exc})") from exc
+            raise err from exc
         finally:
             await client.aclose()
 
