@@ -39,12 +39,13 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from remi.errors import RemiError
@@ -59,6 +60,19 @@ ITEM_IDS = "item_ids.txt"
 ITEM_POPULARITY = "item_popularity.npy"
 SAMPLE_HISTORIES = "sample_histories.npz"
 ARTIFACT_FILES = (MODEL_FILE, ITEM_EMBEDDINGS, ITEM_IDS, ITEM_POPULARITY, SAMPLE_HISTORIES)
+
+# Training run folder (written by ``remi train``, read by ``remi export``/``evaluate`` and the benchmarks).
+RUN_CONFIG = "config.json"  # the TrainConfig plus the data shape (n_items)
+RUN_WEIGHTS = "model.pt"  # best valid state dict
+RUN_ITEM_IDS = "item_ids.txt"  # raw item id of item index i on line i - 1
+RUN_LOG = "metrics.jsonl"  # one line per evaluation during training
+RUN_METRICS = "metrics.json"  # final metrics; its presence means "the run finished"
+
+# Arrays inside SAMPLE_HISTORIES.
+NPZ_HISTORY, NPZ_MASK = "history", "mask"
+
+# The normalized interactions format every dataset is converted to.
+INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 
 INDEX_FILE = "index.faiss"
 CURRENT = "current"
@@ -417,3 +431,91 @@ def list_versions(root: str | Path) -> list[str]:
         for p in folder.iterdir()
         if not p.name.startswith(".") and _plain_name_problem(p.name) is None and (p / MANIFEST).is_file()
     )
+
+
+def model_version(folder: Path, files: dict[str, FileEntry]) -> str:
+    """Content hash naming a model: its ONNX graph (and external weights, if any), item vectors, item ids.
+
+    The one recipe: an index records it and the service refuses a pair whose hashes differ, so any
+    second copy of this function that hashes other files would make valid pairs look mismatched.
+    """
+    digest = hashlib.sha256()
+    names = [MODEL_FILE, *([MODEL_DATA] if MODEL_DATA in files else []), ITEM_EMBEDDINGS, ITEM_IDS]
+    for name in names:
+        digest.update(files[name].sha256.encode())
+    return digest.hexdigest()[:16]
+
+
+def temp_sibling(final: Path, kind: Literal["tmp", "old"] = "tmp") -> Path:
+    """A hidden sibling of ``final`` (same disk, so a rename is atomic) that :func:`leftover_siblings` finds."""
+    return final.parent / f".{final.name}.{kind}-{uuid.uuid4().hex[:8]}"
+
+
+def leftover_siblings(folder: Path, name: str = "*") -> list[Path]:
+    """Temporaries (``.<name>.tmp-*``) and swapped-out folders (``.<name>.old-*``) a killed writer left behind."""
+    return sorted(p for kind in ("tmp", "old") for p in folder.glob(f".{name}.{kind}-*"))
+
+
+class ItemVocabulary:
+    """Raw item id <-> item index <-> FAISS row: the one place that knows about the padding offset.
+
+    Item index 0 is the padding of a history (the model's embedding row 0); real items are indices
+    1..n_items. Exported item vectors, item ids and popularity drop the padding, so FAISS row r and
+    line r of ``item_ids.txt`` hold item index r + 1. Every conversion between the three goes
+    through this class, so no other module adds or subtracts 1.
+    """
+
+    PADDING = 0
+
+    def __init__(self, raw_ids: Sequence[str]) -> None:
+        self.raw_ids = list(raw_ids)
+        self._index: dict[str, int] | None = None
+
+    @property
+    def n_items(self) -> int:
+        return len(self.raw_ids)
+
+    @property
+    def table_size(self) -> int:
+        """Rows of an embedding table indexed by item index (padding row included)."""
+        return self.n_items + 1
+
+    @staticmethod
+    def first_index() -> int:
+        return ItemVocabulary.PADDING + 1
+
+    def index_stop(self) -> int:
+        """One past the largest item index (for ``range``/``randint`` over real items)."""
+        return self.n_items + 1
+
+    @staticmethod
+    def rows_to_indices(rows: np.ndarray) -> np.ndarray:
+        """FAISS rows -> item indices; a missing result (row -1) stays -1."""
+        return np.where(rows < 0, -1, rows + 1)
+
+    @staticmethod
+    def indices_to_rows(indices: np.ndarray) -> np.ndarray:
+        """Item indices -> FAISS rows; padding (0) becomes -1 (no row)."""
+        return np.asarray(indices, dtype=np.int64) - 1
+
+    @staticmethod
+    def drop_padding(table: np.ndarray) -> np.ndarray:
+        """A table indexed by item index (row 0 = padding) -> one indexed by FAISS row."""
+        return table[1:]
+
+    @staticmethod
+    def add_padding(table: np.ndarray) -> np.ndarray:
+        """A table indexed by FAISS row -> one indexed by item index (zero row 0 = padding)."""
+        return np.concatenate([np.zeros((1, *table.shape[1:]), dtype=table.dtype), table])
+
+    def raw_id(self, index: int) -> str:
+        return self.raw_ids[int(index) - 1]
+
+    def raw_ids_of(self, indices: Iterable[int] | np.ndarray) -> list[str]:
+        return [self.raw_ids[int(i) - 1] for i in indices]
+
+    def index_of(self, raw_id: str) -> int | None:
+        """Item index of a raw id, or None for an item the model does not know."""
+        if self._index is None:
+            self._index = {raw: i + 1 for i, raw in enumerate(self.raw_ids)}
+        return self._index.get(raw_id)
