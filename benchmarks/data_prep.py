@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.report import md_table
+from remi.contract import INTERACTION_COLUMNS
 from training.data import encode, eval_set, read_interactions, split_users
 
 RESULTS = Path(__file__).parent / "results"
@@ -34,9 +35,8 @@ def main() -> None:
     stamps = rng.integers(1_500_000_000, 1_600_000_000, args.rows)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "interactions.csv.gz"
-        pd.DataFrame(
-            {"user_id": [f"u{u}" for u in users], "item_id": [f"i{i}" for i in items], "timestamp": stamps}
-        ).to_csv(path, index=False)
+        columns = [[f"u{u}" for u in users], [f"i{i}" for i in items], stamps]
+        pd.DataFrame(dict(zip(INTERACTION_COLUMNS, columns, strict=True))).to_csv(path, index=False)
         timings = {}
         t = time.perf_counter()
         df = read_interactions(path)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from benchmarks.report import md_table
 from benchmarks.runner import SHARED_DATA
+from remi.contract import RUN_METRICS
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -33,7 +34,7 @@ def run(data: Path, split: Path | None, nproc: int, steps: int, threads: int, ou
     if split:
         cmd += ["--split-file", str(split)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / RUN_METRICS).read_text())
     return {
         "processes": nproc,
         "threads_per_process": threads,

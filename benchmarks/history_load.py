@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import redis
 
+from remi.contract import INTERACTION_COLUMNS
 from service.history_load import load_history
 
 RESULTS = Path(__file__).parent / "results"
@@ -33,7 +34,7 @@ def synth(path: Path, rows: int, users: int, items: int, seed: int = 0) -> None:
     user = rng.integers(0, users, rows)  # ~10 events a user: nearly every row is kept
     item = (rng.zipf(1.2, rows) % items).astype(np.int64)
     stamp = 1_600_000_000 + rng.integers(0, 86400 * 365, rows)
-    pd.DataFrame({"user_id": user, "item_id": item, "timestamp": stamp}).to_csv(path, index=False)
+    pd.DataFrame(dict(zip(INTERACTION_COLUMNS, (user, item, stamp), strict=True))).to_csv(path, index=False)
 
 
 def delete_prefix(url: str, prefix: str) -> int:

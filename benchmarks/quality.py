@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.report import ROUTING_KEYS, TEST_KEYS, md_table  # noqa: E402
 from benchmarks.runner import SHARED_DATA, Job, run_all  # noqa: E402
+from remi.contract import RUN_METRICS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -74,7 +75,7 @@ def main() -> None:
                     tags = {"dataset": ds, "model": model, "scheme": scheme, "seed": seed}
                     jobs.append(Job(f"{ds}_{model}_{scheme}_s{seed}_{steps}", flags, tags | {"steps": steps}))
     if args.report_only:
-        jobs = [j for j in jobs if (args.runs / j.name / "metrics.json").is_file()]
+        jobs = [j for j in jobs if (args.runs / j.name / RUN_METRICS).is_file()]
     results = [r for r in run_all(jobs, args.runs, args.parallel) if "result" in r]
     report(results, args)
 

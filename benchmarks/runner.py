@@ -1,7 +1,7 @@
 """Runs many ``remi train`` jobs as subprocesses, a few at a time, and collects their results.
 
 Each job gets one torch thread and the jobs run side by side, which on a 2-core machine uses
-the cores better than one 2-thread job at a time. A finished run (metrics.json present) is not
+the cores better than one 2-thread job at a time. A finished run (``RUN_METRICS`` present) is not
 rerun, so an interrupted benchmark resumes where it stopped.
 """
 
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from remi.contract import RUN_LOG, RUN_METRICS
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -41,7 +43,7 @@ def _flags(args: dict[str, Any]) -> list[str]:
 
 def run_job(job: Job, root: Path, threads: int = 1) -> dict[str, Any]:
     run_dir = root / re.sub(r"[^\w.+=-]", "_", job.name)  # a label with "/" must not nest folders
-    metrics = run_dir / "metrics.json"
+    metrics = run_dir / RUN_METRICS
     if not metrics.is_file():
         # The log lives beside the run: `remi train` writes the run folder whole at the end, and
         # --force replaces what an unfinished older attempt may have left there.
@@ -65,7 +67,7 @@ def run_job(job: Job, root: Path, threads: int = 1) -> dict[str, Any]:
         if proc.returncode != 0:
             return {"name": job.name, "tags": job.tags, "error": log_file.read_text()[-500:]}
     result = json.loads(metrics.read_text())
-    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    curve = [json.loads(line) for line in (run_dir / RUN_LOG).read_text().splitlines() if line]
     return {
         "name": job.name,
         "tags": job.tags,

@@ -231,7 +231,7 @@ def delete_prefix(url: str, prefix: str) -> int:
 
 def compute_floor(root: Path, url: str, prefix: str, users: list[str], requests: int) -> dict[str, Any]:
     """Per-request stage times in one process: Redis history -> encode -> model -> search -> merge."""
-    from index.reindex import load_current
+    from index.store import load_current
     from service.engine import Engine, Query
     from service.history import RedisHistory
     from service.schemas import Item, RecommendResponse
@@ -1073,7 +1073,7 @@ def main() -> None:
 
     art = build_artifacts(work / f"artifacts-{spec['items']}-{spec['dim']}-{spec['seed']}", spec)
     root = work / f"root-{spec['items']}-{spec['dim']}-{spec['seed']}"
-    from index.reindex import reindex
+    from index.publish import reindex
 
     t0 = time.perf_counter()
     built = reindex(art, root, "hnsw")

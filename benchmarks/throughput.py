@@ -22,6 +22,7 @@ import torch
 
 from benchmarks.report import md_table
 from benchmarks.runner import SHARED_DATA
+from remi.contract import ItemVocabulary
 from training.config import TrainConfig
 from training.data import TrainSampler
 from training.models import build_model
@@ -43,6 +44,7 @@ def main() -> None:
     split = data_dir / "split.csv.gz"
     base = TrainConfig(data=str(data_dir / "interactions.csv.gz"), split_file=str(split) if split.is_file() else None)
     prep = prepare(base)
+    items = ItemVocabulary.index_range(prep.data.n_items)
     rows, out = [], []
     for model_name in args.models:
         schemes = {
@@ -61,7 +63,7 @@ def main() -> None:
                 t = time.perf_counter()
                 for _ in range(args.block):
                     hist, mask, target = sampler.sample(cfg.batch_size)
-                    negatives = torch.randint(1, prep.data.n_items + 1, (cfg.negatives,))
+                    negatives = torch.randint(items.start, items.stop, (cfg.negatives,))
                     loss, _ = training_loss(
                         model,
                         cfg,

@@ -1,6 +1,6 @@
 """Building, measuring, saving and loading the FAISS inner-product item index.
 
-Kinds (all inner product, FAISS row r = item index r + 1):
+Kinds (all inner product, one FAISS row per item; ``remi.contract.ItemVocabulary`` maps rows to items):
 
 * ``flat``  — exact brute force (IndexFlatIP).
 * ``hnsw``  — graph search (IndexHNSWFlat): params ``m``, ``ef_construction``, ``ef_search``.
@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -82,8 +82,9 @@ def build_faiss(vectors: np.ndarray, kind: str, params: dict[str, Any]) -> faiss
     if kind == "flat":
         index: faiss.Index = faiss.IndexFlatIP(d)
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, int(params["m"]), faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = int(params["ef_construction"])
+        hnsw = faiss.IndexHNSWFlat(d, int(params["m"]), faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = int(params["ef_construction"])
+        index = hnsw
     elif kind == "ivfpq":
         spec = f"IVF{int(params['nlist'])},PQ{int(params['pq_m'])}x{int(params['nbits'])}"
         index = faiss.index_factory(d, spec + (",RFlat" if params["refine"] else ""), faiss.METRIC_INNER_PRODUCT)
@@ -100,10 +101,10 @@ def build_faiss(vectors: np.ndarray, kind: str, params: dict[str, Any]) -> faiss
 def apply_search_params(index: faiss.Index, kind: str, params: dict[str, Any]) -> None:
     """Search-time knobs are not all stored in the file; set them after every build or load."""
     if kind == "hnsw":
-        index.hnsw.efSearch = int(params["ef_search"])
+        cast(faiss.IndexHNSW, faiss.downcast_index(index)).hnsw.efSearch = int(params["ef_search"])
     elif kind == "ivfpq":
         if params["refine"]:
-            refine = faiss.downcast_index(index)
+            refine = cast(faiss.IndexRefine, faiss.downcast_index(index))
             refine.k_factor = float(params["refine"])
             faiss.extract_index_ivf(refine.base_index).nprobe = int(params["nprobe"])
         else:
@@ -181,10 +182,11 @@ def build_index_folder(
     t0 = time.perf_counter()
     index = build_faiss(vectors, chosen, resolved)
     build_seconds = time.perf_counter() - t0
-    source = "interests" if queries is not None and len(queries) else "items"
-    if source == "items":
-        rng = np.random.default_rng(0)
-        queries = vectors[rng.choice(n, min(n, 1000), replace=False)]
+    if queries is None or not len(queries):
+        source = "items"
+        queries = vectors[np.random.default_rng(0).choice(n, min(n, 1000), replace=False)]
+    else:
+        source = "interests"
     calibration = None
     if chosen == "flat":
         recall = None

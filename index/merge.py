@@ -22,10 +22,10 @@ def merge_by_score(ids: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndar
         ids (U, n) (-1 where fewer than n distinct items exist), scores (U, n), and the interest
         (U, n) that produced each item (-1 for empty slots).
     """
-    u, k, m = ids.shape
-    flat_ids = ids.reshape(u, k * m)
-    flat_scores = np.where(flat_ids < 0, -np.inf, scores.reshape(u, k * m)).astype(np.float64)
-    interest = np.broadcast_to(np.repeat(np.arange(k), m), (u, k * m))
+    u, n_interests, m = ids.shape
+    flat_ids = ids.reshape(u, n_interests * m)
+    flat_scores = np.where(flat_ids < 0, -np.inf, scores.reshape(u, n_interests * m)).astype(np.float64)
+    interest = np.broadcast_to(np.repeat(np.arange(n_interests), m), (u, n_interests * m))
     # Sort by id, best score first inside an id; drop every repeat of an id.
     order = np.lexsort((-flat_scores, flat_ids), axis=-1)
     sorted_ids = np.take_along_axis(flat_ids, order, -1)
@@ -55,10 +55,10 @@ def interest_weights(routing: np.ndarray, mask: np.ndarray) -> np.ndarray:
     A history item belongs to the interest that routes the most weight to it; an interest's
     weight is its share of items, plus one pseudo-item each so no interest is starved to zero.
     """
-    u, k, _ = routing.shape
+    u, n_interests, _ = routing.shape
     owner = routing.argmax(1)  # (U, L)
-    counts = np.ones((u, k))
-    for i in range(k):
+    counts = np.ones((u, n_interests))
+    for i in range(n_interests):
         counts[:, i] += ((owner == i) & mask).sum(1)
     return counts / counts.sum(1, keepdims=True)
 
@@ -75,7 +75,7 @@ def _largest_remainder(weights: np.ndarray, n: int) -> np.ndarray:
 def merge_quota(
     ids: np.ndarray, scores: np.ndarray, weights: np.ndarray, n: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One user: interest k contributes about ``weights[k] * n`` of its own best items.
+    """One user: interest j contributes about ``weights[j] * n`` of its own best items.
 
     Keeps minority interests visible (a user who is 20% into cameras sees ~20% cameras) where
     a global score merge lets the strongest interest take the whole list. Slots an interest
@@ -84,10 +84,10 @@ def merge_quota(
     Args: ids, scores (K, N) per-interest results best first (-1 = empty); weights (K,).
     Returns ids (n,), scores (n,), interest (n,), ordered by score; -1 / -inf / -1 pads.
     """
-    k, m = ids.shape
+    n_interests, m = ids.shape
     quota = _largest_remainder(np.asarray(weights, dtype=float), n)
     taken: dict[int, tuple[float, int]] = {}
-    cursor = np.zeros(k, dtype=int)
+    cursor = np.zeros(n_interests, dtype=int)
     for i in np.argsort(-quota, kind="stable"):
         while quota[i] > 0 and cursor[i] < m:
             item, score = int(ids[i, cursor[i]]), float(scores[i, cursor[i]])
@@ -96,7 +96,7 @@ def merge_quota(
                 taken[item] = (score, int(i))
                 quota[i] -= 1
     if len(taken) < n:  # unfilled quota: best leftovers by score
-        rest = [(float(scores[i, j]), int(ids[i, j]), i) for i in range(k) for j in range(cursor[i], m)]
+        rest = [(float(scores[i, j]), int(ids[i, j]), i) for i in range(n_interests) for j in range(cursor[i], m)]
         for score, item, i in sorted(rest, key=lambda t: -t[0]):
             if len(taken) >= n:
                 break
@@ -111,10 +111,10 @@ def merge_round_robin(ids: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.n
     The list order is the interleaving itself, so every interest shows up near the top.
     Same arguments and return shapes as :func:`merge_quota` (order is the turn order).
     """
-    k, m = ids.shape
-    order = np.argsort(-scores[:, 0], kind="stable") if m else np.arange(k)
+    n_interests, m = ids.shape
+    order = np.argsort(-scores[:, 0], kind="stable") if m else np.arange(n_interests)
     taken: dict[int, tuple[float, int]] = {}
-    cursor = np.zeros(k, dtype=int)
+    cursor = np.zeros(n_interests, dtype=int)
     while len(taken) < n and (cursor < m).any():
         for i in order:
             while cursor[i] < m:
@@ -160,4 +160,5 @@ def merge(
             rows.append(merge_quota(ids[u], scores[u], w, n))
         else:
             rows.append(merge_round_robin(ids[u], scores[u], n))
-    return tuple(np.stack(parts) for parts in zip(*rows, strict=True))  # type: ignore[return-value]
+    ids_out, scores_out, interest_out = (np.stack(parts) for parts in zip(*rows, strict=True))
+    return ids_out, scores_out, interest_out

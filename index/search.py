@@ -1,47 +1,57 @@
-"""Searching K interest vectors per user in one FAISS call, with exact exclusion of seen items."""
+"""Searching K interest vectors per user in one FAISS call, with exact exclusion of seen items.
+
+FAISS works in rows, callers in item indices: results are converted on the way out and
+exclusions on the way in, both by :class:`remi.contract.ItemVocabulary`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import faiss
 import numpy as np
 
+from remi.contract import ItemVocabulary
+
+# faiss's own type stubs lack the HNSW search parameters (faiss/__init__.pyi); typed here once.
+SearchParametersHNSW: Callable[..., faiss.SearchParameters] = vars(faiss)["SearchParametersHNSW"]
+
 
 def exact_index(item_vectors: np.ndarray) -> faiss.Index:
-    """Exact inner-product index over (I, d) item vectors; FAISS row r is item index r + 1."""
+    """Exact inner-product index over (I, d) item vectors, by FAISS row."""
     vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
     return index
 
 
-def search_interests(index: faiss.Index, interests: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-n rows for every interest of every user: (U, K, d) -> ids (U, K, n), scores (U, K, n).
+def search_interests(index: faiss.Index, interest_vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n FAISS rows for every interest of every user: (U, K, d) -> rows (U, K, n), scores (U, K, n).
 
     All U*K queries go in one call so FAISS parallelises over them. Missing results are -1.
     """
-    u, k, d = interests.shape
-    queries = np.ascontiguousarray(interests.reshape(u * k, d), dtype=np.float32)
-    scores, ids = index.search(queries, max(1, min(n, index.ntotal)))
-    if ids.shape[1] < n:
-        ids = np.pad(ids, ((0, 0), (0, n - ids.shape[1])), constant_values=-1)
+    u, n_interests, d = interest_vectors.shape
+    queries = np.ascontiguousarray(interest_vectors.reshape(u * n_interests, d), dtype=np.float32)
+    scores, rows = index.search(queries, max(1, min(n, index.ntotal)))
+    if rows.shape[1] < n:
+        rows = np.pad(rows, ((0, 0), (0, n - rows.shape[1])), constant_values=-1)
         scores = np.pad(scores, ((0, 0), (0, n - scores.shape[1])), constant_values=-np.inf)
-    ids, scores = ids[:, :n], scores[:, :n]
-    return ids.reshape(u, k, n), scores.reshape(u, k, n)
+    rows, scores = rows[:, :n], scores[:, :n]
+    return rows.reshape(u, n_interests, n), scores.reshape(u, n_interests, n)
 
 
 def search_excluding(
     index: faiss.Index,
-    interests: np.ndarray,
+    interest_vectors: np.ndarray,
     n: int,
     exclude: Sequence[Sequence[int] | np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-n item indices per interest, none of them in the user's exclusion set.
 
     Args:
-        index: FAISS index whose row r is item index r + 1.
-        interests: (U, K, d) float32 interest vectors.
+        index: FAISS index over the item vectors, by FAISS row.
+        interest_vectors: (U, K, d) float32 interest vectors.
         n: results per interest.
         exclude: per user, item indices (1-based, the model's vocabulary) that must not appear.
     Returns:
@@ -55,29 +65,29 @@ def search_excluding(
     (other rounding) beyond 20 queries, so the same request could get another list beside others.
     With one FAISS thread the per-user calls cost only the Python call overhead (~10 us each).
     """
-    u = interests.shape[0]
+    u, n_interests = interest_vectors.shape[:2]
     sets = [np.unique(np.asarray(e, dtype=np.int64)) for e in exclude] if exclude is not None else []
     if exclude is not None and len(sets) != u:
         raise ValueError(f"{len(sets)} exclusion sets for {u} users")
     selector_params = _selector_params(index)
-    ids = np.full((u, interests.shape[1], n), -1, dtype=np.int64)
-    scores = np.full((u, interests.shape[1], n), -np.inf, dtype=np.float32)
+    ids = np.full((u, n_interests, n), -1, dtype=np.int64)
+    scores = np.full((u, n_interests, n), -np.inf, dtype=np.float32)
     for i in range(u):
         banned = sets[i] if sets else np.zeros(0, dtype=np.int64)
         if len(banned) and selector_params is not None:
-            found, found_scores = _search_with_selector(index, interests[i], n, banned, selector_params)
+            found, found_scores = _search_with_selector(index, interest_vectors[i], n, banned, selector_params)
         else:
-            found, found_scores = _search_over_fetching(index, interests[i], n, banned)
+            found, found_scores = _search_over_fetching(index, interest_vectors[i], n, banned)
         ids[i], scores[i] = _ties_by_item(found, found_scores)
     return ids, scores
 
 
 def _search_over_fetching(
-    index: faiss.Index, interests: np.ndarray, n: int, banned: np.ndarray
+    index: faiss.Index, interest_vectors: np.ndarray, n: int, banned: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(K, d) -> (K, n): exact by over-fetching n + |banned| (a banned item only displaces results)."""
-    rows, scores = search_interests(index, interests[None], n + len(banned))
-    ids = np.where(rows[0] >= 0, rows[0] + 1, -1)
+    """(K, d) -> item indices (K, n): exact by over-fetching n + |banned| (a banned item only displaces results)."""
+    rows, scores = search_interests(index, interest_vectors[None], n + len(banned))
+    ids = ItemVocabulary.rows_to_indices(rows[0])
     scores = np.where(rows[0] >= 0, scores[0], -np.inf)
     if len(banned):
         drop = np.isin(ids, banned)
@@ -99,7 +109,10 @@ def _ties_by_item(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.n
     return np.take_along_axis(ids, order, -1), np.take_along_axis(scores, order, -1)
 
 
-def _selector_params(index: faiss.Index) -> type | None:
+SelectorParams = Callable[..., faiss.SearchParameters]
+
+
+def _selector_params(index: faiss.Index) -> SelectorParams | None:
     """The search-parameter class that takes an ID selector for this index, if it has one.
 
     Graph and flat indexes filter excluded ids during the search itself, so they need no
@@ -107,28 +120,30 @@ def _selector_params(index: faiss.Index) -> type | None:
     """
     concrete = faiss.downcast_index(index)
     if isinstance(concrete, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW
+        return SearchParametersHNSW
     if isinstance(concrete, faiss.IndexFlat):
         return faiss.SearchParameters
     return None
 
 
 def _search_with_selector(
-    index: faiss.Index, interests: np.ndarray, n: int, banned: np.ndarray, params_cls: type
+    index: faiss.Index, interest_vectors: np.ndarray, n: int, banned: np.ndarray, params_cls: SelectorParams
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(K, d) -> (K, n): one user's interests in one FAISS call, its exclusions as a selector."""
-    k = interests.shape[0]
+    """(K, d) -> item indices (K, n): one user's interests in one FAISS call, its exclusions as a selector."""
+    n_interests = interest_vectors.shape[0]
     top = max(1, min(n, index.ntotal))
-    ids = np.full((k, n), -1, dtype=np.int64)
-    scores = np.full((k, n), -np.inf, dtype=np.float32)
-    queries = np.ascontiguousarray(interests, dtype=np.float32)
-    rows = np.ascontiguousarray(banned[banned > 0] - 1, dtype=np.int64)
+    ids = np.full((n_interests, n), -1, dtype=np.int64)
+    scores = np.full((n_interests, n), -np.inf, dtype=np.float32)
+    queries = np.ascontiguousarray(interest_vectors, dtype=np.float32)
+    banned_rows = ItemVocabulary.indices_to_rows(banned)
+    rows = np.ascontiguousarray(banned_rows[banned_rows >= 0], dtype=np.int64)
     selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(rows))
-    if params_cls is faiss.SearchParametersHNSW:
-        params = params_cls(sel=selector, efSearch=faiss.downcast_index(index).hnsw.efSearch)
+    if params_cls is SearchParametersHNSW:  # per-call parameters replace the index's own: keep its beam
+        hnsw = cast(faiss.IndexHNSW, faiss.downcast_index(index))
+        params = params_cls(sel=selector, efSearch=hnsw.hnsw.efSearch)
     else:
         params = params_cls(sel=selector)
     found_scores, found = index.search(queries, top, params=params)
-    ids[:, :top] = np.where(found >= 0, found + 1, -1)
+    ids[:, :top] = ItemVocabulary.rows_to_indices(found)
     scores[:, :top] = np.where(found >= 0, found_scores, -np.inf)
     return ids, scores

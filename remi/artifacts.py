@@ -7,7 +7,7 @@ and numpy only, never torch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,14 @@ from remi.contract import (
     ITEM_IDS,
     ITEM_POPULARITY,
     MODEL_FILE,
+    NPZ_HISTORY,
+    NPZ_MASK,
     OUTPUT_INTERESTS,
     OUTPUT_ROUTING,
     SAMPLE_HISTORIES,
     ArtifactError,
     ArtifactManifest,
+    ItemVocabulary,
     parse_item_ids,
     read_artifact_manifest,
 )
@@ -75,16 +78,20 @@ class Artifacts:
     folder: Path
     manifest: ArtifactManifest
     tower: UserTower
-    item_vectors: np.ndarray  # (I, d) float32, row r = item index r + 1
-    item_ids: list[str]  # raw id of row r
-    popularity: np.ndarray  # (I,) int64
-    sample_history: np.ndarray  # (S, L) int64
+    item_vectors: np.ndarray  # (I, d) float32, by FAISS row
+    vocabulary: ItemVocabulary  # raw id <-> item index <-> FAISS row
+    popularity: np.ndarray  # (I,) int64, by FAISS row
+    sample_history: np.ndarray  # (S, L) int64 item indices
     sample_mask: np.ndarray  # (S, L) bool
-    index_of: dict[str, int] = field(repr=False, default_factory=dict)  # raw id -> item index (row + 1)
 
     @property
     def version(self) -> str:
         return self.manifest.model_version
+
+    @property
+    def item_ids(self) -> list[str]:
+        """Raw id of every FAISS row (the lines of ``item_ids.txt``)."""
+        return self.vocabulary.raw_ids
 
 
 def _first_bad_row(array: np.ndarray) -> int | None:
@@ -106,8 +113,9 @@ def check_item_table(folder: Path, manifest: ArtifactManifest, vectors: np.ndarr
         )
     row = _first_bad_row(vectors)
     if row is not None:
+        index = int(ItemVocabulary.rows_to_indices(np.asarray([row]))[0])
         raise ArtifactError(
-            f"{folder / ITEM_EMBEDDINGS}: row {row} (item index {row + 1}) holds NaN or infinite values"
+            f"{folder / ITEM_EMBEDDINGS}: row {row} (item index {index}) holds NaN or infinite values"
         )
     if popularity.shape != (n,):
         raise ArtifactError(f"{folder / ITEM_POPULARITY}: shape {popularity.shape}, manifest says ({n},)")
@@ -141,7 +149,7 @@ def load_artifacts(folder: str | Path, threads: int = 1, check_hash: bool = True
         vectors = np.load(folder / ITEM_EMBEDDINGS, allow_pickle=False)
         popularity = np.load(folder / ITEM_POPULARITY, allow_pickle=False)
         with np.load(folder / SAMPLE_HISTORIES, allow_pickle=False) as sample:
-            sample_history, sample_mask = sample["history"], sample["mask"]
+            sample_history, sample_mask = sample[NPZ_HISTORY], sample[NPZ_MASK]
     except (OSError, ValueError, KeyError) as exc:
         raise ArtifactError(f"{folder}: cannot read an array file ({str(exc).splitlines()[0]})") from exc
     item_ids = parse_item_ids((folder / ITEM_IDS).read_bytes(), manifest.n_items, folder / ITEM_IDS)
@@ -155,9 +163,8 @@ def load_artifacts(folder: str | Path, threads: int = 1, check_hash: bool = True
         manifest=manifest,
         tower=tower,
         item_vectors=vectors,
-        item_ids=item_ids,
+        vocabulary=ItemVocabulary(item_ids),
         popularity=popularity,
         sample_history=sample_history,
         sample_mask=sample_mask,
-        index_of={raw: row + 1 for row, raw in enumerate(item_ids)},
     )

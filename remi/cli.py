@@ -325,7 +325,7 @@ def index_build_cmd(
     force: Annotated[bool, Opt(help="Replace an existing index folder (atomically).")] = False,
 ) -> None:
     """Build one FAISS inner-product index over the item embeddings and record its recall@50."""
-    from index.reindex import build_from_artifacts
+    from index.publish import build_from_artifacts
 
     params = _index_params(
         hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist, pq_m=pq_m,
@@ -355,7 +355,7 @@ def reindex_cmd(
     refine: Refine = None,
 ) -> None:
     """Batch reindex: build a new index version, validate it, then flip `current` atomically."""
-    from index.reindex import reindex
+    from index.publish import reindex
 
     params = _index_params(
         hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist, pq_m=pq_m,
@@ -383,7 +383,7 @@ def reindex_cmd(
 @index_app.command("status")
 def index_status_cmd(root: Annotated[Path, Opt(help="Index root.")]) -> None:
     """Show the version `current` points to and the complete versions kept."""
-    from index.reindex import list_versions
+    from index.store import list_versions
     from remi.contract import read_current
 
     typer.echo(json.dumps({"current": read_current(root), "versions": list_versions(root)}, indent=2))
@@ -395,7 +395,7 @@ def index_rollback_cmd(
     to: Annotated[str | None, Opt(help="Version to activate (default: the one before current).")] = None,
 ) -> None:
     """Point `current` back at an older complete version (validated first)."""
-    from index.reindex import rollback
+    from index.publish import rollback
 
     typer.echo(json.dumps({"current": rollback(root, to)}))
 
@@ -468,6 +468,8 @@ def serve_cmd(
         warning = "--seed-history is ignored with a Redis history store: load it with `remi history load`"
         logging.getLogger("remi.cli").warning(warning, extra={"path": settings.seed_history})
         typer.echo(f"warning: {warning}", err=True)
+    if settings.artifacts is not None:
+        _publish_first(settings.artifacts, settings.index_root)
     if settings.workers > 1:
         from service.workers import serve_workers
 
@@ -482,6 +484,21 @@ def serve_cmd(
         access_log=access_log,
         log_config=None,
     )
+
+
+def _publish_first(artifacts: Path, root: Path) -> None:
+    """The first index version from ``--artifacts`` when the root has none, before any worker starts.
+
+    A failure does not stop the command: the workers start, answer 503 and say why in /readyz.
+    """
+    import logging
+
+    from index.publish import publish_first
+
+    try:
+        publish_first(artifacts, root)
+    except Exception as exc:  # a bad artifact folder must not stop the process
+        logging.getLogger("remi.cli").error("could not build the first index version", extra={"error": str(exc)})
 
 
 def _check_serve_paths(root: Path, artifacts: Path | None) -> None:
@@ -606,7 +623,7 @@ def demo(
 ) -> None:
     """The quick start: planted-topic data -> train ComiRec-SA with REMI -> export ONNX -> FAISS index -> serve."""
     host, port = serve_address(host, port)  # checked before minutes of training, not after
-    from index.reindex import reindex
+    from index.publish import reindex
     from training.config import load_config
     from training.export import export_run
     from training.synth import SynthConfig, write

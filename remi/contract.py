@@ -32,6 +32,7 @@ writer copy, outside its own folder.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -43,7 +44,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -203,7 +204,10 @@ def write_manifest(folder: Path, manifest: BaseModel) -> None:
     os.replace(tmp, folder / MANIFEST)
 
 
-def _read_manifest(folder: Path, schema: type[BaseModel], what: str) -> Any:
+ManifestT = TypeVar("ManifestT", ArtifactManifest, IndexManifest)
+
+
+def _read_manifest(folder: Path, schema: type[ManifestT], what: str) -> ManifestT:
     path = folder / MANIFEST
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: no such {what} folder")
@@ -330,48 +334,55 @@ def atomic_folder(final: Path, replace: bool = False) -> Iterator[Path]:
     """Yields a hidden sibling folder to fill; renames it to ``final`` only if the block succeeds.
 
     A crash or an exception leaves ``final`` as it was (absent or the old content) and removes
-    the partial folder. With ``replace``, an existing ``final`` is swapped out by two renames.
+    the partial folder. With ``replace``, an existing ``final`` is swapped out by two renames and
+    the swapped-out folder is removed. Leftovers of an earlier writer of ``final`` that was killed
+    (``.<name>.tmp-*``, ``.<name>.old-*``) are removed first: one writer per folder at a time.
     """
     final = Path(final)
     if final.exists() and not replace:
         raise ArtifactError(f"{final}: already exists (pass --force to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_old(final)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    sweep_leftovers(final.parent, final.name)
+    tmp = temp_sibling(final, "tmp")
     tmp.mkdir()
     try:
         yield tmp
         if final.exists():
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            old = temp_sibling(final, "old")
             os.replace(final, old)
             os.replace(tmp, final)
-            _remove_tree(old)
+            _remove(old)
         else:
             os.replace(tmp, final)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
 
 
-def _remove_tree(path: Path) -> None:
-    """Removes a replaced folder; a failure is logged (with the path), never silently kept."""
+def _remove(path: Path) -> None:
+    """Removes a leftover folder or file; a failure is logged (with the path), never silently kept."""
     try:
-        shutil.rmtree(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     except FileNotFoundError:
         pass
     except OSError as exc:
-        log.warning("could not remove a replaced folder", extra={"path": str(path), "error": str(exc)})
+        log.warning("could not remove a leftover", extra={"path": str(path), "error": str(exc)})
 
 
-def _sweep_old(final: Path) -> None:
-    """Removes ``.<name>.old-*`` folders that a swap of ``final`` killed mid-way left behind.
+def sweep_leftovers(folder: Path, name: str | None = None) -> list[str]:
+    """Removes what killed writers left in ``folder`` (see :func:`leftover_siblings`); returns the names.
 
-    Safe at any time: such a folder was renamed away from ``final`` and no reader opens it by
-    that name (readers load files into memory; a version folder is never swapped this way).
+    Safe whenever no other writer of those names runs (every caller holds that: a job lock, or one
+    writer per output folder): a ``.tmp-*`` sibling was never renamed into place and an ``.old-*``
+    one was renamed away from its final name, so no reader opens either.
     """
-    for old in final.parent.glob(f".{final.name}.old-*"):
-        if old.is_dir() and not old.is_symlink():
-            _remove_tree(old)
+    removed = leftover_siblings(folder, name)
+    for path in removed:
+        _remove(path)
+    return [path.name for path in removed]
 
 
 def read_current(root: str | Path) -> str | None:
@@ -393,7 +404,7 @@ def read_previous(root: str | Path) -> str | None:
 
 
 def _write_pointer(root: Path, file: str, version: str) -> None:
-    tmp = root / f".{file}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_sibling(root / file, "tmp")
     with tmp.open("w") as fh:
         fh.write(version + "\n")
         fh.flush()
@@ -438,7 +449,11 @@ def model_version(folder: Path, files: dict[str, FileEntry]) -> str:
 
     The one recipe: an index records it and the service refuses a pair whose hashes differ, so any
     second copy of this function that hashes other files would make valid pairs look mismatched.
+    ``files`` are the entries of ``folder`` (:func:`file_entries`); weights stored beside the model
+    but not listed would be left out of the hash, so they are refused.
     """
+    if MODEL_DATA not in files and (Path(folder) / MODEL_DATA).exists():
+        raise ArtifactError(f"{folder / MODEL_DATA}: the model's external weights are not among the hashed files")
     digest = hashlib.sha256()
     names = [MODEL_FILE, *([MODEL_DATA] if MODEL_DATA in files else []), ITEM_EMBEDDINGS, ITEM_IDS]
     for name in names:
@@ -447,13 +462,22 @@ def model_version(folder: Path, files: dict[str, FileEntry]) -> str:
 
 
 def temp_sibling(final: Path, kind: Literal["tmp", "old"] = "tmp") -> Path:
-    """A hidden sibling of ``final`` (same disk, so a rename is atomic) that :func:`leftover_siblings` finds."""
-    return final.parent / f".{final.name}.{kind}-{uuid.uuid4().hex[:8]}"
+    """A hidden sibling of ``final`` (same disk, so a rename is atomic) that :func:`leftover_siblings` finds.
+
+    ``tmp``: being filled, renamed to ``final`` when complete. ``old``: a previous ``final`` swapped
+    out, removed right after the swap.
+    """
+    return Path(final).parent / f".{Path(final).name}.{kind}-{uuid.uuid4().hex[:8]}"
 
 
-def leftover_siblings(folder: Path, name: str = "*") -> list[Path]:
-    """Temporaries (``.<name>.tmp-*``) and swapped-out folders (``.<name>.old-*``) a killed writer left behind."""
-    return sorted(p for kind in ("tmp", "old") for p in folder.glob(f".{name}.{kind}-*"))
+def leftover_siblings(folder: Path, name: str | None = None) -> list[Path]:
+    """Temporaries (``.<name>.tmp-*``) and swapped-out copies (``.<name>.old-*``) in ``folder``.
+
+    Of one final name, or of any name when ``name`` is None. Present only when a writer was killed
+    (or is running): every writer removes its own.
+    """
+    stem = "*" if name is None else glob.escape(name)
+    return sorted(p for kind in ("tmp", "old") for p in Path(folder).glob(f".{stem}.{kind}-*"))
 
 
 class ItemVocabulary:
@@ -463,13 +487,27 @@ class ItemVocabulary:
     1..n_items. Exported item vectors, item ids and popularity drop the padding, so FAISS row r and
     line r of ``item_ids.txt`` hold item index r + 1. Every conversion between the three goes
     through this class, so no other module adds or subtracts 1.
+
+    Example::
+
+        vocab = ItemVocabulary(["a", "b"])       # item indices 1, 2; FAISS rows 0, 1
+        vocab.index_of("b")                     # 2
+        vocab.raw_ids_of([2, 1])                # ["b", "a"]
+        ItemVocabulary.rows_to_indices(rows)    # FAISS search result -> item indices (-1 stays -1)
     """
 
     PADDING = 0
 
     def __init__(self, raw_ids: Sequence[str]) -> None:
         self.raw_ids = list(raw_ids)
-        self._index: dict[str, int] | None = None
+        # Built here, not on first use: a serving vocabulary is read from many threads at once.
+        self._index = {raw: row + 1 for row, raw in enumerate(self.raw_ids)}
+
+    def __len__(self) -> int:
+        return len(self.raw_ids)
+
+    def __contains__(self, raw_id: object) -> bool:
+        return raw_id in self._index
 
     @property
     def n_items(self) -> int:
@@ -482,20 +520,27 @@ class ItemVocabulary:
 
     @staticmethod
     def first_index() -> int:
+        """The smallest real item index (the one after the padding)."""
         return ItemVocabulary.PADDING + 1
+
+    @staticmethod
+    def index_range(n_items: int) -> range:
+        """Every real item index of a catalogue of ``n_items``: for sampling without a vocabulary."""
+        return range(ItemVocabulary.first_index(), n_items + 1)
 
     def index_stop(self) -> int:
         """One past the largest item index (for ``range``/``randint`` over real items)."""
-        return self.n_items + 1
+        return self.index_range(self.n_items).stop
 
     @staticmethod
     def rows_to_indices(rows: np.ndarray) -> np.ndarray:
-        """FAISS rows -> item indices; a missing result (row -1) stays -1."""
+        """FAISS rows (any shape) -> item indices (int64); a missing result (row -1) stays -1."""
+        rows = np.asarray(rows, dtype=np.int64)
         return np.where(rows < 0, -1, rows + 1)
 
     @staticmethod
-    def indices_to_rows(indices: np.ndarray) -> np.ndarray:
-        """Item indices -> FAISS rows; padding (0) becomes -1 (no row)."""
+    def indices_to_rows(indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Item indices (any shape) -> FAISS rows (int64); padding (0) becomes -1 (no row)."""
         return np.asarray(indices, dtype=np.int64) - 1
 
     @staticmethod
@@ -508,14 +553,25 @@ class ItemVocabulary:
         """A table indexed by FAISS row -> one indexed by item index (zero row 0 = padding)."""
         return np.concatenate([np.zeros((1, *table.shape[1:]), dtype=table.dtype), table])
 
-    def raw_id(self, index: int) -> str:
+    def raw_id(self, index: int | np.integer[Any]) -> str:
+        """Raw id of one item index (1..n_items)."""
         return self.raw_ids[int(index) - 1]
 
-    def raw_ids_of(self, indices: Iterable[int] | np.ndarray) -> list[str]:
+    def raw_ids_of(self, indices: Iterable[int | np.integer[Any]] | np.ndarray) -> list[str]:
+        """Raw ids of item indices (1..n_items), in order."""
         return [self.raw_ids[int(i) - 1] for i in indices]
 
     def index_of(self, raw_id: str) -> int | None:
         """Item index of a raw id, or None for an item the model does not know."""
-        if self._index is None:
-            self._index = {raw: i + 1 for i, raw in enumerate(self.raw_ids)}
         return self._index.get(raw_id)
+
+    def indices_of(self, raw_ids: Iterable[str]) -> tuple[np.ndarray, int]:
+        """Item indices (int64) of the known ids in order, and how many ids were unknown (skipped)."""
+        known, unknown = [], 0
+        for raw in raw_ids:
+            index = self.index_of(raw)
+            if index is None:
+                unknown += 1
+            else:
+                known.append(index)
+        return np.asarray(known, dtype=np.int64), unknown

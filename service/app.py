@@ -126,11 +126,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 "history store not usable at start: serving fallbacks until it is",
                 extra={"history_store": history_status, "error": history_error},
             )
-        try:
-            await asyncio.to_thread(state.versions.bootstrap)
-        except Exception as exc:  # a bad artifact folder must not stop the process
-            state.versions.error = f"could not build the first index version: {exc}"
-            log.error("bootstrap failed", extra={"error": str(exc)})
         await state.versions.refresh()
         if settings.microbatch:
             state.batcher = MicroBatcher(

@@ -16,9 +16,10 @@ import faiss
 import numpy as np
 
 from index.merge import interest_weights, merge
-from index.reindex import LoadedVersion
 from index.search import search_excluding
+from index.store import LoadedVersion
 from remi.artifacts import pad_histories
+from remi.contract import ItemVocabulary
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,14 @@ class Engine:
     def __init__(self, version: LoadedVersion, faiss_threads: int = 1):
         self.version = version
         self.arts = version.artifacts
+        self.vocabulary: ItemVocabulary = self.arts.vocabulary
         self.index = version.index
         self.seq_len = self.arts.manifest.seq_len
         faiss.omp_set_num_threads(faiss_threads)
         # cold start: most popular first (ties by item index, i.e. stable)
-        self.popular = (np.argsort(-self.arts.popularity, kind="stable") + 1).astype(np.int64)
-        self.popular_scores = self.arts.popularity[self.popular - 1].astype(np.float32)
+        rows = np.argsort(-self.arts.popularity, kind="stable")
+        self.popular = ItemVocabulary.rows_to_indices(rows)
+        self.popular_scores = self.arts.popularity[rows].astype(np.float32)
 
     @property
     def model_version(self) -> str:
@@ -72,9 +75,7 @@ class Engine:
 
     def encode(self, raw_items: Sequence[str]) -> tuple[np.ndarray, int]:
         """Raw ids -> item indices; unknown ids are skipped and counted (never an error)."""
-        index_of = self.arts.index_of
-        known = [index_of[item] for item in raw_items if item in index_of]
-        return np.asarray(known, dtype=np.int64), len(raw_items) - len(known)
+        return self.vocabulary.indices_of(raw_items)
 
     def recommend(self, queries: Sequence[Query]) -> tuple[list[Result], Timings]:
         """Results in the order of ``queries``; users without a usable history get popularity."""
@@ -84,7 +85,7 @@ class Engine:
         if warm:
             t0 = time.perf_counter()
             ids, mask = pad_histories([queries[i].history for i in warm], self.seq_len)
-            interests, routing = self.arts.tower.run(ids, mask)
+            interest_vectors, routing = self.arts.tower.run(ids, mask)
             t1 = time.perf_counter()
             # Each request is searched and merged on its own terms (its k, its exclusions, its
             # merge): only the ONNX run is shared, and its rows do not depend on each other. A
@@ -97,7 +98,7 @@ class Engine:
             for k, rows in by_k.items():
                 s0 = time.perf_counter()
                 exclude = [queries[warm[j]].history if queries[warm[j]].exclude_seen else () for j in rows]
-                found, scores = search_excluding(self.index, interests[rows], k, exclude)
+                found, scores = search_excluding(self.index, interest_vectors[rows], k, exclude)
                 s1 = time.perf_counter()
                 for strategy in sorted({queries[warm[j]].merge for j in rows}):
                     sub = [r for r, j in enumerate(rows) if queries[warm[j]].merge == strategy]
@@ -108,7 +109,7 @@ class Engine:
                     for r, j in enumerate(picked):
                         keep = merged[r] >= 0
                         results[warm[j]] = Result(
-                            item_ids=[self.arts.item_ids[item - 1] for item in merged[r][keep]],
+                            item_ids=self.vocabulary.raw_ids_of(merged[r][keep]),
                             scores=merged_scores[r][keep].tolist(),
                             interests=who[r][keep].tolist(),
                             cold_start=False,
@@ -116,10 +117,11 @@ class Engine:
                 timings.search += s1 - s0
                 timings.merge += time.perf_counter() - s1
             timings.model = t1 - t0
-        for i, q in enumerate(queries):
-            if results[i] is None:
-                results[i] = self.popular_for(q.k, q.history if q.exclude_seen else ())
-        return results, timings  # type: ignore[return-value]
+        answers = [
+            result if result is not None else self.popular_for(q.k, q.history if q.exclude_seen else ())
+            for result, q in zip(results, queries, strict=True)
+        ]
+        return answers, timings
 
     def popular_for(self, k: int, exclude: Sequence[int] | np.ndarray = ()) -> Result:
         """The cold-start list: most interacted items in the training data, minus excluded ones."""
@@ -129,7 +131,7 @@ class Engine:
             keep = ~np.isin(items, np.asarray(exclude))
             items, scores = items[keep], scores[keep]
         return Result(
-            item_ids=[self.arts.item_ids[i - 1] for i in items[:k]],
+            item_ids=self.vocabulary.raw_ids_of(items[:k]),
             scores=scores[:k].tolist(),
             interests=[None] * min(k, len(items)),
             cold_start=True,
@@ -140,29 +142,29 @@ class Engine:
         if not len(history):
             return []
         ids, mask = pad_histories([history], self.seq_len)
-        interests, routing = self.arts.tower.run(ids, mask)
-        found, scores = search_excluding(self.index, interests, top_n, [history])
+        interest_vectors, routing = self.arts.tower.run(ids, mask)
+        found, scores = search_excluding(self.index, interest_vectors, top_n, [history])
         weights = interest_weights(routing, mask)[0]
         out = []
         valid = mask[0]
-        for k in range(interests.shape[1]):
-            row = routing[0, k][valid]
+        for interest in range(interest_vectors.shape[1]):
+            row = routing[0, interest][valid]
             p = row / max(float(row.sum()), 1e-12)
             entropy = float(-(p[p > 0] * np.log(p[p > 0])).sum())
             order = np.argsort(-row, kind="stable")[:top_history]
             out.append(
                 {
-                    "interest": k,
-                    "weight": round(float(weights[k]), 4),
+                    "interest": interest,
+                    "weight": round(float(weights[interest]), 4),
                     "effective_items": round(float(np.exp(entropy)), 3),
-                    "norm": round(float(np.linalg.norm(interests[0, k])), 4),
+                    "norm": round(float(np.linalg.norm(interest_vectors[0, interest])), 4),
                     "history": [
-                        {"item_id": self.arts.item_ids[int(ids[0, j]) - 1], "weight": round(float(row[j]), 4)}
+                        {"item_id": self.vocabulary.raw_id(ids[0, j]), "weight": round(float(row[j]), 4)}
                         for j in order
                     ],
                     "candidates": [
-                        {"item_id": self.arts.item_ids[int(i) - 1], "score": float(s)}
-                        for i, s in zip(found[0, k], scores[0, k], strict=True)
+                        {"item_id": self.vocabulary.raw_id(i), "score": float(s)}
+                        for i, s in zip(found[0, interest], scores[0, interest], strict=True)
                         if i >= 0
                     ],
                 }
@@ -172,7 +174,9 @@ class Engine:
     def warm_up(self, rounds: int = 3) -> None:
         """Runs real held-out histories through every stage so the first request is not slow."""
         hist, mask = self.arts.sample_history[:64], self.arts.sample_mask[:64]
-        queries = [Query(h[m], 50) for h, m in zip(hist, mask, strict=True)] or [Query(np.array([1]), 50)]
+        queries = [Query(h[m], 50) for h, m in zip(hist, mask, strict=True)] or [
+            Query(np.array([ItemVocabulary.first_index()]), 50)
+        ]
         for _ in range(rounds):
             self.recommend(queries[:1])
             self.recommend(queries)

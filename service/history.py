@@ -27,6 +27,8 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import AuthenticationError, BusyLoadingError, MaxConnectionsError, RedisError
 
+from remi.contract import INTERACTION_COLUMNS
+
 log = logging.getLogger("remi.history")
 
 T = TypeVar("T")
@@ -628,19 +630,20 @@ class MemoryHistory:
         `known_items` (the index's catalogue) are skipped so they cannot take a history slot.
         A seeded user's history is replaced. Returns the number of users seeded.
         """
+        user_col, item_col, time_col = INTERACTION_COLUMNS
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-        missing = {"user_id", "item_id", "timestamp"} - set(df.columns)
+        missing = set(INTERACTION_COLUMNS) - set(df.columns)
         if missing:
             raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
         if known_items is not None:
-            df = df[df["item_id"].isin(known_items)]
-        df = df.assign(timestamp=df["timestamp"].astype("int64"))
+            df = df[df[item_col].isin(known_items)]
+        df = df.assign(**{time_col: df[time_col].astype("int64")})
         # Two stable sorts = by user, then time, equal timestamps keeping their file order.
-        df = df.sort_values("timestamp", kind="stable").sort_values("user_id", kind="stable")
+        df = df.sort_values(time_col, kind="stable").sort_values(user_col, kind="stable")
         if df.empty:
             return 0
-        users = df["user_id"].to_numpy()
-        items, stamps = df["item_id"].tolist(), df["timestamp"].tolist()
+        users = df[user_col].to_numpy()
+        items, stamps = df[item_col].tolist(), df[time_col].tolist()
         starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
         ends = np.r_[starts[1:], len(users)]
         for start, end in zip(starts.tolist(), ends.tolist(), strict=True):

@@ -35,10 +35,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from remi.contract import INTERACTION_COLUMNS
 from remi.errors import RemiError
 from service.history import _classify, _client_for, _public_url, encode_many, history_key
 
-COLUMNS = ("user_id", "item_id", "timestamp")
 _SCHEMA = pa.schema(
     [("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()), ("row", pa.int64())]
 )
@@ -93,17 +93,17 @@ def _is_parquet(path: Path) -> bool:
 
 
 def _check_columns(path: Path, names: list[str]) -> None:
-    missing = [c for c in COLUMNS if c not in names]
+    missing = [c for c in INTERACTION_COLUMNS if c not in names]
     if missing:
         raise RemiError(
             f"{path}: missing column(s) {', '.join(missing)}; "
-            f"expected user_id,item_id,timestamp (found {', '.join(names)})"
+            f"expected {','.join(INTERACTION_COLUMNS)} (found {', '.join(names)})"
         )
 
 
 def _normalise(path: Path, batch: pa.RecordBatch) -> pa.Table:
     """The three columns as string, string, int64 (Unix seconds); one-line errors for bad values."""
-    users, items, stamps = (batch.column(c) for c in COLUMNS)
+    users, items, stamps = (batch.column(c) for c in INTERACTION_COLUMNS)
     try:
         if pa.types.is_timestamp(stamps.type):
             stamps = pc.cast(stamps.cast(pa.timestamp("s")), pa.int64())
@@ -134,7 +134,7 @@ def iter_tables(path: Path, batch_rows: int = 262_144) -> Iterator[pa.Table]:
             if _is_parquet(source):
                 parquet = pq.ParquetFile(source)
                 _check_columns(source, parquet.schema_arrow.names)
-                for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(COLUMNS)):
+                for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(INTERACTION_COLUMNS)):
                     yield _normalise(source, batch)
                 continue
             stream = pa.input_stream(str(source), compression="detect")
@@ -148,7 +148,7 @@ def iter_tables(path: Path, batch_rows: int = 262_144) -> Iterator[pa.Table]:
             )
             _check_columns(source, reader.schema.names)
             for batch in reader:
-                yield _normalise(source, batch.select(list(COLUMNS)))
+                yield _normalise(source, batch.select(list(INTERACTION_COLUMNS)))
         except RemiError:
             raise
         except (pa.ArrowInvalid, OSError, EOFError) as exc:

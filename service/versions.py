@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from index.reindex import load_version, reindex
-from remi.contract import VERSIONS, list_versions, read_current, read_previous, version_dir
+from index.store import list_versions, load_version, read_current, read_previous, version_dir
+from remi.contract import VERSIONS, read_artifact_manifest
 from remi.errors import RemiError
 from service import metrics
 from service.config import ServiceSettings
@@ -54,11 +54,20 @@ class Versions:
         self.loaded_at: float | None = None
         self._lock = asyncio.Lock()
 
-    def bootstrap(self) -> None:
-        """First index version from the artifacts when the root has none (the quick start path)."""
-        if read_current(self.root) is None and self.settings.artifacts is not None:
-            log.info("no index version yet: building one", extra={"artifacts": str(self.settings.artifacts)})
-            reindex(self.settings.artifacts, self.root)
+    def no_version_error(self) -> str:
+        """Why there is nothing to serve: no ``current``, and why ``--artifacts`` gave none.
+
+        ``remi serve --artifacts`` publishes the first version before the workers start (the
+        service only reads versions); when that failed, the artifact check says why in /readyz.
+        """
+        error = f"{self.root}: no current index version (run `remi reindex`)"
+        if self.settings.artifacts is None:
+            return error
+        try:
+            read_artifact_manifest(self.settings.artifacts)
+        except (RemiError, OSError) as exc:
+            return f"could not build the first index version: {exc}"
+        return f"{error}; the artifacts {self.settings.artifacts} were not published"
 
     def _load(self, name: str) -> Engine:
         version = load_version(version_dir(self.root, name), threads=self.settings.onnx_threads)
@@ -107,7 +116,7 @@ class Versions:
                 name, self.error = None, f"cannot read {self.root}/current: {exc}"
             if name is None:
                 if self.engine is None and self.failed != NO_CURRENT:
-                    error = self.error or f"{self.root}: no current index version (run `remi reindex`)"
+                    error = self.error or await asyncio.to_thread(self.no_version_error)
                     return await self._refuse(NO_CURRENT, error)
                 return {"changed": False, "version": self.serving, "error": self.error}
             if name == self.serving and not force:

@@ -37,20 +37,19 @@ import logging
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
+from remi.contract import INTERACTION_COLUMNS, sweep_leftovers, temp_sibling
 from remi.errors import RemiError
 
 log = logging.getLogger("remi.convert")
 
 FORMATS = ("amazon-reviews", "movielens", "retailrocket")
 RETAILROCKET_EVENTS = ("view", "addtocart", "transaction")
-OUTPUT_HEADER = ("user_id", "item_id", "timestamp")
 
 MAX_EXAMPLES = 5  # malformed rows kept verbatim in the report
 RAW_CHARS = 120  # raw text kept per example
@@ -312,7 +311,7 @@ def _stream(src: Path, tmp: Path, gz: bool, parse: RowParser, report: ConvertRep
     """Parse every line of ``src`` into ``tmp``, counting into ``report``; stops early on an input of another format."""
     with _open_output(tmp, gz) as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(OUTPUT_HEADER)
+        writer.writerow(INTERACTION_COLUMNS)
         batch: list[Row] = []
         for line_no, text, raw in _lines(src):
             if not raw.strip():
@@ -361,10 +360,11 @@ def _convert(
     if dst.is_dir():
         raise RemiError(f"{dst}: the output is a directory")
     report = ConvertReport(format=fmt, input=str(src), output=str(dst))
-    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"  # a sibling: the rename stays on one disk
+    tmp = temp_sibling(dst)  # a sibling: the rename stays on one disk
     try:
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
+            sweep_leftovers(dst.parent, dst.name)  # what a killed conversion to ``dst`` left
             _stream(src, tmp, dst.name.endswith(".gz"), parse, report, max_malformed_share)
         except OSError as exc:  # read errors are RemiErrors already: this is the output side
             raise RemiError(f"{dst}: cannot write the output ({exc})") from exc

@@ -6,7 +6,6 @@ model has been checked against PyTorch, so a crash never leaves a folder that lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -28,20 +27,26 @@ from remi.contract import (
     ITEM_POPULARITY,
     MODEL_DATA,
     MODEL_FILE,
+    NPZ_HISTORY,
+    NPZ_MASK,
     OUTPUT_INTERESTS,
     OUTPUT_ROUTING,
+    RUN_ITEM_IDS,
+    RUN_METRICS,
     SAMPLE_HISTORIES,
     ArtifactManifest,
+    ItemVocabulary,
     atomic_folder,
     check_item_ids,
     file_entries,
+    model_version,
     sha256_file,
     utc_now,
     write_manifest,
 )
 from remi.errors import RemiError
 from training.models import MultiInterestModel
-from training.trainer import ITEMS_FILE, METRICS_FILE, load_run, prepare
+from training.trainer import load_run, prepare
 
 log = logging.getLogger("remi.export")
 
@@ -73,7 +78,8 @@ def export_onnx(model: MultiInterestModel, path: Path, opset: int = 18, external
     if external_data is None:
         external_data = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
     length = model.seq_len
-    ids = torch.randint(1, model.n_items + 1, (2, length))
+    items = ItemVocabulary.index_range(model.n_items)
+    ids = torch.randint(items.start, items.stop, (2, length))
     mask = torch.ones(2, length, dtype=torch.bool)
     mask[1, length // 2 :] = False
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
@@ -100,10 +106,11 @@ def export_onnx(model: MultiInterestModel, path: Path, opset: int = 18, external
 def parity_inputs(n_items: int, seq_len: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Batches of 1 and 64 with history lengths 1, L and in between (the export acceptance set)."""
     rng = np.random.default_rng(seed)
+    items = ItemVocabulary.index_range(n_items)
     lengths_64 = np.concatenate([[1, seq_len, max(1, seq_len // 2)], rng.integers(1, seq_len + 1, 61)])
     batches = []
     for lengths in ([1], [seq_len], [max(1, seq_len // 2)], lengths_64):
-        hist = [rng.integers(1, n_items + 1, int(n)) for n in lengths]
+        hist = [rng.integers(items.start, items.stop, int(n)) for n in lengths]
         batches.append(pad_histories(hist, seq_len))
     return batches
 
@@ -152,14 +159,14 @@ def export_run(
     if data:
         cfg = cfg.model_copy(update={"data": data})
     prep = prepare(cfg)
-    trained_items = (run / ITEMS_FILE).read_text().split("\n")[: model.n_items]
-    check_item_ids(trained_items, run / ITEMS_FILE)  # unique, clean ids: the service matches them exactly
+    trained_items = (run / RUN_ITEM_IDS).read_text().split("\n")[: model.n_items]
+    check_item_ids(trained_items, run / RUN_ITEM_IDS)  # unique, clean ids: the service matches them exactly
     if list(prep.data.item_ids) != trained_items:
         raise RemiError(
             f"{cfg.data}: its items after filtering differ from the {model.n_items} the run trained on; "
             "export with the training data (--data)"
         )
-    metrics = json.loads((run / METRICS_FILE).read_text()) if (run / METRICS_FILE).is_file() else {}
+    metrics = json.loads((run / RUN_METRICS).read_text()) if (run / RUN_METRICS).is_file() else {}
 
     with atomic_folder(Path(out), replace=force) as tmp:
         export_onnx(model, tmp / MODEL_FILE, opset, external_data)
@@ -167,11 +174,11 @@ def export_run(
             vectors = model.item_vectors().detach().float().numpy()
         np.save(tmp / ITEM_EMBEDDINGS, np.ascontiguousarray(vectors, dtype=np.float32))
         (tmp / ITEM_IDS).write_text("\n".join(trained_items) + "\n")
-        np.save(tmp / ITEM_POPULARITY, prep.data.item_popularity()[1:].astype(np.int64))
+        np.save(tmp / ITEM_POPULARITY, ItemVocabulary.drop_padding(prep.data.item_popularity()).astype(np.int64))
         # Held-out users' histories: the index build measures recall on their interests.
         history = np.concatenate([prep.valid.history, prep.test.history])[:sample_users]
         mask = np.concatenate([prep.valid.mask, prep.test.mask])[:sample_users]
-        np.savez(tmp / SAMPLE_HISTORIES, history=history, mask=mask)
+        np.savez(tmp / SAMPLE_HISTORIES, **{NPZ_HISTORY: history, NPZ_MASK: mask})
 
         batches = parity_inputs(model.n_items, model.seq_len) + [
             (history[i : i + 64], mask[i : i + 64]) for i in range(0, len(history), 64)
@@ -182,12 +189,9 @@ def export_run(
 
         weights = [MODEL_DATA] if (tmp / MODEL_DATA).is_file() else []
         files = file_entries(tmp, [*ARTIFACT_FILES, *weights])
-        content = hashlib.sha256()
-        for name in (MODEL_FILE, *weights, ITEM_EMBEDDINGS, ITEM_IDS):
-            content.update(files[name].sha256.encode())
         manifest = ArtifactManifest(
             format_version=FORMAT_VERSION,
-            model_version=content.hexdigest()[:16],
+            model_version=model_version(tmp, files),
             backbone=cfg.model,
             dim=cfg.dim,
             interests=model.n_interests,

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.reindex import load_current, load_version, reindex
+from index.publish import reindex
+from index.store import load_current, load_version
 from remi.artifacts import load_artifacts
 from remi.contract import (
     INDEX_FILE,

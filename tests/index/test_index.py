@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from index.build import build_index_folder, choose_kind, load_faiss, recall_at, resolve_params
-from index.reindex import build_from_artifacts, load_version
+from index.publish import build_from_artifacts
 from index.search import search_excluding
+from index.store import load_version
 from remi.contract import INDEX_FILE, MANIFEST, VERSION_ARTIFACTS, ArtifactError, file_entries, read_artifact_manifest
 from remi.errors import RemiError
 

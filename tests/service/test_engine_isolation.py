@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from index.merge import MERGES
-from index.reindex import load_current, reindex
+from index.publish import reindex
+from index.store import load_current
 from service.batcher import MicroBatcher
 from service.engine import Engine, Query, Result
 from tests.service.conftest import start_server

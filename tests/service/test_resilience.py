@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from index.reindex import reindex
+from index.publish import reindex
 from remi.contract import INDEX_FILE, read_current, version_dir, write_current
 from tests.service.conftest import OwnRedis, start_server
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from index.reindex import reindex
+from index.publish import reindex
 from remi.contract import INDEX_FILE, VERSIONS, read_current, version_dir, write_current
 from tests.service.conftest import start_server
 

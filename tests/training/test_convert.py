@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from remi.contract import temp_sibling
 from remi.errors import RemiError
 from training.convert import (
     EARLY_CHECK_ROWS,
@@ -170,6 +171,15 @@ def test_another_format_is_one_line_error_and_leaves_no_file(tmp_path: Path) -> 
     with pytest.raises(RemiError):
         convert_amazon_reviews(dat, tmp_path / "keep.csv")
     assert (tmp_path / "keep.csv").read_text() == "old content\n"
+
+
+def test_a_killed_conversions_temporary_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    src = _write_lines(tmp_path / "Beauty_5.json", AMAZON_2018)
+    out = tmp_path / "out.csv"
+    left = temp_sibling(out)  # what a conversion killed mid-write leaves beside its output
+    left.write_text("user_id,item_id\npartial")
+    convert_amazon_reviews(src, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Beauty_5.json", "out.csv"]
 
 
 def test_malformed_share_threshold_and_early_stop(tmp_path: Path) -> None:

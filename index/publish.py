@@ -1,14 +1,17 @@
-"""Index builds from model artifacts, and the batch reindex job with its atomic ``current`` flip.
+"""The write side of an index root: build, validate, publish, prune and roll back versions (the batch job).
 
 The reindex job is safe to run from cron or twice in a row: one job at a time holds a lock on
 the root, everything is built and validated in a hidden folder, and ``current`` changes by one
 rename only after validation passed. Whatever fails, or wherever the job is killed, the old
-``current`` stays as it was and keeps pointing at a complete version.
+``current`` stays as it was and keeps pointing at a complete version; the next job removes what
+the killed one left (its ``.tmp-*`` and ``.old-*`` siblings).
 
 A published version is immutable whatever happens to the folder it was built from: the
 artifacts are copied into it (a reflink clone where the filesystem can, else a real copy; never
 a hard link, which ``cp new.npy artifacts/...`` would rewrite in place), the index is built from
 the copy, not the source, and every file is made read-only.
+
+The service never imports this module: it only reads versions (:mod:`index.store`).
 """
 
 from __future__ import annotations
@@ -26,39 +29,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from index.build import TUNED, build_index_folder, choose_kind, load_faiss, resolve_params
-from index.search import search_excluding
-from remi.artifacts import Artifacts, load_artifacts
+from index.build import TUNED, build_index_folder, choose_kind, resolve_params
+from index.probe import interest_queries, smoke_query
+from remi.artifacts import load_artifacts
 from remi.contract import (
+    CURRENT,
     MANIFEST,
+    PREVIOUS,
     VERSION_ARTIFACTS,
     VERSIONS,
     ArtifactError,
     IndexManifest,
     atomic_folder,
-    check_pair,
     list_versions,
     read_artifact_manifest,
     read_current,
     read_index_manifest,
+    sweep_leftovers,
     version_dir,
     write_current,
 )
 from remi.errors import RemiError
 
 log = logging.getLogger("remi.reindex")
-
-
-def interest_queries(arts: Artifacts, max_users: int = 1000) -> np.ndarray:
-    """Real query vectors: the ONNX tower's interests on held-out users' histories, (S * K, d)."""
-    history, mask = arts.sample_history[:max_users], arts.sample_mask[:max_users]
-    if len(history) == 0:
-        return np.zeros((0, arts.manifest.dim), dtype=np.float32)
-    chunks = [arts.tower.run(history[i : i + 256], mask[i : i + 256])[0] for i in range(0, len(history), 256)]
-    interests = np.concatenate(chunks)
-    return interests.reshape(-1, interests.shape[-1])
 
 
 def build_from_artifacts(
@@ -78,27 +71,6 @@ def build_from_artifacts(
             arts.item_vectors, tmp, kind, arts.version, queries=queries, params=params, min_recall=min_recall
         )
     return manifest
-
-
-def smoke_query(arts: Artifacts, folder: Path) -> None:
-    """Loads the built folder as the service will and runs real queries through it."""
-    index_manifest, index = load_faiss(folder)
-    check_pair(arts.manifest, index_manifest)
-    history, mask = arts.sample_history[:8], arts.sample_mask[:8]
-    if len(history) == 0:
-        history, mask = np.ones((1, arts.manifest.seq_len), dtype=np.int64), np.zeros((1, arts.manifest.seq_len), bool)
-        mask[0, 0] = True
-    interests, _ = arts.tower.run(history, mask)
-    seen = [h[m] for h, m in zip(history, mask, strict=True)]
-    ids, scores = search_excluding(index, interests, 10, seen)
-    found = ids >= 0
-    if not found.any():
-        raise ArtifactError(f"{folder}: smoke query returned no results")
-    if ids.max() > arts.manifest.n_items or not np.isfinite(scores[found]).all():
-        raise ArtifactError(f"{folder}: smoke query returned out-of-range ids or non-finite scores")
-    for row, banned in zip(ids, seen, strict=True):
-        if np.isin(row, banned).any():
-            raise ArtifactError(f"{folder}: smoke query returned an excluded item")
 
 
 FICLONE = 0x40049409  # linux/fs.h _IOW(0x94, 9, int): share the blocks copy-on-write (btrfs, XFS)
@@ -142,16 +114,13 @@ def _root_lock(root: Path) -> Iterator[None]:
 
 
 def _clean_partial(root: Path) -> list[str]:
-    """Removes folders a killed job left behind (hidden temporaries); safe under the lock."""
-    removed = []
-    for pattern in (".*.tmp-*", ".*.old-*"):
-        for path in (root / VERSIONS).glob(pattern):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path.name)
-    for pattern in (".current.tmp-*", ".previous.tmp-*"):
-        for path in root.glob(pattern):
-            path.unlink(missing_ok=True)
-            removed.append(path.name)
+    """Removes what a killed job left: version temporaries and swapped-out folders, pointer temporaries.
+
+    Safe under the lock: no other writer of this root runs, and no reader opens a hidden name.
+    """
+    removed = sweep_leftovers(root / VERSIONS)
+    for pointer in (CURRENT, PREVIOUS):
+        removed += sweep_leftovers(root, pointer)
     return removed
 
 
@@ -172,12 +141,17 @@ def _same_build(old: IndexManifest, wanted: dict[str, Any], given: dict[str, Any
 
 @dataclass(frozen=True)
 class ReindexResult:
-    version: str
+    index_version: str
     previous: str | None
     built: bool  # False when current was already built from these artifacts with these settings
     manifest: IndexManifest
     pruned: list[str]
     seconds: float
+
+    @property
+    def version(self) -> str:
+        """The index version now ``current`` (the name the CLI and older callers read)."""
+        return self.index_version
 
 
 def reindex(
@@ -205,7 +179,7 @@ def reindex(
         wanted = resolve_params(chosen, source.n_items, source.dim, params)
         if previous and not force:
             try:
-                old = read_index_manifest(version_dir(root, previous), check_hash=False)
+                old: IndexManifest | None = read_index_manifest(version_dir(root, previous), check_hash=False)
             except ArtifactError:
                 old = None
             if (
@@ -218,8 +192,8 @@ def reindex(
                 return ReindexResult(previous, previous, False, old, [], time.perf_counter() - t0)
 
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        version = f"{stamp}-{source.model_version[:8]}-{chosen}"
-        with atomic_folder(version_dir(root, version)) as tmp:
+        index_version = f"{stamp}-{source.model_version[:8]}-{chosen}"
+        with atomic_folder(version_dir(root, index_version)) as tmp:
             published = tmp / VERSION_ARTIFACTS
             published.mkdir()
             for name in [*source.files, MANIFEST]:
@@ -233,14 +207,26 @@ def reindex(
             )
             smoke_query(arts, tmp)
             _seal(tmp)
-        write_current(root, version)
-        pruned = _prune(root, keep, version)
+        write_current(root, index_version)
+        pruned = _prune(root, keep, index_version)
     seconds = time.perf_counter() - t0
     log.info(
         "reindex done",
-        extra={"version": version, "previous": previous, "pruned": pruned, "seconds": round(seconds, 2)},
+        extra={"version": index_version, "previous": previous, "pruned": pruned, "seconds": round(seconds, 2)},
     )
-    return ReindexResult(version, previous, True, manifest, pruned, seconds)
+    return ReindexResult(index_version, previous, True, manifest, pruned, seconds)
+
+
+def publish_first(artifacts_dir: str | Path, root: str | Path) -> ReindexResult | None:
+    """The quick-start path of ``remi serve --artifacts``: a first version when the root has none.
+
+    Run by the command before the service starts (the service itself only reads versions);
+    returns None when ``current`` already names a version.
+    """
+    if read_current(root) is not None:
+        return None
+    log.info("no index version yet: building one", extra={"artifacts": str(artifacts_dir)})
+    return reindex(artifacts_dir, root)
 
 
 def rollback(root: str | Path, to: str | None = None) -> str:
@@ -260,31 +246,3 @@ def rollback(root: str | Path, to: str | None = None) -> str:
         read_artifact_manifest(version_dir(root, to) / VERSION_ARTIFACTS)
         write_current(root, to)
     return to
-
-
-@dataclass
-class LoadedVersion:
-    """A model + index pair ready to serve: validated, dimension-checked, one unit."""
-
-    name: str
-    folder: Path
-    artifacts: Artifacts
-    manifest: IndexManifest
-    index: Any  # faiss.Index
-
-
-def load_version(folder: str | Path, threads: int = 1) -> LoadedVersion:
-    """Loads a version folder (index + the artifacts it was built from) and checks they pair."""
-    folder = Path(folder)
-    arts = load_artifacts(folder / VERSION_ARTIFACTS, threads=threads)
-    manifest, index = load_faiss(folder)
-    check_pair(arts.manifest, manifest)
-    return LoadedVersion(folder.name, folder, arts, manifest, index)
-
-
-def load_current(root: str | Path, threads: int = 1) -> LoadedVersion:
-    """The version ``current`` points to; ArtifactError when there is none or it is broken."""
-    name = read_current(root)
-    if name is None:
-        raise ArtifactError(f"{root}: no current index version (run `remi reindex` first)")
-    return load_version(version_dir(root, name), threads=threads)

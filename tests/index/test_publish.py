@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from index import reindex as reindex_module
-from index.reindex import list_versions, load_current, reindex, rollback
-from remi.contract import VERSIONS, ArtifactError, read_current, version_dir
+from index import publish as publish_module
+from index.publish import reindex, rollback
+from index.store import list_versions, load_current
+from remi.contract import VERSIONS, ArtifactError, leftover_siblings, read_current, temp_sibling, version_dir
 from remi.errors import RemiError
 
 
@@ -57,7 +58,7 @@ def test_a_failing_step_leaves_current_untouched(artifacts_dir: Path, tmp_path: 
     def fail(*args, **kwargs):
         raise ArtifactError(f"simulated failure in {step}")
 
-    monkeypatch.setattr(reindex_module, step, fail)
+    monkeypatch.setattr(publish_module, step, fail)
     with pytest.raises(ArtifactError, match="simulated"):
         reindex(artifacts_dir, tmp_path, kind="hnsw")
     assert read_current(tmp_path) == good and list_versions(tmp_path) == [good]
@@ -74,7 +75,7 @@ def test_killed_mid_build_keeps_current_valid_and_the_next_run_recovers(artifact
         def killed(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)   # no cleanup runs, as with kill -9 or an OOM kill
         index.build.build_faiss = killed
-        from index.reindex import reindex
+        from index.publish import reindex
         reindex({str(artifacts_dir)!r}, {str(tmp_path)!r}, kind="hnsw")
         """
     )
@@ -85,6 +86,20 @@ def test_killed_mid_build_keeps_current_valid_and_the_next_run_recovers(artifact
     after = reindex(artifacts_dir, tmp_path, kind="hnsw")
     assert after.built and read_current(tmp_path) == after.version
     assert hidden_leftovers(tmp_path) == []
+
+
+def test_the_next_run_sweeps_a_killed_swap_and_pointer_temporaries(artifacts_dir: Path, tmp_path: Path) -> None:
+    good = reindex(artifacts_dir, tmp_path, kind="flat").version
+    killed = version_dir(tmp_path, good)
+    planted = [temp_sibling(killed, "old"), temp_sibling(killed, "tmp")]  # killed between the two renames
+    for folder in planted:
+        folder.mkdir()
+        (folder / "index.faiss").write_bytes(b"partial")
+    temp_sibling(tmp_path / "current").write_text("half-written\n")  # killed while flipping `current`
+    assert len(hidden_leftovers(tmp_path)) == 2
+    after = reindex(artifacts_dir, tmp_path, kind="hnsw")
+    assert after.built and read_current(tmp_path) == after.version
+    assert hidden_leftovers(tmp_path) == [] and leftover_siblings(tmp_path) == []
 
 
 def test_cli_failure_exits_nonzero_with_one_line_and_keeps_current(artifacts_dir: Path, tmp_path: Path) -> None:

@@ -1,0 +1,48 @@
+"""Real queries through a model + index pair: recall queries for a build, and the smoke test of a version.
+
+Both run the exported user tower (onnxruntime) on the held-out histories shipped with the
+artifacts, so an index is measured and checked on the queries it will serve, not on item vectors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from index.build import load_faiss
+from index.search import search_excluding
+from remi.artifacts import Artifacts
+from remi.contract import ArtifactError, ItemVocabulary, check_pair
+
+
+def interest_queries(arts: Artifacts, max_users: int = 1000) -> np.ndarray:
+    """Real query vectors: the ONNX tower's interest vectors on held-out users' histories, (S * K, d)."""
+    history, mask = arts.sample_history[:max_users], arts.sample_mask[:max_users]
+    if len(history) == 0:
+        return np.zeros((0, arts.manifest.dim), dtype=np.float32)
+    chunks = [arts.tower.run(history[i : i + 256], mask[i : i + 256])[0] for i in range(0, len(history), 256)]
+    interest_vectors = np.concatenate(chunks)
+    return interest_vectors.reshape(-1, interest_vectors.shape[-1])
+
+
+def smoke_query(arts: Artifacts, folder: Path) -> None:
+    """Loads the built folder as the service will and runs real queries through it."""
+    index_manifest, index = load_faiss(folder)
+    check_pair(arts.manifest, index_manifest)
+    history, mask = arts.sample_history[:8], arts.sample_mask[:8]
+    if len(history) == 0:  # no held-out users: one history of the first item
+        history = np.full((1, arts.manifest.seq_len), ItemVocabulary.first_index(), dtype=np.int64)
+        mask = np.zeros((1, arts.manifest.seq_len), bool)
+        mask[0, 0] = True
+    interest_vectors, _ = arts.tower.run(history, mask)
+    seen = [h[m] for h, m in zip(history, mask, strict=True)]
+    ids, scores = search_excluding(index, interest_vectors, 10, seen)
+    found = ids >= 0
+    if not found.any():
+        raise ArtifactError(f"{folder}: smoke query returned no results")
+    if ids.max() > arts.manifest.n_items or not np.isfinite(scores[found]).all():
+        raise ArtifactError(f"{folder}: smoke query returned out-of-range ids or non-finite scores")
+    for row, banned in zip(ids, seen, strict=True):
+        if np.isin(row, banned).any():
+            raise ArtifactError(f"{folder}: smoke query returned an excluded item")
