@@ -34,7 +34,8 @@ import faiss
 import numpy as np
 
 from benchmarks.report import md_table
-from index.build import DEFAULTS, EF_LADDER, apply_search_params, build_faiss, choose_kind, resolve_params
+from index.build import DEFAULTS, EF_LADDER, build_faiss, choose_kind, resolve_params
+from index.search import apply_search_params
 
 RESULTS = Path(__file__).parent / "results"
 K, TOP = 4, 50

@@ -18,19 +18,18 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import faiss
 import numpy as np
 
 from index.params import DEFAULTS
+from index.search import apply_search_params
 from remi.contract import (
     FORMAT_VERSION,
     INDEX_FILE,
-    ArtifactError,
     IndexManifest,
     file_entries,
-    read_index_manifest,
     utc_now,
     write_manifest,
 )
@@ -96,19 +95,6 @@ def build_faiss(vectors: np.ndarray, kind: str, params: dict[str, Any]) -> faiss
     index.add(x)
     apply_search_params(index, kind, params)
     return index
-
-
-def apply_search_params(index: faiss.Index, kind: str, params: dict[str, Any]) -> None:
-    """Search-time knobs are not all stored in the file; set them after every build or load."""
-    if kind == "hnsw":
-        cast(faiss.IndexHNSW, faiss.downcast_index(index)).hnsw.efSearch = int(params["ef_search"])
-    elif kind == "ivfpq":
-        if params["refine"]:
-            refine = cast(faiss.IndexRefine, faiss.downcast_index(index))
-            refine.k_factor = float(params["refine"])
-            faiss.extract_index_ivf(refine.base_index).nprobe = int(params["nprobe"])
-        else:
-            faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
 
 
 def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = 50) -> np.ndarray:
@@ -223,22 +209,3 @@ def build_index_folder(
     )
     write_manifest(out, manifest)
     return manifest
-
-
-def load_faiss(folder: str | Path, check_hash: bool = True) -> tuple[IndexManifest, faiss.Index]:
-    """Reads an index folder; a missing, truncated or corrupt file is an ArtifactError, not a crash."""
-    folder = Path(folder)
-    manifest = read_index_manifest(folder, check_hash=check_hash)
-    try:
-        index = faiss.read_index(str(folder / INDEX_FILE))
-    except RuntimeError as exc:
-        raise ArtifactError(
-            f"{folder / INDEX_FILE}: unreadable FAISS index ({str(exc).splitlines()[0][:200]})"
-        ) from exc
-    if index.d != manifest.dim or index.ntotal != manifest.n_items:
-        raise ArtifactError(
-            f"{folder / INDEX_FILE}: holds {index.ntotal} x {index.d}, "
-            f"manifest says {manifest.n_items} x {manifest.dim}"
-        )
-    apply_search_params(index, manifest.kind, manifest.params)
-    return manifest, index

@@ -60,12 +60,13 @@ def interest_weights(routing: np.ndarray, mask: np.ndarray) -> np.ndarray:
     counts = np.ones((u, n_interests))
     for i in range(n_interests):
         counts[:, i] += ((owner == i) & mask).sum(1)
-    return counts / counts.sum(1, keepdims=True)
+    weights: np.ndarray = counts / counts.sum(1, keepdims=True)
+    return weights
 
 
 def _largest_remainder(weights: np.ndarray, n: int) -> np.ndarray:
     raw = weights * n
-    quota = np.floor(raw).astype(int)
+    quota: np.ndarray = np.floor(raw).astype(int)
     short = n - quota.sum()
     if short > 0:
         quota[np.argsort(-(raw - quota), kind="stable")[:short]] += 1

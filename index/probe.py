@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from index.build import load_faiss
 from index.search import search_excluding
+from index.store import load_faiss
 from remi.artifacts import Artifacts
 from remi.contract import ArtifactError, ItemVocabulary, check_pair
 

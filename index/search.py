@@ -7,7 +7,7 @@ exclusions on the way in, both by :class:`remi.contract.ItemVocabulary`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -16,6 +16,19 @@ from remi.contract import ItemVocabulary
 
 # faiss's own type stubs lack the HNSW search parameters (faiss/__init__.pyi); typed here once.
 SearchParametersHNSW: Callable[..., faiss.SearchParameters] = vars(faiss)["SearchParametersHNSW"]
+
+
+def apply_search_params(index: faiss.Index, kind: str, params: dict[str, Any]) -> None:
+    """Search-time knobs are not all stored in the file; set them after every build or load."""
+    if kind == "hnsw":
+        cast(faiss.IndexHNSW, faiss.downcast_index(index)).hnsw.efSearch = int(params["ef_search"])
+    elif kind == "ivfpq":
+        if params["refine"]:
+            refine = cast(faiss.IndexRefine, faiss.downcast_index(index))
+            refine.k_factor = float(params["refine"])
+            faiss.extract_index_ivf(refine.base_index).nprobe = int(params["nprobe"])
+        else:
+            faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
 
 
 def exact_index(item_vectors: np.ndarray) -> faiss.Index:

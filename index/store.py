@@ -13,15 +13,17 @@ from pathlib import Path
 
 import faiss
 
-from index.build import load_faiss
+from index.search import apply_search_params
 from remi.artifacts import Artifacts, load_artifacts
 from remi.contract import (
+    INDEX_FILE,
     VERSION_ARTIFACTS,
     ArtifactError,
     IndexManifest,
     check_pair,
     list_versions,
     read_current,
+    read_index_manifest,
     read_previous,
     version_dir,
 )
@@ -30,6 +32,7 @@ __all__ = [
     "LoadedVersion",
     "list_versions",
     "load_current",
+    "load_faiss",
     "load_version",
     "read_current",
     "read_previous",
@@ -46,6 +49,25 @@ class LoadedVersion:
     artifacts: Artifacts
     manifest: IndexManifest
     index: faiss.Index
+
+
+def load_faiss(folder: str | Path, check_hash: bool = True) -> tuple[IndexManifest, faiss.Index]:
+    """Reads an index folder; a missing, truncated or corrupt file is an ArtifactError, not a crash."""
+    folder = Path(folder)
+    manifest = read_index_manifest(folder, check_hash=check_hash)
+    try:
+        index = faiss.read_index(str(folder / INDEX_FILE))
+    except RuntimeError as exc:
+        raise ArtifactError(
+            f"{folder / INDEX_FILE}: unreadable FAISS index ({str(exc).splitlines()[0][:200]})"
+        ) from exc
+    if index.d != manifest.dim or index.ntotal != manifest.n_items:
+        raise ArtifactError(
+            f"{folder / INDEX_FILE}: holds {index.ntotal} x {index.d}, "
+            f"manifest says {manifest.n_items} x {manifest.dim}"
+        )
+    apply_search_params(index, manifest.kind, manifest.params)
+    return manifest, index
 
 
 def load_version(folder: str | Path, threads: int = 1) -> LoadedVersion:

@@ -341,7 +341,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         except HistoryUnavailable as exc:
             metrics.HISTORY_ERRORS.labels("get").inc()
             raise HTTPException(503, f"history store unavailable: {exc}") from exc
-        known = state.versions.engine.arts.index_of if state.versions.engine else {}
+        known = state.versions.engine.vocabulary if state.versions.engine else frozenset[str]()
         return HistoryResponse(
             user_id=user_id,
             items=[HistoryItem(item_id=e.item_id, timestamp=e.timestamp, known=e.item_id in known) for e in events],

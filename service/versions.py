@@ -116,7 +116,7 @@ class Versions:
                 name, self.error = None, f"cannot read {self.root}/current: {exc}"
             if name is None:
                 if self.engine is None and self.failed != NO_CURRENT:
-                    error = self.error or await asyncio.to_thread(self.no_version_error)
+                    error = self.error if self.error else await asyncio.to_thread(self.no_version_error)
                     return await self._refuse(NO_CURRENT, error)
                 return {"changed": False, "version": self.serving, "error": self.error}
             if name == self.serving and not force:

@@ -211,9 +211,9 @@ def movielens_parser(min_rating: float | None = None) -> RowParser:
         if not layout:
             cols = [c.strip() for c in line.split(",")]
             if {"userId", "movieId", "timestamp"} <= set(cols):
-                rating = cols.index("rating") if "rating" in cols else None
+                rating_col = cols.index("rating") if "rating" in cols else None
                 layout.update(sep=",", n=len(cols), user=cols.index("userId"), item=cols.index("movieId"),
-                              ts=cols.index("timestamp"), rating=rating)  # fmt: skip
+                              ts=cols.index("timestamp"), rating=rating_col)  # fmt: skip
                 return HEADER
             sep = "::" if "::" in line else "\t" if "\t" in line else "," if "," in line else "::"
             layout.update(sep=sep, n=4, user=0, item=1, ts=3, rating=2)
@@ -293,7 +293,7 @@ def _open_output(path: Path, gz: bool) -> Iterator[TextIO]:
     """Text writer of ``path``; with ``gz`` a deterministic gzip stream (no file name, mtime 0: same rows,
     same bytes)."""
     with ExitStack() as stack:
-        raw = stack.enter_context(open(path, "wb"))
+        raw: BinaryIO | gzip.GzipFile = stack.enter_context(open(path, "wb"))
         if gz:
             raw = stack.enter_context(gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0))
         yield stack.enter_context(io.TextIOWrapper(raw, encoding="utf-8", newline=""))

@@ -61,7 +61,8 @@ class _Tower(torch.nn.Module):
         self.model = model
 
     def forward(self, item_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(item_ids, mask)
+        interest_vectors, routing = self.model(item_ids, mask)
+        return interest_vectors, routing
 
 
 EXTERNAL_DATA_BYTES = 1_500_000_000  # protobuf caps a single-file model at 2 GB
@@ -178,7 +179,8 @@ def export_run(
         # Held-out users' histories: the index build measures recall on their interests.
         history = np.concatenate([prep.valid.history, prep.test.history])[:sample_users]
         mask = np.concatenate([prep.valid.mask, prep.test.mask])[:sample_users]
-        np.savez(tmp / SAMPLE_HISTORIES, **{NPZ_HISTORY: history, NPZ_MASK: mask})
+        arrays: dict[str, Any] = {NPZ_HISTORY: history, NPZ_MASK: mask}
+        np.savez(tmp / SAMPLE_HISTORIES, **arrays)
 
         batches = parity_inputs(model.n_items, model.seq_len) + [
             (history[i : i + 64], mask[i : i + 64]) for i in range(0, len(history), 64)

@@ -10,10 +10,10 @@ import faiss
 import numpy as np
 import pytest
 
-from index.build import build_index_folder, choose_kind, load_faiss, recall_at, resolve_params
+from index.build import build_index_folder, choose_kind, recall_at, resolve_params
 from index.publish import build_from_artifacts
 from index.search import search_excluding
-from index.store import load_version
+from index.store import load_faiss, load_version
 from remi.contract import INDEX_FILE, MANIFEST, VERSION_ARTIFACTS, ArtifactError, file_entries, read_artifact_manifest
 from remi.errors import RemiError
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -135,13 +134,3 @@ def test_broken_artifacts_fail_before_anything_is_built(artifacts_dir: Path, tmp
     with pytest.raises(ArtifactError, match="no such model artifact folder"):
         reindex(tmp_path / "missing", root)
     assert read_current(root) is None and list_versions(root) == []
-
-
-def test_current_pointing_at_a_deleted_version_is_a_clear_error(artifacts_dir: Path, tmp_path: Path) -> None:
-    version = reindex(artifacts_dir, tmp_path, kind="flat").version
-    import shutil
-
-    shutil.rmtree(version_dir(tmp_path, version))
-    with pytest.raises(ArtifactError, match="no such model artifact folder"):
-        load_current(tmp_path)
-    assert os.path.exists(tmp_path / "current")

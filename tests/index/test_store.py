@@ -1,0 +1,39 @@
+"""The read side of an index root: loading what ``current`` names, and what the service may import."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from index.publish import reindex
+from index.store import load_current
+from remi.contract import ArtifactError, version_dir
+
+WRITE_SIDE = ("index.publish", "index.probe", "index.build", "training")
+
+
+def test_current_pointing_at_a_deleted_version_is_a_clear_error(artifacts_dir: Path, tmp_path: Path) -> None:
+    index_version = reindex(artifacts_dir, tmp_path, kind="flat").index_version
+    shutil.rmtree(version_dir(tmp_path, index_version))
+    with pytest.raises(ArtifactError, match="no such model artifact folder"):
+        load_current(tmp_path)
+    assert (tmp_path / "current").exists()
+
+
+def test_no_current_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="no current index version"):
+        load_current(tmp_path)
+
+
+def test_the_service_imports_only_the_read_side() -> None:
+    code = (
+        "import sys, service.app, service.versions, service.engine\n"
+        f"bad = sorted(m for m in sys.modules if m.startswith({WRITE_SIDE!r}))\n"
+        "sys.exit(f'loaded: {bad}' if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
