@@ -2,8 +2,8 @@
 
 What the service imports (and nothing that writes): ``current`` and ``previous`` name folders
 under ``versions/``, and a version folder loads as one unit, its model artifacts and its FAISS
-index, hash-checked and refused unless they were built from each other (docs/remi.md, the
-artifact contract in ``remi/contract.py``). Writing versions is :mod:`index.publish`.
+index, hash-checked and refused unless they were built from each other (the artifact contract
+in ``remi/contract.py``; operations in docs/operations.md). Writing versions is :mod:`index.publish`.
 """
 
 from __future__ import annotations
