@@ -34,7 +34,7 @@ class IndexSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="REMI_INDEX_", extra="forbid")
 
-    kind: IndexKindChoice = Field("auto", description="Index kind: flat (exact), hnsw, ivfpq, or auto (by item count).")
+    kind: IndexKindChoice = Field("auto", description="Index kind: flat is exact search, auto picks one by item count.")
     min_recall: float = Field(
         0.95, ge=0.0, le=1.0, description="Fail the build if recall@50 against exact search is below this."
     )

@@ -53,12 +53,12 @@ class TrainConfig(BaseSettings):
     lam: float = Field(
         12800.0, ge=0, description="RR weight lambda, per-user mean (authors' 100 summed over 128 = 12800)."
     )
-    ihn_scores: IhnScores = Field("raw", description="IHN weights from raw, cosine or standardized scores.")
+    ihn_scores: IhnScores = Field("raw", description="Scores the IHN weights are computed from.")
     ihn_detach: bool = Field(False, description="Stop the gradient through the IHN weights.")
     ihn_warmup: int = Field(0, ge=0, description="Steps over which beta ramps up linearly from 0.")
     remove_accidental_hits: bool = Field(False, description="Drop sampled negatives equal to the positive.")
     rr_norm: RrNorm = Field(
-        "authors", description="RR normalisation: authors (1/L mean, /d) or valid (per valid length)."
+        "authors", description="RR normalisation: authors = 1/L mean, /d; valid = per valid length."
     )
     emb_l2: float = Field(
         0.0, ge=0, description="L2 penalty on the batch's item and user vectors (against norm growth)."

@@ -130,3 +130,14 @@ def _bounds(field: FieldInfo) -> str:
             if isinstance(item, kind):
                 upper = f" {symbol} {getattr(item, attr)}"
     return f"{lower}x{upper}" if lower or upper else ""
+
+
+def settings_table(model: type[BaseModel]) -> str:
+    """The README's reference table of a settings class: variable, default, allowed values, meaning."""
+    prefix = str(model.model_config.get("env_prefix", ""))
+    lines = ["| setting (env) | default | what |", "|---|---|---|"]
+    for name, field in model.model_fields.items():
+        choices = _base_type(field.annotation)[1]
+        what = f"{field.description} One of {', '.join(choices)}." if choices else field.description
+        lines.append(f"| `{prefix}{name.upper()}` | `{field.default}` | {what} |")
+    return "\n".join(lines)
