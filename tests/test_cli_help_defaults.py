@@ -186,3 +186,19 @@ def test_secrets_are_never_flags() -> None:
     secret = [n for n, f in ServiceSettings.model_fields.items() if SecretStr in getattr(f.annotation, "__args__", ())]
     assert secret == ["admin_token"]
     assert "--admin-token" not in rendered_help("serve")
+
+
+@pytest.mark.parametrize("model", [TrainConfig, ServiceSettings, IndexSettings], ids=lambda m: m.__name__)
+def test_every_setting_is_still_read_from_its_environment_variable(
+    model: type[BaseModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generated flags did not replace the REMI_* variables (precedence: tests/test_cli_settings.py)."""
+    prefix = str(model.model_config.get("env_prefix"))
+    for var in [v for v in os.environ if v.startswith("REMI_")]:
+        monkeypatch.delenv(var)
+    for name, field in model.model_fields.items():
+        if field.default not in (None, ""):
+            value = str(field.default).lower() if isinstance(field.default, bool) else str(field.default)
+            monkeypatch.setenv(f"{prefix}{name.upper()}", value)
+    read = model()
+    assert read.model_fields_set == {n for n, f in model.model_fields.items() if f.default not in (None, "")}
