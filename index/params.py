@@ -1,15 +1,81 @@
-"""Default build and search parameters of each index kind.
+"""The index builder's settings: kind, build and search parameters, recall gate, versions kept.
 
-In a module of its own (no FAISS import) so the CLI can show them in ``--help`` without loading
-FAISS: the help text and the builder read the same numbers, so they cannot drift apart.
+In a module of its own (no FAISS or numpy import) so the CLI can generate its flags and show the
+defaults in ``--help`` without loading FAISS: the help text and the builder read the same
+numbers, so they cannot drift apart. ``DEFAULTS`` is the builder's per-kind view of the same
+fields (``index/build.py``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
-DEFAULTS: dict[str, dict[str, Any]] = {
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+IndexKindChoice = Literal["flat", "hnsw", "ivfpq", "auto"]  # what to build; `auto` picks by item count
+KIND_CHOICES: Final[tuple[str, ...]] = get_args(IndexKindChoice)
+
+# Which settings field is which FAISS parameter of a kind (the builder's names: HNSW's ``m``).
+KIND_PARAMS: Final[dict[str, dict[str, str]]] = {
     "flat": {},
-    "hnsw": {"m": 48, "ef_construction": 200, "ef_search": 64},
-    "ivfpq": {"nlist": None, "pq_m": None, "nbits": 8, "nprobe": 32, "refine": 4},
+    "hnsw": {"m": "hnsw_m", "ef_construction": "ef_construction", "ef_search": "ef_search"},
+    "ivfpq": {"nlist": "nlist", "pq_m": "pq_m", "nbits": "nbits", "nprobe": "nprobe", "refine": "refine"},
 }
+
+
+class IndexSettings(BaseSettings):
+    """Every setting of an index build (`remi index build`, `remi reindex`), with its default.
+
+    A parameter counts as *given* when a flag or a ``REMI_INDEX_*`` variable sets it
+    (:meth:`given_params`): a given ``ef_search`` / ``nprobe`` is measured as is, an unset one is
+    calibrated up its ladder until recall reaches ``min_recall`` (docs/remi.md, index build).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="REMI_INDEX_", extra="forbid")
+
+    kind: IndexKindChoice = Field("auto", description="Index kind: flat is exact search, auto picks one by item count.")
+    min_recall: float = Field(
+        0.95, ge=0.0, le=1.0, description="Fail the build if recall@50 against exact search is below this."
+    )
+    keep: int = Field(3, ge=1, description="Complete versions kept by reindex (current is never removed).")
+
+    # hnsw
+    hnsw_m: int = Field(48, ge=2, description="HNSW: neighbours per node.")
+    ef_construction: int = Field(200, ge=1, description="HNSW: build-time beam width.")
+    ef_search: int = Field(
+        64,
+        ge=1,
+        description="HNSW: search beam width; unset, the build picks the cheapest that meets --min-recall.",
+    )
+
+    # ivfpq
+    nlist: int | None = Field(None, ge=1, description="IVF-PQ: inverted lists (unset: 4 sqrt(items)).")
+    pq_m: int | None = Field(None, ge=1, description="IVF-PQ: sub-quantisers, must divide d (unset: d / 4).")
+    nbits: int = Field(8, ge=4, le=12, description="IVF-PQ: bits per sub-quantiser code.")
+    nprobe: int = Field(
+        32,
+        ge=1,
+        description="IVF-PQ: lists visited per query; unset, the build picks the cheapest that meets --min-recall.",
+    )
+    refine: int = Field(4, ge=0, description="IVF-PQ: re-rank refine x k candidates with the exact vectors; 0 = off.")
+
+    def given_params(self) -> dict[str, Any]:
+        """The FAISS parameters set explicitly (flag or environment), by the builder's names.
+
+        Unset ones are left to the builder (defaults, data-derived sizes, calibration). A parameter
+        of another kind than the one built is refused there, as before.
+        """
+        fields = {field: param for params in KIND_PARAMS.values() for param, field in params.items()}
+        return {fields[name]: getattr(self, name) for name in self.model_fields_set if name in fields}
+
+
+def kind_defaults() -> dict[str, dict[str, Any]]:
+    """The default FAISS parameters of each kind, read from :class:`IndexSettings`."""
+    fields = IndexSettings.model_fields
+    return {
+        kind: {param: fields[field].default for param, field in params.items()} for kind, params in KIND_PARAMS.items()
+    }
+
+
+DEFAULTS: Final[dict[str, dict[str, Any]]] = kind_defaults()  # the builder's view (index/build.py)

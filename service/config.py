@@ -1,11 +1,15 @@
 """The service's one config object: environment variables with the prefix ``REMI_``.
 
-``remi serve`` flags set the same variables, so a container, a test and the CLI configure the
-service the same way (and every uvicorn worker process reads identical settings).
+``remi serve`` builds one :class:`ServiceSettings` from its flags and the environment, then hands
+it to the server processes as the REMI_* variables of :meth:`ServiceSettings.to_env`, so a
+container, a test and the CLI configure the service the same way and every uvicorn worker
+process reads identical settings.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import MutableMapping
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
@@ -78,6 +82,49 @@ class ServiceSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="Port.")
     workers: int = Field(1, ge=1, description="uvicorn worker processes.")
     log_level: str = Field("info", description="Log level.")
+
+    def to_env(self) -> dict[str, str]:
+        """The REMI_* variables from which ``ServiceSettings()`` rebuilds exactly these settings.
+
+        Generated from the fields, so a new setting reaches the worker processes without a line
+        here. A field that is None has no variable (see :meth:`export_env`); a None that is not
+        the default cannot be written as one and raises ValueError.
+        """
+        prefix = self.model_config.get("env_prefix", "")
+        values = self.model_dump(mode="json")
+        env = {}
+        for name, value in values.items():
+            secret = getattr(self, name)
+            if isinstance(secret, SecretStr):  # model_dump masks it
+                value = secret.get_secret_value()
+            if value is None:
+                if type(self).model_fields[name].default is not None:
+                    raise ValueError(f"{name}=None has no REMI_* form (its variable unset means the default)")
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = value
+            elif isinstance(value, int | float):
+                text = repr(value)
+            else:
+                text = json.dumps(value)
+            env[f"{prefix}{name}".upper()] = text
+        return env
+
+    def export_env(self, environ: MutableMapping[str, str]) -> None:
+        """Makes ``environ`` describe these settings: sets every variable, removes those of None fields.
+
+        The one way ``remi serve`` hands its settings to the server processes (the in-process
+        uvicorn factory and the SO_REUSEPORT workers, which read ``ServiceSettings()``).
+        """
+        env = self.to_env()
+        prefix = self.model_config.get("env_prefix", "")
+        for name in type(self).model_fields:
+            var = f"{prefix}{name}".upper()
+            if var not in env:
+                environ.pop(var, None)
+        environ.update(env)
 
     @property
     def history_ttl_seconds(self) -> int | None:

@@ -28,8 +28,12 @@ from redis.crc import key_slot
 from redis.exceptions import AuthenticationError, BusyLoadingError, MaxConnectionsError, RedisError
 
 from remi.contract import INTERACTION_COLUMNS
+from service.config import ServiceSettings
 
 log = logging.getLogger("remi.history")
+
+# One source for the Redis timeout: the setting's default (REMI_REDIS_TIMEOUT_MS), in seconds.
+DEFAULT_TIMEOUT_S = float(ServiceSettings.model_fields["redis_timeout_ms"].default) / 1000
 
 T = TypeVar("T")
 
@@ -381,7 +385,7 @@ class RedisHistory:
         prefix: str = "remi:",
         max_len: int = 200,
         ttl_seconds: int | None = 30 * 86400,
-        timeout_s: float = 0.05,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         max_connections: int = 64,
         retry_after_s: float = 1.0,
         breaker_window_s: float = 10.0,

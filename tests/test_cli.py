@@ -145,11 +145,14 @@ def test_demo_generates_data_trains_and_prints_metrics(tmp_path: Path) -> None:
 
 
 def test_readme_documents_every_setting_with_its_default() -> None:
+    from index.params import IndexSettings
+    from remi.cli.options import settings_table
     from service.config import ServiceSettings
     from training.config import TrainConfig
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    for cls, prefix in ((ServiceSettings, "REMI_"), (TrainConfig, "REMI_TRAIN_")):
+    for cls, prefix in ((ServiceSettings, "REMI_"), (TrainConfig, "REMI_TRAIN_"), (IndexSettings, "REMI_INDEX_")):
         for name, field in cls.model_fields.items():
             default = "(set)" if hasattr(field.default, "get_secret_value") else field.default
             assert f"| `{prefix}{name.upper()}` | `{default}` |" in readme, name
+        assert settings_table(cls) in readme, f"README: regenerate the {cls.__name__} table with settings_table()"

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from remi.cli import serve_address
+from remi.cli.demo import serve_address
 from remi.errors import RemiError
 from tests.service.conftest import free_port
 

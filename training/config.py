@@ -2,7 +2,7 @@
 
 Values come from (highest first) explicit arguments (CLI flags), a JSON config file
 (``remi train --config``, e.g. what ``remi tune`` writes), environment variables with the
-prefix ``REMI_TRAIN_``, then the defaults below (REMI.md A.7).
+prefix ``REMI_TRAIN_``, then the defaults below (docs/remi.md A.7).
 """
 
 from __future__ import annotations
@@ -18,52 +18,66 @@ from remi.errors import RemiError
 
 ModelName = Literal["comirec-sa", "comirec-dr", "mind", "dnn"]
 SchemeName = Literal["sampled", "ihn", "rr", "remi"]
+IhnScores = Literal["raw", "cosine", "standardized"]
+RrNorm = Literal["authors", "valid"]
 
 
 class TrainConfig(BaseSettings):
-    """Everything that defines a training run; saved as ``config.json`` beside the checkpoint."""
+    """Everything that defines a training run; saved as ``config.json`` beside the checkpoint.
+
+    Each field is also a ``remi train`` flag of the same name (generated from this class), with
+    its description as help.
+    """
 
     model_config = SettingsConfigDict(env_prefix="REMI_TRAIN_", extra="forbid")
 
     # data
-    data: str = Field("", description="interactions CSV(.gz) with user_id,item_id,timestamp")
-    split_file: str | None = Field(None, description="CSV user_id,part fixing the user split")
-    min_count: int = Field(5, ge=1, description="k-core threshold for users and items")
-    kcore_single_pass: bool = Field(False, description="one filter pass (reference scripts) instead of until stable")
-    split_seed: int = Field(1230, description="seed of the 80/10/10 user shuffle")
-    min_history: int = Field(4, ge=1, description="smallest cut point when sampling training examples")
+    data: str = Field("", description="Interactions CSV(.gz): user_id,item_id,timestamp.")
+    split_file: str | None = Field(None, description="CSV user_id,part (train/valid/test) fixing the user split.")
+    min_count: int = Field(5, ge=1, description="k-core threshold for users and items.")
+    kcore_single_pass: bool = Field(
+        False, description="One k-core filter pass (the reference scripts) instead of filtering until stable."
+    )
+    split_seed: int = Field(1230, description="Seed of the 80/10/10 user split.")
+    min_history: int = Field(4, ge=1, description="Smallest cut point when sampling training examples.")
 
     # model
-    model: ModelName = "comirec-sa"
-    dim: int = Field(64, ge=2)
-    interests: int = Field(4, ge=1)
-    seq_len: int = Field(20, ge=1)
+    model: ModelName = Field("comirec-sa", description="Backbone (dnn: mean-pooled, one interest).")
+    dim: int = Field(64, ge=2, description="Embedding size d.")
+    interests: int = Field(4, ge=1, description="Number of interests K.")
+    seq_len: int = Field(20, ge=1, description="History length L.")
 
     # scheme
-    scheme: SchemeName = "sampled"
-    beta: float = Field(1.0, ge=0, description="IHN hardness (used by ihn and remi)")
-    lam: float = Field(12800.0, ge=0, description="RR weight, per-user mean convention (used by rr and remi)")
-    ihn_scores: Literal["raw", "cosine", "standardized"] = "raw"
-    ihn_detach: bool = False
-    ihn_warmup: int = Field(0, ge=0, description="steps over which beta ramps linearly from 0")
-    remove_accidental_hits: bool = False
-    rr_norm: Literal["authors", "valid"] = "authors"
-    emb_l2: float = Field(0.0, ge=0, description="L2 penalty on the batch's item and user vectors (curbs norm growth)")
+    scheme: SchemeName = Field("sampled", description="Training scheme (remi = ihn + rr).")
+    beta: float = Field(1.0, ge=0, description="IHN hardness beta (ihn, remi); 0 = plain sampled softmax.")
+    lam: float = Field(
+        12800.0, ge=0, description="RR weight lambda, per-user mean (authors' 100 summed over 128 = 12800)."
+    )
+    ihn_scores: IhnScores = Field("raw", description="Scores the IHN weights are computed from.")
+    ihn_detach: bool = Field(False, description="Stop the gradient through the IHN weights.")
+    ihn_warmup: int = Field(0, ge=0, description="Steps over which beta ramps up linearly from 0.")
+    remove_accidental_hits: bool = Field(False, description="Drop sampled negatives equal to the positive.")
+    rr_norm: RrNorm = Field(
+        "authors", description="RR normalisation: authors = 1/L mean, /d; valid = per valid length."
+    )
+    emb_l2: float = Field(
+        0.0, ge=0, description="L2 penalty on the batch's item and user vectors (against norm growth)."
+    )
 
     # optimisation
-    batch_size: int = Field(128, ge=1)
-    negatives: int = Field(1280, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay (L2 on every parameter)")
-    max_steps: int = Field(100_000, ge=1)
-    max_minutes: float | None = Field(None, gt=0)
-    eval_every: int = Field(1000, ge=1)
-    patience: int = Field(20, ge=1, description="evaluations without a better valid recall@50 before stopping")
-    seed: int = 2021
-    device: str = "cpu"
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
+    batch_size: int = Field(128, ge=1, description="Training batch size (the global batch under --nproc).")
+    negatives: int = Field(1280, ge=1, description="Sampled negatives per batch (shared).")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay (L2 on every parameter).")
+    max_steps: int = Field(100_000, ge=1, description="Step budget.")
+    max_minutes: float | None = Field(None, gt=0, description="Wall-clock budget in minutes (unset: none).")
+    eval_every: int = Field(1000, ge=1, description="Evaluate on valid users every N steps.")
+    patience: int = Field(20, ge=1, description="Evaluations without a better valid recall@50 before stopping.")
+    seed: int = Field(2021, description="Seed of initialisation and sampling.")
+    device: str = Field("cpu", description="torch device, e.g. cpu or cuda.")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (unset: torch's choice).")
     progress_seconds: float = Field(
-        30.0, ge=0, description="seconds between progress lines on stderr when no progress bar is shown; 0 = none"
+        30.0, ge=0, description="Without a progress bar: seconds between progress lines on stderr; 0 = none."
     )
 
     @model_validator(mode="after")
