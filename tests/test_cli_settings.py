@@ -139,14 +139,14 @@ def test_serve_refuses_bad_settings_with_one_message(clean_env: None, no_server:
 def test_index_flags_win_over_env_and_only_given_params_reach_the_builder(
     clean_env: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import index.reindex
+    import index.publish
 
     class Manifest:
         def model_dump(self, exclude: Any = None) -> dict[str, Any]:
             return {}
 
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(index.reindex, "build_from_artifacts", recorder(calls, Manifest()))
+    monkeypatch.setattr(index.publish, "build_from_artifacts", recorder(calls, Manifest()))
     os.environ.update({"REMI_INDEX_HNSW_M": "8", "REMI_INDEX_EF_SEARCH": "80", "REMI_INDEX_KIND": "ivfpq"})
     args = ["index", "build", "--artifacts", "a", "--out", "o", "--kind", "hnsw", "--hnsw-m", "16"]
     result = runner.invoke(app, args)
@@ -159,12 +159,12 @@ def test_index_flags_win_over_env_and_only_given_params_reach_the_builder(
 def test_reindex_keep_and_min_recall_come_from_the_index_settings(
     clean_env: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import index.reindex
+    import index.publish
 
     manifest = SimpleNamespace(kind="flat", params={}, recall_at_50=None, build_seconds=0.1)
     done = SimpleNamespace(version="v2", previous="v1", built=True, manifest=manifest, pruned=[], seconds=0.2)
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(index.reindex, "reindex", recorder(calls, done))
+    monkeypatch.setattr(index.publish, "reindex", recorder(calls, done))
     os.environ["REMI_INDEX_KEEP"] = "5"
     result = runner.invoke(app, ["reindex", "--artifacts", "a", "--root", "r", "--min-recall", "0.9"])
     assert result.exit_code == 0 and json.loads(result.stdout)["current"] == "v2", result.output
