@@ -25,7 +25,8 @@ from benchmarks.runner import SHARED_DATA
 from training.config import TrainConfig
 from training.data import TrainSampler
 from training.models import build_model
-from training.trainer import beta_at, prepare, training_loss
+from training.prepare import prepare
+from training.scheme import TrainBatch, TrainingScheme
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -61,16 +62,10 @@ def main() -> None:
                 t = time.perf_counter()
                 for _ in range(args.block):
                     hist, mask, target = sampler.sample(cfg.batch_size)
-                    negatives = torch.randint(1, prep.data.n_items + 1, (cfg.negatives,))
-                    loss, _ = training_loss(
-                        model,
-                        cfg,
-                        torch.from_numpy(hist),
-                        torch.from_numpy(mask),
-                        torch.from_numpy(target),
-                        negatives,
-                        beta_at(cfg, 1),
-                    )
+                    vocab = prep.data.vocabulary
+                    negatives = torch.randint(vocab.first_index(), vocab.index_stop(), (cfg.negatives,))
+                    batch = TrainBatch(torch.from_numpy(hist), torch.from_numpy(mask), torch.from_numpy(target))
+                    loss = TrainingScheme.from_config(cfg).step_loss(model, batch, negatives, step=1).total
                     optim.zero_grad(set_to_none=True)
                     loss.backward()
                     optim.step()

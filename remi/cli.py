@@ -154,16 +154,16 @@ def train_cmd(
     if not cfg.data:
         raise RemiError("no data: pass --data PATH (or set it in --config)")
     result = train(cfg, out, show_progress=progress, force=force)
-    if not result:  # a non-zero rank of a distributed run: rank 0 reports
+    if result is None:  # a non-zero rank of a distributed run: rank 0 reports
         return
     typer.echo(
         json.dumps(
             {
-                "test": result["test"],
-                "routing": result["routing"],
-                "steps": result["steps"],
-                "best_step": result["best_step"],
-                "train_seconds": result["train_seconds"],
+                "test": result.test,
+                "routing": result.routing,
+                "steps": result.steps,
+                "best_step": result.best_step,
+                "train_seconds": result.train_seconds,
             },
             indent=2,
         )
@@ -624,11 +624,12 @@ def demo(
         eval_every=500,
     )
     result = train(cfg, out / "run", show_progress=True, force=True)  # the demo's own folder, rebuilt each time
-    typer.echo(f"run: {out / 'run'}  ({result['steps']} steps, {result['train_seconds']:.1f} s of training)")
+    assert result is not None  # the demo trains in one process
+    typer.echo(f"run: {out / 'run'}  ({result.steps} steps, {result.train_seconds:.1f} s of training)")
     typer.echo(f"{'metric':<12}{'remi':>10}{'popularity':>12}")
-    for key, value in result["test"].items():
-        typer.echo(f"{key:<12}{value:>10.4f}{result['popularity_test'][key]:>12.4f}")
-    routing = result["routing"]
+    for key, value in result.test.items():
+        typer.echo(f"{key:<12}{value:>10.4f}{result.popularity_test[key]:>12.4f}")
+    routing = result.routing
     typer.echo(
         f"routing: {routing['effective_items']:.2f} effective items per interest, "
         f"{routing['collapsed_share']:.0%} collapsed, interest similarity {routing['interest_similarity']:.2f}"
