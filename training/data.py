@@ -79,7 +79,7 @@ class UserSplit:
 
 @dataclass(frozen=True)
 class EvalSet:
-    """History / ground-truth cut of evaluation users (REMI.md B.6).
+    """History / ground-truth cut of evaluation users (docs/remi.md B.6).
 
     Attributes:
         users: (U,) user indices.
@@ -284,7 +284,7 @@ def _window(items: np.ndarray, first: np.ndarray, length: np.ndarray, seq_len: i
 
 
 class TrainSampler:
-    """Draws training examples as in REMI.md B.5, vectorised.
+    """Draws training examples as in docs/remi.md B.5, vectorised.
 
     Each example: a uniformly random training user, a cut point c uniform in
     {min_history, ..., n - 1} (clipped for short users), target = item c, history = the L items

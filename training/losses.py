@@ -1,5 +1,5 @@
 """Training objectives: hard readout, sampled softmax with interest-aware hard negatives (IHN),
-and routing regularisation (RR). Pure tensor functions; the schemes in REMI.md A.2 are flag
+and routing regularisation (RR). Pure tensor functions; the schemes in docs/remi.md A.2 are flag
 combinations of these.
 """
 

@@ -11,7 +11,7 @@ never influences an output: its embedding row is zero and every path multiplies 
 References: Cen et al., "Controllable Multi-Interest Framework for Recommendation" (KDD 2020,
 ComiRec); Li et al., "Multi-Interest Network with Dynamic Routing" (CIKM 2019, MIND); Xie et al.,
 "Rethinking Multi-Interest Learning for Candidate Matching" (RecSys 2023, REMI). Deviations from
-the reference scripts are the ones REMI.md Part A takes (routing softmax over interests, zeroed
+the reference scripts are the ones docs/remi.md Part A takes (routing softmax over interests, zeroed
 padding).
 """
 
@@ -98,7 +98,7 @@ def squash(s: torch.Tensor) -> torch.Tensor:
 
 
 class CapsuleInterests(MultiInterestModel):
-    """Dynamic routing (B2I) with 3 iterations, softmax over interests (REMI.md A.1).
+    """Dynamic routing (B2I) with 3 iterations, softmax over interests (docs/remi.md A.1).
 
     ``shared=False`` is ComiRec-DR: each position and interest has its own d x d map and the
     routing logits start at zero. ``shared=True`` is MIND: one shared map, logits start from

@@ -91,7 +91,7 @@ def tune(
     (out / "trials.md").write_text(frame[cols].to_markdown(index=False, floatfmt=".4g") + "\n")
     # Ship the model and scheme settings only; data, budget and machine belong to each run's flags.
     run_specific = ("data", "split_file", "threads", "device", "max_steps", "max_minutes", "eval_every", "seed")
-    best_settings = {k: v for k, v in base.model_dump().items() if k not in run_specific}
+    best_settings = {name: value for name, value in base.model_dump().items() if name not in run_specific}
     best_settings.update(study.best_params)
     best = {
         "train": best_settings,
