@@ -20,7 +20,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import numpy as np
 import torch
@@ -199,26 +199,19 @@ def _train_into(
     with _open_log(out, ranks.lead) as log_fh:
         while step < cfg.max_steps:
             t0 = time.perf_counter()
-            batch, negatives = batches.next()
-            loss = step_module(batch, negatives, step, (step + 1) % cfg.eval_every == 0)
-            optim.zero_grad(set_to_none=True)
-            loss.total.backward()
-            optim.step()
+            loss = _optimizer_step(step_module, optim, batches, step, (step + 1) % cfg.eval_every == 0)
             train_seconds += time.perf_counter() - t0
             step += 1
             running.add(loss, step)
             progress.step(step, running.mean)
-            out_of_time = time.monotonic() >= deadline
-            if cfg.max_minutes:  # rank 0's clock decides for every rank
-                out_of_time = ranks.agree(out_of_time)
+            # Every rank reaches the same ranks.agree calls in the same order: the time budget each
+            # step (when set), early stopping at each evaluation. Rank 0 decides both.
+            out_of_time = ranks.agree(time.monotonic() >= deadline) if cfg.max_minutes else False
             if step % cfg.eval_every == 0 or step == cfg.max_steps or out_of_time:
-                record = _evaluate(model, prep, cfg, step, train_seconds, running) if ranks.lead else None
-                if record:
-                    log_fh.write(json.dumps(record.to_dict()) + "\n")
-                    log_fh.flush()
-                    progress.evaluated(step, record.valid["recall@50"], best.recall)
-                    best.offer(step, record.valid["recall@50"])
-                if ranks.agree(best.patience_spent):  # only rank 0 counts; the others follow
+                if ranks.lead:
+                    record = _evaluate(model, prep, cfg, step, train_seconds, running)
+                    _keep(record, log_fh, progress, best)
+                if ranks.agree(best.patience_spent):
                     log.info("early stop", extra={"step": step, "best_step": best.step})
                     break
             if out_of_time:
@@ -234,6 +227,26 @@ def _train_into(
     ranks.finish()
     log.info("train done", extra={"steps": step, "best_step": best.step, "test_recall@50": result.test["recall@50"]})
     return result
+
+
+def _optimizer_step(
+    step_module: torch.nn.Module, optim: torch.optim.Optimizer, batches: _Batches, step: int, with_scores: bool
+) -> LossBreakdown:
+    """One Adam step on the next batch; returns the batch's loss breakdown."""
+    batch, negatives = batches.next()
+    loss = step_module(batch, negatives, step, with_scores)  # a LossBreakdown; Module calls are untyped
+    optim.zero_grad(set_to_none=True)
+    loss.total.backward()
+    optim.step()
+    return cast(LossBreakdown, loss)
+
+
+def _keep(record: EvalRecord, log_fh: IO[str], progress: Progress, best: _BestCheckpoint) -> None:
+    """Logs an evaluation (RUN_LOG, progress) and offers its model as the best checkpoint."""
+    log_fh.write(json.dumps(record.to_dict()) + "\n")
+    log_fh.flush()
+    progress.evaluated(record.step, record.valid["recall@50"], best.recall)
+    best.offer(record.step, record.valid["recall@50"])
 
 
 def _write_run_inputs(out: Path, cfg: TrainConfig, prep: Prepared) -> None:
