@@ -22,11 +22,11 @@ import torch
 
 from benchmarks.report import md_table
 from benchmarks.runner import SHARED_DATA
-from remi.contract import ItemVocabulary
 from training.config import TrainConfig
 from training.data import TrainSampler
 from training.models import build_model
-from training.trainer import beta_at, prepare, training_loss
+from training.prepare import prepare
+from training.scheme import TrainBatch, TrainingScheme
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -44,7 +44,6 @@ def main() -> None:
     split = data_dir / "split.csv.gz"
     base = TrainConfig(data=str(data_dir / "interactions.csv.gz"), split_file=str(split) if split.is_file() else None)
     prep = prepare(base)
-    items = ItemVocabulary.index_range(prep.data.n_items)
     rows, out = [], []
     for model_name in args.models:
         schemes = {
@@ -59,20 +58,14 @@ def main() -> None:
             states[name] = (cfg, model, optim, TrainSampler(prep.data, prep.split.train, cfg.seq_len, seed=0))
         rates: dict[str, list[float]] = {name: [] for name in schemes}
         for rnd in range(args.rounds + 1):  # round 0 warms up
+            vocab = prep.data.vocabulary
             for name, (cfg, model, optim, sampler) in states.items():
                 t = time.perf_counter()
                 for _ in range(args.block):
                     hist, mask, target = sampler.sample(cfg.batch_size)
-                    negatives = torch.randint(items.start, items.stop, (cfg.negatives,))
-                    loss, _ = training_loss(
-                        model,
-                        cfg,
-                        torch.from_numpy(hist),
-                        torch.from_numpy(mask),
-                        torch.from_numpy(target),
-                        negatives,
-                        beta_at(cfg, 1),
-                    )
+                    negatives = torch.randint(vocab.first_index(), vocab.index_stop(), (cfg.negatives,))
+                    batch = TrainBatch(torch.from_numpy(hist), torch.from_numpy(mask), torch.from_numpy(target))
+                    loss = TrainingScheme.from_config(cfg).step_loss(model, batch, negatives, step=1).total
                     optim.zero_grad(set_to_none=True)
                     loss.backward()
                     optim.step()

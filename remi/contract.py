@@ -516,7 +516,12 @@ class ItemVocabulary:
     @property
     def table_size(self) -> int:
         """Rows of an embedding table indexed by item index (padding row included)."""
-        return self.n_items + 1
+        return self.table_size_for(self.n_items)
+
+    @staticmethod
+    def table_size_for(n_items: int) -> int:
+        """Rows of an embedding table over ``n_items`` items, padding row included (when only the count is known)."""
+        return n_items + 1
 
     @staticmethod
     def first_index() -> int:

@@ -114,7 +114,7 @@ def test_interrupted_train_leaves_no_partial_run_and_keeps_the_replaced_one(synt
 def test_run_records_an_absolute_data_path_so_evaluate_works_from_another_directory(
     relative_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from training.trainer import evaluate_run
+    from training.runs import evaluate_run
 
     run, _ = relative_run
     recorded = json.loads((run / "config.json").read_text())
@@ -128,7 +128,7 @@ def test_an_old_run_with_a_relative_data_path_is_found_or_named_clearly(
 ) -> None:
     """Runs from before the fix recorded `--data` as typed: resolved from where they trained."""
     from remi.errors import RemiError
-    from training.trainer import evaluate_run
+    from training.runs import evaluate_run
 
     run, _ = relative_run
     old = tmp_path / "old-run"

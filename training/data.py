@@ -2,20 +2,22 @@
 
 Everything is held as flat numpy arrays (one ``items`` array in user-major, time order plus
 ``offsets``), never as per-row Python objects, so preparing a million interactions takes
-seconds. Item indices are contiguous from 1; index 0 is reserved for padding.
+seconds. Item indices are contiguous after the padding index (remi.contract.ItemVocabulary).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from remi.contract import INTERACTION_COLUMNS, ItemVocabulary
 from remi.errors import RemiError
 
-REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
+REQUIRED_COLUMNS = INTERACTION_COLUMNS
 SPLIT_PARTS = ("train", "valid", "test")
 
 
@@ -25,9 +27,9 @@ class Interactions:
 
     Attributes:
         user_ids: (U,) raw user ids (str); user index u is position u.
-        item_ids: (I,) raw item ids (str); item index i (1-based) is position i - 1.
+        item_ids: (I,) raw item ids (str) in item-index order (see :attr:`vocabulary`).
         offsets: (U + 1,) int64; user u's sequence is ``items[offsets[u]:offsets[u + 1]]``.
-        items: (N,) int64 item indices in 1..I, each user's rows in time order.
+        items: (N,) int64 item indices (never padding), each user's rows in time order.
     """
 
     user_ids: np.ndarray
@@ -43,6 +45,11 @@ class Interactions:
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    @cached_property
+    def vocabulary(self) -> ItemVocabulary:
+        """Raw id <-> item index <-> row of this data's items."""
+        return ItemVocabulary(list(self.item_ids))
+
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
@@ -51,11 +58,11 @@ class Interactions:
         return self.items[self.offsets[user] : self.offsets[user + 1]]
 
     def item_popularity(self, users: np.ndarray | None = None) -> np.ndarray:
-        """(I + 1,) interaction counts per item index (index 0 = padding = 0), optionally over some users."""
+        """(table_size,) interaction counts per item index (padding counts 0), optionally over some users."""
         if users is None:
-            return np.bincount(self.items, minlength=self.n_items + 1)
+            return np.bincount(self.items, minlength=self.vocabulary.table_size)
         idx = _ranges(self.offsets[users], self.offsets[users + 1])
-        return np.bincount(self.items[idx], minlength=self.n_items + 1)
+        return np.bincount(self.items[idx], minlength=self.vocabulary.table_size)
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ class UserSplit:
 
 @dataclass(frozen=True)
 class EvalSet:
-    """History / ground-truth cut of evaluation users (REMI.md B.6).
+    """History / ground-truth cut of evaluation users (docs/remi.md B.6).
 
     Attributes:
         users: (U,) user indices.
@@ -94,7 +101,8 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     if total == 0:
         return np.zeros(0, dtype=np.int64)
     rep_starts = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-    return np.arange(total, dtype=np.int64) + rep_starts
+    positions: np.ndarray = np.arange(total, dtype=np.int64) + rep_starts
+    return positions
 
 
 def read_interactions(path: str | Path) -> pd.DataFrame:
@@ -135,20 +143,21 @@ def read_interactions(path: str | Path) -> pd.DataFrame:
     )
 
 
-def kcore_mask(user_codes: np.ndarray, item_codes: np.ndarray, k: int, iterative: bool = True) -> np.ndarray:
-    """Rows kept by the k-core filter: items with >= k rows, then users with >= k rows on kept items.
+def kcore_mask(user_codes: np.ndarray, item_codes: np.ndarray, min_count: int, iterative: bool = True) -> np.ndarray:
+    """Rows kept by the k-core filter (k = ``min_count``): items with >= k rows, then users with
+    >= k rows on kept items.
 
     Repeated (user, item) rows count, as in the reference preprocessing. ``iterative=False`` is
-    the single pass of REMI.md B.7 (items may end below k); the default repeats until stable.
+    the single pass of docs/remi.md B.7 (items may end below k); the default repeats until stable.
     """
     keep = np.ones(len(user_codes), dtype=bool)
-    if k <= 1:
+    if min_count <= 1:
         return keep
     while True:
         item_count = np.bincount(item_codes[keep], minlength=item_codes.max() + 1)
-        keep_items = keep & (item_count[item_codes] >= k)
+        keep_items = keep & (item_count[item_codes] >= min_count)
         user_count = np.bincount(user_codes[keep_items], minlength=user_codes.max() + 1)
-        new_keep = keep_items & (user_count[user_codes] >= k)
+        new_keep: np.ndarray = keep_items & (user_count[user_codes] >= min_count)
         if not iterative or new_keep.sum() == keep.sum():
             return new_keep
         keep = new_keep
@@ -171,12 +180,12 @@ def encode(df: pd.DataFrame, min_count: int = 5, iterative: bool = True) -> Inte
     order = np.lexsort((ts, u))  # stable: ties keep file order
     u, it = u[order], it[order]
 
-    # Items: contiguous 1..I by descending popularity (ties by first appearance).
+    # Items: contiguous indices by descending popularity (ties by first appearance): rank r is row r.
     counts = np.bincount(it, minlength=len(item_uniques))
     present = np.flatnonzero(counts)
     by_pop = present[np.argsort(-counts[present], kind="stable")]
     remap = np.zeros(len(item_uniques), dtype=np.int64)
-    remap[by_pop] = np.arange(1, len(by_pop) + 1)
+    remap[by_pop] = ItemVocabulary.rows_to_indices(np.arange(len(by_pop)))
 
     users_present, user_index = np.unique(u, return_inverse=True)
     offsets = np.zeros(len(users_present) + 1, dtype=np.int64)
@@ -251,18 +260,18 @@ def read_split_file(path: str | Path, data: Interactions, raw_users: set[str] | 
 
 
 def eval_set(data: Interactions, users: np.ndarray, seq_len: int, history_fraction: float = 0.8) -> EvalSet:
-    """Cut each user at k = floor(0.8 n): history = the L items before k, truth = items[k:].
+    """Cut each user at c = floor(0.8 n): history = the L items before c, truth = items[c:].
 
     Users whose cut leaves no history or no truth are skipped.
     """
     n = data.lengths[users]
-    k = np.floor(history_fraction * n).astype(np.int64)
-    ok = (k >= 1) & (k < n)
-    users, n, k = users[ok], n[ok], k[ok]
+    cut = np.floor(history_fraction * n).astype(np.int64)
+    ok = (cut >= 1) & (cut < n)
+    users, n, cut = users[ok], n[ok], cut[ok]
     starts = data.offsets[users]
-    h_start = np.maximum(0, k - seq_len)
-    history, mask = _window(data.items, starts + h_start, k - h_start, seq_len)
-    truth = np.split(data.items[_ranges(starts + k, starts + n)], np.cumsum(n - k)[:-1])
+    h_start = np.maximum(0, cut - seq_len)
+    history, mask = _window(data.items, starts + h_start, cut - h_start, seq_len)
+    truth = np.split(data.items[_ranges(starts + cut, starts + n)], np.cumsum(n - cut)[:-1])
     return EvalSet(users=users, history=history, mask=mask, truth=truth)
 
 
@@ -275,11 +284,11 @@ def _window(items: np.ndarray, first: np.ndarray, length: np.ndarray, seq_len: i
 
 
 class TrainSampler:
-    """Draws training examples as in REMI.md B.5, vectorised.
+    """Draws training examples as in docs/remi.md B.5, vectorised.
 
-    Each example: a uniformly random training user, a cut point k uniform in
-    {min_history, ..., n - 1} (clipped for short users), target = item k, history = the L items
-    before k. No epochs: long and short users are equally likely.
+    Each example: a uniformly random training user, a cut point c uniform in
+    {min_history, ..., n - 1} (clipped for short users), target = item c, history = the L items
+    before c. No epochs: long and short users are equally likely.
     """
 
     def __init__(self, data: Interactions, users: np.ndarray, seq_len: int, min_history: int = 4, seed: int = 0):
@@ -298,7 +307,7 @@ class TrainSampler:
         """Returns history (B, L) int64, mask (B, L) bool, target (B,) int64."""
         u = self.rng.integers(0, len(self.n), batch_size)
         low, n, start = self.low[u], self.n[u], self.starts[u]
-        k = low + (self.rng.random(batch_size) * (n - low)).astype(np.int64)
-        h_start = np.maximum(0, k - self.seq_len)
-        history, mask = _window(self.items, start + h_start, k - h_start, self.seq_len)
-        return history, mask, self.items[start + k]
+        cut = low + (self.rng.random(batch_size) * (n - low)).astype(np.int64)
+        h_start = np.maximum(0, cut - self.seq_len)
+        history, mask = _window(self.items, start + h_start, cut - h_start, self.seq_len)
+        return history, mask, self.items[start + cut]

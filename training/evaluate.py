@@ -1,5 +1,5 @@
-"""Offline evaluation (REMI.md A.4): interests of held-out users, exact FAISS search per
-interest, global merge by score, ranking metrics and routing diagnostics."""
+"""Offline evaluation (docs/remi.md A.4): interest vectors of held-out users, exact FAISS search
+per interest, global merge by score, ranking metrics and routing diagnostics."""
 
 from __future__ import annotations
 
@@ -8,27 +8,29 @@ import torch
 
 from index.merge import merge_by_score
 from index.search import exact_index, search_interests
+from remi.contract import ItemVocabulary
 from training.data import EvalSet
-from training.metrics import ranking_metrics, routing_diagnostics
+from training.diagnostics import routing_diagnostics
 from training.models import MultiInterestModel
+from training.ranking import ranking_metrics
 
 
 @torch.no_grad()
-def user_interests(
+def user_interest_vectors(
     model: MultiInterestModel, history: np.ndarray, mask: np.ndarray, batch_size: int = 1024, device: str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Interests (U, K, d) and routing (U, K, L) for padded histories, in eval mode."""
+    """Interest vectors (U, K, d) and routing (U, K, L) for padded histories, in eval mode."""
     was_training = model.training
     model.eval()
-    vs, rs = [], []
+    vector_parts, routing_parts = [], []
     for i in range(0, len(history), batch_size):
         ids = torch.from_numpy(history[i : i + batch_size]).to(device)
         m = torch.from_numpy(mask[i : i + batch_size]).to(device)
-        v, r = model(ids, m)
-        vs.append(v.float().cpu().numpy())
-        rs.append(r.float().cpu().numpy())
+        interest_vectors, routing = model(ids, m)
+        vector_parts.append(interest_vectors.float().cpu().numpy())
+        routing_parts.append(routing.float().cpu().numpy())
     model.train(was_training)
-    return np.concatenate(vs), np.concatenate(rs)
+    return np.concatenate(vector_parts), np.concatenate(routing_parts)
 
 
 def evaluate(
@@ -43,27 +45,28 @@ def evaluate(
     ``exclude_history`` drops items of the user's history window from the list (off for the
     protocol, which keeps repeats recommendable; on in the service).
     """
-    interests, routing = user_interests(model, data.history, data.mask, device=device)
+    interest_vectors, routing = user_interest_vectors(model, data.history, data.mask, device=device)
     with torch.no_grad():
         items = model.item_vectors().detach().float().cpu().numpy()
     index = exact_index(items)
     n_max = max(ns)
     fetch = n_max + (data.history.shape[1] if exclude_history else 0)
-    ids, scores = search_interests(index, interests, fetch)
-    ids = np.where(ids >= 0, ids + 1, -1)  # FAISS row -> item index
+    rows, scores = search_interests(index, interest_vectors, fetch)
+    ids = ItemVocabulary.rows_to_indices(rows)
     if exclude_history:
         seen = (ids[:, :, :, None] == data.history[:, None, None, :]) & data.mask[:, None, None, :]
         ids = np.where(seen.any(-1), -1, ids)
     merged, _, _ = merge_by_score(ids, scores, n_max)
-    return ranking_metrics(merged, data.truth, ns), routing_diagnostics(routing, data.mask, interests)
+    return ranking_metrics(merged, data.truth, ns), routing_diagnostics(routing, data.mask, interest_vectors)
 
 
 def popularity_metrics(popularity: np.ndarray, data: EvalSet, ns: tuple[int, ...] = (20, 50)) -> dict[str, float]:
     """The most-popular baseline: every user gets the same top-N items by training popularity.
 
     Args:
-        popularity: (I + 1,) interaction counts per item index (index 0 = padding).
+        popularity: (table_size,) interaction counts per item index (padding included).
     """
-    top = np.argsort(-popularity[1:], kind="stable")[: max(ns)] + 1
+    by_count = np.argsort(-ItemVocabulary.drop_padding(popularity), kind="stable")[: max(ns)]  # FAISS rows
+    top = ItemVocabulary.rows_to_indices(by_count)
     top = np.pad(top, (0, max(ns) - len(top)), constant_values=-1)  # catalogues smaller than N
     return ranking_metrics(np.broadcast_to(top, (len(data.truth), len(top))), data.truth, ns)

@@ -46,7 +46,8 @@ from remi.contract import (
 )
 from remi.errors import RemiError
 from training.models import MultiInterestModel
-from training.trainer import load_run, prepare
+from training.prepare import prepare
+from training.runs import load_run
 
 log = logging.getLogger("remi.export")
 

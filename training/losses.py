@@ -1,5 +1,5 @@
 """Training objectives: hard readout, sampled softmax with interest-aware hard negatives (IHN),
-and routing regularisation (RR). Pure tensor functions; the schemes in REMI.md A.2 are flag
+and routing regularisation (RR). Pure tensor functions; the schemes in docs/remi.md A.2 are flag
 combinations of these.
 """
 
@@ -13,14 +13,14 @@ WEIGHT_SCORES = ("raw", "cosine", "standardized")
 RR_NORMS = ("authors", "valid")
 
 
-def hard_readout(interests: torch.Tensor, target_emb: torch.Tensor) -> torch.Tensor:
+def hard_readout(interest_vectors: torch.Tensor, target_emb: torch.Tensor) -> torch.Tensor:
     """Picks, per user, the interest closest to the target: (B, K, d), (B, d) -> (B, d).
 
-    The argmax is not differentiable, so only the chosen interest gets gradient (REMI.md B.1.3).
+    The argmax is not differentiable, so only the chosen interest gets gradient (docs/remi.md B.1.3).
     """
-    scores = (interests * target_emb.unsqueeze(1)).sum(-1)  # (B, K)
+    scores = (interest_vectors * target_emb.unsqueeze(1)).sum(-1)  # (B, K)
     best = scores.argmax(dim=1)
-    return interests[torch.arange(len(best), device=interests.device), best]
+    return interest_vectors[torch.arange(len(best), device=interest_vectors.device), best]
 
 
 def ihn_loss(
@@ -91,12 +91,12 @@ def weighting_scores(
 def routing_regularization(routing: torch.Tensor, mask: torch.Tensor, dim: int, norm: str = "authors") -> torch.Tensor:
     """Penalty on spiky routing rows, mean over the batch.
 
-    authors: sum_k ((1/d) sum_l (A_kl - 1/L)^2)^2 per user, the reference formula (mean over L
+    authors: sum_j ((1/d) sum_l (A_jl - 1/L)^2)^2 per user (j the interest), the reference formula (mean over L
         includes padded slots; divisor d). λ here is per user: the authors' λ=100 summed over a
         batch of 128 is λ=12,800 in this convention.
     valid: the same variance taken over the user's n valid positions only, divided by its
         one-hot maximum (1 - 1/n), so each row's term lies in [0, 1] whatever the history length:
-        sum_k (sum_{l valid} (A_kl - 1/n)^2 / (1 - 1/n))^2 / K.
+        sum_j (sum_{l valid} (A_jl - 1/n)^2 / (1 - 1/n))^2 / K.
 
     Both are 0 for uniform routing over the valid items and largest for one-hot rows.
 

@@ -2,16 +2,16 @@
 
 Every backbone maps a padded history to K interest vectors and a K x L routing matrix::
 
-    interests, routing = model(item_ids, mask)   # (B, L), (B, L) -> (B, K, d), (B, K, L)
+    interest_vectors, routing = model(item_ids, mask)   # (B, L), (B, L) -> (B, K, d), (B, K, L)
 
 Routing rows are distributions over the valid history positions (zero on padding), so the
-REMI routing regulariser and the collapse diagnostics apply to any backbone. Padding (item 0)
+REMI routing regulariser and the collapse diagnostics apply to any backbone. Padding
 never influences an output: its embedding row is zero and every path multiplies by the mask.
 
 References: Cen et al., "Controllable Multi-Interest Framework for Recommendation" (KDD 2020,
 ComiRec); Li et al., "Multi-Interest Network with Dynamic Routing" (CIKM 2019, MIND); Xie et al.,
 "Rethinking Multi-Interest Learning for Candidate Matching" (RecSys 2023, REMI). Deviations from
-the reference scripts are the ones REMI.md Part A takes (routing softmax over interests, zeroed
+the reference scripts are the ones docs/remi.md Part A takes (routing softmax over interests, zeroed
 padding).
 """
 
@@ -22,31 +22,36 @@ import math
 import torch
 from torch import nn
 
+from remi.contract import ItemVocabulary
+
 MODELS = ("comirec-sa", "comirec-dr", "mind", "dnn")
 NEG_INF = -1e9  # finite: a fully padded row must not produce NaN
 
 
 class MultiInterestModel(nn.Module):
-    """Shared item table and the common interface; subclasses implement :meth:`interests`."""
+    """Shared item table and the common interface; subclasses implement :meth:`from_embeddings`."""
 
-    def __init__(self, n_items: int, dim: int, interests: int, seq_len: int):
+    def __init__(self, n_items: int, dim: int, n_interests: int, seq_len: int):
         super().__init__()
-        self.n_items, self.dim, self.n_interests, self.seq_len = n_items, dim, interests, seq_len
-        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.n_items, self.dim, self.n_interests, self.seq_len = n_items, dim, n_interests, seq_len
+        padding = ItemVocabulary.PADDING
+        # rows: the padding row(s), then one per item index (ItemVocabulary.table_size rows)
+        self.item_emb = nn.Embedding(ItemVocabulary.table_size_for(n_items), dim, padding_idx=padding)
         nn.init.kaiming_normal_(self.item_emb.weight)  # std sqrt(2/d), as the reference scripts
         with torch.no_grad():
-            self.item_emb.weight[0].zero_()
+            self.item_emb.weight[padding].zero_()
 
     def embed(self, item_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L) -> (B, L, d), zero on padded slots whatever id they hold."""
-        return self.item_emb(item_ids) * mask.unsqueeze(-1).to(self.item_emb.weight.dtype)
+        emb: torch.Tensor = self.item_emb(item_ids)
+        return emb * mask.unsqueeze(-1).to(self.item_emb.weight.dtype)
 
     def item_vectors(self) -> torch.Tensor:
-        """(I, d) item embeddings without the padding row; row i is item index i + 1."""
-        return self.item_emb.weight[1:]
+        """(I, d) item embeddings without the padding row, indexed by FAISS row (ItemVocabulary)."""
+        return self.item_emb.weight[ItemVocabulary.first_index() :]
 
     def forward(self, item_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns interests (B, K, d) and routing (B, K, L)."""
+        """Returns interest_vectors (B, K, d) and routing (B, K, L)."""
         return self.from_embeddings(self.embed(item_ids, mask), mask)
 
     def from_embeddings(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,11 +66,11 @@ class MultiInterestModel(nn.Module):
 class ComiRecSA(MultiInterestModel):
     """Self-attentive extractor: A = softmax_L(W2 tanh(W1 (H + P))), V = A H (no position in V)."""
 
-    def __init__(self, n_items: int, dim: int, interests: int, seq_len: int):
-        super().__init__(n_items, dim, interests, seq_len)
+    def __init__(self, n_items: int, dim: int, n_interests: int, seq_len: int):
+        super().__init__(n_items, dim, n_interests, seq_len)
         self.pos = nn.Parameter(torch.empty(1, seq_len, dim))
         self.w1 = nn.Linear(dim, 4 * dim, bias=False)
-        self.w2 = nn.Linear(4 * dim, interests, bias=False)
+        self.w2 = nn.Linear(4 * dim, n_interests, bias=False)
         nn.init.kaiming_normal_(self.pos)
         nn.init.xavier_uniform_(self.w1.weight)
         nn.init.xavier_uniform_(self.w2.weight)
@@ -93,7 +98,7 @@ def squash(s: torch.Tensor) -> torch.Tensor:
 
 
 class CapsuleInterests(MultiInterestModel):
-    """Dynamic routing (B2I) with 3 iterations, softmax over interests (REMI.md A.1).
+    """Dynamic routing (B2I) with 3 iterations, softmax over interests (docs/remi.md A.1).
 
     ``shared=False`` is ComiRec-DR: each position and interest has its own d x d map and the
     routing logits start at zero. ``shared=True`` is MIND: one shared map, logits start from
@@ -101,15 +106,17 @@ class CapsuleInterests(MultiInterestModel):
     exported model are deterministic).
     """
 
-    def __init__(self, n_items: int, dim: int, interests: int, seq_len: int, shared: bool, iterations: int = 3):
-        super().__init__(n_items, dim, interests, seq_len)
+    init_logits: torch.Tensor  # (K, L) buffer, MIND only
+
+    def __init__(self, n_items: int, dim: int, n_interests: int, seq_len: int, shared: bool, iterations: int = 3):
+        super().__init__(n_items, dim, n_interests, seq_len)
         self.shared, self.iterations = shared, iterations
         if shared:
             self.bilinear = nn.Parameter(torch.empty(dim, dim))
             nn.init.xavier_uniform_(self.bilinear)
-            self.register_buffer("init_logits", torch.randn(interests, seq_len))
+            self.register_buffer("init_logits", torch.randn(n_interests, seq_len))
         else:
-            self.bilinear = nn.Parameter(torch.randn(seq_len, interests, dim, dim) / math.sqrt(dim))
+            self.bilinear = nn.Parameter(torch.randn(seq_len, n_interests, dim, dim) / math.sqrt(dim))
 
     def from_embeddings(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b_sz, length, _ = h.shape
@@ -137,8 +144,8 @@ class CapsuleInterests(MultiInterestModel):
 class MeanPool(MultiInterestModel):
     """Single-interest reference ("YouTube DNN"): masked mean of the history, then a linear map."""
 
-    def __init__(self, n_items: int, dim: int, interests: int, seq_len: int):
-        super().__init__(n_items, dim, 1, seq_len)
+    def __init__(self, n_items: int, dim: int, n_interests: int, seq_len: int):
+        super().__init__(n_items, dim, 1, seq_len)  # one interest whatever is asked
         self.proj = nn.Linear(dim, dim)
         nn.init.eye_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
@@ -149,14 +156,14 @@ class MeanPool(MultiInterestModel):
         return self.proj(pooled).unsqueeze(1), weights.unsqueeze(1)
 
 
-def build_model(name: str, n_items: int, dim: int = 64, interests: int = 4, seq_len: int = 20) -> MultiInterestModel:
+def build_model(name: str, n_items: int, dim: int = 64, n_interests: int = 4, seq_len: int = 20) -> MultiInterestModel:
     """Constructs a backbone by its CLI name (see MODELS)."""
     if name == "comirec-sa":
-        return ComiRecSA(n_items, dim, interests, seq_len)
+        return ComiRecSA(n_items, dim, n_interests, seq_len)
     if name == "comirec-dr":
-        return CapsuleInterests(n_items, dim, interests, seq_len, shared=False)
+        return CapsuleInterests(n_items, dim, n_interests, seq_len, shared=False)
     if name == "mind":
-        return CapsuleInterests(n_items, dim, interests, seq_len, shared=True)
+        return CapsuleInterests(n_items, dim, n_interests, seq_len, shared=True)
     if name == "dnn":
-        return MeanPool(n_items, dim, interests, seq_len)
+        return MeanPool(n_items, dim, n_interests, seq_len)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,7 +31,7 @@ class SynthConfig:
     seed: int = 0
 
 
-def generate(cfg: SynthConfig) -> tuple[pd.DataFrame, dict]:
+def generate(cfg: SynthConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Returns the interactions (string ids) and the ground truth (item -> topic, user -> topics)."""
     rng = np.random.default_rng(cfg.seed)
     item_topic = rng.integers(0, cfg.topics, cfg.items)

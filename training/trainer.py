@@ -1,13 +1,13 @@
-"""The training loop: sample, forward, REMI loss, Adam; evaluate on valid users every N steps,
-keep the best checkpoint, stop early; then score the best model on the test users.
+"""The training loop: sample, forward, the scheme's loss, Adam; evaluate on valid users every N
+steps, keep the best checkpoint, stop early; then score the best model on the test users.
 
-Run directory layout (read by ``remi evaluate`` and, later, ``remi export``)::
+Run directory layout (names in remi.contract; read by ``remi evaluate`` and ``remi export``)::
 
-    config.json     the TrainConfig plus the data shape (n_items)
-    model.pt        best state_dict (load with weights_only=True)
-    item_ids.txt    raw item id of item index i on line i (line 1 = index 1)
-    metrics.jsonl   one line per evaluation during training
-    metrics.json    final valid/test metrics, routing diagnostics, steps, timings, config
+    RUN_CONFIG      config.json    the TrainConfig plus the data shape (n_items)
+    RUN_WEIGHTS     model.pt       best state_dict (load with weights_only=True)
+    RUN_ITEM_IDS    item_ids.txt   raw item id of each item index, in index order
+    RUN_LOG         metrics.jsonl  one EvalRecord per evaluation during training
+    RUN_METRICS     metrics.json   the TrainResult: valid/test metrics, routing, steps, timings, config
 """
 
 from __future__ import annotations
@@ -15,66 +15,71 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import random
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, cast
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from remi.contract import atomic_folder
+from remi.contract import RUN_CONFIG, RUN_ITEM_IDS, RUN_LOG, RUN_METRICS, RUN_WEIGHTS, atomic_folder
 from remi.errors import RemiError
 from training.config import TrainConfig
-from training.data import (
-    EvalSet,
-    Interactions,
-    TrainSampler,
-    UserSplit,
-    encode,
-    eval_set,
-    read_interactions,
-    read_split_file,
-    split_users,
-)
+from training.data import TrainSampler
+from training.distributed import Ranks
 from training.evaluate import evaluate, popularity_metrics
-from training.losses import hard_readout, ihn_loss, routing_regularization, weighting_scores
 from training.models import MultiInterestModel, build_model
+from training.prepare import Prepared, prepare
+from training.progress import Progress
+from training.result import EvalRecord, TrainResult
 from training.run_folder import check_run_folder
+from training.scheme import LossBreakdown, ScoreStats, TrainBatch, TrainingScheme, UniformNegatives
 
 log = logging.getLogger("remi.train")
 
-CONFIG_FILE, WEIGHTS_FILE, ITEMS_FILE = "config.json", "model.pt", "item_ids.txt"
-LOG_FILE, METRICS_FILE = "metrics.jsonl", "metrics.json"
+
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    prepared: Prepared | None = None,
+    show_progress: bool | None = None,
+    force: bool = False,
+) -> TrainResult | None:
+    """Trains, checkpoints the best valid model, writes the run directory and returns its result.
+
+    The run directory appears only when training succeeds: everything is written into a hidden
+    sibling folder that is renamed into place at the end, so an exception, bad data or Ctrl-C
+    leaves no empty or half-written run behind (and a replaced run stays intact until then). An
+    existing folder with anything in it is refused unless ``force`` (the user's files are never
+    removed behind their back); an empty one is taken over. The data paths are stored absolute, so
+    ``remi evaluate``/``export`` work from any directory.
+
+    Under torchrun (WORLD_SIZE > 1) it trains with DistributedDataParallel over batch shards
+    (training.distributed). The sampled-softmax/IHN terms (per user, over the shared negatives)
+    and RR (per user) are means over users, so DDP's gradient average equals the single-process
+    gradient of the global batch. Rank 0 alone evaluates, checkpoints, logs and writes the run
+    directory; the other ranks return None.
+    """
+    out = Path(out_dir)
+    check_run_folder(out, force)
+    cfg = cfg.model_copy(update={"data": _absolute(cfg.data), "split_file": _absolute(cfg.split_file)})
+    ranks = Ranks.join(cfg.device)
+    if cfg.batch_size % ranks.world:
+        raise RemiError(f"--batch-size {cfg.batch_size} must divide evenly over {ranks.world} processes")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    prep = prepared or prepare(cfg)
+    if not ranks.lead:  # only rank 0 writes the run directory
+        return _train_into(cfg, out, prep, ranks, show_progress)
+    with atomic_folder(out, replace=True) as work:
+        return _train_into(cfg, work, prep, ranks, show_progress)
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """Encoded data, user split and the evaluation cuts a run needs."""
-
-    data: Interactions
-    split: UserSplit
-    valid: EvalSet
-    test: EvalSet
-
-
-def prepare(cfg: TrainConfig) -> Prepared:
-    """Loads, filters and splits the data as the config says."""
-    raw = read_interactions(cfg.data)
-    data = encode(raw, min_count=cfg.min_count, iterative=not cfg.kcore_single_pass)
-    if cfg.split_file:
-        split = read_split_file(cfg.split_file, data, raw_users=set(raw["user_id"].unique()))
-    else:
-        split = split_users(data, seed=cfg.split_seed)
-    valid = eval_set(data, split.valid, cfg.seq_len)
-    test = eval_set(data, split.test, cfg.seq_len)
-    if len(valid.users) == 0 or len(test.users) == 0:
-        raise RemiError("dataset too small to split: no valid or test user has a history and a ground truth")
-    return Prepared(data, split, valid, test)
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else path
 
 
 def seed_everything(seed: int) -> None:
@@ -83,59 +88,79 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def beta_at(cfg: TrainConfig, step: int) -> float:
-    """IHN hardness at a step: linear warm-up from 0 over ``ihn_warmup`` steps, then constant."""
-    beta = cfg.effective_beta
-    if cfg.ihn_warmup and step < cfg.ihn_warmup:
-        return beta * step / cfg.ihn_warmup
-    return beta
+class _SchemeStep(torch.nn.Module):
+    """The model plus the scheme's loss as one forward, so DistributedDataParallel's hooks see the step."""
+
+    def __init__(self, model: MultiInterestModel, scheme: TrainingScheme):
+        super().__init__()
+        self.model, self.scheme = model, scheme
+
+    def forward(self, batch: TrainBatch, negatives: torch.Tensor, step: int, with_scores: bool) -> LossBreakdown:
+        return self.scheme.step_loss(self.model, batch, negatives, step, with_scores)
 
 
-def training_loss(
-    model: MultiInterestModel,
-    cfg: TrainConfig,
-    history: torch.Tensor,
-    mask: torch.Tensor,
-    target: torch.Tensor,
-    negatives: torch.Tensor,
-    beta: float,
-    stats: dict[str, float] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch of the configured scheme: returns (total loss, the RR term before λ).
+class _Batches:
+    """This rank's shard of each global batch, with the batch's shared negatives, on the device."""
 
-    If ``stats`` is given it is filled with score-scale diagnostics: mean positive logit, spread
-    of the negative logits, the effective number of negatives the IHN weights sit on
-    (exp entropy; M when uniform) and the mean item-embedding norm.
-    """
-    b_sz, length = history.shape
-    emb = model.item_emb(torch.cat([history.reshape(-1), target, negatives]))  # one lookup, one grad buffer
-    h = emb[: b_sz * length].view(b_sz, length, -1) * mask.unsqueeze(-1).to(emb.dtype)  # (B, L, d)
-    target_emb = emb[b_sz * length : b_sz * (length + 1)]  # (B, d)
-    neg_emb = emb[b_sz * (length + 1) :]  # (M, d)
-    interests, routing = model.from_embeddings(h, mask)  # (B, K, d), (B, K, L)
-    user = hard_readout(interests, target_emb)  # (B, d)
-    pos_logit = (user * target_emb).sum(-1)  # (B,)
-    neg_logits = user @ neg_emb.T  # (B, M)
-    weights = None if beta == 0 else weighting_scores(cfg.ihn_scores, user, neg_emb, neg_logits)
-    valid = negatives.unsqueeze(0) != target.unsqueeze(1) if cfg.remove_accidental_hits else None
-    loss = ihn_loss(pos_logit, neg_logits, beta, weights, valid, cfg.ihn_detach)
-    rr = torch.zeros((), dtype=loss.dtype)
-    if cfg.effective_lam > 0:
-        rr = routing_regularization(routing, mask, model.dim, cfg.rr_norm)
-        loss = loss + cfg.effective_lam * rr
-    if cfg.emb_l2 > 0:
-        # Scores grow with the norms during training until the softmax is over-confident and
-        # valid recall decays; penalising the norms of the vectors this batch uses curbs that.
-        norms = torch.cat([(emb[b_sz * length :] ** 2).sum(-1), (user**2).sum(-1)])
-        loss = loss + cfg.emb_l2 * norms.mean()
-    if stats is not None:  # diagnostics of the score scale behind the IHN weights (the decay study)
-        with torch.no_grad():
-            stats["pos_logit"] = pos_logit.mean().item()
-            stats["neg_logit_std"] = neg_logits.std(-1).mean().item()
-            log_w = torch.log_softmax(beta * (neg_logits if weights is None else weights), -1)
-            stats["ihn_effective_negatives"] = torch.exp(-(log_w.exp() * log_w).sum(-1)).mean().item()
-            stats["item_norm"] = model.item_emb.weight[1:].norm(dim=-1).mean().item()
-    return loss, rr
+    def __init__(self, cfg: TrainConfig, prep: Prepared, ranks: Ranks, device: torch.device):
+        self.sampler = TrainSampler(prep.data, prep.split.train, cfg.seq_len, cfg.min_history, seed=cfg.seed)
+        self.negatives = UniformNegatives(prep.data.vocabulary, cfg.negatives, seed=cfg.seed)
+        self.batch_size, self.shard, self.device = cfg.batch_size, ranks.shard(cfg.batch_size), device
+
+    def next(self) -> tuple[TrainBatch, torch.Tensor]:
+        history, mask, target = (part[self.shard] for part in self.sampler.sample(self.batch_size))
+        negatives = self.negatives.sample()
+        batch = TrainBatch(*(torch.from_numpy(part).to(self.device) for part in (history, mask, target)))
+        return batch, negatives.to(self.device)
+
+
+class _RunningLoss:
+    """Loss and RR summed since the last evaluation; refuses to go on once the loss is not finite."""
+
+    def __init__(self) -> None:
+        self.loss_sum, self.rr_sum, self.count = 0.0, 0.0, 0
+        self.scores: ScoreStats | None = None  # from the last batch that computed them
+
+    def add(self, loss: LossBreakdown, step: int) -> None:
+        self.loss_sum += loss.total.item()
+        self.rr_sum += loss.rr.item()
+        self.count += 1
+        self.scores = loss.scores or self.scores
+        if not math.isfinite(self.loss_sum):
+            raise RemiError(f"training diverged: loss is {loss.total.item()} at step {step}; lower --lr or --beta")
+
+    @property
+    def mean(self) -> float:
+        return self.loss_sum / self.count
+
+    @property
+    def rr_mean(self) -> float:
+        return self.rr_sum / self.count
+
+    def reset(self) -> None:
+        self.loss_sum, self.rr_sum, self.count = 0.0, 0.0, 0
+
+
+class _BestCheckpoint:
+    """Model selection on valid recall@50 (docs/remi.md A.4) and the patience count of early stopping."""
+
+    def __init__(self, model: MultiInterestModel, path: Path, patience: int):
+        self.model, self.path, self.patience = model, path, patience
+        self.recall, self.step, self.bad_evals = -1.0, 0, 0
+        self.state = copy.deepcopy(model.state_dict())
+
+    def offer(self, step: int, recall: float) -> None:
+        """Keeps (and saves) the model if ``recall`` beats the best so far."""
+        if recall > self.recall:
+            self.recall, self.step, self.bad_evals = recall, step, 0
+            self.state = copy.deepcopy(self.model.state_dict())
+            _save_atomic(self.state, self.path)
+        else:
+            self.bad_evals += 1
+
+    @property
+    def patience_spent(self) -> bool:
+        return self.bad_evals >= self.patience
 
 
 def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -145,155 +170,86 @@ def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
     tmp.replace(path)
 
 
-class _LossModule(torch.nn.Module):
-    """The model plus its loss as one forward, so DistributedDataParallel's hooks see the step."""
-
-    def __init__(self, model: MultiInterestModel, cfg: TrainConfig):
-        super().__init__()
-        self.model, self.cfg = model, cfg
-
-    def forward(
-        self,
-        history: torch.Tensor,
-        mask: torch.Tensor,
-        target: torch.Tensor,
-        negatives: torch.Tensor,
-        beta: float,
-        stats: dict[str, float] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return training_loss(self.model, self.cfg, history, mask, target, negatives, beta, stats)
-
-
-def distributed_context(device: str) -> tuple[int, int]:
-    """(rank, world size); joins the process group torchrun describes (gloo on CPU, nccl on GPU)."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _agree(flag: bool, world: int) -> bool:
-    """Rank 0 decides (early stop, time budget); every rank follows, so none waits forever."""
-    if world == 1:
-        return flag
-    import torch.distributed as dist
-
-    value = torch.tensor([int(flag)])
-    dist.broadcast(value, src=0)
-    return bool(value.item())
-
-
-class ProgressLines:
-    """Progress as plain lines on stderr every ``every`` seconds (0 = never), and as log records.
-
-    The stand-in for the progress bar when stderr is not a terminal: step, mean loss since the
-    last line, the last valid recall@50 and steps/s, so a redirected log shows a run is alive.
-    """
-
-    def __init__(self, total: int, every: float):
-        self.total, self.every = total, every
-        self.started = self.last = time.monotonic()
-        self.last_step = 0
-        self.valid_recall: tuple[int, float] | None = None
-
-    def step(self, step: int, loss: float) -> None:
-        now = time.monotonic()
-        if not self.every or now - self.last < self.every:
-            return
-        rate = (step - self.last_step) / (now - self.last)
-        self.last, self.last_step = now, step
-        recall = f"{self.valid_recall[1]:.4f} (step {self.valid_recall[0]})" if self.valid_recall else "n/a"
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        print(
-            f"train step {step}/{self.total}  loss {loss:.4f}  valid recall@50 {recall}  {rate:.1f} steps/s"
-            f"  elapsed {now - self.started:.0f} s  eta {eta:.0f} s",
-            file=sys.stderr,
-            flush=True,
-        )
-        log.info(
-            "train progress",
-            extra={
-                "step": step,
-                "max_steps": self.total,
-                "loss": round(loss, 6),
-                "valid_recall@50": self.valid_recall[1] if self.valid_recall else None,
-                "steps_per_second": round(rate, 2),
-                "elapsed_seconds": round(now - self.started, 1),
-            },
-        )
-
-
-def train(
-    cfg: TrainConfig,
-    out_dir: str | Path,
-    prepared: Prepared | None = None,
-    show_progress: bool | None = None,
-    force: bool = False,
-) -> dict[str, Any]:
-    """Trains, checkpoints the best valid model, writes the run directory and returns metrics.json.
-
-    The run directory appears only when training succeeds: everything is written into a hidden
-    sibling folder that is renamed into place at the end, so an exception, bad data or Ctrl-C
-    leaves no empty or half-written run behind (and a replaced run stays intact until then). An
-    existing folder with anything in it is refused unless ``force`` (the user's files are never
-    removed behind their back); an empty one is taken over. The data paths are stored absolute, so
-    ``remi evaluate``/``export`` work from any directory.
-
-    Under torchrun (WORLD_SIZE > 1) it trains with DistributedDataParallel. Every rank draws the
-    same global batch and the same shared negatives from the same seeded generators and keeps
-    its 1/N slice of the users, so the ranks' shards are disjoint and together are exactly the
-    single-process batch; the sampled-softmax/IHN terms (per user, over the shared negatives) and
-    RR (per user) are means over users, so DDP's gradient average equals the single-process
-    gradient of the global batch. Rank 0 alone evaluates, checkpoints, logs and writes the run
-    directory; the other ranks return an empty dict.
-    """
-    out = Path(out_dir)
-    check_run_folder(out, force)
-    cfg = cfg.model_copy(update={"data": _absolute(cfg.data), "split_file": _absolute(cfg.split_file)})
-    rank, world = distributed_context(cfg.device)
-    if cfg.batch_size % world:
-        raise RemiError(f"--batch-size {cfg.batch_size} must divide evenly over {world} processes")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    prep = prepared or prepare(cfg)
-    if rank != 0:  # only rank 0 writes the run directory
-        return _train_into(cfg, out, prep, rank, world, show_progress)
-    with atomic_folder(out, replace=True) as work:
-        return _train_into(cfg, work, prep, rank, world, show_progress)
-
-
-def _absolute(path: str | None) -> str | None:
-    return str(Path(path).expanduser().resolve()) if path else path
-
-
 def _train_into(
-    cfg: TrainConfig, out: Path, prep: Prepared, rank: int, world: int, show_progress: bool | None
-) -> dict[str, Any]:
+    cfg: TrainConfig, out: Path, prep: Prepared, ranks: Ranks, show_progress: bool | None
+) -> TrainResult | None:
     """The training loop proper, writing the run files into ``out`` (rank 0 only)."""
     seed_everything(cfg.seed)
-    device = torch.device(cfg.device if world == 1 or not cfg.device.startswith("cuda") else f"cuda:{rank}")
+    device = ranks.device(cfg.device)
     model = build_model(cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len).to(device)
-    step_module: torch.nn.Module = _LossModule(model, cfg)
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        step_module = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
+    step_module = ranks.wrap(_SchemeStep(model, TrainingScheme.from_config(cfg)), device)
     # fused Adam: one kernel over all parameters, about 2x faster per step on CPU than foreach here
     optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    sampler = TrainSampler(prep.data, prep.split.train, cfg.seq_len, cfg.min_history, seed=cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    shard = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
-    lead = rank == 0
+    batches = _Batches(cfg, prep, ranks, device)
+    if ranks.lead:
+        _write_run_inputs(out, cfg, prep)
+    _log_start(cfg, prep, ranks)
 
-    if lead:
-        (out / ITEMS_FILE).write_text("\n".join(map(str, prep.data.item_ids)) + "\n")
-        saved_cfg = {**cfg.model_dump(), "n_items": prep.data.n_items, "cwd": os.getcwd()}
-        (out / CONFIG_FILE).write_text(json.dumps(saved_cfg, indent=2))
+    best = _BestCheckpoint(model, out / RUN_WEIGHTS, cfg.patience)
+    running, step, train_seconds = _RunningLoss(), 0, 0.0
+    deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else float("inf")
+    progress = Progress(cfg.max_steps, f"{cfg.model}/{cfg.scheme}", ranks.lead, show_progress, cfg.progress_seconds)
+    with _open_log(out, ranks.lead) as log_fh:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            loss = _optimizer_step(step_module, optim, batches, step, (step + 1) % cfg.eval_every == 0)
+            train_seconds += time.perf_counter() - t0
+            step += 1
+            running.add(loss, step)
+            progress.step(step, running.mean)
+            # Every rank reaches the same ranks.agree calls in the same order: the time budget each
+            # step (when set), early stopping at each evaluation. Rank 0 decides both.
+            out_of_time = ranks.agree(time.monotonic() >= deadline) if cfg.max_minutes else False
+            if step % cfg.eval_every == 0 or step == cfg.max_steps or out_of_time:
+                if ranks.lead:
+                    record = _evaluate(model, prep, cfg, step, train_seconds, running)
+                    _keep(record, log_fh, progress, best)
+                if ranks.agree(best.patience_spent):
+                    log.info("early stop", extra={"step": step, "best_step": best.step})
+                    break
+            if out_of_time:
+                log.info("time budget reached", extra={"step": step, "max_minutes": cfg.max_minutes})
+                break
+    progress.close()
+    if not ranks.lead:
+        ranks.finish()
+        return None
+    model.load_state_dict(best.state)
+    result = _final_result(model, prep, cfg, step, best.step, train_seconds, ranks.world)
+    (out / RUN_METRICS).write_text(json.dumps(result.to_dict(), indent=2))
+    ranks.finish()
+    log.info("train done", extra={"steps": step, "best_step": best.step, "test_recall@50": result.test["recall@50"]})
+    return result
+
+
+def _optimizer_step(
+    step_module: torch.nn.Module, optim: torch.optim.Optimizer, batches: _Batches, step: int, with_scores: bool
+) -> LossBreakdown:
+    """One Adam step on the next batch; returns the batch's loss breakdown."""
+    batch, negatives = batches.next()
+    loss = step_module(batch, negatives, step, with_scores)  # a LossBreakdown; Module calls are untyped
+    optim.zero_grad(set_to_none=True)
+    loss.total.backward()
+    optim.step()
+    return cast(LossBreakdown, loss)
+
+
+def _keep(record: EvalRecord, log_fh: IO[str], progress: Progress, best: _BestCheckpoint) -> None:
+    """Logs an evaluation (RUN_LOG, progress) and offers its model as the best checkpoint."""
+    log_fh.write(json.dumps(record.to_dict()) + "\n")
+    log_fh.flush()
+    progress.evaluated(record.step, record.valid["recall@50"], best.recall)
+    best.offer(record.step, record.valid["recall@50"])
+
+
+def _write_run_inputs(out: Path, cfg: TrainConfig, prep: Prepared) -> None:
+    """The item ids and the config, written first so even a run cut short says what it trained on."""
+    (out / RUN_ITEM_IDS).write_text("\n".join(map(str, prep.data.item_ids)) + "\n")
+    saved_cfg = {**cfg.model_dump(), "n_items": prep.data.n_items, "cwd": os.getcwd()}
+    (out / RUN_CONFIG).write_text(json.dumps(saved_cfg, indent=2))
+
+
+def _log_start(cfg: TrainConfig, prep: Prepared, ranks: Ranks) -> None:
     log.info(
         "train start",
         extra={
@@ -303,187 +259,48 @@ def _train_into(
             "items": prep.data.n_items,
             "train_users": len(prep.split.train),
             "threads": torch.get_num_threads(),
-            "processes": world,
+            "processes": ranks.world,
         },
     )
 
-    best_recall, best_step, best_state, bad_evals = -1.0, 0, copy.deepcopy(model.state_dict()), 0
-    train_seconds, loss_sum, rr_sum, loss_n, step = 0.0, 0.0, 0.0, 0, 0
-    stats: dict[str, float] = {}
-    deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else float("inf")
-    show_bar = lead and (sys.stderr.isatty() if show_progress is None else show_progress)
-    desc = f"{cfg.model}/{cfg.scheme}"
-    bar = tqdm(total=cfg.max_steps, desc=desc, unit="step", disable=not show_bar, mininterval=1.0)
-    # Without a bar (output redirected, a job's log) a long run would print nothing for hours.
-    lines = ProgressLines(cfg.max_steps, cfg.progress_seconds if lead and not show_bar else 0.0)
-    log_fh = (out / LOG_FILE).open("w") if lead else open(os.devnull, "w")  # noqa: SIM115
-    with log_fh:
-        while step < cfg.max_steps:
-            t0 = time.perf_counter()
-            hist, mask, target = sampler.sample(cfg.batch_size)
-            hist, mask, target = hist[shard], mask[shard], target[shard]
-            negatives = torch.randint(1, prep.data.n_items + 1, (cfg.negatives,), generator=gen)
-            loss, rr = step_module(
-                torch.from_numpy(hist).to(device),
-                torch.from_numpy(mask).to(device),
-                torch.from_numpy(target).to(device),
-                negatives.to(device),
-                beta_at(cfg, step),
-                stats if (step + 1) % cfg.eval_every == 0 else None,
-            )
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            train_seconds += time.perf_counter() - t0
-            step += 1
-            loss_sum += loss.item()
-            rr_sum += rr.item()
-            loss_n += 1
-            bar.update(1)
-            lines.step(step, loss_sum / loss_n)
-            if not np.isfinite(loss_sum):
-                raise RemiError(f"training diverged: loss is {loss.item()} at step {step}; lower --lr or --beta")
-            out_of_time = time.monotonic() >= deadline
-            if cfg.max_minutes and world > 1:
-                out_of_time = _agree(out_of_time, world)
-            if (step % cfg.eval_every == 0 or step == cfg.max_steps or out_of_time) and not lead:
-                if _agree(False, world):  # rank 0 evaluates meanwhile and says whether to stop
-                    break
-            elif step % cfg.eval_every == 0 or step == cfg.max_steps or out_of_time:
-                metrics, routing = evaluate(model, prep.valid, ns=(50,), device=cfg.device)
-                record = {
-                    "step": step,
-                    "train_seconds": round(train_seconds, 3),
-                    "loss": loss_sum / loss_n,
-                    "rr": rr_sum / loss_n,
-                    "scores": dict(stats),
-                    "valid": metrics,
-                    "routing": routing,
-                }
-                log_fh.write(json.dumps(record) + "\n")
-                log_fh.flush()
-                loss_sum = rr_sum = 0.0
-                loss_n = 0
-                bar.set_postfix(
-                    r50=f"{metrics['recall@50']:.4f}", best=f"{max(best_recall, metrics['recall@50'], 0):.4f}"
-                )
-                lines.valid_recall = (step, metrics["recall@50"])
-                if metrics["recall@50"] > best_recall:
-                    best_recall, best_step, bad_evals = metrics["recall@50"], step, 0
-                    best_state = copy.deepcopy(model.state_dict())
-                    _save_atomic(best_state, out / WEIGHTS_FILE)
-                else:
-                    bad_evals += 1
-                stop = _agree(bad_evals >= cfg.patience, world)
-                if stop:
-                    log.info("early stop", extra={"step": step, "best_step": best_step})
-                    break
-            if out_of_time:
-                log.info("time budget reached", extra={"step": step, "max_minutes": cfg.max_minutes})
-                break
-    bar.close()
-    if not lead:
-        _finish_distributed(world)
-        return {}
-    model.load_state_dict(best_state)
+
+def _open_log(out: Path, lead: bool) -> IO[str]:
+    """RUN_LOG on rank 0; a sink elsewhere, so the loop writes without asking which rank it is."""
+    return (out / RUN_LOG).open("w") if lead else open(os.devnull, "w")  # noqa: SIM115
+
+
+def _evaluate(
+    model: MultiInterestModel, prep: Prepared, cfg: TrainConfig, step: int, train_seconds: float, running: _RunningLoss
+) -> EvalRecord:
+    """Valid recall@50 and routing now, with the training loss since the last evaluation (then reset)."""
+    metrics, routing = evaluate(model, prep.valid, ns=(50,), device=cfg.device)
+    record = EvalRecord(step, train_seconds, running.mean, running.rr_mean, running.scores, metrics, routing)
+    running.reset()
+    return record
+
+
+def _final_result(
+    model: MultiInterestModel,
+    prep: Prepared,
+    cfg: TrainConfig,
+    steps: int,
+    best_step: int,
+    train_seconds: float,
+    world: int,
+) -> TrainResult:
+    """The kept model scored on valid and test at 20 and 50, beside the popularity baseline."""
     valid_metrics, _ = evaluate(model, prep.valid, device=cfg.device)
     test_metrics, routing = evaluate(model, prep.test, device=cfg.device)
-    result = {
-        "valid": valid_metrics,
-        "test": test_metrics,
-        "routing": routing,
-        "popularity_test": popularity_metrics(prep.data.item_popularity(prep.split.train), prep.test),
-        "steps": step,
-        "best_step": best_step,
-        "train_seconds": round(train_seconds, 3),
-        "seconds_per_1k_steps": round(1000 * train_seconds / max(step, 1), 3),
-        "data": {
-            "users": prep.data.n_users,
-            "items": prep.data.n_items,
-            "interactions": len(prep.data.items),
-            "train_users": len(prep.split.train),
-            "valid_users": len(prep.valid.users),
-            "test_users": len(prep.test.users),
-        },
-        "config": cfg.model_dump(),
-    }
-    result["processes"] = world
-    (out / METRICS_FILE).write_text(json.dumps(result, indent=2))
-    _finish_distributed(world)
-    log.info("train done", extra={"steps": step, "best_step": best_step, "test_recall@50": test_metrics["recall@50"]})
-    return result
-
-
-def _finish_distributed(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def load_run(run_dir: str | Path) -> tuple[TrainConfig, MultiInterestModel]:
-    """Rebuilds the config and the best model of a run directory."""
-    run = Path(run_dir)
-    cfg_path, weights = run / CONFIG_FILE, run / WEIGHTS_FILE
-    if not cfg_path.is_file() or not weights.is_file():
-        raise RemiError(f"{run}: not a run directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    saved = json.loads(cfg_path.read_text())
-    n_items = saved.pop("n_items")
-    trained_in = saved.pop("cwd", None)
-    cfg = TrainConfig(**saved)
-    cfg = cfg.model_copy(
-        update={"data": locate(cfg.data, run, trained_in), "split_file": locate(cfg.split_file, run, trained_in)}
+    return TrainResult(
+        valid=valid_metrics,
+        test=test_metrics,
+        routing=routing,
+        popularity_test=popularity_metrics(prep.data.item_popularity(prep.split.train), prep.test),
+        steps=steps,
+        best_step=best_step,
+        train_seconds=round(train_seconds, 3),
+        seconds_per_1k_steps=round(1000 * train_seconds / max(steps, 1), 3),
+        data=prep.shape(),
+        config=cfg,
+        processes=world,
     )
-    model = build_model(cfg.model, n_items, cfg.dim, cfg.interests, cfg.seq_len)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as exc:  # corrupt or mismatched file: one line for the user
-        raise RemiError(
-            f"{weights}: cannot load checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-        ) from exc
-    return cfg, model
-
-
-def locate(path: str | None, run: Path, trained_in: str | None) -> str | None:
-    """A run's recorded data path made absolute.
-
-    Runs store absolute paths; older ones stored the path as typed, relative to the directory
-    training ran in. Such a path is tried from there (when recorded), from the current
-    directory, then from the run folder and each folder above it. Unfound, it is returned as is.
-    """
-    if not path or Path(path).is_absolute():
-        return path
-    bases = [Path(trained_in)] if trained_in else []
-    bases += [Path.cwd(), *run.resolve().parents]
-    for base in bases:
-        if (base / path).is_file():
-            return str((base / path).resolve())
-    return path
-
-
-def require_data(cfg: TrainConfig, run: Path) -> None:
-    """A clear error when a run's recorded data file cannot be found (before a bare 'not found')."""
-    if cfg.data and not Path(cfg.data).is_file():
-        where = "" if Path(cfg.data).is_absolute() else " (relative to where it was trained; tried here and above)"
-        raise RemiError(f"{run}: the data file it trained on, {cfg.data}, is not found{where}; pass --data PATH")
-
-
-def evaluate_run(run_dir: str | Path, data: str | None = None) -> dict[str, Any]:
-    """Recomputes valid/test metrics of a run's best checkpoint (optionally on another data path)."""
-    cfg, model = load_run(run_dir)
-    if data:
-        cfg = cfg.model_copy(update={"data": data})
-    else:
-        require_data(cfg, Path(run_dir))
-    prep = prepare(cfg)
-    trained_items = (Path(run_dir) / ITEMS_FILE).read_text().split("\n")[: model.n_items]
-    if prep.data.n_items != model.n_items or list(prep.data.item_ids) != trained_items:
-        raise RemiError(
-            f"data has {prep.data.n_items} items after filtering but the model was trained on "
-            f"{model.n_items} different or differently ordered items; evaluate on the training data"
-        )
-    valid_metrics, _ = evaluate(model, prep.valid)
-    test_metrics, routing = evaluate(model, prep.test)
-    return {"valid": valid_metrics, "test": test_metrics, "routing": routing}

@@ -15,7 +15,8 @@ from typing import Any
 import optuna
 
 from training.config import load_config
-from training.trainer import prepare, train
+from training.prepare import prepare
+from training.trainer import train
 
 log = logging.getLogger("remi.tune")
 
@@ -73,11 +74,12 @@ def tune(
         cfg = base.model_copy(update=suggest(trial, scheme, tune_lr))
         with tempfile.TemporaryDirectory() as run_dir:
             result = train(cfg, run_dir, prepared=prepared, show_progress=False)
-        trial.set_user_attr("best_step", result["best_step"])
-        trial.set_user_attr("valid_recall@20", result["valid"]["recall@20"])
-        trial.set_user_attr("effective_items", result["routing"]["effective_items"])
-        trial.set_user_attr("interest_similarity", result["routing"]["interest_similarity"])
-        return result["valid"]["recall@50"]
+        assert result is not None  # tuning runs in one process, the lead
+        trial.set_user_attr("best_step", result.best_step)
+        trial.set_user_attr("valid_recall@20", result.valid["recall@20"])
+        trial.set_user_attr("effective_items", result.routing["effective_items"])
+        trial.set_user_attr("interest_similarity", result.routing["interest_similarity"])
+        return result.valid["recall@50"]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
@@ -89,7 +91,7 @@ def tune(
     (out / "trials.md").write_text(frame[cols].to_markdown(index=False, floatfmt=".4g") + "\n")
     # Ship the model and scheme settings only; data, budget and machine belong to each run's flags.
     run_specific = ("data", "split_file", "threads", "device", "max_steps", "max_minutes", "eval_every", "seed")
-    best_settings = {k: v for k, v in base.model_dump().items() if k not in run_specific}
+    best_settings = {name: value for name, value in base.model_dump().items() if name not in run_specific}
     best_settings.update(study.best_params)
     best = {
         "train": best_settings,

@@ -45,11 +45,12 @@ def demo(
         eval_every=500,
     )
     result = train(cfg, out / "run", show_progress=True, force=True)  # the demo's own folder, rebuilt each time
-    typer.echo(f"run: {out / 'run'}  ({result['steps']} steps, {result['train_seconds']:.1f} s of training)")
+    assert result is not None  # the demo trains in one process
+    typer.echo(f"run: {out / 'run'}  ({result.steps} steps, {result.train_seconds:.1f} s of training)")
     typer.echo(f"{'metric':<12}{'remi':>10}{'popularity':>12}")
-    for key, value in result["test"].items():
-        typer.echo(f"{key:<12}{value:>10.4f}{result['popularity_test'][key]:>12.4f}")
-    routing = result["routing"]
+    for key, value in result.test.items():
+        typer.echo(f"{key:<12}{value:>10.4f}{result.popularity_test[key]:>12.4f}")
+    routing = result.routing
     typer.echo(
         f"routing: {routing['effective_items']:.2f} effective items per interest, "
         f"{routing['collapsed_share']:.0%} collapsed, interest similarity {routing['interest_similarity']:.2f}"

@@ -50,9 +50,9 @@ def train_cmd(
     if not cfg.data:
         raise RemiError("no data: pass --data PATH (or set it in --config)")
     result = train(cfg, out, show_progress=progress, force=force)
-    if not result:  # a non-zero rank of a distributed run: rank 0 reports
+    if result is None:  # a non-zero rank of a distributed run: rank 0 reports
         return
-    summary = {key: result[key] for key in ("test", "routing", "steps", "best_step", "train_seconds")}
+    summary = {key: result.to_dict()[key] for key in ("test", "routing", "steps", "best_step", "train_seconds")}
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -84,7 +84,7 @@ def evaluate_cmd(
     data: Annotated[str | None, Opt(help="Interactions file (default: the one the run trained on).")] = None,
 ) -> None:
     """Recompute the valid/test metrics of a run's best checkpoint."""
-    from training.trainer import evaluate_run
+    from training.runs import evaluate_run
 
     typer.echo(json.dumps(evaluate_run(run, data), indent=2))
 

@@ -27,13 +27,14 @@ def test_ids_are_strings_and_padding_index_is_reserved(tmp_path: Path) -> None:
     data = encode(read_interactions(_write(tmp_path / "d.csv", rows)), min_count=1)
     assert set(data.user_ids) == {"007", "7"}  # "007" and "7" stay different users
     assert set(data.item_ids) == {"01", "1"}
-    assert data.items.min() == 1 and data.items.max() == data.n_items
+    vocab = data.vocabulary
+    assert set(np.unique(data.items)) == set(range(vocab.first_index(), vocab.index_stop()))  # no padding index
 
 
 def test_sequences_are_time_sorted_and_ties_keep_file_order(tmp_path: Path) -> None:
     rows = [("u", "c", 5), ("u", "a", 1), ("u", "b", 5), ("u", "d", 3)]
     data = encode(read_interactions(_write(tmp_path / "d.csv", rows)), min_count=1)
-    seq = [data.item_ids[i - 1] for i in data.sequence(0)]
+    seq = data.vocabulary.raw_ids_of(data.sequence(0))
     assert seq == ["a", "d", "c", "b"]  # c before b: same timestamp, file order
 
 
@@ -83,11 +84,11 @@ def test_split_file_naming_unknown_users_is_an_error(tmp_path: Path, synth_csv: 
 
 
 def test_eval_cut_is_80_20_with_last_L_items_as_history(tmp_path: Path) -> None:
-    rows = [("u", f"i{k}", k) for k in range(10)] + [(f"v{j}", "i0", 0) for j in range(3)]
+    rows = [("u", f"i{t}", t) for t in range(10)] + [(f"v{j}", "i0", 0) for j in range(3)]
     data = encode(read_interactions(_write(tmp_path / "d.csv", rows)), min_count=1)
     u = int(np.flatnonzero(data.user_ids == "u")[0])
     ev = eval_set(data, np.array([u]), seq_len=5)
-    names = lambda idx: [data.item_ids[i - 1] for i in idx]  # noqa: E731
+    names = data.vocabulary.raw_ids_of
     assert names(ev.history[0][ev.mask[0]]) == ["i3", "i4", "i5", "i6", "i7"]
     assert names(ev.truth[0]) == ["i8", "i9"]
 
@@ -123,7 +124,7 @@ def test_empty_after_filtering_is_an_error(tmp_path: Path) -> None:
 
 
 def test_too_small_to_split_is_an_error(tmp_path: Path) -> None:
-    rows = [(f"u{j}", "i", k) for j in range(3) for k in range(5)]
+    rows = [(f"u{j}", "i", t) for j in range(3) for t in range(5)]
     data = encode(read_interactions(_write(tmp_path / "d.csv", rows)), min_count=1)
     with pytest.raises(RemiError, match="too small to split"):
         split_users(data)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training.trainer import load_run
+from training.runs import load_run
 
 ARGS = ["--max-steps", "120", "--eval-every", "60", "--dim", "16", "--batch-size", "64", "--negatives", "256",
         "--seed", "3", "--no-progress"]  # fmt: skip

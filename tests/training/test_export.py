@@ -23,7 +23,7 @@ from remi.errors import RemiError
 from training import export as export_module
 from training.export import PARITY_TOLERANCE, export_onnx, export_run, parity_error, parity_inputs
 from training.models import MODELS, build_model
-from training.trainer import load_run
+from training.runs import load_run
 
 L = 20
 
@@ -31,7 +31,7 @@ L = 20
 @pytest.mark.parametrize("name", MODELS)
 def test_onnx_matches_pytorch_for_every_backbone(name: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = build_model(name, n_items=300, dim=24, interests=4, seq_len=L)
+    model = build_model(name, n_items=300, dim=24, n_interests=4, seq_len=L)
     with torch.no_grad():  # move every weight off its initial value, as training would
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -112,7 +112,7 @@ def test_existing_folder_needs_force(trained_run: Path, artifacts_dir: Path) -> 
 
 
 def test_duplicate_item_ids_in_the_run_are_refused_at_export(trained_run: Path, tmp_path: Path) -> None:
-    from training.trainer import ITEMS_FILE
+    from remi.contract import RUN_ITEM_IDS as ITEMS_FILE
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

@@ -56,25 +56,25 @@ def test_weighting_scores_are_bounded_for_cosine_and_standardized() -> None:
 
 
 def test_hard_readout_picks_the_interest_closest_to_the_target() -> None:
-    interests = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
-    assert torch.equal(hard_readout(interests, torch.tensor([[0.1, 2.0]])), torch.tensor([[0.0, 1.0]]))
+    interest_vectors = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    assert torch.equal(hard_readout(interest_vectors, torch.tensor([[0.1, 2.0]])), torch.tensor([[0.0, 1.0]]))
 
 
 @pytest.mark.parametrize("norm", ["authors", "valid"])
 def test_rr_is_zero_for_uniform_routing_and_largest_for_one_hot(norm: str) -> None:
-    b, k, length, d = 2, 4, 5, 16
+    b, n_interests, length, d = 2, 4, 5, 16
     mask = torch.ones(b, length, dtype=torch.bool)
-    uniform = torch.full((b, k, length), 1 / length)
-    one_hot = torch.zeros(b, k, length)
+    uniform = torch.full((b, n_interests, length), 1 / length)
+    one_hot = torch.zeros(b, n_interests, length)
     one_hot[..., 0] = 1
-    peaked = torch.softmax(torch.randn(b, k, length, generator=torch.Generator().manual_seed(0)), -1)
+    peaked = torch.softmax(torch.randn(b, n_interests, length, generator=torch.Generator().manual_seed(0)), -1)
     r_uniform = routing_regularization(uniform, mask, d, norm).item()
     r_peaked = routing_regularization(peaked, mask, d, norm).item()
     r_one_hot = routing_regularization(one_hot, mask, d, norm).item()
     assert r_uniform == pytest.approx(0.0, abs=1e-12)
     assert r_uniform < r_peaked < r_one_hot
     if norm == "authors":  # the reference formula: K * ((1 - 1/L) / d)^2 per user
-        assert r_one_hot == pytest.approx(k * ((1 - 1 / length) / d) ** 2)
+        assert r_one_hot == pytest.approx(n_interests * ((1 - 1 / length) / d) ** 2)
     else:
         assert r_one_hot == pytest.approx(1.0)
 

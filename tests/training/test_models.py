@@ -1,12 +1,15 @@
 import pytest
 import torch
 
+from remi.contract import ItemVocabulary
 from training.models import MODELS, build_model
 
+VOCAB = ItemVocabulary([f"i{row}" for row in range(50)])
 
-def _batch(b: int = 6, length: int = 8, n_items: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+
+def _batch(b: int = 6, length: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, n_items + 1, (b, length), generator=g)
+    ids = torch.randint(VOCAB.first_index(), VOCAB.index_stop(), (b, length), generator=g)
     lengths = torch.tensor([1, 2, 3, 5, 8, 8])[:b]
     mask = torch.arange(length)[None, :] < lengths[:, None]
     return ids.masked_fill(~mask, 0), mask
@@ -15,12 +18,12 @@ def _batch(b: int = 6, length: int = 8, n_items: int = 50) -> tuple[torch.Tensor
 @pytest.mark.parametrize("name", MODELS)
 def test_shapes_and_routing_rows_are_distributions_over_valid_items(name: str) -> None:
     torch.manual_seed(0)
-    model = build_model(name, n_items=50, dim=16, interests=4, seq_len=8).eval()
+    model = build_model(name, n_items=50, dim=16, n_interests=4, seq_len=8).eval()
     ids, mask = _batch()
-    interests, routing = model(ids, mask)
-    k = 1 if name == "dnn" else 4
-    assert interests.shape == (6, k, 16) and routing.shape == (6, k, 8)
-    assert torch.allclose(routing.sum(-1), torch.ones(6, k), atol=1e-5)
+    interest_vectors, routing = model(ids, mask)
+    n_interests = 1 if name == "dnn" else 4
+    assert interest_vectors.shape == (6, n_interests, 16) and routing.shape == (6, n_interests, 8)
+    assert torch.allclose(routing.sum(-1), torch.ones(6, n_interests), atol=1e-5)
     assert (routing.masked_select(~mask.unsqueeze(1).expand_as(routing)) == 0).all()
 
 
@@ -28,9 +31,10 @@ def test_shapes_and_routing_rows_are_distributions_over_valid_items(name: str) -
 @pytest.mark.parametrize("train_mode", [False, True])
 def test_padding_never_changes_an_output(name: str, train_mode: bool) -> None:
     torch.manual_seed(0)
-    model = build_model(name, n_items=50, dim=16, interests=4, seq_len=8).train(train_mode)
+    model = build_model(name, n_items=50, dim=16, n_interests=4, seq_len=8).train(train_mode)
     ids, mask = _batch()
-    garbage = ids.masked_fill(~mask, 0) + (~mask) * torch.randint(1, 51, ids.shape)  # junk ids in padded slots
+    junk = torch.randint(VOCAB.first_index(), VOCAB.index_stop(), ids.shape)
+    garbage = ids.masked_fill(~mask, 0) + (~mask) * junk  # junk ids in padded slots
     state = torch.random.get_rng_state()
     v1, r1 = model(ids, mask)
     torch.random.set_rng_state(state)  # MIND draws routing noise in training mode
@@ -41,7 +45,7 @@ def test_padding_never_changes_an_output(name: str, train_mode: bool) -> None:
 @pytest.mark.parametrize("name", MODELS)
 def test_a_user_is_encoded_the_same_alone_or_in_a_batch(name: str) -> None:
     torch.manual_seed(0)
-    model = build_model(name, n_items=50, dim=16, interests=4, seq_len=8).eval()
+    model = build_model(name, n_items=50, dim=16, n_interests=4, seq_len=8).eval()
     ids, mask = _batch()
     v_all, r_all = model(ids, mask)
     v_one, r_one = model(ids[2:3], mask[2:3])
@@ -51,7 +55,7 @@ def test_a_user_is_encoded_the_same_alone_or_in_a_batch(name: str) -> None:
 def test_sa_training_and_eval_paths_agree() -> None:
     """The packed (valid-positions-only) training path is an optimisation, not a different model."""
     torch.manual_seed(0)
-    model = build_model("comirec-sa", n_items=50, dim=16, interests=4, seq_len=8)
+    model = build_model("comirec-sa", n_items=50, dim=16, n_interests=4, seq_len=8)
     ids, mask = _batch()
     v_train, r_train = model.train()(ids, mask)
     v_eval, r_eval = model.eval()(ids, mask)
@@ -60,5 +64,5 @@ def test_sa_training_and_eval_paths_agree() -> None:
 
 def test_padding_row_stays_zero() -> None:
     model = build_model("comirec-sa", n_items=10, dim=8)
-    assert torch.count_nonzero(model.item_emb.weight[0]) == 0
+    assert torch.count_nonzero(model.item_emb.weight[ItemVocabulary.PADDING]) == 0
     assert model.item_vectors().shape == (10, 8)

@@ -1,30 +1,40 @@
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from remi.contract import ItemVocabulary
 from tests.conftest import SMALL
 from training.config import TrainConfig
-from training.evaluate import user_interests
+from training.evaluate import user_interest_vectors
 from training.models import build_model
-from training.trainer import evaluate_run, load_run, prepare, train
+from training.prepare import prepare
+from training.result import TrainResult
+from training.runs import evaluate_run, load_run
+from training.trainer import train
+
+
+def _train(cfg: TrainConfig, out: Path) -> TrainResult:
+    result = train(cfg, out, show_progress=False)
+    assert result is not None  # one process: the lead, which reports
+    return result
 
 
 @pytest.fixture(scope="module")
-def sa_run(synth_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+def sa_run(synth_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainResult]:
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(data=str(synth_csv), model="comirec-sa", scheme="remi", lam=100.0, **SMALL)
-    return out, train(cfg, out, show_progress=False)
+    return out, _train(cfg, out)
 
 
-def test_run_directory_has_checkpoint_config_log_and_metrics(sa_run: tuple[Path, dict[str, Any]]) -> None:
+def test_run_directory_has_checkpoint_config_log_and_metrics(sa_run: tuple[Path, TrainResult]) -> None:
     out, result = sa_run
     for name in ("config.json", "model.pt", "item_ids.txt", "metrics.jsonl", "metrics.json"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(result.to_dict()))  # the typed result is what the file holds
     assert set(saved["test"]) == {"recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50"}
     assert {"effective_items", "collapsed_share", "interest_similarity"} <= set(saved["routing"])
     assert saved["steps"] == SMALL["max_steps"] and saved["train_seconds"] > 0
@@ -33,19 +43,19 @@ def test_run_directory_has_checkpoint_config_log_and_metrics(sa_run: tuple[Path,
     assert [r["step"] for r in log] == [250, 500, 750, 1000]
 
 
-def test_training_on_planted_data_beats_popularity_by_far(sa_run: tuple[Path, dict[str, Any]]) -> None:
+def test_training_on_planted_data_beats_popularity_by_far(sa_run: tuple[Path, TrainResult]) -> None:
     _, result = sa_run
-    assert result["test"]["recall@50"] > 1.5 * result["popularity_test"]["recall@50"]
+    assert result.test["recall@50"] > 1.5 * result.popularity_test["recall@50"]
 
 
-def test_train_then_evaluate_round_trips_the_metrics(sa_run: tuple[Path, dict[str, Any]]) -> None:
+def test_train_then_evaluate_round_trips_the_metrics(sa_run: tuple[Path, TrainResult]) -> None:
     out, result = sa_run
     again = evaluate_run(out)
-    for key, value in result["test"].items():
+    for key, value in result.test.items():
         assert again["test"][key] == pytest.approx(value, abs=1e-6)
 
 
-def test_checkpoint_loads_with_weights_only(sa_run: tuple[Path, dict[str, Any]]) -> None:
+def test_checkpoint_loads_with_weights_only(sa_run: tuple[Path, TrainResult]) -> None:
     out, _ = sa_run
     state = torch.load(out / "model.pt", weights_only=True)
     assert "item_emb.weight" in state
@@ -54,12 +64,12 @@ def test_checkpoint_loads_with_weights_only(sa_run: tuple[Path, dict[str, Any]])
 def _topic_coverage(model, prep, truth: dict) -> float:
     """Share of a user's planted topics that some interest's top-10 items are mostly about."""
     item_topic = np.array([truth["item_topic"][i] for i in prep.data.item_ids])
-    interests, _ = user_interests(model, prep.test.history, prep.test.mask)
+    interest_vectors, _ = user_interest_vectors(model, prep.test.history, prep.test.mask)
     items = model.item_vectors().detach().numpy()
-    scores = interests @ items.T  # (U, K, I); the history itself is excluded, so copying it earns nothing
+    scores = interest_vectors @ items.T  # (U, K, I); the history itself is excluded, so copying it earns nothing
     seen = np.zeros((len(scores), items.shape[0]), dtype=bool)
-    rows = np.repeat(np.arange(len(scores)), prep.test.mask.sum(1))
-    seen[rows, prep.test.history[prep.test.mask] - 1] = True
+    users = np.repeat(np.arange(len(scores)), prep.test.mask.sum(1))
+    seen[users, ItemVocabulary.indices_to_rows(prep.test.history[prep.test.mask])] = True
     scores[np.broadcast_to(seen[:, None, :], scores.shape)] = -np.inf
     top_topics = item_topic[np.argsort(-scores, -1)[:, :, :10]]  # (U, K, 10)
     coverage = []
@@ -70,7 +80,7 @@ def _topic_coverage(model, prep, truth: dict) -> float:
     return float(np.mean(coverage))
 
 
-def test_interests_recover_the_planted_topics(sa_run: tuple[Path, dict[str, Any]], synth_dir: Path) -> None:
+def test_interests_recover_the_planted_topics(sa_run: tuple[Path, TrainResult], synth_dir: Path) -> None:
     out, _ = sa_run
     cfg, model = load_run(out)
     prep = prepare(cfg)
@@ -87,47 +97,49 @@ def test_every_backbone_trains_with_remi(model: str, synth_csv: Path, tmp_path: 
     cfg = TrainConfig(
         data=str(synth_csv), model=model, scheme="remi", lam=100.0, **{**SMALL, "max_steps": 200, "eval_every": 100}
     )
-    result = train(cfg, tmp_path, show_progress=False)
-    assert np.isfinite(result["test"]["recall@50"]) and result["test"]["recall@50"] > 0
-    assert result["steps"] == 200
+    result = _train(cfg, tmp_path)
+    assert np.isfinite(result.test["recall@50"]) and result.test["recall@50"] > 0
+    assert result.steps == 200
 
 
 def test_same_seed_gives_the_same_run(synth_csv: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(
         data=str(synth_csv), scheme="remi", lam=100.0, **{**SMALL, "max_steps": 60, "eval_every": 30}, threads=1
     )
-    a = train(cfg, tmp_path / "a", show_progress=False)
-    b = train(cfg, tmp_path / "b", show_progress=False)
-    assert a["test"] == b["test"]
+    a = _train(cfg, tmp_path / "a")
+    b = _train(cfg, tmp_path / "b")
+    assert a.test == b.test
 
 
 def test_early_stopping_stops_after_patience(synth_csv: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(data=str(synth_csv), **{**SMALL, "max_steps": 5000, "eval_every": 10, "patience": 2, "lr": 1e-7})
-    result = train(cfg, tmp_path, show_progress=False)
-    assert result["steps"] < 5000
+    result = _train(cfg, tmp_path)
+    assert result.steps < 5000
 
 
 def test_wall_clock_budget_stops_training_and_still_evaluates(synth_csv: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(
         data=str(synth_csv), **{**SMALL, "max_steps": 10_000_000, "eval_every": 1_000_000}, max_minutes=0.05
     )
-    result = train(cfg, tmp_path, show_progress=False)
-    assert 0 < result["steps"] < 10_000_000
-    assert result["best_step"] == result["steps"]  # the final partial chunk was evaluated and kept
+    result = _train(cfg, tmp_path)
+    assert 0 < result.steps < 10_000_000
+    assert result.best_step == result.steps  # the final partial chunk was evaluated and kept
     assert (tmp_path / "model.pt").is_file()
 
 
 def test_embedding_l2_penalty_grows_linearly_with_its_weight(synth_csv: Path) -> None:
     from training.data import TrainSampler
-    from training.trainer import training_loss
+    from training.scheme import TrainBatch, TrainingScheme
 
     cfg = TrainConfig(data=str(synth_csv), **SMALL)
     prep = prepare(cfg)
     torch.manual_seed(0)
     model = build_model(cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len)
     hist, mask, target = TrainSampler(prep.data, prep.split.train, cfg.seq_len, seed=0).sample(16)
-    args = (torch.from_numpy(hist), torch.from_numpy(mask), torch.from_numpy(target), torch.arange(1, 33), 0.0)
-    losses = [training_loss(model, cfg.model_copy(update={"emb_l2": w}), *args)[0].item() for w in (0.0, 0.1, 0.2)]
+    batch = TrainBatch(torch.from_numpy(hist), torch.from_numpy(mask), torch.from_numpy(target))
+    negatives = torch.arange(prep.data.vocabulary.first_index(), 33)
+    schemes = [TrainingScheme.from_config(cfg.model_copy(update={"emb_l2": w})) for w in (0.0, 0.1, 0.2)]
+    losses = [scheme.step_loss(model, batch, negatives, step=0).total.item() for scheme in schemes]
     assert losses[1] > losses[0]
     assert losses[2] - losses[0] == pytest.approx(2 * (losses[1] - losses[0]), rel=1e-4)
 
@@ -138,5 +150,5 @@ def test_catalogue_smaller_than_the_cutoff_trains_and_evaluates(tmp_path: Path) 
 
     data = write(SynthConfig(users=200, items=40, topics=4, min_len=8, max_len=20, seed=3), tmp_path / "d")
     cfg = TrainConfig(data=str(data), max_steps=20, eval_every=10, batch_size=32, negatives=16, dim=8, min_count=1)
-    result = train(cfg, tmp_path / "run", show_progress=False)
-    assert 0 < result["test"]["recall@50"] <= 1 and 0 < result["popularity_test"]["recall@50"] <= 1
+    result = _train(cfg, tmp_path / "run")
+    assert 0 < result.test["recall@50"] <= 1 and 0 < result.popularity_test["recall@50"] <= 1

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from training.metrics import ranking_metrics, routing_diagnostics
+from training.ranking import ranking_metrics
 
 
 def test_recall_hitrate_and_ndcg_on_a_ranked_list() -> None:
@@ -40,19 +40,3 @@ def test_users_without_hits_count_as_zero_and_empty_slots_never_hit() -> None:
     truth = [np.array([1]), np.array([9])]
     m = ranking_metrics(rec, truth, ns=(2,))
     assert m["recall@2"] == 0.5 and m["hr@2"] == 0.5
-
-
-def test_routing_diagnostics_tell_collapse_from_spread() -> None:
-    mask = np.ones((1, 4), dtype=bool)
-    collapsed = np.zeros((1, 2, 4))
-    collapsed[0, :, 0] = 1
-    spread = np.full((1, 2, 4), 0.25)
-    v = np.array([[[1.0, 0.0], [0.0, 1.0]]])
-    c = routing_diagnostics(collapsed, mask, v)
-    s = routing_diagnostics(spread, mask, v)
-    assert c["effective_items"] == pytest.approx(1.0) and c["collapsed_share"] == 1.0
-    assert s["effective_items"] == pytest.approx(4.0) and s["collapsed_share"] == 0.0
-    assert s["effective_share"] == pytest.approx(1.0)
-    assert c["interest_similarity"] == pytest.approx(0.0)
-    same = routing_diagnostics(spread, mask, np.array([[[1.0, 1.0], [2.0, 2.0]]]))
-    assert same["interest_similarity"] == pytest.approx(1.0)

@@ -1,0 +1,60 @@
+"""The training scheme as one unit: which terms each scheme turns on, and how they compose."""
+
+import pytest
+import torch
+
+from remi.contract import ItemVocabulary
+from training.config import TrainConfig
+from training.models import build_model
+from training.scheme import TrainBatch, TrainingScheme, UniformNegatives
+
+VOCAB = ItemVocabulary([f"i{row}" for row in range(40)])
+
+
+def _batch() -> tuple[TrainBatch, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    history = torch.randint(VOCAB.first_index(), VOCAB.index_stop(), (8, 6), generator=g)
+    mask = torch.arange(6)[None, :] < torch.tensor([1, 2, 3, 4, 5, 6, 6, 6])[:, None]
+    target = torch.randint(VOCAB.first_index(), VOCAB.index_stop(), (8,), generator=g)
+    batch = TrainBatch(history.masked_fill(~mask, ItemVocabulary.PADDING), mask, target)
+    return batch, UniformNegatives(VOCAB, 16, seed=0).sample()
+
+
+@pytest.mark.parametrize(("scheme", "ihn", "rr"), [("sampled", False, False), ("ihn", True, False),
+                                                   ("rr", False, True), ("remi", True, True)])  # fmt: skip
+def test_each_scheme_turns_on_its_terms(scheme: str, ihn: bool, rr: bool) -> None:
+    unit = TrainingScheme.from_config(TrainConfig(scheme=scheme, beta=0.5, lam=10.0))
+    assert (unit.beta > 0) == ihn and (unit.lam > 0) == rr
+
+
+def test_beta_warms_up_linearly_then_stays() -> None:
+    unit = TrainingScheme.from_config(TrainConfig(scheme="ihn", beta=2.0, ihn_warmup=10))
+    assert [unit.beta_at(step) for step in (0, 5, 10, 100)] == [0.0, 1.0, 2.0, 2.0]
+
+
+def test_total_is_softmax_plus_lambda_times_rr() -> None:
+    torch.manual_seed(0)
+    model = build_model("comirec-sa", VOCAB.n_items, dim=8, n_interests=3, seq_len=6)
+    batch, negatives = _batch()
+    loss = TrainingScheme.from_config(TrainConfig(scheme="remi", beta=0.5, lam=10.0)).step_loss(
+        model, batch, negatives, step=0
+    )
+    assert loss.rr.item() > 0 and loss.scores is None
+    assert loss.total.item() == pytest.approx(loss.softmax.item() + 10.0 * loss.rr.item(), rel=1e-6)
+    sampled = TrainingScheme.from_config(TrainConfig(scheme="sampled")).step_loss(model, batch, negatives, step=0)
+    assert sampled.rr.item() == 0 and torch.equal(sampled.total, sampled.softmax)
+
+
+def test_score_diagnostics_only_when_asked() -> None:
+    torch.manual_seed(0)
+    model = build_model("comirec-sa", VOCAB.n_items, dim=8, n_interests=3, seq_len=6)
+    batch, negatives = _batch()
+    unit = TrainingScheme.from_config(TrainConfig(scheme="sampled"))
+    scores = unit.step_loss(model, batch, negatives, step=0, with_scores=True).scores
+    assert scores is not None and scores.ihn_effective_negatives == pytest.approx(16.0)  # beta 0: uniform weights
+
+
+def test_negatives_are_real_items_and_repeat_with_the_seed() -> None:
+    first = UniformNegatives(VOCAB, 500, seed=3).sample()
+    assert first.min() >= VOCAB.first_index() and first.max() < VOCAB.index_stop()
+    assert torch.equal(first, UniformNegatives(VOCAB, 500, seed=3).sample())

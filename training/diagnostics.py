@@ -1,0 +1,52 @@
+"""Routing-collapse diagnostics (docs/remi.md A.5): how many history items each interest draws on,
+and how distinct a user's interests are. Pure numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def routing_diagnostics(
+    routing: np.ndarray, mask: np.ndarray, interest_vectors: np.ndarray, collapse_at: float = 0.9
+) -> dict[str, float]:
+    """How collapsed the routing is and how distinct the interests are.
+
+    effective_items: mean over users and interests of exp(entropy of the routing row), the
+        number of history items an interest effectively draws on (1 = collapsed onto one).
+    effective_share: the same divided by the user's history length (1 = uniform).
+    collapsed_share: share of interests whose largest routing weight exceeds ``collapse_at``.
+    interest_similarity: mean pairwise cosine similarity of a user's K interests (1 = copies).
+
+    Only users with at least 2 history items count (one item is trivially "collapsed").
+
+    Args:
+        routing: (U, K, L) rows summing to 1 over valid positions; mask: (U, L);
+        interest_vectors: (U, K, d).
+    """
+    n = mask.sum(-1)
+    keep = n >= 2
+    out = {
+        "effective_items": float("nan"),
+        "effective_share": float("nan"),
+        "collapsed_share": float("nan"),
+        "interest_similarity": float("nan"),
+    }
+    if not keep.any():
+        return out
+    a = routing[keep].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(a > 0, a * np.log(a), 0.0).sum(-1)  # (U, K)
+    eff = np.exp(ent)
+    out["effective_items"] = float(eff.mean())
+    out["effective_share"] = float((eff / n[keep][:, None]).mean())
+    out["collapsed_share"] = float((a.max(-1) > collapse_at).mean())
+    v = interest_vectors[keep].astype(np.float64)
+    n_interests = v.shape[1]
+    if n_interests > 1:
+        unit = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+        cos = unit @ unit.transpose(0, 2, 1)
+        iu = np.triu_indices(n_interests, 1)
+        out["interest_similarity"] = float(cos[:, iu[0], iu[1]].mean())
+    else:
+        out["interest_similarity"] = 1.0
+    return out

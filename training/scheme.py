@@ -1,0 +1,194 @@
+"""The training scheme as one unit (docs/remi.md A.2): the uniform shared negatives and the loss
+that composes sampled softmax, IHN weighting (β with warm-up), accidental-hit removal, RR (λ)
+and the embedding-norm penalty.
+
+The trainer only asks for ``scheme.step_loss(model, batch, negatives, step)``; which terms are on
+is decided here from the TrainConfig, so ``sampled``, ``ihn``, ``rr`` and ``remi`` are the same code
+path with different weights, and any scheme applies to any backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from remi.contract import ItemVocabulary
+from training.config import TrainConfig
+from training.losses import hard_readout, ihn_loss, routing_regularization, weighting_scores
+from training.models import MultiInterestModel
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """One step's training examples on the training device (docs/remi.md B.5)."""
+
+    history: torch.Tensor  # (B, L) int64 item indices, right-padded with the padding index
+    mask: torch.Tensor  # (B, L) bool, True on real items
+    target: torch.Tensor  # (B,) int64 item index of the next item
+
+
+class UniformNegatives:
+    """M item indices drawn uniformly per step and shared by the whole batch (the paper's baseline).
+
+    Its own seeded generator, so every rank of a distributed run draws the same negatives.
+    """
+
+    def __init__(self, vocabulary: ItemVocabulary, count: int, seed: int):
+        self.low, self.high, self.count = vocabulary.first_index(), vocabulary.index_stop(), count
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self) -> torch.Tensor:
+        """(M,) int64 item indices (never the padding index)."""
+        return torch.randint(self.low, self.high, (self.count,), generator=self.generator)
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """What the scheme needs from one forward pass.
+
+    History, targets and negatives are looked up in one embedding call (one dense gradient buffer
+    for the item table instead of three); the views below slice that one lookup.
+    """
+
+    embeddings: torch.Tensor  # (B * L + B + M, d): history rows, then targets, then negatives
+    batch_size: int
+    seq_len: int
+    interest_vectors: torch.Tensor  # (B, K, d)
+    routing: torch.Tensor  # (B, K, L)
+    target_emb: torch.Tensor  # (B, d)
+    negative_emb: torch.Tensor  # (M, d)
+
+    def candidate_emb(self) -> torch.Tensor:
+        """(B + M, d) the target and negative vectors this batch scores (what emb_l2 penalises)."""
+        return self.embeddings[self.batch_size * self.seq_len :]
+
+
+@dataclass(frozen=True)
+class ScoreStats:
+    """Diagnostics of the score scale behind the IHN weights (the decay study), one batch."""
+
+    pos_logit: float  # mean positive logit
+    neg_logit_std: float  # spread of the negative logits, mean over users
+    ihn_effective_negatives: float  # exp(entropy) of the IHN weights; M when uniform
+    item_norm: float  # mean norm of the item vectors
+
+
+@dataclass(frozen=True)
+class LossBreakdown:
+    """One batch's loss and its parts."""
+
+    total: torch.Tensor  # scalar: softmax + λ·rr + emb_l2·norms, what backward() runs on
+    softmax: torch.Tensor  # scalar: the sampled-softmax / IHN term
+    rr: torch.Tensor  # scalar: the RR term before λ (0 when the scheme has no RR)
+    scores: ScoreStats | None  # only when asked for (they cost a few reductions)
+
+
+@dataclass(frozen=True)
+class TrainingScheme:
+    """The weights of every loss term, as the config sets them for its scheme."""
+
+    beta: float  # IHN hardness after warm-up; 0 = plain sampled softmax
+    warmup_steps: int  # β ramps linearly from 0 over these steps
+    weight_scores: str  # what the IHN weights are computed from (losses.WEIGHT_SCORES)
+    detach_weights: bool
+    remove_accidental_hits: bool
+    lam: float  # RR weight, per-user mean convention; 0 = no RR
+    rr_norm: str  # losses.RR_NORMS
+    emb_l2: float  # penalty on the batch's item and user vector norms; 0 = none
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> TrainingScheme:
+        return cls(
+            beta=cfg.effective_beta,
+            warmup_steps=cfg.ihn_warmup,
+            weight_scores=cfg.ihn_scores,
+            detach_weights=cfg.ihn_detach,
+            remove_accidental_hits=cfg.remove_accidental_hits,
+            lam=cfg.effective_lam,
+            rr_norm=cfg.rr_norm,
+            emb_l2=cfg.emb_l2,
+        )
+
+    def beta_at(self, step: int) -> float:
+        """IHN hardness at a step: linear warm-up from 0 over ``warmup_steps``, then constant."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.beta * step / self.warmup_steps
+        return self.beta
+
+    def forward(self, model: MultiInterestModel, batch: TrainBatch, negatives: torch.Tensor) -> ModelOutput:
+        """The model on the batch's histories, plus the target and negative vectors."""
+        b_sz, length = batch.history.shape
+        emb = model.item_emb(torch.cat([batch.history.reshape(-1), batch.target, negatives]))
+        h = emb[: b_sz * length].view(b_sz, length, -1) * batch.mask.unsqueeze(-1).to(emb.dtype)  # (B, L, d)
+        target_emb = emb[b_sz * length : b_sz * (length + 1)]  # (B, d)
+        negative_emb = emb[b_sz * (length + 1) :]  # (M, d)
+        interest_vectors, routing = model.from_embeddings(h, batch.mask)  # (B, K, d), (B, K, L)
+        return ModelOutput(emb, b_sz, length, interest_vectors, routing, target_emb, negative_emb)
+
+    def loss(
+        self,
+        output: ModelOutput,
+        batch: TrainBatch,
+        negatives: torch.Tensor,
+        step: int,
+        item_vectors: torch.Tensor | None = None,
+    ) -> LossBreakdown:
+        """The composed loss of one batch; score diagnostics when ``item_vectors`` (I, d) is given.
+
+        The hard readout picks the interest nearest the target (docs/remi.md B.1.3); the softmax
+        term scores it against the target and the shared negatives, IHN-weighted when β > 0.
+        """
+        beta = self.beta_at(step)
+        user = hard_readout(output.interest_vectors, output.target_emb)  # (B, d)
+        pos_logit = (user * output.target_emb).sum(-1)  # (B,)
+        neg_logits = user @ output.negative_emb.T  # (B, M)
+        weights = None if beta == 0 else weighting_scores(self.weight_scores, user, output.negative_emb, neg_logits)
+        valid = negatives.unsqueeze(0) != batch.target.unsqueeze(1) if self.remove_accidental_hits else None
+        softmax = ihn_loss(pos_logit, neg_logits, beta, weights, valid, self.detach_weights)
+        total = softmax
+        rr = torch.zeros((), dtype=softmax.dtype)
+        if self.lam > 0:
+            dim = output.embeddings.shape[-1]  # d: the authors' RR divides by it
+            rr = routing_regularization(output.routing, batch.mask, dim, self.rr_norm)
+            total = total + self.lam * rr
+        if self.emb_l2 > 0:
+            # Scores grow with the norms during training until the softmax is over-confident and
+            # valid recall decays; penalising the norms of the vectors this batch uses curbs that.
+            norms = torch.cat([(output.candidate_emb() ** 2).sum(-1), (user**2).sum(-1)])
+            total = total + self.emb_l2 * norms.mean()
+        scores = None
+        if item_vectors is not None:
+            scores = _score_stats(pos_logit, neg_logits, beta, weights, item_vectors)
+        return LossBreakdown(total, softmax, rr, scores)
+
+    def step_loss(
+        self,
+        model: MultiInterestModel,
+        batch: TrainBatch,
+        negatives: torch.Tensor,
+        step: int,
+        with_scores: bool = False,
+    ) -> LossBreakdown:
+        """Forward and loss of one training step."""
+        output = self.forward(model, batch, negatives)
+        with torch.no_grad():
+            item_vectors = model.item_vectors() if with_scores else None
+        return self.loss(output, batch, negatives, step, item_vectors)
+
+
+@torch.no_grad()
+def _score_stats(
+    pos_logit: torch.Tensor,
+    neg_logits: torch.Tensor,
+    beta: float,
+    weights: torch.Tensor | None,
+    item_vectors: torch.Tensor,
+) -> ScoreStats:
+    log_w = torch.log_softmax(beta * (neg_logits if weights is None else weights), -1)
+    return ScoreStats(
+        pos_logit=pos_logit.mean().item(),
+        neg_logit_std=neg_logits.std(-1).mean().item(),
+        ihn_effective_negatives=torch.exp(-(log_w.exp() * log_w).sum(-1)).mean().item(),
+        item_norm=item_vectors.norm(dim=-1).mean().item(),
+    )
