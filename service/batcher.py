@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any
 
-from service import metrics
+from service import telemetry
 from service.engine import Engine, Query, Result, Timings
+
+Pending = tuple[Query, Engine, asyncio.Future[tuple[Result, Timings]]]  # a request waiting for its batch
 
 
 class MicroBatcher:
@@ -32,19 +33,24 @@ class MicroBatcher:
         self.active = active  # requests being handled right now (arrived, not yet answered)
         self.running = 0  # requests inside batches that are computing
         self.slots = asyncio.Semaphore(parallel)  # batches in flight (one per compute thread)
-        self.queue: asyncio.Queue[tuple[Query, Engine, asyncio.Future[tuple[Result, Timings]]]] = asyncio.Queue()
-        self.task: asyncio.Task[Any] | None = None
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None  # the collector
+        self.batches: set[asyncio.Task[None]] = set()  # batches computing; held so none is lost or outlives stop()
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+        """Stops collecting and cancels the batches in flight; every request still waiting gets
+        CancelledError rather than waiting forever (the server drains requests before this)."""
+        tasks = [t for t in (self.task, *self.batches) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.task = None
+        while not self.queue.empty():
+            _, _, future = self.queue.get_nowait()
+            future.cancel()
 
     async def submit(self, query: Query, engine: Engine) -> tuple[Result, Timings]:
         """Runs ``query`` on ``engine``: the one whose item indices encoded it, even if a reload
@@ -54,40 +60,59 @@ class MicroBatcher:
         return await future
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = [await self.queue.get()]
-            deadline = loop.time() + self.max_wait
-            while len(batch) < self.max_size:
-                try:
-                    batch.append(self.queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                if self.active() - self.running - len(batch) <= 0:
-                    break  # nobody else is coming: do not wait for them
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-                except asyncio.TimeoutError:
-                    break
-            groups: dict[int, list[tuple[Query, Engine, asyncio.Future[Any]]]] = {}
-            for item in batch:  # only during a reload do two engines meet in one batch
-                groups.setdefault(id(item[1]), []).append(item)
-            for group in groups.values():
-                metrics.BATCH_SIZE.observe(len(group))
-                await self.slots.acquire()
-                loop.create_task(self._execute(group))
+            try:
+                await self._collect(batch)
+                await self._dispatch(batch)
+            except asyncio.CancelledError:  # stop(): nobody will answer these requests now
+                for _, _, future in batch:
+                    future.cancel()  # a no-op for those already answered
+                raise
 
-    async def _execute(self, batch: list[tuple[Query, Engine, asyncio.Future[Any]]]) -> None:
+    async def _collect(self, batch: list[Pending]) -> None:
+        """Adds requests to ``batch`` while others are on their way, up to max_size and max_wait."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while len(batch) < self.max_size:
+            try:
+                batch.append(self.queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            if self.active() - self.running - len(batch) <= 0:
+                break  # nobody else is coming: do not wait for them
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+
+    async def _dispatch(self, batch: list[Pending]) -> None:
+        """One compute task per engine in the batch, each holding a slot (a compute thread)."""
+        groups: dict[int, list[Pending]] = {}
+        for item in batch:  # only during a reload do two engines meet in one batch
+            groups.setdefault(id(item[1]), []).append(item)
+        for group in groups.values():
+            telemetry.BATCH_SIZE.observe(len(group))
+            await self.slots.acquire()
+            task = asyncio.get_running_loop().create_task(self._execute(group))
+            self.batches.add(task)
+            task.add_done_callback(self.batches.discard)
+
+    async def _execute(self, batch: list[Pending]) -> None:
         engine = batch[0][1]
         self.running += len(batch)
         try:
             results, timings = await asyncio.get_running_loop().run_in_executor(
                 self.executor, engine.recommend, [query for query, _, _ in batch]
             )
+        except asyncio.CancelledError:
+            for _, _, future in batch:
+                future.cancel()
+            raise
         except Exception as exc:  # hand the failure to every waiting request
             for _, _, future in batch:
                 if not future.done():

@@ -191,7 +191,8 @@ def _client_for(url: str, **options: Any) -> Any:
         from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
         timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
-        sentinel = Sentinel(sentinels, sentinel_kwargs=timeouts, ssl=scheme.startswith("rediss"), **options)
+        unannotated_sentinel: Any = Sentinel  # redis-py declares no types for its constructor
+        sentinel = unannotated_sentinel(sentinels, sentinel_kwargs=timeouts, ssl=scheme.startswith("rediss"), **options)
         return sentinel.master_for(parts[0], connection_pool_class=SentinelConnectionPool, db=db)
     return aioredis.Redis.from_url(url, **options)
 
@@ -511,7 +512,8 @@ class RedisHistory:
             async with self._client.pipeline(transaction=False) as pipe:
                 for user_id in user_ids:
                     pipe.lrange(history_key(self.prefix, user_id), 0, limit - 1)
-                return await pipe.execute()
+                replies: list[list[str]] = await pipe.execute()
+                return replies
 
         return [[_decode(r) for r in reversed(raw)] for raw in await self._call(run)]
 

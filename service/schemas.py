@@ -1,16 +1,25 @@
-"""Request and response bodies of the HTTP API.
+"""Request and response bodies of the HTTP API, and the path and header parameters they share.
 
-Request models are built by :func:`request_models` because their bounds (largest k, batch and
-event counts) come from settings; a bad value is a 422 whose ``loc`` names the field.
+Every model is defined once, here. The bounds that come from settings (largest k, batch and
+event count) are checked by validators that read the limits of the app handling the request
+(service/limits.py) and fail exactly as a fixed ``Field(le=...)`` or ``max_length`` would: the
+same 422 error type, message and ``loc`` naming the field. The same limits are written into the
+JSON schema, so the OpenAPI document states the bounds the validators apply.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from annotated_types import Ge
+from fastapi import Header, Path, Query
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints
+from pydantic_core import PydanticCustomError
+
+from service import limits
+from service.config import ServiceSettings
 
 MergeName = Literal["score", "quota", "round_robin"]
 Fallback = Literal["cold_start", "history_unavailable"]
@@ -53,6 +62,97 @@ UserId = Annotated[
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)] | JsonInt
 
 
+# ---------------------------------------------------------------- bounds from settings
+
+
+def _at_most_k_max(k: int) -> int:
+    """``Field(le=k_max)`` with the app's k_max: the same error type, message and context."""
+    k_max = limits.current().k_max
+    if k > k_max:
+        raise PydanticCustomError("less_than_equal", "Input should be less than or equal to {le}", {"le": k_max})
+    return k
+
+
+def _k_schema(schema: dict[str, Any]) -> None:
+    k_max = limits.current().k_max
+    schema["maximum"] = k_max
+    schema["description"] = f"How many items (1..{k_max})."
+
+
+def _at_most(limit: Literal["batch_max", "events_max"]) -> BeforeValidator:
+    """``max_length`` with the app's limit, checked on the raw list before its items, as pydantic's is."""
+
+    def check(value: object) -> object:
+        most: int = getattr(limits.current(), limit)
+        if isinstance(value, list) and len(value) > most:
+            plural = "" if most == 1 else "s"
+            raise PydanticCustomError(
+                "too_long",
+                f"List should have at most {{max_length}} item{plural} after validation, not {{actual_length}}",
+                {"field_type": "List", "max_length": most, "actual_length": len(value)},
+            )
+        return value
+
+    return BeforeValidator(check)
+
+
+def _max_items(limit: Literal["batch_max", "events_max"]) -> Callable[[dict[str, Any]], None]:
+    def publish(schema: dict[str, Any]) -> None:
+        schema["maxItems"] = getattr(limits.current(), limit)
+
+    return publish
+
+
+# ---------------------------------------------------------------- requests
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: UserId
+    k: Annotated[JsonInt, AfterValidator(_at_most_k_max)] = Field(
+        50, ge=1, description="How many items (1..k_max).", json_schema_extra=_k_schema
+    )
+    history: list[ItemId] | None = Field(
+        None,
+        description=(
+            "Raw item ids, oldest first. Appended after the stored history (as the most recent "
+            "items) unless use_stored_history is false, in which case they replace it. Longer "
+            "lists are truncated to their most recent items, never rejected."
+        ),
+    )
+    use_stored_history: StrictBool = Field(True, description="Read the user's stored history.")
+    exclude_seen: StrictBool = Field(True, description="Never recommend an item of the history.")
+    merge: MergeName = Field(
+        "score",
+        description="score: global by score; quota: each interest a share by its weight; round_robin.",
+    )
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    requests: Annotated[list[RecommendRequest], _at_most("batch_max")] = Field(
+        min_length=1, json_schema_extra=_max_items("batch_max")
+    )
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: ItemId
+    timestamp: Annotated[int, Ge(0), BeforeValidator(_json_integer)] | None = Field(
+        None, description="Unix seconds; optional."
+    )
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: Annotated[list[EventIn], _at_most("events_max")] = Field(
+        min_length=1, json_schema_extra=_max_items("events_max")
+    )
+
+
+# ---------------------------------------------------------------- responses
+
+
 class Item(BaseModel):
     item_id: str
     score: float
@@ -75,14 +175,6 @@ class BatchResponse(BaseModel):
     took_ms: float
 
 
-class EventIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    item_id: ItemId
-    timestamp: Annotated[int, Ge(0), BeforeValidator(_json_integer)] | None = Field(
-        None, description="Unix seconds; optional."
-    )
-
-
 class EventsResponse(BaseModel):
     user_id: str
     stored: int
@@ -98,6 +190,73 @@ class HistoryItem(BaseModel):
 class HistoryResponse(BaseModel):
     user_id: str
     items: list[HistoryItem]
+
+
+class RoutedItem(BaseModel):
+    item_id: str
+    weight: float = Field(description="Routing weight of this history item in the interest (sums to 1).")
+
+
+class Candidate(BaseModel):
+    item_id: str
+    score: float
+
+
+class Interest(BaseModel):
+    interest: int = Field(description="Interest number (0..K-1).")
+    weight: float = Field(description="Share of the user's attention on this interest (sums to 1 over interests).")
+    effective_items: float = Field(description="exp(entropy) of the routing: how many history items it draws on.")
+    norm: float
+    history: list[RoutedItem] = Field(description="The history items it draws on most, heaviest first.")
+    candidates: list[Candidate] = Field(description="Its own top candidates, unseen items only.")
+
+
+class InterestsResponse(BaseModel):
+    user_id: str
+    model_version: str
+    index_version: str
+    history_len: int
+    unknown_items: int
+    collapsed_interests: int = Field(description="Interests drawing on about one item while the history has more.")
+    interests: list[Interest]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "degraded", "not_ready"]
+    model: str | None
+    index: str | None
+    history_store: Literal["ok", "unavailable", "writes_failing"]
+    history_error: str | None
+    last_reload_error: str | None
+
+
+class VersionResponse(BaseModel):
+    """What is served; only the first three fields while no model is loaded."""
+
+    model_config = ConfigDict(protected_namespaces=())
+    remi: str
+    model_version: str | None
+    index_version: str | None
+    backbone: str | None = None
+    dim: int | None = None
+    interests: int | None = Field(None, description="K, the number of interests.")
+    seq_len: int | None = None
+    items: int | None = None
+    index_kind: str | None = None
+    index_params: dict[str, Any] | None = None
+    index_recall_at_50: float | None = None
+    model_created_at: str | None = None
+
+
+class ReloadResponse(BaseModel):
+    changed: bool
+    version: str | None = Field(description="The index version served after the call.")
+    previous: str | None = Field(None, description="The one served before, when it changed.")
+    error: str | None
 
 
 class Reason(BaseModel):
@@ -129,34 +288,26 @@ BAD_INPUT_422 = {
 TOO_LARGE_413 = {"model": Reason, "description": "Request body over REMI_MAX_BODY_BYTES"}
 
 
-def request_models(k_max: int, batch_max: int, events_max: int) -> tuple[type[BaseModel], ...]:
-    """The request bodies with the configured bounds."""
+# ---------------------------------------------------------------- path, query and header parameters
 
-    class RecommendRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        user_id: UserId
-        k: JsonInt = Field(50, ge=1, le=k_max, description=f"How many items (1..{k_max}).")
-        history: list[ItemId] | None = Field(
-            None,
-            description=(
-                "Raw item ids, oldest first. Appended after the stored history (as the most recent "
-                "items) unless use_stored_history is false, in which case they replace it. Longer "
-                "lists are truncated to their most recent items, never rejected."
-            ),
-        )
-        use_stored_history: StrictBool = Field(True, description="Read the user's stored history.")
-        exclude_seen: StrictBool = Field(True, description="Never recommend an item of the history.")
-        merge: MergeName = Field(
-            "score",
-            description="score: global by score; quota: each interest a share by its weight; round_robin.",
-        )
-
-    class BatchRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        requests: list[RecommendRequest] = Field(min_length=1, max_length=batch_max)
-
-    class EventsRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        events: list[EventIn] = Field(min_length=1, max_length=events_max)
-
-    return RecommendRequest, BatchRequest, EventsRequest
+UserPath = Annotated[
+    str,
+    AfterValidator(check_user_id),
+    Path(
+        min_length=1,
+        max_length=256,
+        description="Opaque user id (printable UTF-8; see the body's user_id).",
+        json_schema_extra={"pattern": USER_ID_PATTERN},
+    ),
+]
+TopN = Annotated[int, Query(ge=1, le=100, description="Candidates shown per interest.")]
+_IDEMPOTENCY_TTL_S = ServiceSettings.model_fields["idempotency_ttl_s"].default
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=256,
+        description="Makes retries safe: a request repeating a key seen within REMI_IDEMPOTENCY_TTL_S seconds "
+        f"(default {_IDEMPOTENCY_TTL_S}) is answered as the first was and stores nothing again.",
+    ),
+]

@@ -24,7 +24,7 @@ from typing import Any
 from index.store import list_versions, load_version, read_current, read_previous, version_dir
 from remi.contract import VERSIONS, read_artifact_manifest
 from remi.errors import RemiError
-from service import metrics
+from service import telemetry
 from service.config import ServiceSettings
 from service.engine import Engine
 
@@ -87,7 +87,7 @@ class Versions:
 
     def _install(self, engine: Engine) -> str | None:
         previous, self.engine, self.loaded_at = self.serving, engine, time.time()
-        metrics.set_version(engine.model_version, engine.index_version)
+        telemetry.set_version(engine.model_version, engine.index_version)
         return previous
 
     async def _refuse(self, name: str | None, error: str) -> dict[str, Any]:
@@ -103,7 +103,7 @@ class Versions:
         fallback, engine = found
         self._install(engine)
         self.error = f"{error}; serving {fallback} (the last good version on disk) instead"
-        metrics.RELOADS.labels("fallback").inc()
+        telemetry.RELOADS.labels("fallback").inc()
         log.warning("serving a fallback version", extra={"version": fallback, "refused": name})
         return {"changed": True, "version": fallback, "previous": None, "error": self.error}
 
@@ -130,12 +130,12 @@ class Versions:
             try:
                 engine = await asyncio.to_thread(self._load, name)
             except (RemiError, OSError, RuntimeError, ValueError) as exc:
-                metrics.RELOADS.labels("refused").inc()
+                telemetry.RELOADS.labels("refused").inc()
                 log.error("reload refused", extra={"version": name, "error": str(exc), "serving": self.serving})
                 return await self._refuse(name, f"version {name} refused: {exc}")
             previous = self._install(engine)
             self.failed, self.error = None, None
-            metrics.RELOADS.labels("loaded").inc()
+            telemetry.RELOADS.labels("loaded").inc()
             log.info(
                 "serving version",
                 extra={

@@ -81,7 +81,8 @@ def serve_workers(workers: int, host: str, port: int, log_level: str, access_log
                 if metrics_dir:
                     from prometheus_client import multiprocess
 
-                    multiprocess.mark_process_dead(proc.pid)
+                    mark_dead: Any = multiprocess.mark_process_dead  # prometheus-client declares no types for it
+                    mark_dead(proc.pid)
                 procs[i] = start()
     for proc in procs:
         proc.terminate()

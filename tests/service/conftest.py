@@ -17,7 +17,23 @@ import httpx
 import pytest
 import redis
 
+from tests.service.tiny_model import TinyModel, publish_tiny_version, write_tiny_artifacts
+
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """A tiny artifact folder written without torch (tests/service/tiny_model.py)."""
+    return write_tiny_artifacts(tmp_path_factory.mktemp("tiny") / "artifacts")
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An index root whose `current` is one published version of the tiny model (read-only: copy to change)."""
+    root = tmp_path_factory.mktemp("tiny-root") / "root"
+    publish_tiny_version(tiny_model.artifacts, root)
+    return root
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -46,3 +47,28 @@ def test_each_request_runs_on_the_engine_that_encoded_it() -> None:
     answers = run([old, new, old], active=3)
     assert [r.item_ids[0] for r, _ in answers] == ["old", "new", "old"]
     assert old.batches == [2] and new.batches == [1]
+
+
+class SlowEngine(RecordingEngine):
+    def recommend(self, queries):
+        time.sleep(0.3)
+        return super().recommend(queries)
+
+
+def test_stop_leaves_no_task_behind_and_no_request_waiting() -> None:
+    """Shutdown cancels the collector and every batch in flight (all held by the batcher), and
+    each request still waiting, computing or queued, is cancelled rather than left hanging."""
+
+    async def scenario():
+        batcher = MicroBatcher(ThreadPoolExecutor(1), max_wait=0.0, max_size=1, parallel=1, active=lambda: 3)
+        batcher.start()
+        engine = SlowEngine("slow")
+        waiting = [asyncio.create_task(batcher.submit(Query(np.array([1]), 5), engine)) for _ in range(3)]
+        await asyncio.sleep(0.1)  # one batch computing, one waiting for the compute slot, one queued
+        assert len(batcher.batches) == 1
+        await batcher.stop()
+        assert not batcher.batches and batcher.task is None
+        return await asyncio.gather(*waiting, return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert [type(o) for o in outcomes] == [asyncio.CancelledError] * 3

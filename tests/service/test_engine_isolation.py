@@ -91,9 +91,9 @@ def test_every_merge_answers_the_same_through_the_micro_batcher(engine: Engine) 
 
 def _batch_sizes() -> float:
     """How many micro-batches the batcher has run so far (its histogram's count)."""
-    from service import metrics
+    from service import telemetry
 
-    return next(s.value for m in metrics.BATCH_SIZE.collect() for s in m.samples if s.name.endswith("_count"))
+    return next(s.value for m in telemetry.BATCH_SIZE.collect() for s in m.samples if s.name.endswith("_count"))
 
 
 def test_batch_endpoint_answers_each_request_as_if_alone(artifacts_dir: Path, tmp_path: Path) -> None:

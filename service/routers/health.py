@@ -1,0 +1,73 @@
+"""Liveness, readiness, what is served, and the Prometheus metrics."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+import remi
+from service import telemetry
+from service.deps import HistoryDep, VersionsDep
+from service.http_guards import SafeJsonRoute
+from service.schemas import HealthResponse, ReadyResponse, VersionResponse
+
+router = APIRouter(route_class=SafeJsonRoute)
+
+
+@router.get("/healthz", response_model=HealthResponse, summary="Process alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "No usable model + index pair"}},
+    summary="Model, index and history store usable",
+)
+async def readyz(versions: VersionsDep, history: HistoryDep) -> Response:
+    engine = versions.engine
+    history_status, history_error = await history.health()
+    history_ok = history_status == "ok"
+    body = {
+        "status": "ready" if engine and history_ok else ("degraded" if engine else "not_ready"),
+        "model": engine.model_version if engine else None,
+        "index": engine.index_version if engine else None,
+        "history_store": history_status,  # ok | unavailable | writes_failing
+        "history_error": history_error,
+        "last_reload_error": versions.error,
+    }
+    # A history outage degrades answers (fallbacks) but must not pull every replica out of
+    # the load balancer at once, so only a missing model makes the replica not ready.
+    return Response(orjson.dumps(body), status_code=200 if engine else 503, media_type="application/json")
+
+
+@router.get(
+    "/version", response_model=VersionResponse, response_model_exclude_unset=True, summary="What is being served"
+)
+async def version(versions: VersionsDep) -> VersionResponse:
+    engine = versions.engine
+    if engine is None:
+        return VersionResponse(remi=remi.__version__, model_version=None, index_version=None)
+    model, index = engine.arts.manifest, engine.version.manifest
+    return VersionResponse(
+        remi=remi.__version__,
+        model_version=model.model_version,
+        index_version=engine.index_version,
+        backbone=model.backbone,
+        dim=model.dim,
+        interests=model.interests,
+        seq_len=model.seq_len,
+        items=model.n_items,
+        index_kind=index.kind,
+        index_params=index.params,
+        index_recall_at_50=index.recall_at_50,
+        model_created_at=model.created_at,
+    )
+
+
+@router.get("/metrics", include_in_schema=False, response_class=Response)
+async def prometheus() -> Response:
+    payload, content_type = telemetry.render()
+    return Response(payload, media_type=content_type)
