@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from service.schemas import request_models
+from service.schemas import RecommendRequest
 
 
 def synthetic_response(k: int = 50, seed: int = 0) -> dict[str, Any]:
@@ -59,11 +59,10 @@ def response_body(path: str | Path | None = None) -> bytes:
 def create_app() -> FastAPI:
     """App factory (uvicorn --factory), as service.app.create_app."""
     body = response_body(os.environ.get("REMI_NOOP_RESPONSE") or None)
-    RecommendRequest, _, _ = request_models(500, 256, 1000)
     app = FastAPI(title="remi-match no-op baseline")
 
     @app.post("/recommend")
-    async def recommend(request: RecommendRequest) -> Response:  # type: ignore[valid-type]
+    async def recommend(request: RecommendRequest) -> Response:
         return Response(body, media_type="application/json")
 
     @app.get("/readyz")
@@ -80,12 +79,12 @@ def create_app() -> FastAPI:
 def _worker(host: str, port: int, log_level: str) -> None:
     import uvicorn
 
-    from service.workers import _bind
+    from service.workers import reuseport_socket
 
     config = uvicorn.Config(
         "benchmarks.noop_app:create_app", factory=True, log_level=log_level, access_log=False, log_config=None
     )
-    uvicorn.Server(config).run(sockets=[_bind(host, port)])
+    uvicorn.Server(config).run(sockets=[reuseport_socket(host, port)])
 
 
 def serve_workers(workers: int, host: str, port: int, log_level: str) -> None:

@@ -22,7 +22,11 @@ from typing import Any
 log = logging.getLogger("remi.service")
 
 
-def _bind(host: str, port: int) -> socket.socket:
+APP_FACTORY = "service.app:create_app"
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port that other processes may bind too (SO_REUSEPORT)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -32,21 +36,22 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(host: str, port: int, log_level: str, access_log: bool) -> None:
+def _worker(host: str, port: int, log_level: str, access_log: bool, factory: str) -> None:
     import uvicorn
 
     from remi.logs import setup_logging
 
     setup_logging(log_level)
-    sock = _bind(host, port)
-    config = uvicorn.Config(
-        "service.app:create_app", factory=True, log_level=log_level, access_log=access_log, log_config=None
-    )
+    sock = reuseport_socket(host, port)
+    config = uvicorn.Config(factory, factory=True, log_level=log_level, access_log=access_log, log_config=None)
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def serve_workers(workers: int, host: str, port: int, log_level: str, access_log: bool) -> None:
-    """Runs ``workers`` uvicorn processes on host:port until SIGINT/SIGTERM."""
+def serve_workers(
+    workers: int, host: str, port: int, log_level: str, access_log: bool, factory: str = APP_FACTORY
+) -> None:
+    """Runs ``workers`` uvicorn processes of the app ``factory`` ("module:function") on host:port
+    until SIGINT/SIGTERM."""
     if port == 0:  # every worker must bind the same port
         with socket.socket() as probe:
             probe.bind((host, 0))
@@ -61,7 +66,7 @@ def serve_workers(workers: int, host: str, port: int, log_level: str, access_log
     stopping = False
 
     def start() -> Any:
-        proc = ctx.Process(target=_worker, args=(host, port, log_level, access_log), daemon=False)
+        proc = ctx.Process(target=_worker, args=(host, port, log_level, access_log, factory), daemon=False)
         proc.start()
         return proc
 
