@@ -29,7 +29,7 @@ class IndexSettings(BaseSettings):
 
     A parameter counts as *given* when a flag or a ``REMI_INDEX_*`` variable sets it
     (:meth:`given_params`): a given ``ef_search`` / ``nprobe`` is measured as is, an unset one is
-    calibrated up its ladder until recall reaches ``min_recall`` (docs/remi.md, index build).
+    calibrated up its ladder until recall reaches ``min_recall`` (docs/operations.md, "Choosing the index").
     """
 
     model_config = SettingsConfigDict(env_prefix="REMI_INDEX_", extra="forbid")
