@@ -1,11 +1,11 @@
 """The no-op baseline of the serving benchmark: the HTTP stack alone, no model, no history store.
 
 Same framework and server settings as ``remi serve`` (FastAPI on uvicorn with uvloop/httptools,
-no access log, the same request model and validation; with --workers > 1 one process per worker
-on an SO_REUSEPORT socket, as service/workers.py does), but POST /recommend answers a
-precomputed body: the same size and shape as a real k = 50 answer. Whatever the real service
-loses against it is the price of the history lookup, the model, the search, the merge and
-building the response.
+no access log, the same request model and validation; with --workers > 1 the service's own
+supervisor, ``service.workers.serve_workers``: one process per worker on an SO_REUSEPORT
+socket), but POST /recommend answers a precomputed body: the same size and shape as a real
+k = 50 answer. Whatever the real service loses against it is the price of the history lookup,
+the model, the search, the merge and building the response.
 
     python -m benchmarks.noop_app --port 8001 --workers 2 [--response real_response.json]
 
@@ -25,6 +25,8 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from service.schemas import RecommendRequest
+
+APP_FACTORY = "benchmarks.noop_app:create_app"
 
 
 def synthetic_response(k: int = 50, seed: int = 0) -> dict[str, Any]:
@@ -76,38 +78,6 @@ def create_app() -> FastAPI:
     return app
 
 
-def _worker(host: str, port: int, log_level: str) -> None:
-    import uvicorn
-
-    from service.workers import reuseport_socket
-
-    config = uvicorn.Config(
-        "benchmarks.noop_app:create_app", factory=True, log_level=log_level, access_log=False, log_config=None
-    )
-    uvicorn.Server(config).run(sockets=[reuseport_socket(host, port)])
-
-
-def serve_workers(workers: int, host: str, port: int, log_level: str) -> None:
-    """``workers`` processes, each with its own SO_REUSEPORT socket, until SIGINT/SIGTERM."""
-    import multiprocessing
-    import signal
-    import time
-
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(host, port, log_level)) for _ in range(workers)]
-    for proc in procs:
-        proc.start()
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    while not stop and all(proc.is_alive() for proc in procs):
-        time.sleep(0.5)
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.join(10)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1", help="bind address")
@@ -118,13 +88,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.response:
         os.environ["REMI_NOOP_RESPONSE"] = str(Path(args.response).resolve())  # every worker reads it
-    if args.workers > 1:
-        serve_workers(args.workers, args.host, args.port, args.log_level)
+    if args.workers > 1:  # the service's own supervisor, running this app instead
+        from service.workers import serve_workers
+
+        serve_workers(args.workers, args.host, args.port, args.log_level, access_log=False, factory=APP_FACTORY)
         return
     import uvicorn
 
     uvicorn.run(
-        "benchmarks.noop_app:create_app",
+        APP_FACTORY,
         factory=True,
         host=args.host,
         port=args.port,

@@ -65,6 +65,7 @@ COPY pyproject.toml README.md ./
 COPY remi ./remi
 COPY index ./index
 COPY service ./service
+COPY loadtest ./loadtest
 COPY training ./training
 COPY configs ./configs
 RUN pip install --no-deps . && rm -rf build *.egg-info && pip check

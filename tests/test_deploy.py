@@ -22,7 +22,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ import httpx
 import pytest
 import yaml
 
+from loadtest.server import ServerProcess, free_port
 from remi.contract import read_current
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,12 +188,6 @@ def localize(text: str, data: Path, api_url: str = "", redis_url: str = "") -> s
     text = re.sub(r"(?<![\w./-])/app(?=/)", str(REPO), text)
     text = text.replace("http://api:8000", api_url) if api_url else text
     return text.replace(COMPOSE_REDIS_URL, redis_url) if redis_url else text
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------- the files
@@ -405,8 +399,8 @@ def test_pyproject_splits_service_and_training_dependencies() -> None:
 
 
 def test_serve_path_never_imports_the_training_stack() -> None:
-    """No module of remi/, index/, service/ imports torch or training (the CLI only lazily, per command)."""
-    for package in ("remi", "index", "service"):
+    """No module of remi/, index/, service/, loadtest/ imports torch or training (the CLI only lazily, per command)."""
+    for package in ("remi", "index", "service", "loadtest"):
         for path in (REPO / package).glob("*.py"):
             if path.name == "cli.py":
                 continue
@@ -416,7 +410,7 @@ def test_serve_path_never_imports_the_training_stack() -> None:
                     bad = [m for m in mods if m.split(".")[0] in TRAIN_ONLY]
                     assert not bad, f"{path.relative_to(REPO)} imports {bad}"
     code = (
-        "import sys, remi.cli, service.app, index.publish, index.store, service.loadtest\n"
+        "import sys, remi.cli, service.app, index.publish, index.store, loadtest.client\n"
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {TRAIN_ONLY!r})\n"
         "sys.exit(f'loaded: {bad}' if bad else 0)"
     )
@@ -454,7 +448,6 @@ class Stack:
     services: dict[str, Any]
     redis_url: str
     url: str = ""
-    proc: subprocess.Popen[str] | None = None
 
     def service_env(self, name: str, **env: str) -> dict[str, str]:
         """This env plus the service's `environment` (interpolated and localized; a name without a
@@ -524,29 +517,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, own_redis: str) -> Iterator[
     argv = [localize(a, data) for a in service_argv("api", stack.services["api"])]
     argv[argv.index("--host") + 1], argv[argv.index("--port") + 1] = "127.0.0.1", str(port)
     api_env = stack.service_env("api") | {"REMI_POLL_SECONDS": "0.2"}
-    log = base / "api.log"
-    stack.url = f"http://127.0.0.1:{port}"
-    with open(log, "w") as out:
-        stack.proc = subprocess.Popen(argv, cwd=base, env=api_env, stdout=out, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert stack.proc.poll() is None, f"api exited: {log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"api not ready: {log.read_text()[-3000:]}"
-            try:
-                if httpx.get(stack.url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+    with ServerProcess(argv, port, base / "api.log", api_env, cwd=base) as api:
+        stack.url = api.url
+        api.start().wait_ready(timeout=90)
         yield stack
-    finally:
-        stack.proc.terminate()
-        try:
-            stack.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            stack.proc.kill()
-            stack.proc.wait(5)
 
 
 def test_init_trains_a_first_model_once(stack: Stack) -> None:

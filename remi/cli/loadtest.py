@@ -33,7 +33,7 @@ def loadtest_cmd(
     out: Annotated[Path | None, Opt(help="Also write the result as JSON here.")] = None,
 ) -> None:
     """Load-test POST /recommend: prints requests/s, latency percentiles, errors and fallbacks (JSON)."""
-    from service.loadtest import run_loadtest, summary_line  # the one import path of the client
+    from loadtest.client import run_loadtest, summary_line  # the one import path of the client
 
     if not users_from.is_file():
         raise RemiError(f"{users_from}: no such file")

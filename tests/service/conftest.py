@@ -1,23 +1,22 @@
-"""Real servers for the end-to-end tests: `remi serve` subprocesses on free ports, real Redis."""
+"""Real servers for the end-to-end tests: `remi serve` subprocesses on free ports (loadtest.server), real Redis."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
+from loadtest.server import ServerProcess, free_port, is_up, remi_serve_argv
 from tests.service.tiny_model import TinyModel, publish_tiny_version, write_tiny_artifacts
+
+Server = ServerProcess  # the name the end-to-end tests annotate with
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -36,50 +35,13 @@ def tiny_root(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -
     return root
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    root: Path
-    proc: subprocess.Popen[str]
-    log: Path
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def start_server(root: Path, artifacts: Path | None, **env: str) -> Server:
+def start_server(root: Path, artifacts: Path | None, **env: str) -> ServerProcess:
     """Starts `remi serve` and waits until /readyz answers (200 or 503: the process is up)."""
     port = free_port()
-    log = root.parent / f"server-{port}.log"
-    args = [sys.executable, "-m", "remi.cli", "serve", "--index-root", str(root), "--port", str(port)]
-    if artifacts:
-        args += ["--artifacts", str(artifacts)]
+    args = ["--index-root", str(root)] + (["--artifacts", str(artifacts)] if artifacts else [])
     full_env = {**os.environ, "REMI_POLL_SECONDS": "0.2", **env}
-    proc = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=full_env, text=True)
-    server = Server(f"http://127.0.0.1:{port}", root, proc, log)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(server.url + "/readyz", timeout=1).status_code in (200, 503):
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"server did not start: {log.read_text()[-3000:]}")
+    server = ServerProcess(remi_serve_argv(port, args), port, root.parent / f"server-{port}.log", full_env)
+    return server.start().wait_ready(timeout=90, ready=is_up)
 
 
 def delete_prefix(url: str, prefix: str) -> None:
@@ -101,7 +63,7 @@ def redis_prefix() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def api(artifacts_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def api(artifacts_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One Redis-backed server shared by the read-mostly tests of a module (own key namespace)."""
     prefix = f"remi-test:{uuid.uuid4().hex[:12]}:"
     root = tmp_path_factory.mktemp("api") / "root"

@@ -4,64 +4,24 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from service.loadtest import load_user_ids, recommend_url
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from loadtest.client import load_user_ids, recommend_url
+from loadtest.server import start_remi_serve
 
 
 @pytest.fixture()
-def server(artifacts_dir: Path, synth_csv: Path, tmp_path: Path):
-    port = _free_port()
+def server(artifacts_dir: Path, synth_csv: Path, tmp_path: Path) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMI_")}  # embedded store, defaults
-    log = (tmp_path / "serve.log").open("wb")
-    cmd = [
-        sys.executable,
-        "-m",
-        "remi.cli",
-        "serve",
-        "--artifacts",
-        str(artifacts_dir),
-        "--index-root",
-        str(tmp_path / "root"),
-        "--port",
-        str(port),
-        "--seed-history",
-        str(synth_csv),
-        "--log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server not ready in 60 s"
-            time.sleep(0.2)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
-        log.close()
+    args = ["--artifacts", str(artifacts_dir), "--index-root", str(tmp_path / "root")]
+    args += ["--seed-history", str(synth_csv), "--log-level", "warning"]
+    with start_remi_serve(args, tmp_path / "serve.log", env, timeout=60) as running:
+        yield running.url
 
 
 def test_loadtest_against_server(server: str, synth_csv: Path, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 -- wrk script: POST /recommend for user ids read from a file, rotating through them.
 --
---   USERS_FILE=users.txt wrk -t2 -c32 -d15s --latency -s benchmarks/wrk/recommend.lua http://127.0.0.1:8000
---   wrk -t2 -c32 -d15s --latency -s benchmarks/wrk/recommend.lua http://127.0.0.1:8000 -- users.txt 50
+--   USERS_FILE=users.txt wrk -t2 -c32 -d15s --latency -s loadtest/recommend.lua http://127.0.0.1:8000
+--   wrk -t2 -c32 -d15s --latency -s loadtest/recommend.lua http://127.0.0.1:8000 -- users.txt 50
 --
 -- Users file: one user id per line, or a CSV whose header holds a user_id column (plain text,
 -- not gzipped). Path from the first script argument or $USERS_FILE; k from the second argument or

@@ -50,10 +50,10 @@ def recommend_url(url: str) -> str:
 
 @dataclass
 class _Tally:
-    latencies: array = field(default_factory=lambda: array("d"))  # seconds, successes only
-    statuses: Counter = field(default_factory=Counter)  # non-2xx status codes
-    exceptions: Counter = field(default_factory=Counter)  # transport errors by type
-    fallbacks: Counter = field(default_factory=Counter)  # fallback reason of 2xx answers
+    latencies: array[float] = field(default_factory=lambda: array("d"))  # seconds, successes only
+    statuses: Counter[str] = field(default_factory=Counter)  # non-2xx status codes
+    exceptions: Counter[str] = field(default_factory=Counter)  # transport errors by type
+    fallbacks: Counter[str] = field(default_factory=Counter)  # fallback reason of 2xx answers
     requests: int = 0
 
 
@@ -165,7 +165,7 @@ def run_loadtest(
         tally, measured, cpu = asyncio.run(_run(target, bodies, concurrency, duration, warmup, timeout))
     lat_ms = np.frombuffer(tally.latencies, dtype=np.float64) * 1000 if len(tally.latencies) else np.zeros(0)
     errors = sum(tally.statuses.values()) + sum(tally.exceptions.values())
-    latency: dict[str, float | None] = {f"p{p}": None for p in PERCENTILES} | {"mean": None, "max": None}
+    latency: dict[str, float | None] = dict.fromkeys([*(f"p{p}" for p in PERCENTILES), "mean", "max"])
     if len(lat_ms):
         latency = {
             f"p{p}": round(float(v), 3) for p, v in zip(PERCENTILES, np.percentile(lat_ms, PERCENTILES), strict=True)
