@@ -3,8 +3,9 @@
 Each request does what the app does for a stored-history user, one after another: the history
 fetch from Redis (``RedisHistory.get_many`` of one user), encode, ONNX model, FAISS search and
 merge (``floor`` is their sum: what /recommend must do), then ``respond``: the answer built
-the way service/app.py builds it (a plain dict in the ``RecommendResponse`` shape, encoded once
-with orjson into a ``Response``), outside the floor.
+by the app's own code (``service.recommender.answer``: a plain dict in the ``RecommendResponse``
+shape) and encoded once with orjson into a ``Response`` as the /recommend route does, outside
+the floor.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 if TYPE_CHECKING:
     from fastapi.responses import Response
 
-    from service.engine import Result
+    from service.engine import Engine, Query, Result
+    from service.schemas import RecommendRequest
 
 STAGES = ("history", "encode", "model", "search", "merge", "floor", "respond")
 RESPOND_STAGE = "orjson"  # how `respond` encodes (the report says what it timed)
@@ -28,33 +30,16 @@ K = 50
 
 
 def respond(
-    user_id: str,
-    result: Result,
-    model_version: str,
-    index_version: str,
-    history_len: int,
-    unknown_items: int,
-    fallback: str | None,
-    took_ms: float,
+    request: RecommendRequest, query: Query, result: Result, n_unknown: int, engine: Engine, took_ms: float
 ) -> Response:
-    """The /recommend answer as service/app.py sends it: a dict in the ``RecommendResponse`` shape
-    (no pydantic objects per item), encoded once by orjson into a Starlette ``Response``."""
+    """The /recommend answer as the app sends it: service.recommender's dict, encoded once by orjson
+    into a Response (service/routers/recommend.py)."""
     import orjson
     from fastapi.responses import Response
 
-    body = {
-        "user_id": user_id,
-        "items": [
-            {"item_id": i, "score": s, "interest": interest}
-            for i, s, interest in zip(result.item_ids, result.scores, result.interests, strict=True)
-        ],
-        "model_version": model_version,
-        "index_version": index_version,
-        "history_len": history_len,
-        "unknown_items": unknown_items,
-        "fallback": fallback,
-        "took_ms": took_ms,
-    }
+    from service.recommender import answer
+
+    body = answer(request, query, result, n_unknown, engine, took_ms, history_failed=False)
     return Response(orjson.dumps(body), media_type="application/json")
 
 
@@ -67,6 +52,7 @@ def compute_floor(root: Path, url: str, prefix: str, users: list[str], requests:
     from index.store import load_current
     from service.engine import Engine, Query
     from service.history import RedisHistory
+    from service.schemas import RecommendRequest
 
     engine = Engine(load_current(root, threads=1), faiss_threads=1)
     engine.warm_up()
@@ -78,17 +64,16 @@ def compute_floor(root: Path, url: str, prefix: str, users: list[str], requests:
         try:
             for i in range(requests + WARMUP_REQUESTS):
                 user = users[i % len(users)]
+                request = RecommendRequest(user_id=user, k=K)  # FastAPI parses it before the route runs
                 t0 = clock()
                 events = (await store.get_many([user], 200))[0]
                 t1 = clock()
                 known, n_unknown = engine.encode([e.item_id for e in events])
                 t2 = clock()
-                (res,), timings = engine.recommend([Query(known, K)])
+                query = Query(known, K)
+                (res,), timings = engine.recommend([query])
                 t3 = clock()
-                took_ms = round((t3 - t0) * 1000, 3)
-                response = respond(
-                    user, res, engine.model_version, engine.index_version, len(known), n_unknown, None, took_ms
-                )
+                response = respond(request, query, res, n_unknown, engine, round((t3 - t0) * 1000, 3))
                 t4 = clock()
                 if i < WARMUP_REQUESTS or not response.body:
                     continue
