@@ -375,7 +375,7 @@ def test_prometheus_scrapes_the_api_and_the_panels_use_real_metrics() -> None:
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "remi-api")
     assert job["scrape_interval"] == "15s" and job.get("metrics_path", "/metrics") == "/metrics"
     assert job["static_configs"][0]["targets"] == ["api:8000"]
-    defined = set(re.findall(r'"(remi_\w+)"', (REPO / "service" / "metrics.py").read_text()))
+    defined = set(re.findall(r'"(remi_\w+)"', (REPO / "service" / "telemetry.py").read_text()))
     used = {
         re.sub(r"_(bucket|sum|count)$", "", m)
         for m in re.findall(r"remi_\w+", (REPO / "docker" / "grafana-panels.md").read_text())

@@ -17,6 +17,7 @@ from uuid import uuid4
 import pytest
 import redis
 
+from loadtest.server import free_port
 from service.history import (
     Event,
     HistoryUnavailable,
@@ -57,12 +58,6 @@ def prefix(sync_redis: redis.Redis) -> Iterator[str]:
         sync_redis.delete(*keys)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_redis(port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -84,7 +79,7 @@ def _start_redis(port: int) -> subprocess.Popen[bytes]:
 @pytest.fixture
 def private_redis() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
     """A redis-server of this test's own (the test may kill and restart it); all killed at the end."""
-    port = _free_port()
+    port = free_port()
     procs = [_start_redis(port)]
     yield port, procs
     for proc in procs:
@@ -353,7 +348,7 @@ def test_pooled_connections_from_before_a_restart_do_not_fail_requests(private_r
 
 
 def test_after_the_window_only_one_call_probes() -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
 
     async def go() -> None:
         store = RedisHistory(f"redis://127.0.0.1:{port}/0", retry_after_s=0.05, breaker_min_failures=1)
@@ -373,7 +368,7 @@ def test_after_the_window_only_one_call_probes() -> None:
 
 
 def test_unreachable_url_raises_history_unavailable() -> None:
-    port = _free_port()  # bound then closed: nothing listens there
+    port = free_port()  # bound then closed: nothing listens there
 
     async def go() -> None:
         store = RedisHistory(f"redis://127.0.0.1:{port}/0", retry_after_s=0)
