@@ -185,7 +185,7 @@ def test_train_flag_beats_config_file_beats_env_beats_default(
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(training.run_folder, "check_run_folder", lambda out, force: None)
-    monkeypatch.setattr(training.trainer, "train", recorder(calls, {}))  # {}: a non-zero rank, prints nothing
+    monkeypatch.setattr(training.trainer, "train", recorder(calls, None))  # None: a non-zero rank, prints nothing
     (tmp_path / "cfg.json").write_text(json.dumps({"train": {"dim": 24, "seq_len": 30}}))
     os.environ.update({"REMI_TRAIN_DIM": "16", "REMI_TRAIN_LR": "0.01", "REMI_TRAIN_SEQ_LEN": "10"})
     args = ["train", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "cfg.json"), "--data", "d.csv"]

@@ -45,7 +45,7 @@ def relative_run(synth_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     shutil.copy(synth_csv, work / "interactions.csv.gz")
     proc = remi(
         "--log-level", "INFO", "train", "--data", "interactions.csv.gz", "--out", "runs/r", "--progress-seconds",
-        "0.2", *TINY, cwd=work,
+        "0.02", *TINY, cwd=work,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return work / "runs" / "r", proc
