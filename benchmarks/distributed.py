@@ -28,7 +28,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def run(data: Path, split: Path | None, nproc: int, steps: int, threads: int, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "remi.cli", "train", "--data", str(data), "--out", str(out), "--scheme", "remi",
+    cmd = [sys.executable, "-m", "cli", "train", "--data", str(data), "--out", str(out), "--scheme", "remi",
            "--max-steps", str(steps), "--eval-every", str(steps), "--no-progress", "--nproc", str(nproc),
            "--threads", str(threads)]  # fmt: skip
     if split:

@@ -52,7 +52,7 @@ def run_job(job: Job, root: Path, threads: int = 1) -> dict[str, Any]:
         cmd = [
             sys.executable,
             "-m",
-            "remi.cli",
+            "cli",
             "train",
             "--out",
             str(run_dir),

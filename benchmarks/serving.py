@@ -223,7 +223,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     built = reindex(art, root, "hnsw")
-    print(f"index: {built.version} (built {built.built}, {time.perf_counter() - t0:.1f} s)", flush=True)
+    print(f"index: {built.index_version} (built {built.built}, {time.perf_counter() - t0:.1f} s)", flush=True)
 
     users, histories = synthetic_users(art, spec, args.users)
     (work / "users.txt").write_text("\n".join(users) + "\n")  # wrk's users file
@@ -240,7 +240,7 @@ def main() -> None:
             "other_benchmarks_running": bool(others),
             "spec": spec,
             "users": args.users,
-            "index_version": built.version,
+            "index_version": built.index_version,
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "source": source_fingerprint(),
             "omp_env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MKL_", "OPENBLAS_"))},

@@ -130,7 +130,7 @@ def tag(
 
 def python_loadtest(server: ServerProcess, users_csv: Path, concurrency: int, seconds: float) -> dict[str, Any]:
     """``remi loadtest`` (loadtest.client, in its own process) against ``server``, with the server's cores."""
-    cmd = [sys.executable, "-m", "remi.cli", "loadtest", "--url", server.url, "--users-from", str(users_csv)]
+    cmd = [sys.executable, "-m", "cli", "loadtest", "--url", server.url, "--users-from", str(users_csv)]
     cmd += ["--concurrency", str(concurrency), "--duration", str(seconds), "--warmup", "2"]
     server_cpu0, t0 = server.cpu_seconds(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)

@@ -98,9 +98,9 @@ def compute_floor(root: Path, url: str, prefix: str, users: list[str], requests:
     }
     return {
         "requests": requests,
-        "index_kind": engine.version.manifest.kind,
-        "index_params": engine.version.manifest.params,
-        "recall_at_50": engine.version.manifest.recall_at_50,
+        "index_kind": engine.loaded.manifest.kind,
+        "index_params": engine.loaded.manifest.params,
+        "recall_at_50": engine.loaded.manifest.recall_at_50,
         "respond_stage": RESPOND_STAGE,
         "stages": out,
     }

@@ -1,7 +1,7 @@
 # The API image: `remi serve` with onnxruntime + FAISS + FastAPI only. It installs the service lock
 # (requirements/service.txt: the base dependencies of pyproject.toml, never the `train` extra)
 # with hash checking, then the project itself with --no-deps, and copies only the packages
-# the service imports (remi, index, service), so the training stack cannot be imported here.
+# the service imports (remi, index, service) and the command line (cli), so the training stack cannot be imported here.
 #   docker build -f docker/api.Dockerfile -t remi-match-api:0.1.0 .
 # Build arguments:
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL   a PyPI mirror (unset: pypi.org); hashes are checked either way
@@ -34,6 +34,7 @@ COPY pyproject.toml README.md ./
 COPY remi ./remi
 COPY index ./index
 COPY service ./service
+COPY cli ./cli
 RUN pip install --no-deps . && rm -rf build *.egg-info && pip check
 
 USER remi

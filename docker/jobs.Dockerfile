@@ -65,6 +65,7 @@ COPY pyproject.toml README.md ./
 COPY remi ./remi
 COPY index ./index
 COPY service ./service
+COPY cli ./cli
 COPY loadtest ./loadtest
 COPY training ./training
 COPY configs ./configs

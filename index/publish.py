@@ -68,7 +68,7 @@ def build_from_artifacts(
     queries = interest_queries(arts) if use_interests else None
     with atomic_folder(Path(out), replace=force) as tmp:
         manifest = build_index_folder(
-            arts.item_vectors, tmp, kind, arts.version, queries=queries, params=params, min_recall=min_recall
+            arts.item_vectors, tmp, kind, arts.model_version, queries=queries, params=params, min_recall=min_recall
         )
     return manifest
 
@@ -148,11 +148,6 @@ class ReindexResult:
     pruned: list[str]
     seconds: float
 
-    @property
-    def version(self) -> str:
-        """The index version now ``current`` (the name the CLI and older callers read)."""
-        return self.index_version
-
 
 def reindex(
     artifacts_dir: str | Path,
@@ -200,10 +195,10 @@ def reindex(
                 _publish_file(Path(artifacts_dir) / name, published / name)
             # Everything below reads the private copy, so the version holds exactly what was checked.
             arts = load_artifacts(published)
-            if arts.version != source.model_version:
+            if arts.model_version != source.model_version:
                 raise ArtifactError(f"{artifacts_dir}: changed while being copied (run the reindex again)")
             manifest = build_index_folder(
-                arts.item_vectors, tmp, chosen, arts.version, interest_queries(arts), params, min_recall
+                arts.item_vectors, tmp, chosen, arts.model_version, interest_queries(arts), params, min_recall
             )
             smoke_query(arts, tmp)
             _seal(tmp)

@@ -73,7 +73,7 @@ def wait_ready(
 
 def remi_serve_argv(port: int, args: Sequence[str]) -> list[str]:
     """``remi serve`` of this interpreter (no console script needed) on 127.0.0.1:``port``."""
-    return [sys.executable, "-m", "remi.cli", "serve", *args, "--port", str(port)]
+    return [sys.executable, "-m", "cli", "serve", *args, "--port", str(port)]
 
 
 class ServerProcess:

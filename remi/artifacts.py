@@ -85,7 +85,7 @@ class Artifacts:
     sample_mask: np.ndarray  # (S, L) bool
 
     @property
-    def version(self) -> str:
+    def model_version(self) -> str:
         return self.manifest.model_version
 
     @property

@@ -53,11 +53,11 @@ class Timings:
 class Engine:
     """Recommends from one model + index pair."""
 
-    def __init__(self, version: LoadedVersion, faiss_threads: int = 1):
-        self.version = version
-        self.arts = version.artifacts
+    def __init__(self, loaded: LoadedVersion, faiss_threads: int = 1):
+        self.loaded = loaded  # the index version (folder, manifest, FAISS index) and its model artifacts
+        self.arts = loaded.artifacts
         self.vocabulary: ItemVocabulary = self.arts.vocabulary
-        self.index = version.index
+        self.index = loaded.index
         self.seq_len = self.arts.manifest.seq_len
         faiss.omp_set_num_threads(faiss_threads)
         # cold start: most popular first (ties by item index, i.e. stable)
@@ -67,11 +67,11 @@ class Engine:
 
     @property
     def model_version(self) -> str:
-        return self.arts.version
+        return self.arts.model_version
 
     @property
     def index_version(self) -> str:
-        return self.version.name
+        return self.loaded.name
 
     def encode(self, raw_items: Sequence[str]) -> tuple[np.ndarray, int]:
         """Raw ids -> item indices; unknown ids are skipped and counted (never an error)."""

@@ -10,7 +10,7 @@ import pytest
 
 
 def remi(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "remi.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def _assert_one_line_error(proc: subprocess.CompletedProcess[str], needle: str) -> None:
@@ -145,8 +145,8 @@ def test_demo_generates_data_trains_and_prints_metrics(tmp_path: Path) -> None:
 
 
 def test_readme_documents_every_setting_with_its_default() -> None:
+    from cli.options import settings_table
     from index.params import IndexSettings
-    from remi.cli.options import settings_table
     from service.config import ServiceSettings
     from training.config import TrainConfig
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from remi.cli.demo import serve_address
+from cli.demo import serve_address
 from remi.errors import RemiError
 from tests.service.conftest import free_port
 
@@ -34,7 +34,7 @@ def test_demo_serves_on_remi_port(tmp_path: Path) -> None:
     log = tmp_path / "demo.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "remi.cli", "demo", "--out", str(tmp_path / "demo"), "--steps", "20"],
+            [sys.executable, "-m", "cli", "demo", "--out", str(tmp_path / "demo"), "--steps", "20"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "REMI_PORT": str(port)},

@@ -18,8 +18,8 @@ import pytest
 import typer
 from pydantic import BaseModel, SecretStr
 
+from cli import app
 from index.params import DEFAULTS, IndexSettings
-from remi.cli import app
 from service.config import ServiceSettings
 from training.config import TrainConfig
 
@@ -37,7 +37,7 @@ GENERATED: dict[str, tuple[type[BaseModel], set[str]]] = {  # command -> setting
 def rendered_help(command: str) -> dict[str, str]:
     """`remi COMMAND --help` as a user sees it, as {flag: its whole row(s)} (rows may wrap)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "remi.cli", *command.split(), "--help"], capture_output=True, text=True, env=WIDE
+        [sys.executable, "-m", "cli", *command.split(), "--help"], capture_output=True, text=True, env=WIDE
     )
     assert proc.returncode == 0, proc.stderr
     rows: dict[str, str] = {}

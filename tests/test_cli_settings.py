@@ -19,7 +19,7 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from remi.cli import app
+from cli import app
 from remi.errors import RemiError
 from service.config import ServiceSettings
 
@@ -83,11 +83,11 @@ def test_a_none_that_is_not_the_default_cannot_be_exported() -> None:
 def no_server(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     import uvicorn
 
-    import remi.cli.serve
+    import cli.serve
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn, "run", recorder(calls))
-    monkeypatch.setattr(remi.cli.serve, "_check_serve_paths", lambda root, artifacts: None)
+    monkeypatch.setattr(cli.serve, "_check_serve_paths", lambda root, artifacts: None)
     return calls
 
 

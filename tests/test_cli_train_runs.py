@@ -18,7 +18,7 @@ TINY = ["--max-steps", "400", "--eval-every", "200", "--dim", "8", "--negatives"
 
 def remi(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "remi.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -91,7 +91,7 @@ def test_interrupted_train_leaves_no_partial_run_and_keeps_the_replaced_one(synt
     out.mkdir()
     (out / "old.txt").write_text("previous run")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "remi.cli", "train", "--data", str(synth_csv), "--out", str(out), "--force",
+        [sys.executable, "-m", "cli", "train", "--data", str(synth_csv), "--out", str(out), "--force",
          "--max-steps", "10000000", "--eval-every", "1000000", "--dim", "8", "--negatives", "32"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -399,18 +399,16 @@ def test_pyproject_splits_service_and_training_dependencies() -> None:
 
 
 def test_serve_path_never_imports_the_training_stack() -> None:
-    """No module of remi/, index/, service/, loadtest/ imports torch or training (the CLI only lazily, per command)."""
+    """No module of remi/, index/, service/, loadtest/ imports torch or training (cli/ only lazily, per command)."""
     for package in ("remi", "index", "service", "loadtest"):
-        for path in (REPO / package).glob("*.py"):
-            if path.name == "cli.py":
-                continue
+        for path in (REPO / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Import | ast.ImportFrom):
                     mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                     bad = [m for m in mods if m.split(".")[0] in TRAIN_ONLY]
                     assert not bad, f"{path.relative_to(REPO)} imports {bad}"
     code = (
-        "import sys, remi.cli, service.app, index.publish, index.store, loadtest.client\n"
+        "import sys, cli, service.app, index.publish, index.store, loadtest.client\n"
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {TRAIN_ONLY!r})\n"
         "sys.exit(f'loaded: {bad}' if bad else 0)"
     )
@@ -425,7 +423,7 @@ CALLS = all_remi_calls()
 def test_every_remi_command_and_flag_exists(words: tuple[str, ...]) -> None:
     env = {**os.environ, "COLUMNS": "250", "TERMINAL_WIDTH": "250", "NO_COLOR": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "remi.cli", *words, "--help"], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-m", "cli", *words, "--help"], capture_output=True, text=True, env=env, timeout=60
     )
     if words == ("loadtest",) and proc.returncode != 0 and "No such command" in proc.stderr:
         pytest.skip("`remi loadtest` is not in this CLI yet")
@@ -504,7 +502,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, own_redis: str) -> Iterator[
     data.mkdir()
     bin_dir.mkdir()
     remi = bin_dir / "remi"  # the image's `remi` console script, for this interpreter
-    remi.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m remi.cli "$@"\n')
+    remi.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cli "$@"\n')
     remi.chmod(0o755)
     compose_vars = {m.group(1) or m.group(3) for m in VAR.finditer(COMPOSE.read_text())} - {None}
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMI_") and k not in compose_vars}

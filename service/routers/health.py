@@ -50,7 +50,7 @@ async def version(versions: VersionsDep) -> VersionResponse:
     engine = versions.engine
     if engine is None:
         return VersionResponse(remi=remi.__version__, model_version=None, index_version=None)
-    model, index = engine.arts.manifest, engine.version.manifest
+    model, index = engine.arts.manifest, engine.loaded.manifest
     return VersionResponse(
         remi=remi.__version__,
         model_version=model.model_version,

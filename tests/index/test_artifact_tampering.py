@@ -38,7 +38,7 @@ from remi.contract import (
 
 
 def remi(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "remi.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def copy_artifacts(artifacts_dir: Path, dest: Path) -> Path:
@@ -92,7 +92,7 @@ def test_a_file_name_outside_the_folder_is_refused_and_nothing_is_written(
     artifacts_dir: Path, tmp_path: Path, bad: str
 ) -> None:
     root = tmp_path / "root"
-    prev = reindex(artifacts_dir, root, kind="flat").version
+    prev = reindex(artifacts_dir, root, kind="flat").index_version
     bad = bad.replace("PREV", prev)
     art = copy_artifacts(artifacts_dir, tmp_path / "a" / "art")
     evil = b"not an index: overwritten by a tampered manifest"
@@ -110,7 +110,7 @@ def test_a_file_name_outside_the_folder_is_refused_and_nothing_is_written(
 @pytest.mark.parametrize("bad", ["../../PREV/index.faiss", "/etc/passwd"], ids=repr)
 def test_cli_reindex_with_a_bad_file_name_exits_2_with_one_line(artifacts_dir: Path, tmp_path: Path, bad: str) -> None:
     root = tmp_path / "root"
-    prev = reindex(artifacts_dir, root, kind="flat").version
+    prev = reindex(artifacts_dir, root, kind="flat").index_version
     bad = bad.replace("PREV", prev)
     art = copy_artifacts(artifacts_dir, tmp_path / "a" / "art")
     content = Path(bad).read_bytes() if bad.startswith("/") else b"evil"
@@ -144,7 +144,7 @@ def test_a_served_version_with_a_bad_file_name_is_refused_at_load(
     artifacts_dir: Path, tmp_path: Path, bad: str
 ) -> None:
     root = tmp_path / "root"
-    version = reindex(artifacts_dir, root, kind="flat").version
+    version = reindex(artifacts_dir, root, kind="flat").index_version
     folder = version_dir(root, version)
     for target in (folder, folder / VERSION_ARTIFACTS):  # the index manifest, then the model's
         copy = tmp_path / f"copy-{target.name}"
@@ -291,7 +291,7 @@ def test_duplicate_ids_are_refused_by_the_reindex_cli_and_at_service_load(artifa
     assert read_current(tmp_path / "root") is None
 
     root = tmp_path / "served"
-    version = reindex(artifacts_dir, root, kind="flat").version
+    version = reindex(artifacts_dir, root, kind="flat").index_version
     inner = version_dir(root, version) / VERSION_ARTIFACTS
     for path in inner.iterdir():
         path.chmod(0o644)
@@ -306,7 +306,7 @@ def test_duplicate_ids_are_refused_by_the_reindex_cli_and_at_service_load(artifa
 def test_a_published_version_survives_in_place_writes_to_its_source_folder(artifacts_dir: Path, tmp_path: Path) -> None:
     art = copy_artifacts(artifacts_dir, tmp_path / "art")
     root = tmp_path / "root"
-    version = reindex(art, root, kind="flat").version
+    version = reindex(art, root, kind="flat").index_version
     before = load_current(root)
     queries = before.artifacts.item_vectors[:5]
     expected = before.index.search(queries, 10)

@@ -29,7 +29,7 @@ def test_loadtest_against_server(server: str, synth_csv: Path, tmp_path: Path) -
     cmd = [
         sys.executable,
         "-m",
-        "remi.cli",
+        "cli",
         "loadtest",
         "--url",
         server,
@@ -71,7 +71,7 @@ def test_loadtest_bad_file(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "remi.cli",
+            "cli",
             "loadtest",
             "--url",
             "http://127.0.0.1:9",

@@ -134,7 +134,7 @@ def test_parquet_file_and_folder_of_parts_load_like_the_csv(tmp_path: Path, redi
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "remi.cli", "history", "load", "--no-progress", *args],
+        [sys.executable, "-m", "cli", "history", "load", "--no-progress", *args],
         capture_output=True,
         text=True,
         timeout=60,

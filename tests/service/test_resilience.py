@@ -103,7 +103,7 @@ def test_reload_under_concurrent_requests_fails_none(artifacts_dir: Path, tmp_pa
             stop = asyncio.Event()
             workers = [asyncio.create_task(_hammer(server.url, stop, statuses, versions, history)) for _ in range(8)]
             await asyncio.sleep(0.5)
-            new = (await asyncio.to_thread(reindex, artifacts_dir, root, "hnsw", None, 0.95, 3, True)).version
+            new = (await asyncio.to_thread(reindex, artifacts_dir, root, "hnsw", None, 0.95, 3, True)).index_version
             deadline = time.monotonic() + 15
             while new not in versions and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
@@ -143,7 +143,7 @@ def test_corrupt_new_version_is_refused_and_the_old_keeps_serving(artifacts_dir:
         assert response.status_code == 200 and response.json()["index_version"] == good
         assert 'remi_reloads_total{result="refused"}' in httpx.get(server.url + "/metrics").text
 
-        fixed = reindex(artifacts_dir, root, kind="flat", force=True).version  # a good version heals it
+        fixed = reindex(artifacts_dir, root, kind="flat", force=True).index_version  # a good version heals it
         wait_for(lambda: httpx.get(server.url + "/readyz").json()["index"] == fixed)
         assert httpx.get(server.url + "/readyz").json()["last_reload_error"] is None
     finally:

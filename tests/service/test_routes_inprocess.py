@@ -399,7 +399,7 @@ def test_admin_reload_loads_a_newly_published_version(tiny_root: Path, tiny_mode
         assert forced == {"changed": True, "version": old, "previous": old, "error": None}
         from index.publish import reindex
 
-        new = reindex(tiny_model.artifacts, root, kind="flat", force=True).version
+        new = reindex(tiny_model.artifacts, root, kind="flat", force=True).index_version
         reloaded = client.post("/admin/reload", headers=TOKEN).json()
         assert reloaded == {"changed": True, "version": new, "previous": old, "error": None}
         assert recommend(client, user_id="u")["index_version"] == new

@@ -43,7 +43,7 @@ def test_a_worker_restarted_on_a_broken_current_serves_the_last_good_version(
     artifacts_dir: Path, tmp_path: Path
 ) -> None:
     root = tmp_path / "root"
-    good = reindex(artifacts_dir, root, kind="flat").version
+    good = reindex(artifacts_dir, root, kind="flat").index_version
     sibling = start_server(root, None)
     restarted = None
     try:
@@ -62,7 +62,7 @@ def test_a_worker_restarted_on_a_broken_current_serves_the_last_good_version(
             assert answer.status_code == 200 and answer.json()["index_version"] == good
 
         # B.11: rolling `current` back to the version being served resolves the error everywhere.
-        back = subprocess.run([sys.executable, "-m", "remi.cli", "index", "rollback", "--root", str(root)],
+        back = subprocess.run([sys.executable, "-m", "cli", "index", "rollback", "--root", str(root)],
                               capture_output=True, text=True, timeout=120)  # fmt: skip
         assert back.returncode == 0, back.stderr
         assert read_current(root) == good
@@ -85,8 +85,8 @@ def test_the_fallback_prefers_the_version_current_held_before_its_last_flip(
     from service.versions import Versions
 
     root = tmp_path / "root"
-    older = reindex(artifacts_dir, root, kind="flat").version
-    newer = reindex(artifacts_dir, root, kind="flat", force=True).version
+    older = reindex(artifacts_dir, root, kind="flat").index_version
+    newer = reindex(artifacts_dir, root, kind="flat", force=True).index_version
     write_current(root, older)  # an operator's rollback: siblings serve `older`
     broken = break_copy_of(root, older, "99990101T000000000000Z-broken-flat")
     write_current(root, broken)
@@ -99,7 +99,7 @@ def test_the_fallback_prefers_the_version_current_held_before_its_last_flip(
 
 def test_a_broken_current_with_no_good_version_left_is_503_not_a_crash(artifacts_dir: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
-    only = reindex(artifacts_dir, root, kind="flat").version
+    only = reindex(artifacts_dir, root, kind="flat").index_version
     index_file = version_dir(root, only) / INDEX_FILE
     index_file.chmod(0o644)
     index_file.write_bytes(b"garbage")
@@ -114,7 +114,7 @@ def test_a_broken_current_with_no_good_version_left_is_503_not_a_crash(artifacts
 
 
 def serve_exit(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "remi.cli", "serve", "--port", "0", *args]
+    cmd = [sys.executable, "-m", "cli", "serve", "--port", "0", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 

@@ -137,4 +137,4 @@ def publish_tiny_version(artifacts: Path, root: Path) -> str:
     """Publishes an exact (flat) index version of ``artifacts`` under ``root``; returns its name."""
     from index.publish import reindex
 
-    return reindex(artifacts, root, kind="flat").version
+    return reindex(artifacts, root, kind="flat").index_version

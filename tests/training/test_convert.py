@@ -25,7 +25,7 @@ from training.data import read_interactions
 
 
 def remi(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "remi.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def _write_lines(path: Path, lines: list[str], gz: bool = False) -> Path:

@@ -16,7 +16,7 @@ ARGS = ["--max-steps", "120", "--eval-every", "60", "--dim", "16", "--batch-size
 
 
 def remi_train(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "remi.cli", "train", "--data", str(data), "--out", str(out), *ARGS, *extra]
+    cmd = [sys.executable, "-m", "cli", "train", "--data", str(data), "--out", str(out), *ARGS, *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=240)
 
 

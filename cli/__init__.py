@@ -1,6 +1,6 @@
 """The ``remi`` command line: the root app and the console entry point.
 
-Each command (or group) lives in its own module under ``remi/cli/``, imported only when it runs
+Each command (or group) lives in its own module under ``cli/``, imported only when it runs
 or ``--help`` lists it: ``remi serve`` loads neither torch nor the training package, and an
 installation without the training components (the API image) still runs the service commands.
 User errors (:class:`RemiError`) print one line on stderr and exit with status 2.
@@ -20,17 +20,17 @@ from remi.errors import RemiError
 
 # command name -> the module whose `app` defines it (a command, or a group of sub-commands)
 COMMANDS: dict[str, str] = {
-    "data": "remi.cli.data",
-    "train": "remi.cli.train",
-    "evaluate": "remi.cli.train",
-    "tune": "remi.cli.train",
-    "export": "remi.cli.train",
-    "index": "remi.cli.index",
-    "reindex": "remi.cli.index",
-    "serve": "remi.cli.serve",
-    "history": "remi.cli.history",
-    "loadtest": "remi.cli.loadtest",
-    "demo": "remi.cli.demo",
+    "data": "cli.data",
+    "train": "cli.train",
+    "evaluate": "cli.train",
+    "tune": "cli.train",
+    "export": "cli.train",
+    "index": "cli.index",
+    "reindex": "cli.index",
+    "serve": "cli.serve",
+    "history": "cli.history",
+    "loadtest": "cli.loadtest",
+    "demo": "cli.demo",
 }
 TRAIN_ONLY_MODULES = {"torch", "training", "optuna", "onnx", "onnxscript", "matplotlib", "tabulate"}
 

@@ -11,7 +11,7 @@ import typer
 from remi.errors import RemiError
 
 Opt = typer.Option
-app = typer.Typer(add_completion=False)  # a part of the root app (remi/cli/__init__.py)
+app = typer.Typer(add_completion=False)  # a part of the root app (cli/__init__.py)
 
 
 @app.command("loadtest")

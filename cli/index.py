@@ -13,12 +13,12 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from cli.options import SettingsFlags, settings_error, settings_options
 from index.params import IndexSettings
-from remi.cli.options import SettingsFlags, settings_error, settings_options
 
 Opt = typer.Option
 PANEL = "Index settings (flag > REMI_INDEX_* > default)"
-app = typer.Typer(add_completion=False)  # a part of the root app (remi/cli/__init__.py)
+app = typer.Typer(add_completion=False)  # a part of the root app (cli/__init__.py)
 index_app = typer.Typer(help="FAISS item index: build one, inspect or roll back an index root.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 
@@ -82,7 +82,7 @@ def reindex_cmd(
         force=force,
     )
     summary = {
-        "current": result.version,
+        "current": result.index_version,
         "previous": result.previous,
         "built": result.built,
         "kind": result.manifest.kind,

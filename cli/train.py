@@ -14,12 +14,12 @@ from typing import Annotated
 
 import typer
 
-from remi.cli.options import SettingsFlags, choices_metavar, settings_options
+from cli.options import SettingsFlags, choices_metavar, settings_options
 from remi.errors import RemiError
 from training.config import ModelName, SchemeName, TrainConfig
 
 Opt = typer.Option
-app = typer.Typer(add_completion=False)  # a part of the root app (remi/cli/__init__.py)
+app = typer.Typer(add_completion=False)  # a part of the root app (cli/__init__.py)
 
 
 @app.command("train")
@@ -73,7 +73,7 @@ def _relaunch_distributed(nproc: int, threads: int | None) -> None:
     if threads is None:
         env["REMI_TRAIN_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    code = subprocess.call([*cmd, "-m", "remi.cli", *args], env=env)
+    code = subprocess.call([*cmd, "-m", "cli", *args], env=env)
     if code:
         raise typer.Exit(code)
 

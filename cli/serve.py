@@ -17,11 +17,11 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from remi.cli.options import SettingsFlags, settings_error, settings_options
+from cli.options import SettingsFlags, settings_error, settings_options
 from remi.errors import RemiError
 from service.config import ServiceSettings
 
-app = typer.Typer(add_completion=False)  # a part of the root app (remi/cli/__init__.py)
+app = typer.Typer(add_completion=False)  # a part of the root app (cli/__init__.py)
 NATIVE_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -64,7 +64,7 @@ def serve(flags: SettingsFlags, access_log: bool = False) -> None:
     setup_logging(level)
     if settings.redis_url and settings.seed_history:
         warning = "--seed-history is ignored with a Redis history store: load it with `remi history load`"
-        logging.getLogger("remi.cli").warning(warning, extra={"path": settings.seed_history})
+        logging.getLogger("cli").warning(warning, extra={"path": settings.seed_history})
         typer.echo(f"warning: {warning}", err=True)
     if settings.artifacts is not None:
         _publish_first(settings.artifacts, settings.index_root)
@@ -96,7 +96,7 @@ def _publish_first(artifacts: Path, root: Path) -> None:
     try:
         publish_first(artifacts, root)
     except Exception as exc:  # a bad artifact folder must not stop the process
-        logging.getLogger("remi.cli").error("could not build the first index version", extra={"error": str(exc)})
+        logging.getLogger("cli").error("could not build the first index version", extra={"error": str(exc)})
 
 
 def _check_serve_paths(root: Path, artifacts: Path | None) -> None:

@@ -9,12 +9,12 @@ from typing import Annotated
 
 import typer
 
-from remi.cli.serve import serve as run_server
+from cli.serve import serve as run_server
 from remi.errors import RemiError
 from service.config import ServiceSettings
 
 Opt = typer.Option
-app = typer.Typer(add_completion=False)  # a part of the root app (remi/cli/__init__.py)
+app = typer.Typer(add_completion=False)  # a part of the root app (cli/__init__.py)
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.json"
 
 
@@ -59,8 +59,8 @@ def demo(
     typer.echo(
         f"artifacts: {out / 'artifacts'}  (model {manifest.model_version}, ONNX parity {manifest.parity_max_abs:.1e})"
     )
-    version = reindex(out / "artifacts", out / "index")
-    typer.echo(f"index: {out / 'index'}  (current = {version.version}, {version.manifest.kind})")
+    published = reindex(out / "artifacts", out / "index")
+    typer.echo(f"index: {out / 'index'}  (current = {published.index_version}, {published.manifest.kind})")
     user = next(iter(open_users(data)))
     url = f"http://{host}:{port}"
     body = json.dumps({"user_id": user, "k": 10})

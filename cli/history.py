@@ -13,7 +13,7 @@ from remi.errors import RemiError
 from service.config import ServiceSettings
 
 Opt = typer.Option
-app = typer.Typer(add_completion=False)  # a part of the root app (remi/cli/__init__.py)
+app = typer.Typer(add_completion=False)  # a part of the root app (cli/__init__.py)
 history_app = typer.Typer(help="Per-user histories in the service's Redis store.", no_args_is_help=True)
 app.add_typer(history_app, name="history")
 SERVICE = ServiceSettings.model_fields  # the defaults the help states are the service's
