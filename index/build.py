@@ -1,4 +1,4 @@
-"""Building, measuring, saving and loading the FAISS inner-product item index.
+"""Building, measuring and saving the FAISS inner-product item index (loading one is index/store.py).
 
 Kinds (all inner product, one FAISS row per item; ``remi.contract.ItemVocabulary`` maps rows to items):
 

@@ -162,7 +162,7 @@ def test_reindex_keep_and_min_recall_come_from_the_index_settings(
     import index.publish
 
     manifest = SimpleNamespace(kind="flat", params={}, recall_at_50=None, build_seconds=0.1)
-    done = SimpleNamespace(version="v2", previous="v1", built=True, manifest=manifest, pruned=[], seconds=0.2)
+    done = SimpleNamespace(index_version="v2", previous="v1", built=True, manifest=manifest, pruned=[], seconds=0.2)
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(index.publish, "reindex", recorder(calls, done))
     os.environ["REMI_INDEX_KEEP"] = "5"
