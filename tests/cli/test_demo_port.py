@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from cli.demo import serve_address
+from loadtest.server import free_port
 from remi.errors import RemiError
-from tests.service.conftest import free_port
 
 
 def test_demo_address_falls_back_to_remi_settings_then_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -192,7 +192,7 @@ def test_secrets_are_never_flags() -> None:
 def test_every_setting_is_still_read_from_its_environment_variable(
     model: type[BaseModel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The generated flags did not replace the REMI_* variables (precedence: tests/test_cli_settings.py)."""
+    """The generated flags did not replace the REMI_* variables (precedence: tests/cli/test_settings.py)."""
     prefix = str(model.model_config.get("env_prefix"))
     for var in [v for v in os.environ if v.startswith("REMI_")]:
         monkeypatch.delenv(var)

@@ -150,7 +150,7 @@ def test_readme_documents_every_setting_with_its_default() -> None:
     from service.config import ServiceSettings
     from training.config import TrainConfig
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     for cls, prefix in ((ServiceSettings, "REMI_"), (TrainConfig, "REMI_TRAIN_"), (IndexSettings, "REMI_INDEX_")):
         for name, field in cls.model_fields.items():
             default = "(set)" if hasattr(field.default, "get_secret_value") else field.default
