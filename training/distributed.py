@@ -21,12 +21,17 @@ class Ranks:
     rank: int = 0
     world: int = 1
 
+    @staticmethod
+    def requested_world() -> int:
+        """How many processes torchrun started (WORLD_SIZE), before joining any group."""
+        return int(os.environ.get("WORLD_SIZE", "1"))
+
     @classmethod
     def join(cls, device: str) -> Ranks:
         """Joins the process group torchrun describes (gloo on CPU, nccl on GPU); one rank without it."""
         import torch.distributed as dist
 
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = cls.requested_world()
         if world <= 1:
             return cls()
         if not dist.is_initialized():

@@ -31,12 +31,16 @@ NEG_INF = -1e9  # finite: a fully padded row must not produce NaN
 class MultiInterestModel(nn.Module):
     """Shared item table and the common interface; subclasses implement :meth:`from_embeddings`."""
 
-    def __init__(self, n_items: int, dim: int, n_interests: int, seq_len: int):
+    def __init__(self, n_items: int, dim: int, n_interests: int, seq_len: int, sparse_items: bool = False):
         super().__init__()
         self.n_items, self.dim, self.n_interests, self.seq_len = n_items, dim, n_interests, seq_len
         padding = ItemVocabulary.PADDING
-        # rows: the padding row(s), then one per item index (ItemVocabulary.table_size rows)
-        self.item_emb = nn.Embedding(ItemVocabulary.table_size_for(n_items), dim, padding_idx=padding)
+        # rows: the padding row(s), then one per item index (ItemVocabulary.table_size rows).
+        # sparse_items: lookups give sparse gradients (only the rows used), for SparseAdam; the
+        # weights, their initialisation and the state_dict are the same either way.
+        self.item_emb = nn.Embedding(
+            ItemVocabulary.table_size_for(n_items), dim, padding_idx=padding, sparse=sparse_items
+        )
         nn.init.kaiming_normal_(self.item_emb.weight)  # std sqrt(2/d), as the reference scripts
         with torch.no_grad():
             self.item_emb.weight[padding].zero_()
@@ -66,8 +70,8 @@ class MultiInterestModel(nn.Module):
 class ComiRecSA(MultiInterestModel):
     """Self-attentive extractor: A = softmax_L(W2 tanh(W1 (H + P))), V = A H (no position in V)."""
 
-    def __init__(self, n_items: int, dim: int, n_interests: int, seq_len: int):
-        super().__init__(n_items, dim, n_interests, seq_len)
+    def __init__(self, n_items: int, dim: int, n_interests: int, seq_len: int, sparse_items: bool = False):
+        super().__init__(n_items, dim, n_interests, seq_len, sparse_items)
         self.pos = nn.Parameter(torch.empty(1, seq_len, dim))
         self.w1 = nn.Linear(dim, 4 * dim, bias=False)
         self.w2 = nn.Linear(4 * dim, n_interests, bias=False)
@@ -108,8 +112,17 @@ class CapsuleInterests(MultiInterestModel):
 
     init_logits: torch.Tensor  # (K, L) buffer, MIND only
 
-    def __init__(self, n_items: int, dim: int, n_interests: int, seq_len: int, shared: bool, iterations: int = 3):
-        super().__init__(n_items, dim, n_interests, seq_len)
+    def __init__(
+        self,
+        n_items: int,
+        dim: int,
+        n_interests: int,
+        seq_len: int,
+        shared: bool,
+        iterations: int = 3,
+        sparse_items: bool = False,
+    ):
+        super().__init__(n_items, dim, n_interests, seq_len, sparse_items)
         self.shared, self.iterations = shared, iterations
         if shared:
             self.bilinear = nn.Parameter(torch.empty(dim, dim))
@@ -144,8 +157,8 @@ class CapsuleInterests(MultiInterestModel):
 class MeanPool(MultiInterestModel):
     """Single-interest reference ("YouTube DNN"): masked mean of the history, then a linear map."""
 
-    def __init__(self, n_items: int, dim: int, n_interests: int, seq_len: int):
-        super().__init__(n_items, dim, 1, seq_len)  # one interest whatever is asked
+    def __init__(self, n_items: int, dim: int, n_interests: int, seq_len: int, sparse_items: bool = False):
+        super().__init__(n_items, dim, 1, seq_len, sparse_items)  # one interest whatever is asked
         self.proj = nn.Linear(dim, dim)
         nn.init.eye_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
@@ -156,14 +169,21 @@ class MeanPool(MultiInterestModel):
         return self.proj(pooled).unsqueeze(1), weights.unsqueeze(1)
 
 
-def build_model(name: str, n_items: int, dim: int = 64, n_interests: int = 4, seq_len: int = 20) -> MultiInterestModel:
-    """Constructs a backbone by its CLI name (see MODELS)."""
+def build_model(
+    name: str,
+    n_items: int,
+    dim: int = 64,
+    n_interests: int = 4,
+    seq_len: int = 20,
+    sparse_items: bool = False,
+) -> MultiInterestModel:
+    """Constructs a backbone by its CLI name (see MODELS); ``sparse_items`` for SparseAdam."""
     if name == "comirec-sa":
-        return ComiRecSA(n_items, dim, n_interests, seq_len)
+        return ComiRecSA(n_items, dim, n_interests, seq_len, sparse_items)
     if name == "comirec-dr":
-        return CapsuleInterests(n_items, dim, n_interests, seq_len, shared=False)
+        return CapsuleInterests(n_items, dim, n_interests, seq_len, shared=False, sparse_items=sparse_items)
     if name == "mind":
-        return CapsuleInterests(n_items, dim, n_interests, seq_len, shared=True)
+        return CapsuleInterests(n_items, dim, n_interests, seq_len, shared=True, sparse_items=sparse_items)
     if name == "dnn":
-        return MeanPool(n_items, dim, n_interests, seq_len)
+        return MeanPool(n_items, dim, n_interests, seq_len, sparse_items)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")

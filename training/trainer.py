@@ -1,5 +1,6 @@
-"""The training loop: sample, forward, the scheme's loss, Adam; evaluate on valid users every N
-steps, keep the best checkpoint, stop early; then score the best model on the test users.
+"""The training loop: sample, forward, the scheme's loss, the optimiser step (training.optimizers);
+evaluate on valid users every N steps, keep the best checkpoint, stop early; then score the best
+model on the test users.
 
 Run directory layout (names in remi.contract; read by ``remi evaluate`` and ``remi export``)::
 
@@ -32,6 +33,7 @@ from training.data import TrainSampler
 from training.distributed import Ranks
 from training.evaluate import evaluate, popularity_metrics
 from training.models import MultiInterestModel, build_model
+from training.optimizers import Optimizers, build_optimizers, uses_sparse_items
 from training.prepare import Prepared, prepare
 from training.progress import Progress
 from training.result import EvalRecord, TrainResult
@@ -66,6 +68,9 @@ def train(
     out = Path(out_dir)
     check_run_folder(out, force)
     cfg = cfg.model_copy(update={"data": _absolute(cfg.data), "split_file": _absolute(cfg.split_file)})
+    if uses_sparse_items(cfg) and Ranks.requested_world() > 1:
+        # DDP would all-reduce the sparse item gradients (gloo only, not nccl) with no test here
+        raise RemiError("--optimizer sparse-adam trains in one process; drop --nproc (or use --optimizer adam)")
     ranks = Ranks.join(cfg.device)
     if cfg.batch_size % ranks.world:
         raise RemiError(f"--batch-size {cfg.batch_size} must divide evenly over {ranks.world} processes")
@@ -176,10 +181,10 @@ def _train_into(
     """The training loop proper, writing the run files into ``out`` (rank 0 only)."""
     seed_everything(cfg.seed)
     device = ranks.device(cfg.device)
-    model = build_model(cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len).to(device)
+    sparse_items = uses_sparse_items(cfg)
+    model = build_model(cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len, sparse_items).to(device)
     step_module = ranks.wrap(_SchemeStep(model, TrainingScheme.from_config(cfg)), device)
-    # fused Adam: one kernel over all parameters, about 2x faster per step on CPU than foreach here
-    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    optim = build_optimizers(model, cfg)
     batches = _Batches(cfg, prep, ranks, device)
     if ranks.lead:
         _write_run_inputs(out, cfg, prep)
@@ -223,9 +228,9 @@ def _train_into(
 
 
 def _optimizer_step(
-    step_module: torch.nn.Module, optim: torch.optim.Optimizer, batches: _Batches, step: int, with_scores: bool
+    step_module: torch.nn.Module, optim: Optimizers, batches: _Batches, step: int, with_scores: bool
 ) -> LossBreakdown:
-    """One Adam step on the next batch; returns the batch's loss breakdown."""
+    """One optimiser step on the next batch; returns the batch's loss breakdown."""
     batch, negatives = batches.next()
     loss = step_module(batch, negatives, step, with_scores)  # a LossBreakdown; Module calls are untyped
     optim.zero_grad(set_to_none=True)
