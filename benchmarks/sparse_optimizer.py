@@ -1,0 +1,205 @@
+"""Training steps/s by catalogue size: dense Adam vs ``--optimizer sparse-adam`` (issue 11 §2).
+
+The model and the scheme's loss on random batches of the default shapes (ComiRec-SA, batch 128,
+L = 20, 1,280 shared negatives, d = 64, K = 4; histories of random length, uniform items) over
+synthetic catalogues of each size: no data preparation, so only the step is timed. For each size
+and thread setting, blocks of steps alternate between the two optimisers so machine noise hits
+both alike (as benchmarks/throughput.py); the median block rate is reported. Also the bytes of
+optimiser state (Adam's and SparseAdam's exp_avg/exp_avg_sq) and of the item table's gradient.
+
+    python -m benchmarks.sparse_optimizer                     # 12k, 120k, 1M items
+    python -m benchmarks.sparse_optimizer --items 4000000 --rounds 2
+
+Writes benchmarks/results/sparse_optimizer.json and sparse_optimizer.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import torch
+
+from benchmarks.report import md_table
+from remi.contract import ItemVocabulary
+from training.config import OptimizerName, TrainConfig
+from training.models import MultiInterestModel, build_model
+from training.optimizers import Optimizers, build_optimizers, uses_sparse_items
+from training.scheme import TrainBatch, TrainingScheme
+
+RESULTS = Path(__file__).parent / "results"
+OPTIMIZERS: tuple[OptimizerName, ...] = ("adam", "sparse-adam")
+
+
+def random_batches(n_items: int, cfg: TrainConfig, count: int, seed: int = 0) -> list[tuple[TrainBatch, torch.Tensor]]:
+    """``count`` batches of the config's shapes: right-padded histories of length 1..L, targets, negatives."""
+    gen = torch.Generator().manual_seed(seed)
+    items = ItemVocabulary.index_range(n_items)
+    low, high = items.start, items.stop
+    out = []
+    for _ in range(count):
+        lengths = torch.randint(1, cfg.seq_len + 1, (cfg.batch_size, 1), generator=gen)
+        mask = torch.arange(cfg.seq_len).unsqueeze(0) < lengths
+        history = torch.randint(low, high, (cfg.batch_size, cfg.seq_len), generator=gen)
+        history = history.masked_fill(~mask, ItemVocabulary.PADDING)
+        target = torch.randint(low, high, (cfg.batch_size,), generator=gen)
+        negatives = torch.randint(low, high, (cfg.negatives,), generator=gen)
+        out.append((TrainBatch(history, mask, target), negatives))
+    return out
+
+
+class Runner:
+    """One optimiser's model, optimiser and step, on a shared list of batches."""
+
+    def __init__(self, n_items: int, cfg: TrainConfig):
+        torch.manual_seed(0)
+        self.cfg, self.scheme = cfg, TrainingScheme.from_config(cfg)
+        self.model: MultiInterestModel = build_model(
+            cfg.model, n_items, cfg.dim, cfg.interests, cfg.seq_len, uses_sparse_items(cfg)
+        )
+        self.optim: Optimizers = build_optimizers(self.model, cfg)
+        self.grad_bytes = 0
+
+    def steps(self, batches: list[tuple[TrainBatch, torch.Tensor]], start: int, count: int) -> float:
+        """Runs ``count`` steps; returns steps/s."""
+        t = time.perf_counter()
+        for i in range(start, start + count):
+            batch, negatives = batches[i % len(batches)]
+            loss = self.scheme.step_loss(self.model, batch, negatives, step=i).total
+            self.optim.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optim.step()
+        rate = count / (time.perf_counter() - t)
+        grad = self.model.item_emb.weight.grad
+        if grad is not None:
+            if grad.is_sparse:
+                grad = grad.coalesce()  # what SparseAdam works on: one row per distinct item
+                self.grad_bytes = sum(t.numel() * t.element_size() for t in (grad.indices(), grad.values()))
+            else:
+                self.grad_bytes = grad.numel() * grad.element_size()
+        return rate
+
+
+def block_steps(n_items: int) -> int:
+    """Steps per timed block: about a second of dense Adam at each size on 2 cores."""
+    return 100 if n_items <= 20_000 else 40 if n_items <= 200_000 else 8 if n_items <= 2_000_000 else 3
+
+
+def measure(n_items: int, threads: int, rounds: int, cfg: TrainConfig) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    runners = {name: Runner(n_items, cfg.model_copy(update={"optimizer": name})) for name in OPTIMIZERS}
+    batches = random_batches(n_items, cfg, 32)
+    block = block_steps(n_items)
+    rates: dict[str, list[float]] = {name: [] for name in OPTIMIZERS}
+    for rnd in range(rounds + 1):  # round 0 warms up (and allocates the optimiser state)
+        for name, runner in runners.items():
+            rate = runner.steps(batches, rnd * block, block)
+            if rnd:
+                rates[name].append(rate)
+    med = {name: median(values) for name, values in rates.items()}
+    return {
+        "items": n_items,
+        "threads": threads,
+        "block_steps": block,
+        "steps_per_s": med,
+        "all": rates,
+        "optimizer_state_bytes": {name: r.optim.state_bytes() for name, r in runners.items()},
+        "item_grad_bytes": {name: r.grad_bytes for name, r in runners.items()},
+        "item_table_bytes": runners["adam"].model.item_emb.weight.numel() * 4,
+    }
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:,.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, nargs="+", default=[12_000, 120_000, 1_000_000], help="catalogue sizes")
+    ap.add_argument("--threads", type=int, nargs="+", default=None, help="thread settings (default: 1 and torch's)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating timed blocks per optimiser")
+    ap.add_argument("--scheme", default="sampled", help="training scheme (the loss's terms)")
+    args = ap.parse_args()
+    default_threads = torch.get_num_threads()
+    thread_settings = args.threads or sorted({1, default_threads})
+    cfg = TrainConfig(scheme=args.scheme)
+    results = []
+    t0 = time.perf_counter()
+    for threads in thread_settings:
+        for n_items in args.items:
+            results.append(measure(n_items, threads, args.rounds, cfg))
+            rates, seconds = results[-1]["steps_per_s"], time.perf_counter() - t0
+            print(f"{n_items} items, {threads} threads: {rates} ({seconds:.0f} s)", flush=True)
+    rows = []
+    for r in results:
+        base = next(x for x in results if x["threads"] == r["threads"] and x["items"] == min(args.items))
+        sps = r["steps_per_s"]
+        rows.append(
+            [
+                f"{r['items']:,}",
+                r["threads"],
+                f"{sps['adam']:.1f}",
+                f"{sps['sparse-adam']:.1f}",
+                f"{sps['sparse-adam'] / sps['adam']:.2f}x",
+                f"{100 * sps['adam'] / base['steps_per_s']['adam']:.0f}%",
+                f"{100 * sps['sparse-adam'] / base['steps_per_s']['sparse-adam']:.0f}%",
+                mib(r["optimizer_state_bytes"]["adam"]),
+                mib(r["optimizer_state_bytes"]["sparse-adam"]),
+                mib(r["item_grad_bytes"]["adam"]),
+                mib(r["item_grad_bytes"]["sparse-adam"]),
+            ]
+        )
+    meta = {
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "default_threads": default_threads,
+        "model": cfg.model,
+        "scheme": cfg.scheme,
+        "batch": cfg.batch_size,
+        "negatives": cfg.negatives,
+        "d": cfg.dim,
+        "K": cfg.interests,
+        "L": cfg.seq_len,
+        "rounds": args.rounds,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "sparse_optimizer.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    smallest = f"{min(args.items):,}"
+    text = (
+        f"# Training steps/s by catalogue size: adam vs sparse-adam\n\n"
+        f"{cfg.model}, scheme {cfg.scheme}, batch {cfg.batch_size}, {cfg.negatives} negatives, d={cfg.dim}, "
+        f"K={cfg.interests}, L={cfg.seq_len}; random batches (no data preparation). Median of "
+        f"{args.rounds} alternating blocks per optimiser; torch {torch.__version__}, default threads "
+        f"{default_threads}. 'of {smallest}' is the steps/s as a share of the same optimiser's at "
+        f"{smallest} items. State: the optimisers' moment tensors (SparseAdam keeps them dense, "
+        f"table-sized, like Adam: it saves the per-step work, not the memory). Item grad: the item "
+        f"table's gradient after a step (dense: the whole table; sparse: the coalesced batch rows).\n\n"
+        + md_table(
+            [
+                "items",
+                "threads",
+                "adam steps/s",
+                "sparse-adam steps/s",
+                "sparse/adam",
+                f"adam of {smallest}",
+                f"sparse of {smallest}",
+                "adam state MiB",
+                "sparse state MiB",
+                "adam item grad MiB",
+                "sparse item grad MiB",
+            ],
+            rows,
+        )
+    )
+    (RESULTS / "sparse_optimizer.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
