@@ -3,7 +3,7 @@
 A fixed step budget (not trained to convergence): both optimisers train the same config for the
 same steps; the best valid checkpoint of each is scored on the test users.
 
-    python -m benchmarks.sparse_optimizer_quality --steps 5000
+    python -m benchmarks.sparse_optimizer_quality --steps 12000   # configs/amazon_beauty.json
 
 Writes benchmarks/results/sparse_optimizer_quality.json and .md.
 """
@@ -17,27 +17,29 @@ from pathlib import Path
 
 from benchmarks.report import md_table
 from benchmarks.runner import SHARED_DATA
-from training.config import TrainConfig
+from training.config import load_config
 from training.prepare import prepare
 from training.trainer import train
 
 RESULTS = Path(__file__).parent / "results"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="amazon_beauty", help="folder of ../shared/data")
     ap.add_argument("--steps", type=int, default=5000, help="training steps of each run")
-    ap.add_argument("--scheme", default="remi", help="training scheme")
+    ap.add_argument("--config", type=Path, default=None, help="settings file (default: configs/DATASET.json)")
     args = ap.parse_args()
     data_dir = SHARED_DATA / args.dataset
     split = data_dir / "split.csv.gz"
-    base = TrainConfig(
+    config = args.config or CONFIGS / f"{args.dataset}.json"
+    base = load_config(
+        config if config.is_file() else CONFIGS / "default.json",
         data=str(data_dir / "interactions.csv.gz"),
         split_file=str(split) if split.is_file() else None,
-        scheme=args.scheme,
         max_steps=args.steps,
-        eval_every=max(1, args.steps // 5),
+        eval_every=max(1, min(1000, args.steps // 5)),
         progress_seconds=0,
     )
     prep = prepare(base)
@@ -55,8 +57,10 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "sparse_optimizer_quality.json").write_text(json.dumps(results, indent=2))
     text = (
-        f"# adam vs sparse-adam on {args.dataset}: {args.scheme}, {args.steps} steps, seed {base.seed}\n\n"
-        f"Same config and seed, a fixed step budget (not to convergence); best valid checkpoint.\n\n"
+        f"# adam vs sparse-adam on {args.dataset}: {base.scheme}, {args.steps} steps, seed {base.seed}\n\n"
+        f"Settings: `{config.name if config.is_file() else 'default.json'}`; same seed, a fixed step budget "
+        f"(patience {base.patience} evaluations every {base.eval_every} steps); test metrics of the best valid "
+        f"checkpoint. steps/s of the whole run on the shared 2-core machine.\n\n"
         + md_table(
             ["optimizer", "best step", "valid R@50", "test R@20", "test R@50", "test NDCG@50",
              "effective items", "steps/s"],  # fmt: skip

@@ -6,7 +6,8 @@ so a step's cost grows with the catalogue. With sparse-adam the table's lookups 
 gradients holding only the rows the batch used (history, targets, shared negatives) and
 SparseAdam updates only those rows and their moments: the step cost follows the batch, not the
 catalogue. The moments of an untouched row do not decay meanwhile (SparseAdam's lazy update),
-so the two are not the same optimiser; the quality comparison is in the benchmark notes.
+so the two are not the same optimiser: benchmarks/results/sparse_optimizer_quality.md compares
+them on amazon_beauty (same quality), benchmarks/results/sparse_optimizer.md their speed.
 """
 
 from __future__ import annotations
