@@ -78,7 +78,7 @@ class TrainConfig(BaseSettings):
             "Optimiser: adam, or sparse-adam for large catalogues (torch SparseAdam on the item table "
             "updates only the rows the batch touches: history, targets, negatives; dense Adam on the "
             "rest; the step cost then hardly grows with the catalogue, but is ~15% slower at 12k items; "
-            "no weight decay; one process only, no --nproc)."
+            "no weight decay; --nproc on CPU only)."
         ),
     )
     max_steps: int = Field(100_000, ge=1, description="Step budget.")

@@ -68,9 +68,9 @@ def train(
     out = Path(out_dir)
     check_run_folder(out, force)
     cfg = cfg.model_copy(update={"data": _absolute(cfg.data), "split_file": _absolute(cfg.split_file)})
-    if uses_sparse_items(cfg) and Ranks.requested_world() > 1:
-        # DDP would all-reduce the sparse item gradients (gloo only, not nccl) with no test here
-        raise RemiError("--optimizer sparse-adam trains in one process; drop --nproc (or use --optimizer adam)")
+    if uses_sparse_items(cfg) and Ranks.requested_world() > 1 and cfg.device.startswith("cuda"):
+        # DDP all-reduces the sparse item gradients with gloo (CPU); nccl has no sparse all-reduce
+        raise RemiError("--optimizer sparse-adam with --nproc trains on CPU (gloo) only; use --optimizer adam on GPUs")
     ranks = Ranks.join(cfg.device)
     if cfg.batch_size % ranks.world:
         raise RemiError(f"--batch-size {cfg.batch_size} must divide evenly over {ranks.world} processes")

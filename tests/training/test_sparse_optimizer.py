@@ -1,11 +1,12 @@
 """``--optimizer sparse-adam``: SparseAdam on the item table, dense Adam on the rest (issue 11 §2).
 
 Only the rows a batch touches change; it still learns; the default ``adam`` is the code path it
-always was; the combinations it cannot honour are refused.
+always was; two CPU processes train as one; the combinations it cannot honour are refused.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from remi.contract import ItemVocabulary
 from remi.errors import RemiError
+from tests.training.test_distributed import remi_train
 from training.config import TrainConfig, load_config
 from training.evaluate import evaluate
 from training.models import MultiInterestModel, build_model
@@ -118,12 +120,26 @@ def test_weight_decay_is_refused_with_sparse_adam() -> None:
     TrainConfig(optimizer="sparse-adam", emb_l2=1e-4)  # the item-norm penalty is the one that applies
 
 
-def test_several_processes_are_refused_with_sparse_adam(
+def test_several_gpu_processes_are_refused_with_sparse_adam(
     synth_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets; refused before joining any group
+    """nccl has no sparse all-reduce; refused before joining any group."""
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets
+    cfg = TrainConfig(data=str(synth_csv), optimizer="sparse-adam", device="cuda")
     with pytest.raises(RemiError, match="--nproc"):
-        train(TrainConfig(data=str(synth_csv), optimizer="sparse-adam"), tmp_path / "run", show_progress=False)
+        train(cfg, tmp_path / "run", show_progress=False)
+
+
+def test_two_cpu_processes_match_one_with_sparse_adam(synth_csv: Path, tmp_path: Path) -> None:
+    """DDP all-reduces the sparse item gradients over gloo: the same training as one process."""
+    single = remi_train(synth_csv, tmp_path / "single", "--optimizer", "sparse-adam", "--threads", "1")
+    assert single.returncode == 0, single.stderr[-2000:]
+    double = remi_train(synth_csv, tmp_path / "double", "--optimizer", "sparse-adam", "--nproc", "2")
+    assert double.returncode == 0, double.stderr[-2000:]
+    one, two = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("single", "double"))
+    assert two["processes"] == 2
+    for key, value in one["valid"].items():
+        assert two["valid"][key] == pytest.approx(value, abs=2e-3), key
 
 
 def test_sparse_adam_needs_a_sparse_item_table() -> None:
