@@ -63,10 +63,9 @@ def history_load_cmd(
     url = redis_url or settings.redis_url
     if not url:
         raise RemiError("no Redis URL: pass --redis-url or set REMI_REDIS_URL")
-    if ttl_days is None:
-        ttl = settings.history_ttl_seconds
-    else:
-        ttl = int(ttl_days * 86400) or None
+    if ttl_days is not None:  # the flag wins; the settings turn days into the store's seconds
+        settings = settings.model_copy(update={"history_ttl_days": ttl_days})
+    ttl = settings.history_ttl_seconds
     report = load_history(
         data,
         url,

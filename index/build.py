@@ -23,7 +23,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.params import DEFAULTS
+from index.params import DEFAULTS, MIN_RECALL
 from index.search import apply_search_params
 from remi.contract import (
     FORMAT_VERSION,
@@ -155,7 +155,7 @@ def build_index_folder(
     model_version: str,
     queries: np.ndarray | None = None,
     params: dict[str, Any] | None = None,
-    min_recall: float = 0.95,
+    min_recall: float = MIN_RECALL,
 ) -> IndexManifest:
     """Builds an index into the (existing, empty) folder ``out`` and writes its manifest.
 

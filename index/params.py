@@ -79,3 +79,6 @@ def kind_defaults() -> dict[str, dict[str, Any]]:
 
 
 DEFAULTS: Final[dict[str, dict[str, Any]]] = kind_defaults()  # the builder's view (index/build.py)
+# The builder's and the reindex job's keyword defaults, read from the settings (one source).
+MIN_RECALL: Final[float] = IndexSettings.model_fields["min_recall"].default
+KEEP: Final[int] = IndexSettings.model_fields["keep"].default

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from index.build import TUNED, build_index_folder, choose_kind, resolve_params
+from index.params import KEEP, MIN_RECALL
 from index.probe import interest_queries, smoke_query
 from remi.artifacts import load_artifacts
 from remi.contract import (
@@ -59,7 +60,7 @@ def build_from_artifacts(
     out: str | Path,
     kind: str = "auto",
     params: dict[str, Any] | None = None,
-    min_recall: float = 0.95,
+    min_recall: float = MIN_RECALL,
     use_interests: bool = True,
     force: bool = False,
 ) -> IndexManifest:
@@ -154,8 +155,8 @@ def reindex(
     root: str | Path,
     kind: str = "auto",
     params: dict[str, Any] | None = None,
-    min_recall: float = 0.95,
-    keep: int = 3,
+    min_recall: float = MIN_RECALL,
+    keep: int = KEEP,
     force: bool = False,
 ) -> ReindexResult:
     """Builds, validates and activates a new index version under ``root``."""

@@ -32,8 +32,8 @@ from service.config import ServiceSettings
 
 log = logging.getLogger("remi.history")
 
-# One source for the Redis timeout: the setting's default (REMI_REDIS_TIMEOUT_MS), in seconds.
-DEFAULT_TIMEOUT_S = float(ServiceSettings.model_fields["redis_timeout_ms"].default) / 1000
+# One source for the store's defaults: the settings' own defaults (no environment read here).
+_DEFAULTS = ServiceSettings.model_construct()
 
 T = TypeVar("T")
 
@@ -383,16 +383,16 @@ class RedisHistory:
     def __init__(
         self,
         url: str,
-        prefix: str = "remi:",
-        max_len: int = 200,
-        ttl_seconds: int | None = 30 * 86400,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        max_connections: int = 64,
-        retry_after_s: float = 1.0,
-        breaker_window_s: float = 10.0,
-        breaker_min_failures: int = 5,
-        breaker_failure_rate: float = 0.5,
-        idempotency_ttl_s: int = 86400,
+        prefix: str = _DEFAULTS.redis_prefix,
+        max_len: int = _DEFAULTS.history_max_len,
+        ttl_seconds: int | None = _DEFAULTS.history_ttl_seconds,
+        timeout_s: float = _DEFAULTS.redis_timeout_ms / 1000,
+        max_connections: int = _DEFAULTS.redis_max_connections,
+        retry_after_s: float = _DEFAULTS.redis_breaker_open_s,
+        breaker_window_s: float = _DEFAULTS.redis_breaker_window_s,
+        breaker_min_failures: int = _DEFAULTS.redis_breaker_min_failures,
+        breaker_failure_rate: float = _DEFAULTS.redis_breaker_failure_rate,
+        idempotency_ttl_s: int = _DEFAULTS.idempotency_ttl_s,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_len < 1:
@@ -571,8 +571,8 @@ class MemoryHistory:
 
     def __init__(
         self,
-        max_len: int = 200,
-        idempotency_ttl_s: float = 86400,
+        max_len: int = _DEFAULTS.history_max_len,
+        idempotency_ttl_s: float = _DEFAULTS.idempotency_ttl_s,
         idempotency_max_keys: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -659,9 +659,11 @@ class MemoryHistory:
         return len(starts)
 
 
-def make_history_store(redis_url: str | None, *, max_len: int = 200, **redis_kwargs: Any) -> HistoryStore:
+def make_history_store(
+    redis_url: str | None, *, max_len: int = _DEFAULTS.history_max_len, **redis_kwargs: Any
+) -> HistoryStore:
     """RedisHistory when a URL is configured, else the embedded store (Redis-only options are ignored)."""
     if redis_url:
         return RedisHistory(redis_url, max_len=max_len, **redis_kwargs)
-    ttl = redis_kwargs.get("idempotency_ttl_s", 86400)
+    ttl = redis_kwargs.get("idempotency_ttl_s", _DEFAULTS.idempotency_ttl_s)
     return MemoryHistory(max_len=max_len, idempotency_ttl_s=ttl)
