@@ -31,7 +31,11 @@ def train_cmd(
     force: Annotated[bool, Opt(help="Replace an existing run folder (only once the new run is complete).")] = False,
     nproc: Annotated[
         int,
-        Opt(min=1, help="Processes for distributed data-parallel training (torchrun + DDP; gloo on CPU, nccl on GPU)."),
+        Opt(
+            min=1,
+            help="Processes for distributed data-parallel training on this machine (torchrun + DDP; gloo on CPU, "
+            "nccl on GPU). Across machines run `torchrun --nnodes N ... -m cli train` (docs/operations.md).",
+        ),
     ] = 1,
     *,
     flags: SettingsFlags,
@@ -40,7 +44,9 @@ def train_cmd(
     from training.run_folder import check_run_folder
 
     check_run_folder(out, force)  # before seconds of importing torch and reading the data
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+    if nproc > 1 and "WORLD_SIZE" in os.environ:
+        raise RemiError("--nproc starts torchrun on this machine; under torchrun use its --nproc-per-node instead")
+    if nproc > 1:
         _relaunch_distributed(nproc, flags.get("threads"))
         return
     from training.config import load_config

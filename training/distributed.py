@@ -4,6 +4,11 @@ Every rank draws the same global batch and the same shared negatives from the sa
 generators and keeps its 1/N slice of the users, so the shards are disjoint and together are
 exactly the single-process batch. Rank 0 alone evaluates, checkpoints and writes; what it decides
 (stop early, out of time) reaches the others through :meth:`Ranks.agree`.
+
+The same code runs on one machine (``remi train --nproc N``) and across machines (``torchrun
+--nnodes M --rdzv-backend c10d ...``, docs/operations.md "Past one machine"): torchrun's environment
+(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) is all a rank reads. Global rank 0 (on whichever
+node the rendezvous ranks first) writes the run folder; a rank's GPU is its LOCAL_RANK on its node.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ from dataclasses import dataclass
 
 import torch
 
+from remi.errors import RemiError
+
 
 @dataclass(frozen=True)
 class Ranks:
-    """This process's rank among ``world`` training processes."""
+    """This process's rank among ``world`` training processes, and its rank on its own node (``local``)."""
 
     rank: int = 0
     world: int = 1
+    local: int = 0
 
     @staticmethod
     def requested_world() -> int:
@@ -37,7 +45,7 @@ class Ranks:
         if not dist.is_initialized():
             backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
             dist.init_process_group(backend=backend)
-        return cls(dist.get_rank(), dist.get_world_size())
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
     @property
     def lead(self) -> bool:
@@ -45,10 +53,13 @@ class Ranks:
         return self.rank == 0
 
     def device(self, configured: str) -> torch.device:
-        """One GPU per rank under torchrun; otherwise the configured device."""
+        """One GPU per rank under torchrun, numbered on its node (LOCAL_RANK); otherwise the configured device.
+
+        The global rank would be wrong past one node: rank 5 of 2 nodes x 4 GPUs is cuda:1 on node 1.
+        """
         if self.world == 1 or not configured.startswith("cuda"):
             return torch.device(configured)
-        return torch.device(f"cuda:{self.rank}")
+        return torch.device(f"cuda:{self.local}")
 
     def shard(self, batch_size: int) -> slice:
         """This rank's slice of the global batch."""
@@ -71,6 +82,27 @@ class Ranks:
         value = torch.tensor([int(flag)])
         dist.broadcast(value, src=0)
         return bool(value.item())
+
+    def check_same(self, what: str, value: str) -> None:
+        """Raises RemiError on every rank unless all ranks hold the same ``value`` (e.g. a data fingerprint).
+
+        Every rank must train on the same prepared data: the shards are slices of one seeded global
+        batch, so a node whose copy of the data differs (a stale export on a per-node disk) would
+        silently train on other users and items. All ranks see the gathered values and raise
+        together, so none is left waiting in a collective.
+        """
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        values: list[str | None] = [None] * self.world
+        dist.all_gather_object(values, value)
+        differ = [rank for rank, other in enumerate(values) if other != values[0]]
+        if differ:
+            raise RemiError(
+                f"ranks disagree on {what}: rank 0 has {values[0]}, rank(s) {differ} have "
+                f"{sorted({str(values[rank]) for rank in differ})}; every node must read the same data"
+            )
 
     def finish(self) -> None:
         """Waits for every rank, then leaves the process group."""

@@ -14,11 +14,13 @@ Run directory layout (names in remi.contract; read by ``remi evaluate`` and ``re
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
 import os
 import random
+import socket
 import time
 from pathlib import Path
 from typing import IO, cast
@@ -77,6 +79,8 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     prep = prepared or prepare(cfg)
+    if ranks.world > 1:
+        ranks.check_same("the prepared data", _data_fingerprint(prep))
     if not ranks.lead:  # only rank 0 writes the run directory
         return _train_into(cfg, out, prep, ranks, show_progress)
     with atomic_folder(out, replace=True) as work:
@@ -85,6 +89,18 @@ def train(
 
 def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path else path
+
+
+def _data_fingerprint(prep: Prepared) -> str:
+    """The data's shape (readable in an error) and a hash of the encoded rows and the train users.
+
+    Ranks on different nodes each prepare their own copy (training.distributed.Ranks.check_same).
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    for part in (prep.data.items, prep.data.offsets, prep.split.train):
+        digest.update(np.ascontiguousarray(part).data)
+    shape = prep.shape()
+    return f"{shape.users} users, {shape.items} items, {shape.interactions} rows (hash {digest.hexdigest()})"
 
 
 def seed_everything(seed: int) -> None:
@@ -265,6 +281,9 @@ def _log_start(cfg: TrainConfig, prep: Prepared, ranks: Ranks) -> None:
             "train_users": len(prep.split.train),
             "threads": torch.get_num_threads(),
             "processes": ranks.world,
+            "rank": ranks.rank,
+            "local_rank": ranks.local,
+            "host": socket.gethostname(),
         },
     )
 
