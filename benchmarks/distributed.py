@@ -4,7 +4,12 @@ Same data, model and *global* batch; N processes each compute 1/N of the batch a
 the gradients (gloo on CPU). Threads are split so the runs use the same cores: 1 process gets
 all of them, N processes get cores / N each.
 
-    python -m benchmarks.distributed --nprocs 1 2 --steps 600
+``--nodes`` adds a row of 2 "nodes" on this machine: two torchrun launchers (1 process each) that
+meet at a c10d rendezvous on 127.0.0.1, as on real nodes. Same machine, so it shows what the
+multi-node launch path costs (the rendezvous at start-up; the steps then all-reduce over the
+same loopback gloo), not how training scales across machines.
+
+    python -m benchmarks.distributed --nprocs 1 2 --nodes --steps 600
 
 Writes benchmarks/results/distributed.json and distributed.md.
 """
@@ -18,29 +23,57 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from pathlib import Path
 
 from benchmarks.report import md_table
 from benchmarks.runner import SHARED_DATA
+from loadtest.server import free_port
 from remi.contract import RUN_METRICS
 
 RESULTS = Path(__file__).parent / "results"
 
 
+def train_args(data: Path, split: Path | None, steps: int, threads: int, out: Path) -> list[str]:
+    args = ["train", "--data", str(data), "--out", str(out), "--scheme", "remi", "--max-steps", str(steps),
+            "--eval-every", str(steps), "--no-progress", "--threads", str(threads)]  # fmt: skip
+    return args + (["--split-file", str(split)] if split else [])
+
+
 def run(data: Path, split: Path | None, nproc: int, steps: int, threads: int, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "cli", "train", "--data", str(data), "--out", str(out), "--scheme", "remi",
-           "--max-steps", str(steps), "--eval-every", str(steps), "--no-progress", "--nproc", str(nproc),
-           "--threads", str(threads)]  # fmt: skip
-    if split:
-        cmd += ["--split-file", str(split)]
+    """``remi train --nproc N`` on this machine."""
+    started = time.perf_counter()
+    cmd = [sys.executable, "-m", "cli", *train_args(data, split, steps, threads, out), "--nproc", str(nproc)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return result_row(out, "1 machine", nproc, threads, time.perf_counter() - started)
+
+
+def run_two_nodes(data: Path, split: Path | None, steps: int, threads: int, out: Path) -> dict:
+    """Two torchrun launchers of 1 process each, meeting at a c10d rendezvous on 127.0.0.1."""
+    endpoint, run_id = f"127.0.0.1:{free_port()}", f"bench-{uuid.uuid4().hex[:8]}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", run_id,
+           "-m", "cli", *train_args(data, split, steps, threads, out)]  # fmt: skip
+    started = time.perf_counter()
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for node in nodes:
+        _, stderr = node.communicate()
+        if node.returncode:
+            raise RuntimeError(f"a node failed: {stderr[-2000:]}")
+    return result_row(out, "2 nodes, c10d on localhost", 2, threads, time.perf_counter() - started)
+
+
+def result_row(out: Path, layout: str, nproc: int, threads: int, wall: float) -> dict:
     metrics = json.loads((out / RUN_METRICS).read_text())
     return {
+        "layout": layout,
         "processes": nproc,
         "threads_per_process": threads,
         "steps": metrics["steps"],
         "train_seconds": metrics["train_seconds"],
         "steps_per_s": round(metrics["steps"] / metrics["train_seconds"], 1),
+        "wall_seconds": round(wall, 1),
         "valid_recall@50": round(metrics["valid"]["recall@50"], 4),
     }
 
@@ -51,16 +84,21 @@ def main() -> None:
     ap.add_argument("--nprocs", type=int, nargs="+", default=[1, 2], help="process counts to compare")
     ap.add_argument("--steps", type=int, default=600, help="training steps per run (global batch 128)")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores to split between processes")
+    ap.add_argument("--nodes", action="store_true", help="add 2 nodes x 1 process on localhost (c10d rendezvous)")
     args = ap.parse_args()
     data_dir = SHARED_DATA / args.dataset
     split = data_dir / "split.csv.gz"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.nprocs:
-            row = run(data_dir / "interactions.csv.gz", split if split.is_file() else None, n, args.steps,
+            result = run(data_dir / "interactions.csv.gz", split if split.is_file() else None, n, args.steps,
                       max(1, args.cores // n), Path(tmp) / f"n{n}")  # fmt: skip
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            rows.append(result)
+            print(json.dumps(result), flush=True)
+        if args.nodes:
+            rows.append(run_two_nodes(data_dir / "interactions.csv.gz", split if split.is_file() else None,
+                                      args.steps, max(1, args.cores // 2), Path(tmp) / "nodes"))  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["steps_per_s"]
     for row in rows:
         row["speedup"] = round(row["steps_per_s"] / base, 2)
@@ -68,14 +106,18 @@ def main() -> None:
     meta = {"machine": platform.machine(), "cores": args.cores, "dataset": args.dataset, "args": vars(args)}
     (RESULTS / "distributed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     table = md_table(
-        ["processes", "threads each", "steps", "train s", "steps/s", "speedup", "valid R@50"],
-        [[r["processes"], r["threads_per_process"], r["steps"], f"{r['train_seconds']:.1f}", f"{r['steps_per_s']:.0f}",
-          f"{r['speedup']:.2f}", f"{r['valid_recall@50']:.4f}"] for r in rows],
+        ["layout", "processes", "threads each", "steps", "train s", "steps/s", "speedup", "wall s", "valid R@50"],
+        [[r["layout"], r["processes"], r["threads_per_process"], r["steps"], f"{r['train_seconds']:.1f}",
+          f"{r['steps_per_s']:.0f}", f"{r['speedup']:.2f}", f"{r['wall_seconds']:.1f}", f"{r['valid_recall@50']:.4f}"]
+         for r in rows],
     )  # fmt: skip
     text = (
         f"# Distributed training throughput (`python -m benchmarks.distributed`)\n\n"
         f"ComiRec-SA + REMI on {args.dataset}, global batch 128, {args.cores} cores split between the processes, "
-        f"gloo all-reduce on CPU.\n\n{table}"
+        f"gloo all-reduce on CPU. `train s` counts the training steps only; `wall s` is the whole command "
+        f'(start-up, data preparation, rendezvous, evaluation). The 2-node row runs both "nodes" on this machine '
+        f"(two torchrun launchers meeting at a c10d rendezvous on 127.0.0.1): it shows the cost of the multi-node "
+        f"launch path against `--nproc 2`, not scaling across machines.\n\n{table}"
     )
     (RESULTS / "distributed.md").write_text(text)
     print(text)
