@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from benchmarks.report import md_table
 from benchmarks.runner import SHARED_DATA
@@ -41,7 +42,7 @@ def train_args(data: Path, split: Path | None, steps: int, threads: int, out: Pa
     return args + (["--split-file", str(split)] if split else [])
 
 
-def run(data: Path, split: Path | None, nproc: int, steps: int, threads: int, out: Path) -> dict:
+def run(data: Path, split: Path | None, nproc: int, steps: int, threads: int, out: Path) -> dict[str, Any]:
     """``remi train --nproc N`` on this machine."""
     started = time.perf_counter()
     cmd = [sys.executable, "-m", "cli", *train_args(data, split, steps, threads, out), "--nproc", str(nproc)]
@@ -49,7 +50,7 @@ def run(data: Path, split: Path | None, nproc: int, steps: int, threads: int, ou
     return result_row(out, "1 machine", nproc, threads, time.perf_counter() - started)
 
 
-def run_two_nodes(data: Path, split: Path | None, steps: int, threads: int, out: Path) -> dict:
+def run_two_nodes(data: Path, split: Path | None, steps: int, threads: int, out: Path) -> dict[str, Any]:
     """Two torchrun launchers of 1 process each, meeting at a c10d rendezvous on 127.0.0.1."""
     endpoint, run_id = f"127.0.0.1:{free_port()}", f"bench-{uuid.uuid4().hex[:8]}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
@@ -64,7 +65,7 @@ def run_two_nodes(data: Path, split: Path | None, steps: int, threads: int, out:
     return result_row(out, "2 nodes, c10d on localhost", 2, threads, time.perf_counter() - started)
 
 
-def result_row(out: Path, layout: str, nproc: int, threads: int, wall: float) -> dict:
+def result_row(out: Path, layout: str, nproc: int, threads: int, wall: float) -> dict[str, Any]:
     metrics = json.loads((out / RUN_METRICS).read_text())
     return {
         "layout": layout,
@@ -85,26 +86,32 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600, help="training steps per run (global batch 128)")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores to split between processes")
     ap.add_argument("--nodes", action="store_true", help="add 2 nodes x 1 process on localhost (c10d rendezvous)")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds over all layouts, in turn; the table shows medians")
     args = ap.parse_args()
     data_dir = SHARED_DATA / args.dataset
-    split = data_dir / "split.csv.gz"
-    rows = []
+    data, split = data_dir / "interactions.csv.gz", data_dir / "split.csv.gz"
+    split_file = split if split.is_file() else None
+    load_before = os.getloadavg()
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for n in args.nprocs:
-            result = run(data_dir / "interactions.csv.gz", split if split.is_file() else None, n, args.steps,
-                      max(1, args.cores // n), Path(tmp) / f"n{n}")  # fmt: skip
-            rows.append(result)
-            print(json.dumps(result), flush=True)
-        if args.nodes:
-            rows.append(run_two_nodes(data_dir / "interactions.csv.gz", split if split.is_file() else None,
-                                      args.steps, max(1, args.cores // 2), Path(tmp) / "nodes"))  # fmt: skip
-            print(json.dumps(rows[-1]), flush=True)
+        for round_ in range(args.rounds):  # layouts in turn, so a disturbance hits all of them alike
+            for n in args.nprocs:
+                runs.append(run(data, split_file, n, args.steps, max(1, args.cores // n), Path(tmp) / f"n{n}-{round_}"))
+                print(json.dumps(runs[-1]), flush=True)
+            if args.nodes:
+                runs.append(
+                    run_two_nodes(data, split_file, args.steps, max(1, args.cores // 2), Path(tmp) / f"nodes-{round_}")
+                )
+                print(json.dumps(runs[-1]), flush=True)
+    rows = medians(runs)
     base = rows[0]["steps_per_s"]
     for row in rows:
         row["speedup"] = round(row["steps_per_s"] / base, 2)
     RESULTS.mkdir(exist_ok=True)
-    meta = {"machine": platform.machine(), "cores": args.cores, "dataset": args.dataset, "args": vars(args)}
-    (RESULTS / "distributed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    load = f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after (1-minute averages)"
+    meta = {"machine": platform.machine(), "cores": args.cores, "dataset": args.dataset, "args": vars(args),
+            "load": load}  # fmt: skip
+    (RESULTS / "distributed.json").write_text(json.dumps({"meta": meta, "rows": rows, "runs": runs}, indent=2))
     table = md_table(
         ["layout", "processes", "threads each", "steps", "train s", "steps/s", "speedup", "wall s", "valid R@50"],
         [[r["layout"], r["processes"], r["threads_per_process"], r["steps"], f"{r['train_seconds']:.1f}",
@@ -114,13 +121,24 @@ def main() -> None:
     text = (
         f"# Distributed training throughput (`python -m benchmarks.distributed`)\n\n"
         f"ComiRec-SA + REMI on {args.dataset}, global batch 128, {args.cores} cores split between the processes, "
-        f"gloo all-reduce on CPU. `train s` counts the training steps only; `wall s` is the whole command "
+        f"gloo all-reduce on CPU; median of {args.rounds} round(s), the layouts in turn in each; machine load {load}. "
+        f"`train s` counts the training steps only; `wall s` is the whole command "
         f'(start-up, data preparation, rendezvous, evaluation). The 2-node row runs both "nodes" on this machine '
         f"(two torchrun launchers meeting at a c10d rendezvous on 127.0.0.1): it shows the cost of the multi-node "
         f"launch path against `--nproc 2`, not scaling across machines.\n\n{table}"
     )
     (RESULTS / "distributed.md").write_text(text)
     print(text)
+
+
+def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per layout (first-seen order): the median run of each by steps/s, its wall time the median too."""
+    rows = []
+    for key in dict.fromkeys((r["layout"], r["processes"]) for r in runs):
+        same = sorted((r for r in runs if (r["layout"], r["processes"]) == key), key=lambda r: r["steps_per_s"])
+        walls = sorted(r["wall_seconds"] for r in same)
+        rows.append({**same[len(same) // 2], "wall_seconds": walls[len(walls) // 2], "rounds": len(same)})
+    return rows
 
 
 if __name__ == "__main__":
