@@ -36,16 +36,29 @@ class Ranks:
 
     @classmethod
     def join(cls, device: str) -> Ranks:
-        """Joins the process group torchrun describes (gloo on CPU, nccl on GPU); one rank without it."""
+        """Joins the process group torchrun describes (:meth:`backend`); one rank without it."""
         import torch.distributed as dist
 
         world = cls.requested_world()
         if world <= 1:
             return cls()
+        local = int(os.environ.get("LOCAL_RANK", "0"))
         if not dist.is_initialized():
-            backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+            backend = cls.backend(device, torch.cuda.is_available())
+            if "nccl" in backend:
+                torch.cuda.set_device(local)  # before any nccl call, or every rank's first call lands on GPU 0
             dist.init_process_group(backend=backend)
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(dist.get_rank(), dist.get_world_size(), local)
+
+    @staticmethod
+    def backend(device: str, cuda_available: bool) -> str:
+        """gloo on CPU; on GPUs nccl for CUDA tensors (DDP's gradients) and gloo for CPU ones.
+
+        The rank agreements (:meth:`agree`, :meth:`check_same`) send small CPU tensors and
+        objects, which nccl cannot carry; a process group with one backend per device type takes
+        each to the backend that can.
+        """
+        return "cpu:gloo,cuda:nccl" if device.startswith("cuda") and cuda_available else "gloo"
 
     @property
     def lead(self) -> bool:

@@ -165,6 +165,13 @@ def test_a_rank_uses_the_gpu_of_its_local_rank_on_its_node() -> None:
     assert ranks.device("cpu") == torch.device("cpu")
 
 
+def test_gpu_ranks_send_gradients_over_nccl_and_their_agreements_over_gloo() -> None:
+    """Ranks.agree / check_same send CPU tensors and objects, which an nccl-only group refuses."""
+    assert Ranks.backend("cuda", cuda_available=True) == "cpu:gloo,cuda:nccl"
+    assert Ranks.backend("cuda", cuda_available=False) == "gloo"
+    assert Ranks.backend("cpu", cuda_available=True) == "gloo"
+
+
 def test_nproc_under_torchrun_is_a_clear_error(synth_csv: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "cli", "train", "--data", str(synth_csv), "--out", str(tmp_path / "r"), "--nproc", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "WORLD_SIZE": "2"})
