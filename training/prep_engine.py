@@ -236,7 +236,7 @@ class PrepEngine:
             "SELECT count(*), min(rn) FILTER (WHERE ts IS NULL), "
             "min(rn) FILTER (WHERE user_id IS NULL OR user_id = ''), "
             "min(rn) FILTER (WHERE item_id IS NULL OR item_id = '') FROM raw"
-        ).fetchone() or (0, None, None, None)
+        ).fetchall()[0]
         if rows == 0:
             raise RemiError(
                 f"{src.root}: no interactions (only a header)"
@@ -249,8 +249,8 @@ class PrepEngine:
                 f'SELECT CAST("timestamp" AS VARCHAR) FROM (SELECT row_number() OVER () AS rn, "timestamp" '
                 f"FROM {sql}) WHERE rn = ?",
                 [*params, bad_ts],
-            ).fetchone()
-            value = "" if shown is None or shown[0] is None else shown[0]
+            ).fetchall()
+            value = "" if not shown or shown[0][0] is None else shown[0][0]
             file, row = self._where(src, row_counts, int(bad_ts))
             raise RemiError(f"{file}: timestamp must be an integer (Unix seconds); {row} has {value!r}")
         for name, rn in (("user_id", empty_user), ("item_id", empty_item)):
@@ -273,8 +273,7 @@ class PrepEngine:
             )
         counts = self.con.execute(
             "SELECT (SELECT count(*) FROM raw), (SELECT count(*) FROM users), (SELECT count(*) FROM items)"
-        ).fetchone()
-        assert counts is not None
+        ).fetchall()[0]
         n_rows, n_users_raw, n_items_raw = (int(c) for c in counts)
         self._timed("encode ids", started)
 
