@@ -155,10 +155,11 @@ def kcore_mask(user_codes: np.ndarray, item_codes: np.ndarray, min_count: int, i
     if min_count <= 1:
         return keep
     while True:
-        item_count = np.bincount(item_codes[keep], minlength=item_codes.max() + 1)
-        keep_items = keep & (item_count[item_codes] >= min_count)
-        user_count = np.bincount(user_codes[keep_items], minlength=user_codes.max() + 1)
-        new_keep: np.ndarray = keep_items & (user_count[user_codes] >= min_count)
+        # Per-code verdicts gathered as bools (1 byte per row, not an int64 count per row: 100M rows).
+        item_ok = np.bincount(item_codes[keep], minlength=item_codes.max() + 1) >= min_count
+        keep_items = keep & item_ok[item_codes]
+        user_ok = np.bincount(user_codes[keep_items], minlength=user_codes.max() + 1) >= min_count
+        new_keep: np.ndarray = keep_items & user_ok[user_codes]
         if not iterative or new_keep.sum() == keep.sum():
             return new_keep
         keep = new_keep
