@@ -156,7 +156,10 @@ def _estimated_rows(path: Path) -> int:
     total = 0
     for source in _sources(path):
         if _is_parquet(source):
-            total += pq.ParquetFile(source).metadata.num_rows
+            try:
+                total += pq.read_metadata(source).num_rows
+            except (pa.ArrowInvalid, OSError) as exc:  # a corrupt or truncated part
+                raise RemiError(f"{source}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
         else:
             size = source.stat().st_size
             total += size * 4 // 24 if source.suffix == ".gz" else size // 24
