@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--pandas-rows", default="1000000,10000000", help="sizes also run through the pandas path")
     ap.add_argument("--memory-gb", type=float, default=4.0, help="prep_memory_gb (DuckDB memory limit)")
     ap.add_argument("--data-dir", default="/tmp/data-bench", help="where the generated data goes (deleted after)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated Parquet of the largest size")
     ap.add_argument("--child", choices=["synth", "prep", "pandas"], help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -127,7 +128,10 @@ def main() -> None:
             print(f"  duckdb prep (CSV.gz) {entry['duckdb_csv']}", flush=True)
             entry["pandas_csv"] = _run("--child", "pandas", "--data", gz, threads=2)
             print(f"  pandas prep (CSV.gz) {entry['pandas_csv']}", flush=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        if args.keep and n == max(sizes):
+            shutil.rmtree(folder / "csv", ignore_errors=True)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
         rows.append(entry)
     _report(rows, args)
 
