@@ -216,6 +216,14 @@ def test_training_on_parquet_parts_gives_the_metrics_of_the_csv(synth_csv: Path,
         metrics[-1].pop("seconds", None)
     assert metrics[0]["test"] == metrics[1]["test"] and metrics[0]["valid"] == metrics[1]["valid"]
     assert (tmp_path / "csv" / "item_ids.txt").read_text() == (tmp_path / "pq" / "item_ids.txt").read_text()
+    # A run trained on a folder evaluates and exports from it (recorded path, data fingerprint over the parts).
+    from training.export import export_run
+    from training.runs import evaluate_run
+
+    assert evaluate_run(tmp_path / "pq")["test"] == metrics[1]["test"]
+    print_ = export_run(tmp_path / "pq", tmp_path / "art").data_fingerprint
+    assert print_["path"] == str(parts.resolve()) and print_["interactions"] == metrics[1]["data"]["interactions"]
+    assert print_["bytes"] == sum(p.stat().st_size for p in parts.iterdir())
 
 
 def test_arrow_strings_become_numpy_strings_without_objects() -> None:
