@@ -59,13 +59,16 @@ def strings_to_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     )
     lengths = np.diff(offsets)
     width = max(1, int(lengths.max()))
-    matrix = np.zeros((n, width), dtype=np.uint8)
+    out = np.empty(n, dtype=_string_dtype())
     pos = np.arange(width)
-    inside = pos[None, :] < lengths[:, None]
-    matrix[inside] = data[(offsets[:-1, None] + pos[None, :])[inside]]
-    fixed = matrix.view(f"S{width}").ravel()
-    decoded = np.char.decode(fixed, "utf-8")
-    return decoded.astype(_string_dtype())
+    step = max(1, (64 << 20) // (width * 8))  # slices of ~64 MB of gather indices: long ids stay bounded
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        inside = pos[None, :] < lengths[lo:hi, None]
+        matrix = np.zeros((hi - lo, width), dtype=np.uint8)
+        matrix[inside] = data[(offsets[lo:hi, None] + pos[None, :])[inside]]
+        out[lo:hi] = np.char.decode(matrix.view(f"S{width}").ravel(), "utf-8")
+    return out
 
 
 def _string_dtype() -> Any:
