@@ -11,9 +11,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from remi.contract import ItemVocabulary
 from remi.errors import RemiError
 from training.config import TrainConfig
-from training.data import Interactions, encode, eval_set, read_interactions, read_split_file, split_users
+from training.data import (
+    Interactions,
+    encode,
+    eval_set,
+    kcore_mask,
+    read_interactions,
+    read_split_file,
+    split_users,
+)
 from training.prep_engine import PrepEngine, strings_to_numpy
 from training.prepare import prepare
 from training.synth import SynthConfig, generate, write
@@ -31,11 +40,35 @@ def _frame(rows: int = 6000, seed: int = 0) -> pd.DataFrame:
     )
 
 
+def _main_encode(df: pd.DataFrame, min_count: int = 5, iterative: bool = True) -> Interactions:
+    """training.data.encode as it was before the DuckDB engine (commit 3537b03), verbatim: the oracle."""
+    user_codes, user_uniques = pd.factorize(df["user_id"], sort=False)
+    item_codes, item_uniques = pd.factorize(df["item_id"], sort=False)
+    keep = kcore_mask(user_codes, item_codes, min_count, iterative)
+    u, it, ts = user_codes[keep], item_codes[keep], df["timestamp"].to_numpy()[keep]
+    order = np.lexsort((ts, u))  # stable: ties keep file order
+    u, it = u[order], it[order]
+    counts = np.bincount(it, minlength=len(item_uniques))
+    present = np.flatnonzero(counts)
+    by_pop = present[np.argsort(-counts[present], kind="stable")]
+    remap = np.zeros(len(item_uniques), dtype=np.int64)
+    remap[by_pop] = ItemVocabulary.rows_to_indices(np.arange(len(by_pop)))
+    users_present, user_index = np.unique(u, return_inverse=True)
+    offsets = np.zeros(len(users_present) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(user_index), out=offsets[1:])
+    return Interactions(
+        user_ids=np.asarray(user_uniques, dtype=object)[users_present],
+        item_ids=np.asarray(item_uniques, dtype=object)[by_pop],
+        offsets=offsets,
+        items=remap[it],
+    )
+
+
 def _same(a: Interactions, b: Interactions) -> None:
     assert list(a.user_ids) == list(b.user_ids)
     assert list(a.item_ids) == list(b.item_ids)
     assert np.array_equal(a.offsets, b.offsets) and a.offsets.dtype == np.int64
-    assert np.array_equal(a.items, b.items) and a.items.dtype == np.int32
+    assert np.array_equal(a.items, b.items) and a.items.dtype == np.int32 and len(a.items) == len(b.items)
 
 
 def _engine(path: Path, min_count: int = 5, iterative: bool = True) -> Interactions:
@@ -67,7 +100,8 @@ def _layouts(df: pd.DataFrame, root: Path) -> dict[str, Path]:
 @pytest.mark.parametrize(("min_count", "iterative"), [(5, True), (3, False), (1, True)])
 def test_engine_equals_the_pandas_path_on_every_layout(tmp_path: Path, min_count: int, iterative: bool) -> None:
     df = _frame()
-    want = encode(df, min_count=min_count, iterative=iterative)
+    want = _main_encode(df, min_count=min_count, iterative=iterative)
+    _same(encode(df, min_count=min_count, iterative=iterative), want)  # the refactored pandas path, too
     for name, path in _layouts(df, tmp_path).items():
         got = _engine(path, min_count, iterative)
         try:
@@ -80,7 +114,7 @@ def test_split_eval_cuts_and_split_file_equal_the_pandas_path(tmp_path: Path) ->
     df = _frame(seed=1)
     path = tmp_path / "d.parquet"
     df.to_parquet(path)
-    old = encode(df, min_count=3)
+    old = _main_encode(df, min_count=3)
     users = df["user_id"].unique()
     split_csv = tmp_path / "split.csv"
     parts = np.array(["train", "valid", "test"])[np.arange(len(users)) % 3]
@@ -124,7 +158,7 @@ def test_parquet_integer_ids_and_timestamp_types_read_like_the_csv(tmp_path: Pat
         }
     )
     pq.write_table(typed, tmp_path / "typed.parquet")
-    _same(_engine(tmp_path / "typed.parquet", 2), encode(read_interactions(csv), min_count=2))
+    _same(_engine(tmp_path / "typed.parquet", 2), _main_encode(read_interactions(csv), min_count=2))
 
 
 @pytest.mark.parametrize(
