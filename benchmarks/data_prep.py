@@ -170,6 +170,17 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         for r in rows
         if "seconds" in r.get("synth", {})
     ]
+    pandas = [r for r in rows if "seconds" in r.get("pandas_csv", {})]
+    before = ""
+    if pandas:
+        big = pandas[-1]
+        per_row = big["pandas_csv"]["peak_rss_mb"] * 2**20 / big["rows"]
+        before = (
+            f"\n\nBefore (the pandas path `remi train` used until now, same rows as CSV.gz, same run): "
+            f"{big['pandas_csv']['peak_rss_mb']:,.0f} MB at {big['rows']:,} rows, ~{per_row:.0f} bytes per "
+            f"interaction, so ~{per_row * 1e8 / 2**30:.0f} GB at 100M: not run at 100M, it does not fit this "
+            "24 GB machine. (The previous results file recorded 3.28 s for 1M uniform-random rows on this path.)"
+        )
     text = (
         "# Data preparation at 1M / 10M / 100M interactions\n\n"
         f"Goal: {GOAL}. Machine: {os.cpu_count()} CPUs; DuckDB memory limit {args.memory_gb:g} GB "
@@ -181,6 +192,7 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             ["rows", "path", "seconds", "peak RSS (MB)", "after 5-core: users / items / rows", "seconds by stage"],
             table,
         )
+        + before
         + "\n\nSynthetic data generation (`remi data synth --rows N --format parquet`):\n\n"
         + md_table(["rows", "seconds", "peak RSS (MB)", "Parquet (MB)"], synth)
         + "\n"
