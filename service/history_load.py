@@ -36,6 +36,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from remi.contract import INTERACTION_COLUMNS
+from remi.datafiles import interaction_files, is_parquet_file
 from remi.errors import RemiError
 from service.history import _classify, _client_for, _public_url, encode_many, history_key
 
@@ -78,18 +79,12 @@ class LoadReport:
 
 
 def _sources(path: Path) -> list[Path]:
-    if path.is_dir():
-        parts = sorted(p for p in path.rglob("*.parquet") if p.is_file())
-        if not parts:
-            raise RemiError(f"{path}: a folder without .parquet files")
-        return parts
-    if not path.is_file():
-        raise RemiError(f"data file not found: {path}")
-    return [path]
+    """The files of a CSV(.gz), a Parquet file or a folder of Parquet parts (plain or key=value/), as in training."""
+    return list(interaction_files(path).files)
 
 
 def _is_parquet(path: Path) -> bool:
-    return path.suffix == ".parquet" or path.name.endswith(".parq")
+    return is_parquet_file(path)
 
 
 def _check_columns(path: Path, names: list[str]) -> None:
@@ -161,7 +156,10 @@ def _estimated_rows(path: Path) -> int:
     total = 0
     for source in _sources(path):
         if _is_parquet(source):
-            total += pq.ParquetFile(source).metadata.num_rows
+            try:
+                total += pq.read_metadata(source).num_rows
+            except (pa.ArrowInvalid, OSError) as exc:  # a corrupt or truncated part
+                raise RemiError(f"{source}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
         else:
             size = source.stat().st_size
             total += size * 4 // 24 if source.suffix == ".gz" else size // 24

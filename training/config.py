@@ -33,13 +33,19 @@ class TrainConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REMI_TRAIN_", extra="forbid")
 
     # data
-    data: str = Field("", description="Interactions CSV(.gz): user_id,item_id,timestamp.")
+    data: str = Field(
+        "",
+        description="Interactions user_id,item_id,timestamp: a CSV(.gz), a Parquet file or a folder of Parquet parts.",
+    )
     split_file: str | None = Field(None, description="CSV user_id,part (train/valid/test) fixing the user split.")
     min_count: int = Field(5, ge=1, description="k-core threshold for users and items.")
     kcore_single_pass: bool = Field(
         False, description="One k-core filter pass (the reference scripts) instead of filtering until stable."
     )
     split_seed: int = Field(1230, description="Seed of the 80/10/10 user split.")
+    prep_memory_gb: float = Field(
+        4.0, gt=0, description="Memory limit of data preparation (DuckDB, GB); beyond it, prep spills to $TMPDIR."
+    )
     min_history: int = Field(4, ge=1, description="Smallest cut point when sampling training examples.")
 
     # model

@@ -26,10 +26,11 @@ class Interactions:
     """Filtered, encoded, time-ordered interactions.
 
     Attributes:
-        user_ids: (U,) raw user ids (str); user index u is position u.
+        user_ids: (U,) raw user ids (str: object or numpy StringDType); user index u is position u.
         item_ids: (I,) raw item ids (str) in item-index order (see :attr:`vocabulary`).
         offsets: (U + 1,) int64; user u's sequence is ``items[offsets[u]:offsets[u + 1]]``.
-        items: (N,) int64 item indices (never padding), each user's rows in time order.
+        items: (N,) int32 item indices (never padding), each user's rows in time order (4 bytes per
+            interaction; windows cut from it are int64).
     """
 
     user_ids: np.ndarray
@@ -154,47 +155,103 @@ def kcore_mask(user_codes: np.ndarray, item_codes: np.ndarray, min_count: int, i
     if min_count <= 1:
         return keep
     while True:
-        item_count = np.bincount(item_codes[keep], minlength=item_codes.max() + 1)
-        keep_items = keep & (item_count[item_codes] >= min_count)
-        user_count = np.bincount(user_codes[keep_items], minlength=user_codes.max() + 1)
-        new_keep: np.ndarray = keep_items & (user_count[user_codes] >= min_count)
+        # Per-code verdicts gathered as bools (1 byte per row, not an int64 count per row: 100M rows).
+        item_ok = np.bincount(item_codes[keep], minlength=item_codes.max() + 1) >= min_count
+        keep_items = keep & item_ok[item_codes]
+        user_ok = np.bincount(user_codes[keep_items], minlength=user_codes.max() + 1) >= min_count
+        new_keep: np.ndarray = keep_items & user_ok[user_codes]
         if not iterative or new_keep.sum() == keep.sum():
             return new_keep
         keep = new_keep
 
 
-def encode(df: pd.DataFrame, min_count: int = 5, iterative: bool = True) -> Interactions:
+@dataclass(frozen=True)
+class EncodedCodes:
+    """What :func:`build_interactions` derives from dense codes: the CSR and which raw codes survived.
+
+    Attributes:
+        offsets: (U + 1,) int64 CSR offsets.
+        items: (N,) int32 item indices, user-major, time order.
+        user_codes: (U,) raw user codes of the surviving users, ascending (= first-appearance order).
+        item_codes: (I,) raw item codes of the surviving items in item-index order (by popularity).
+    """
+
+    offsets: np.ndarray
+    items: np.ndarray
+    user_codes: np.ndarray
+    item_codes: np.ndarray
+
+
+def build_interactions(
+    user_codes: np.ndarray,
+    item_codes: np.ndarray,
+    n_users: int,
+    n_items: int,
+    min_count: int,
+    iterative: bool = True,
+    timestamps: np.ndarray | None = None,
+    sorted_: bool = False,
+) -> EncodedCodes:
     """k-core filter, stable time sort per user, and contiguous ids (items by descending popularity).
 
-    The sort is stable, so rows of one user with equal timestamps keep their file order.
+    Codes are dense and numbered by first appearance in the file (``pd.factorize`` order, or the
+    DuckDB engine's). Rows must be in file order with their ``timestamps`` (they are sorted here,
+    stably: rows of one user with equal timestamps keep their file order), or already in that
+    order with ``sorted_=True`` (the engine sorts out of core). Shared by both paths so they
+    cannot drift apart; only int32/int64 arrays, 8-16 bytes per interaction.
     """
-    user_codes, user_uniques = pd.factorize(df["user_id"], sort=False)
-    item_codes, item_uniques = pd.factorize(df["item_id"], sort=False)
     keep = kcore_mask(user_codes, item_codes, min_count, iterative)
     if not keep.any():
         raise RemiError(
             f"no interactions left after the {min_count}-core filter "
-            f"({len(user_uniques)} users, {len(item_uniques)} items before); lower --min-count"
+            f"({n_users} users, {n_items} items before); lower --min-count"
         )
-    u, it, ts = user_codes[keep], item_codes[keep], df["timestamp"].to_numpy()[keep]
-    order = np.lexsort((ts, u))  # stable: ties keep file order
-    u, it = u[order], it[order]
+    u, it = user_codes[keep], item_codes[keep]
+    if not sorted_:
+        if timestamps is None:
+            raise ValueError("timestamps are needed to sort rows in file order")
+        order = np.lexsort((timestamps[keep], u))  # stable: ties keep file order
+        u, it = u[order], it[order]
+        del order
+    del keep
 
     # Items: contiguous indices by descending popularity (ties by first appearance): rank r is row r.
-    counts = np.bincount(it, minlength=len(item_uniques))
+    counts = np.bincount(it, minlength=n_items)
     present = np.flatnonzero(counts)
     by_pop = present[np.argsort(-counts[present], kind="stable")]
-    remap = np.zeros(len(item_uniques), dtype=np.int64)
+    remap = np.zeros(n_items, dtype=np.int32)
     remap[by_pop] = ItemVocabulary.rows_to_indices(np.arange(len(by_pop)))
+    items = remap[it]
+    del it, remap
 
-    users_present, user_index = np.unique(u, return_inverse=True)
-    offsets = np.zeros(len(users_present) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(user_index), out=offsets[1:])
+    # Users: u is sorted, so each run of equal codes is one user, in first-appearance order.
+    starts = np.flatnonzero(np.concatenate(([True], u[1:] != u[:-1])))
+    offsets = np.append(starts, len(u)).astype(np.int64)
+    return EncodedCodes(offsets=offsets, items=items, user_codes=u[starts].astype(np.int64), item_codes=by_pop)
+
+
+def encode(df: pd.DataFrame, min_count: int = 5, iterative: bool = True) -> Interactions:
+    """The in-memory path (pandas): factorize the raw ids, then :func:`build_interactions`.
+
+    Kept for small frames and as the oracle the DuckDB engine (:mod:`training.prep_engine`) is
+    tested against; it holds a Python object per row, so it does not scale past ~10M rows.
+    """
+    user_codes, user_uniques = pd.factorize(df["user_id"], sort=False)
+    item_codes, item_uniques = pd.factorize(df["item_id"], sort=False)
+    built = build_interactions(
+        user_codes,
+        item_codes,
+        len(user_uniques),
+        len(item_uniques),
+        min_count,
+        iterative,
+        timestamps=df["timestamp"].to_numpy(),
+    )
     return Interactions(
-        user_ids=np.asarray(user_uniques, dtype=object)[users_present],
-        item_ids=np.asarray(item_uniques, dtype=object)[by_pop],
-        offsets=offsets,
-        items=remap[it],
+        user_ids=np.asarray(user_uniques, dtype=object)[built.user_codes],
+        item_ids=np.asarray(item_uniques, dtype=object)[built.item_codes],
+        offsets=built.offsets,
+        items=built.items,
     )
 
 
@@ -223,12 +280,8 @@ def split_users(data: Interactions, seed: int = 1230, fractions: tuple[float, fl
     )
 
 
-def read_split_file(path: str | Path, data: Interactions, raw_users: set[str] | None = None) -> UserSplit:
-    """A predefined user split from a CSV ``user_id,part`` (part in train/valid/test).
-
-    Users named in the file but absent from the raw data are an error; users the k-core filter
-    removed are skipped; users of the data that the file does not name are left out of all parts.
-    """
+def read_split_table(path: str | Path) -> pd.DataFrame:
+    """The ``user_id,part`` rows of a split file, checked (columns, part names, no user twice)."""
     path = Path(path)
     if not path.is_file():
         raise RemiError(f"split file not found: {path}")
@@ -244,19 +297,39 @@ def read_split_file(path: str | Path, data: Interactions, raw_users: set[str] | 
     dup = df["user_id"].duplicated()
     if dup.any():
         raise RemiError(f"{path}: user {df['user_id'][dup].iloc[0]!r} appears more than once")
-    known = raw_users if raw_users is not None else set(data.user_ids)
-    unknown = df.loc[~df["user_id"].isin(known), "user_id"]
-    if len(unknown):
-        raise RemiError(f"{path}: {len(unknown)} user(s) not in the data, e.g. {unknown.iloc[0]!r}")
-    index = pd.Series(np.arange(data.n_users), index=pd.Index(data.user_ids))
+    return df
+
+
+def assign_split_parts(path: str | Path, df: pd.DataFrame, known: np.ndarray, user_index: np.ndarray) -> UserSplit:
+    """The split of a checked table, given per row whether the raw data has the user (``known``) and
+    its user index after filtering (``user_index``, -1 when the k-core filter removed it)."""
+    if not known.all():
+        unknown = df["user_id"].to_numpy()[~known]
+        raise RemiError(f"{path}: {len(unknown)} user(s) not in the data, e.g. {unknown[0]!r}")
     parts = {}
+    part_of = df["part"].to_numpy()
     for part in SPLIT_PARTS:
-        names = df.loc[df["part"] == part, "user_id"]
-        users = index.reindex(names.to_numpy()).dropna().to_numpy().astype(np.int64)
+        users = user_index[(part_of == part) & (user_index >= 0)].astype(np.int64)
         if len(users) == 0:
             raise RemiError(f"{path}: no {part} users left after filtering")
         parts[part] = np.sort(users)
     return UserSplit(**parts)
+
+
+def read_split_file(path: str | Path, data: Interactions, raw_users: set[str] | None = None) -> UserSplit:
+    """A predefined user split from a CSV ``user_id,part`` (part in train/valid/test).
+
+    Users named in the file but absent from the raw data are an error; users the k-core filter
+    removed are skipped; users of the data that the file does not name are left out of all parts.
+    (The DuckDB path does the same lookups in the database: PrepEngine.read_split_file.)
+    """
+    df = read_split_table(path)
+    names = df["user_id"].to_numpy(dtype=object)
+    known_set = raw_users if raw_users is not None else set(data.user_ids)
+    known = np.fromiter((n in known_set for n in names), dtype=bool, count=len(names))
+    index = pd.Series(np.arange(data.n_users), index=pd.Index(np.asarray(data.user_ids, dtype=object)))
+    user_index = index.reindex(names).fillna(-1).to_numpy().astype(np.int64)
+    return assign_split_parts(path, df, known, user_index)
 
 
 def eval_set(data: Interactions, users: np.ndarray, seq_len: int, history_fraction: float = 0.8) -> EvalSet:
@@ -271,7 +344,7 @@ def eval_set(data: Interactions, users: np.ndarray, seq_len: int, history_fracti
     starts = data.offsets[users]
     h_start = np.maximum(0, cut - seq_len)
     history, mask = _window(data.items, starts + h_start, cut - h_start, seq_len)
-    truth = np.split(data.items[_ranges(starts + cut, starts + n)], np.cumsum(n - cut)[:-1])
+    truth = np.split(data.items[_ranges(starts + cut, starts + n)].astype(np.int64), np.cumsum(n - cut)[:-1])
     return EvalSet(users=users, history=history, mask=mask, truth=truth)
 
 
@@ -280,7 +353,7 @@ def _window(items: np.ndarray, first: np.ndarray, length: np.ndarray, seq_len: i
     pos = np.arange(seq_len)
     mask = pos[None, :] < length[:, None]
     idx = np.where(mask, first[:, None] + pos[None, :], 0)
-    return np.where(mask, items[idx], 0), mask
+    return np.where(mask, items[idx], 0).astype(np.int64, copy=False), mask
 
 
 class TrainSampler:
@@ -310,4 +383,4 @@ class TrainSampler:
         cut = low + (self.rng.random(batch_size) * (n - low)).astype(np.int64)
         h_start = np.maximum(0, cut - self.seq_len)
         history, mask = _window(self.items, start + h_start, cut - h_start, self.seq_len)
-        return history, mask, self.items[start + cut]
+        return history, mask, self.items[start + cut].astype(np.int64)

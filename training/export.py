@@ -6,6 +6,7 @@ model has been checked against PyTorch, so a crash never leaves a folder that lo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -131,11 +132,21 @@ def parity_error(model: MultiInterestModel, onnx_path: Path, batches: list[tuple
 
 
 def _fingerprint(path: str, data: Any) -> dict[str, Any]:
-    file = Path(path)
+    """Size and hash of the training data: one file's, or over a folder's parts (path and hash of each)."""
+    from remi.datafiles import interaction_files
+
+    source = interaction_files(path)
+    if source.is_folder:
+        digest = hashlib.sha256()
+        for part in source.files:
+            digest.update(f"{part.relative_to(source.root).as_posix()}\0{sha256_file(part)}\n".encode())
+        size, sha = sum(p.stat().st_size for p in source.files), digest.hexdigest()
+    else:
+        size, sha = source.root.stat().st_size, sha256_file(source.root)
     return {
-        "path": str(file),
-        "bytes": file.stat().st_size,
-        "sha256": sha256_file(file),
+        "path": str(source.root),
+        "bytes": size,
+        "sha256": sha,
         "users": data.n_users,
         "items": data.n_items,
         "interactions": len(data.items),

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from remi.errors import RemiError
 from training.config import TrainConfig
-from training.data import (
-    EvalSet,
-    Interactions,
-    UserSplit,
-    encode,
-    eval_set,
-    read_interactions,
-    read_split_file,
-    split_users,
-)
+from training.data import EvalSet, Interactions, UserSplit, eval_set, split_users
+from training.prep_engine import PrepEngine
 from training.result import DataShape
 
 
@@ -39,16 +32,22 @@ class Prepared:
         )
 
 
-def prepare(cfg: TrainConfig) -> Prepared:
-    """Loads, filters and splits the data as the config says."""
-    raw = read_interactions(cfg.data)
-    data = encode(raw, min_count=cfg.min_count, iterative=not cfg.kcore_single_pass)
-    if cfg.split_file:
-        split = read_split_file(cfg.split_file, data, raw_users=set(raw["user_id"].unique()))
-    else:
-        split = split_users(data, seed=cfg.split_seed)
-    valid = eval_set(data, split.valid, cfg.seq_len)
-    test = eval_set(data, split.test, cfg.seq_len)
+def prepare(cfg: TrainConfig, timings: dict[str, float] | None = None) -> Prepared:
+    """Loads, filters and splits the data as the config says (out of core: training.prep_engine).
+
+    ``timings``, when given, receives seconds per stage (the data_prep benchmark reads them).
+    """
+    with PrepEngine(memory_limit_gb=cfg.prep_memory_gb) as engine:
+        data = engine.encode(cfg.data, min_count=cfg.min_count, iterative=not cfg.kcore_single_pass)
+        started = time.perf_counter()
+        split = (
+            engine.read_split_file(cfg.split_file, data) if cfg.split_file else split_users(data, seed=cfg.split_seed)
+        )
+        valid = eval_set(data, split.valid, cfg.seq_len)
+        test = eval_set(data, split.test, cfg.seq_len)
+        if timings is not None:
+            timings.update(engine.timings)
+            timings["split + eval cut"] = time.perf_counter() - started
     if len(valid.users) == 0 or len(test.users) == 0:
         raise RemiError("dataset too small to split: no valid or test user has a history and a ground truth")
     return Prepared(data, split, valid, test)

@@ -52,14 +52,14 @@ def locate(path: str | None, run: Path, trained_in: str | None) -> str | None:
     bases = [Path(trained_in)] if trained_in else []
     bases += [Path.cwd(), *run.resolve().parents]
     for base in bases:
-        if (base / path).is_file():
+        if (base / path).exists():  # a file, or a folder of Parquet parts
             return str((base / path).resolve())
     return path
 
 
 def require_data(cfg: TrainConfig, run: Path) -> None:
     """A clear error when a run's recorded data file cannot be found (before a bare 'not found')."""
-    if cfg.data and not Path(cfg.data).is_file():
+    if cfg.data and not Path(cfg.data).exists():
         where = "" if Path(cfg.data).is_absolute() else " (relative to where it was trained; tried here and above)"
         raise RemiError(f"{run}: the data file it trained on, {cfg.data}, is not found{where}; pass --data PATH")
 

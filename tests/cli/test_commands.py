@@ -48,6 +48,22 @@ def test_synth_train_evaluate_round_trip(tmp_path: Path) -> None:
     assert evaluated["test"] == pytest.approx(trained["test"], abs=1e-6)
 
 
+def test_synth_rows_writes_a_taobao_shaped_parquet_that_trains(tmp_path: Path) -> None:
+    proc = remi("data", "synth", "--out", str(tmp_path / "d"), "--rows", "20000", "--format", "parquet", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    data = tmp_path / "d" / "interactions.parquet"
+    assert proc.stdout.strip() == str(data) and (tmp_path / "d" / "topics.json").is_file()
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(data)
+    assert 15_000 < table.num_rows < 25_000 and len(set(table.column("user_id").to_pylist())) == 200
+    run = tmp_path / "r"
+    proc = remi("train", "--data", str(data), "--min-count", "2", "--max-steps", "20", "--eval-every", "20",
+                "--dim", "8", "--out", str(run))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "metrics.json").is_file()
+
+
 def test_train_accepts_a_config_file_and_flags_override_it(tmp_path: Path, synth_csv: Path) -> None:
     (tmp_path / "cfg.json").write_text(
         json.dumps({"train": {"scheme": "ihn", "beta": 0.3, "dim": 16, "max_steps": 40}})

@@ -132,6 +132,34 @@ def test_parquet_file_and_folder_of_parts_load_like_the_csv(tmp_path: Path, redi
         assert stored(prefix, list(want), 25) == want
 
 
+def test_warehouse_export_folders_load_like_the_csv(tmp_path: Path, redis_prefix: str) -> None:
+    """Hive key=value/ subfolders, suffix-less parts (BigQuery) and Spark's _SUCCESS marker."""
+    df = interactions(seed=4)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    hive, plain = tmp_path / "hive", tmp_path / "plain"
+    plain.mkdir()
+    (plain / "_SUCCESS").write_text("")
+    for n, start in enumerate(range(0, len(df), 1000)):
+        (hive / f"day={n}").mkdir(parents=True)
+        pq.write_table(table.slice(start, 1000), hive / f"day={n}" / "part-0.snappy.parquet")
+        pq.write_table(table.slice(start, 1000), plain / f"{n:012d}")
+    want = expected(df, 25)
+    for source, prefix in ((hive, redis_prefix + "h:"), (plain, redis_prefix + "p:")):
+        report = load(source, prefix, rows_per_partition=1000)
+        assert report["rows"] == len(df)
+        assert stored(prefix, list(want), 25) == want
+
+
+def test_a_bad_parquet_part_is_a_one_line_error_naming_it(tmp_path: Path, redis_prefix: str) -> None:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pandas(interactions(rows=10), preserve_index=False), folder / "part-0.parquet")
+    (folder / "part-1.parquet").write_bytes(b"PAR1" + b"\x00" * 32)
+    result = _cli("--data", str(folder), "--redis-url", SHARED_REDIS, "--prefix", redis_prefix)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "part-1.parquet" in result.stderr, result.stderr
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cli", "history", "load", "--no-progress", *args],

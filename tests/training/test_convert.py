@@ -120,6 +120,22 @@ def test_amazon_2018_and_2023_gzipped_inputs_convert_to_exact_rows(tmp_path: Pat
     assert [r[1] for r in _rows(tmp_path / "rated.csv")] == ["0000013714", "B00ABC1234", "B00YQ6X8EO"]
 
 
+def test_parquet_output_holds_the_csv_rows_and_trains(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from training.prep_engine import PrepEngine
+
+    src = _write_lines(tmp_path / "in.json.gz", AMAZON_2018 * 3, gz=True)
+    convert_amazon_reviews(src, tmp_path / "out.csv")
+    report = convert_amazon_reviews(src, tmp_path / "out.parquet")
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.schema.names == ["user_id", "item_id", "timestamp"] and str(table.schema.field(2).type) == "int64"
+    got = list(zip(*(table.column(c).to_pylist() for c in table.schema.names), strict=True))
+    assert got == _rows(tmp_path / "out.csv") and report.rows_written == len(got)
+    with PrepEngine() as engine:  # what `remi train --data out.parquet` reads
+        assert len(engine.encode(tmp_path / "out.parquet", min_count=1).items) == len(got)
+
+
 def test_gzip_output_is_deterministic(tmp_path: Path) -> None:
     src = _write_lines(tmp_path / "r.json.gz", AMAZON_2018, gz=True)
     convert_amazon_reviews(src, tmp_path / "a.csv.gz")
