@@ -51,8 +51,16 @@ def main() -> None:
         assert result is not None
         results[name] = result.to_dict()
         rows.append(
-            [name, result.best_step, result.valid["recall@50"], result.test["recall@20"], result.test["recall@50"],
-             result.test["ndcg@50"], result.routing["effective_items"], 1000 / result.seconds_per_1k_steps]  # fmt: skip
+            [
+                name,
+                result.best_step,
+                result.valid["recall@50"],
+                result.test["recall@20"],
+                result.test["recall@50"],
+                result.test["ndcg@50"],
+                result.routing["effective_items"],
+                1000 / result.seconds_per_1k_steps,
+            ]  # fmt: skip
         )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "sparse_optimizer_quality.json").write_text(json.dumps(results, indent=2))
@@ -62,8 +70,16 @@ def main() -> None:
         f"(patience {base.patience} evaluations every {base.eval_every} steps); test metrics of the best valid "
         f"checkpoint. steps/s of the whole run on the shared 2-core machine.\n\n"
         + md_table(
-            ["optimizer", "best step", "valid R@50", "test R@20", "test R@50", "test NDCG@50",
-             "effective items", "steps/s"],  # fmt: skip
+            [
+                "optimizer",
+                "best step",
+                "valid R@50",
+                "test R@20",
+                "test R@50",
+                "test NDCG@50",
+                "effective items",
+                "steps/s",
+            ],  # fmt: skip
             rows,
         )
     )
