@@ -16,12 +16,14 @@ from pydantic import ValidationError
 
 from remi.errors import RemiError
 from tests.training.test_distributed import remi_train
-from tests.training.test_sparse_optimizer import D, L, N_ITEMS, _batch, _step
+from tests.training.test_sparse_optimizer import N_ITEMS, D, L, _batch, _step
 from training.config import ROWWISE_ADAGRAD_LR, TrainConfig, load_config
+from training.evaluate import evaluate
 from training.models import build_model
 from training.optimizers import RowWiseAdagrad, build_optimizers, unique_rows
 from training.prepare import prepare
-from training.trainer import train
+from training.scheme import TrainingScheme
+from training.trainer import seed_everything, train
 
 
 def _reference_rowwise_adagrad(
@@ -80,8 +82,6 @@ def test_state_is_one_scalar_per_table_row() -> None:
     optim = build_optimizers(model, cfg)
     table = model.item_emb.weight
     batch, negatives = _batch()
-    from training.scheme import TrainingScheme
-
     TrainingScheme.from_config(cfg).step_loss(model, batch, negatives, step=0).total.backward()
     optim.step()
     items = optim.parts[0]
@@ -102,9 +102,6 @@ def test_short_rowwise_adagrad_training_beats_the_untrained_model(synth_csv: Pat
     prep = prepare(cfg)
     result = train(cfg, tmp_path / "run", prepared=prep, show_progress=False)
     assert result is not None and result.config.optimizer == "rowwise-adagrad"
-    from training.evaluate import evaluate
-    from training.trainer import seed_everything
-
     seed_everything(cfg.seed)
     untrained = build_model(cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len)
     before, _ = evaluate(untrained, prep.valid, ns=(50,))
