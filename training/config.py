@@ -80,12 +80,9 @@ class TrainConfig(BaseSettings):
     optimizer: OptimizerName = Field(
         "adam",
         description=(
-            "Optimiser: adam, or sparse-adam for large catalogues (torch SparseAdam on the item table "
-            "updates only the rows the batch touches: history, targets, negatives; dense Adam on the "
-            "rest; the step cost then hardly grows with the catalogue, but is ~15% slower at 12k items), "
-            "or rowwise-adagrad (row-wise Adagrad on the touched rows only, one state scalar per row, "
-            "table learning rate --item-lr; the fastest at every size). Sparse choices: no weight decay, "
-            "--nproc on CPU only."
+            "Optimiser: adam; for large catalogues sparse-adam (SparseAdam) or rowwise-adagrad (one state "
+            "scalar per row, --item-lr) on the item table, updating only the rows a batch touches, dense "
+            "Adam on the rest. Sparse ones: no weight decay, --nproc on CPU only."
         ),
     )
     item_lr: float | None = Field(
