@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -123,10 +122,15 @@ def measure(n_items: int, threads: int, rounds: int, cfg: TrainConfig) -> dict[s
 
 
 def peak_rss_probe(n_items: int, optimizer: OptimizerName, cfg: TrainConfig) -> None:
-    """In a fresh process: build, train a few steps, print the peak RSS in bytes (ru_maxrss is KiB on Linux)."""
+    """In a fresh process: build, train a few steps, print the peak RSS in bytes.
+
+    VmHWM of /proc/self/status, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a
+    probe started by a large parent would report the parent's peak.
+    """
     runner = Runner(n_items, cfg.model_copy(update={"optimizer": optimizer}))
     runner.steps(random_batches(n_items, cfg, 4), 0, 4)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    status = Path("/proc/self/status").read_text()
+    print(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024)
 
 
 def peak_rss(n_items: int, optimizer: str, scheme: str) -> int:
