@@ -87,6 +87,9 @@ def build_faiss(vectors: np.ndarray, kind: str, params: dict[str, Any]) -> faiss
     elif kind == "ivfpq":
         spec = f"IVF{int(params['nlist'])},PQ{int(params['pq_m'])}x{int(params['nbits'])}"
         index = faiss.index_factory(d, spec + (",RFlat" if params["refine"] else ""), faiss.METRIC_INNER_PRODUCT)
+        # index_factory turns on polysemous training, which only serves polysemous_ht search (never
+        # set here): ~90% of the build at 20k items (25 s -> 2.5 s on one core), for nothing.
+        vars(faiss)["downcast_index"](faiss.extract_index_ivf(index)).do_polysemous_training = False
         sample = 64 * int(params["nlist"])  # FAISS wants 30-256 points per list; 64 keeps 1M builds short
         train = x if n <= sample else x[np.sort(np.random.default_rng(0).choice(n, sample, replace=False))]
         index.train(train)

@@ -20,7 +20,10 @@ ModelName = Literal["comirec-sa", "comirec-dr", "mind", "dnn"]
 SchemeName = Literal["sampled", "ihn", "rr", "remi"]
 IhnScores = Literal["raw", "cosine", "standardized"]
 RrNorm = Literal["authors", "valid"]
-OptimizerName = Literal["adam", "sparse-adam"]
+OptimizerName = Literal["adam", "sparse-adam", "rowwise-adagrad"]
+SPARSE_OPTIMIZERS: tuple[str, ...] = ("sparse-adam", "rowwise-adagrad")  # sparse item-table gradients
+EvalIndexName = Literal["exact", "ivfpq", "hnsw", "auto"]
+ROWWISE_ADAGRAD_LR = 0.05  # rowwise-adagrad's item-table learning rate when item_lr is unset
 
 
 class TrainConfig(BaseSettings):
@@ -76,16 +79,33 @@ class TrainConfig(BaseSettings):
     negatives: int = Field(1280, ge=1, description="Sampled negatives per batch (shared).")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(
-        0.0, ge=0, description="Adam weight decay (L2 on every parameter); adam only (sparse-adam: use --emb-l2)."
+        0.0,
+        ge=0,
+        description="Adam weight decay (L2 on every parameter); adam only (sparse optimisers: use --emb-l2).",
     )
     optimizer: OptimizerName = Field(
         "adam",
         description=(
-            "Optimiser: adam, or sparse-adam for large catalogues (torch SparseAdam on the item table "
-            "updates only the rows the batch touches: history, targets, negatives; dense Adam on the "
-            "rest; the step cost then hardly grows with the catalogue, but is ~15% slower at 12k items; "
-            "no weight decay; --nproc on CPU only)."
+            "Optimiser: adam; for large catalogues sparse-adam (SparseAdam) or rowwise-adagrad (one state "
+            "scalar per row, --item-lr) on the item table, updating only the rows a batch touches, dense "
+            "Adam on the rest. Sparse ones: no weight decay, --nproc on CPU only."
         ),
+    )
+    item_lr: float | None = Field(
+        None,
+        gt=0,
+        description=f"Learning rate of the item table with rowwise-adagrad (unset: {ROWWISE_ADAGRAD_LR}).",
+    )
+    eval_index: EvalIndexName = Field(
+        "auto",
+        description=(
+            "Search behind validation during training: exact, or an approximate index of index/build.py "
+            "(ivfpq: nlist sqrt(items), the cheapest to rebuild at every evaluation; hnsw: slow to build); "
+            "auto = exact up to --eval-exact-max-items items, ivfpq above. Final valid/test scores stay exact."
+        ),
+    )
+    eval_exact_max_items: int = Field(
+        1_000_000, ge=1, description="With --eval-index auto: largest catalogue validated by exact search."
     )
     max_steps: int = Field(100_000, ge=1, description="Step budget.")
     max_minutes: float | None = Field(None, gt=0, description="Wall-clock budget in minutes (unset: none).")
@@ -102,11 +122,24 @@ class TrainConfig(BaseSettings):
     def _check(self) -> TrainConfig:
         if self.model == "dnn":
             self.interests = 1
-        if self.optimizer == "sparse-adam" and self.weight_decay > 0:
+        if self.optimizer in SPARSE_OPTIMIZERS and self.weight_decay > 0:
             # SparseAdam has no weight decay, and decaying only the rows a batch touches would
             # shrink popular items more than rare ones: not the L2 the flag promises.
-            raise ValueError("weight_decay does not apply to sparse-adam; use emb_l2 to penalise item norms")
+            raise ValueError(f"weight_decay does not apply to {self.optimizer}; use emb_l2 to penalise item norms")
+        if self.item_lr is not None and self.optimizer != "rowwise-adagrad":
+            raise ValueError(f"item_lr applies to rowwise-adagrad only, not {self.optimizer} (which uses lr)")
         return self
+
+    def eval_search(self, n_items: int) -> str:
+        """The search validation uses for a catalogue of ``n_items`` (exact, ivfpq or hnsw)."""
+        if self.eval_index != "auto":
+            return self.eval_index
+        return "exact" if n_items <= self.eval_exact_max_items else "ivfpq"
+
+    @property
+    def table_lr(self) -> float:
+        """The item table's learning rate under rowwise-adagrad."""
+        return self.item_lr if self.item_lr is not None else ROWWISE_ADAGRAD_LR
 
     @property
     def effective_beta(self) -> float:

@@ -1,11 +1,20 @@
 """Offline evaluation (docs/remi.md A.4): interest vectors of held-out users, exact FAISS search
-per interest, global merge by score, ranking metrics and routing diagnostics."""
+per interest, global merge by score, ranking metrics and routing diagnostics.
+
+Validation during training may search an approximate index instead (``TrainConfig.eval_index``):
+exact search of every valid user's K interests over millions of items is what makes evaluation
+infeasible at 4M items, not the model (issue 11 §2; what recall it gives up:
+benchmarks/results/eval_index.md)."""
 
 from __future__ import annotations
 
+import math
+
+import faiss
 import numpy as np
 import torch
 
+from index.build import build_faiss, resolve_params
 from index.merge import merge_by_score
 from index.search import exact_index, search_interests
 from remi.contract import ItemVocabulary
@@ -33,22 +42,38 @@ def user_interest_vectors(
     return np.concatenate(vector_parts), np.concatenate(routing_parts)
 
 
+def item_index(items: np.ndarray, search: str = "exact") -> faiss.Index:
+    """The index evaluation searches: exact (flat inner product), or index/build.py's ivfpq / hnsw.
+
+    ivfpq gets nlist = sqrt(items) instead of the builder's 4 sqrt(items): validation rebuilds it
+    at every evaluation, and k-means over a quarter of the lists trains ~16x faster (the
+    builder's sample is 64 points per list); nprobe and the exact refine stay the builder's.
+    """
+    if search == "exact":
+        return exact_index(items)
+    n, dim = items.shape
+    overrides = {"nlist": max(1, math.isqrt(n))} if search == "ivfpq" else {}
+    return build_faiss(items, search, resolve_params(search, n, dim, overrides))
+
+
 def evaluate(
     model: MultiInterestModel,
     data: EvalSet,
     ns: tuple[int, ...] = (20, 50),
     exclude_history: bool = False,
     device: str = "cpu",
+    search: str = "exact",
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Returns (ranking metrics, routing diagnostics) on an evaluation set.
 
     ``exclude_history`` drops items of the user's history window from the list (off for the
-    protocol, which keeps repeats recommendable; on in the service).
+    protocol, which keeps repeats recommendable; on in the service). ``search``: exact, ivfpq or
+    hnsw (:func:`item_index`).
     """
     interest_vectors, routing = user_interest_vectors(model, data.history, data.mask, device=device)
     with torch.no_grad():
         items = model.item_vectors().detach().float().cpu().numpy()
-    index = exact_index(items)
+    index = item_index(items, search)
     n_max = max(ns)
     fetch = n_max + (data.history.shape[1] if exclude_history else 0)
     rows, scores = search_interests(index, interest_vectors, fetch)

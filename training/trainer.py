@@ -72,7 +72,9 @@ def train(
     cfg = cfg.model_copy(update={"data": _absolute(cfg.data), "split_file": _absolute(cfg.split_file)})
     if uses_sparse_items(cfg) and Ranks.requested_world() > 1 and cfg.device.startswith("cuda"):
         # DDP all-reduces the sparse item gradients with gloo (CPU); nccl has no sparse all-reduce
-        raise RemiError("--optimizer sparse-adam with --nproc trains on CPU (gloo) only; use --optimizer adam on GPUs")
+        raise RemiError(
+            f"--optimizer {cfg.optimizer} with --nproc trains on CPU (gloo) only; use --optimizer adam on GPUs"
+        )
     ranks = Ranks.join(cfg.device)
     if cfg.batch_size % ranks.world:
         raise RemiError(f"--batch-size {cfg.batch_size} must divide evenly over {ranks.world} processes")
@@ -297,7 +299,8 @@ def _evaluate(
     model: MultiInterestModel, prep: Prepared, cfg: TrainConfig, step: int, train_seconds: float, running: _RunningLoss
 ) -> EvalRecord:
     """Valid recall@50 and routing now, with the training loss since the last evaluation (then reset)."""
-    metrics, routing = evaluate(model, prep.valid, ns=(50,), device=cfg.device)
+    search = cfg.eval_search(prep.data.n_items)  # exact, or an approximate index at catalogue scale
+    metrics, routing = evaluate(model, prep.valid, ns=(50,), device=cfg.device, search=search)
     record = EvalRecord(step, train_seconds, running.mean, running.rr_mean, running.scores, metrics, routing)
     running.reset()
     return record
