@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 
 from index.params import DEFAULTS, MIN_RECALL
-from index.search import apply_search_params
+from index.search import apply_search_params, graph_ef, needs_rerank, rerank
 from remi.contract import (
     FORMAT_VERSION,
     INDEX_FILE,
@@ -42,7 +42,8 @@ FLAT_MAX_ITEMS = 20_000  # up to here exact search of 4 interests costs under a 
 HNSW_MAX_ITEMS = 10_000_000  # ~0.65 kB/item at d = 64, M = 48: beyond this, memory argues for IVF-PQ
 
 # Search-time knobs that calibration walks (cheapest first) until recall reaches the target.
-EF_LADDER = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
+# Fine steps where trained models land (the serving cost grows with ef): the cheapest that passes.
+EF_LADDER = (48, 56, 64, 72, 80, 96, 112, 128, 160, 192, 256, 384, 512, 768, 1024)
 NPROBE_LADDER = (8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -81,7 +82,16 @@ def build_faiss(vectors: np.ndarray, kind: str, params: dict[str, Any]) -> faiss
     if kind == "flat":
         index: faiss.Index = faiss.IndexFlatIP(d)
     elif kind == "hnsw":
-        hnsw = faiss.IndexHNSWFlat(d, int(params["m"]), faiss.METRIC_INNER_PRODUCT)
+        storage = params.get("storage", "flat")
+        hnsw: faiss.IndexHNSW
+        if storage == "flat":
+            hnsw = faiss.IndexHNSWFlat(d, int(params["m"]), faiss.METRIC_INNER_PRODUCT)
+        elif storage in SQ_TYPES:
+            make_sq: Any = faiss.IndexHNSWSQ  # faiss's stubs type the quantiser kind as a class, SWIG takes its int
+            hnsw = make_sq(d, SQ_TYPES[storage], int(params["m"]), faiss.METRIC_INNER_PRODUCT)
+            hnsw.train(x)
+        else:
+            raise RemiError(f"unknown HNSW storage {storage!r}; choose one of flat, {', '.join(SQ_TYPES)}")
         hnsw.hnsw.efConstruction = int(params["ef_construction"])
         index = hnsw
     elif kind == "ivfpq":
@@ -97,6 +107,9 @@ def build_faiss(vectors: np.ndarray, kind: str, params: dict[str, Any]) -> faiss
     return index
 
 
+SQ_TYPES = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}
+
+
 def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = 50) -> np.ndarray:
     """Ground truth for recall: exact inner-product top-k rows of every query."""
     exact = faiss.IndexFlatIP(vectors.shape[1])
@@ -110,7 +123,13 @@ def recall_at(
     """Mean overlap of the index's top-k with the exact inner-product top-k."""
     k = min(k, len(vectors))
     truth = exact_top(vectors, queries, k) if truth is None else truth
-    _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if needs_rerank(index):  # as the service searches it: the whole beam, re-ranked exactly
+        depth = min(max(k, graph_ef(index) or k), len(vectors))
+        _, found = index.search(queries, depth)
+        found = rerank(found, np.zeros(found.shape, np.float32), vectors, queries)[0][:, :k]
+    else:
+        _, found = index.search(queries, k)
     hits = [len(np.intersect1d(t, f[f >= 0], assume_unique=False)) for t, f in zip(truth, found, strict=True)]
     return float(np.mean(hits) / k)
 

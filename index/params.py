@@ -14,12 +14,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 IndexKindChoice = Literal["flat", "hnsw", "ivfpq", "auto"]  # what to build; `auto` picks by item count
+HnswStorage = Literal["flat", "fp16", "sq8"]  # how an HNSW index stores the item vectors
 KIND_CHOICES: Final[tuple[str, ...]] = get_args(IndexKindChoice)
 
 # Which settings field is which FAISS parameter of a kind (the builder's names: HNSW's ``m``).
 KIND_PARAMS: Final[dict[str, dict[str, str]]] = {
     "flat": {},
-    "hnsw": {"m": "hnsw_m", "ef_construction": "ef_construction", "ef_search": "ef_search"},
+    "hnsw": {"m": "hnsw_m", "ef_construction": "ef_construction", "ef_search": "ef_search", "storage": "hnsw_storage"},
     "ivfpq": {"nlist": "nlist", "pq_m": "pq_m", "nbits": "nbits", "nprobe": "nprobe", "refine": "refine"},
 }
 
@@ -47,6 +48,11 @@ class IndexSettings(BaseSettings):
         64,
         ge=1,
         description="HNSW: search beam width; unset, the build picks the cheapest that meets --min-recall.",
+    )
+
+    hnsw_storage: HnswStorage = Field(
+        "flat",
+        description="HNSW: vector storage; fp16 / sq8 (2x / 4x smaller) re-rank the beam with the exact vectors.",
     )
 
     # ivfpq
