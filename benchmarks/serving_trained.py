@@ -16,7 +16,8 @@ Every configuration is a real ``remi serve`` with 2 workers and micro-batching, 
 * ``dedup``: + near-copy interests searched once (``--dedup-cosine``, ``--min-weight``);
 * ``ef``: + the index rebuilt by this code's reindex (efSearch calibrated on the model's
   interest vectors on the finer ladder), per HNSW M in --m;
-* ``sq8`` / ``fp16``: + compact storage, the beam re-ranked with the exact vectors.
+* ``answers``: + the recall gate on users' merged top-50 (``--recall-of answers``) at the last M;
+* ``sq8`` / ``fp16``: + compact storage, the beam re-ranked with the exact vectors (same gate).
 
 Each configuration also gets recall@50 of its merged answers against exact search over the same
 interest vectors and exclusions (in process, the same Engine, --recall-users users).
@@ -214,10 +215,13 @@ def configurations(args: argparse.Namespace, base: Path, work: Path) -> list[dic
     for m in args.m:
         configs.append({"label": f"ef M{m}", "code": REPO, "root": work / f"root-m{m}",
                         "reindex": (REPO, ["--hnsw-m", str(m)]), "env": dedup})  # fmt: skip
+    m = args.m[-1]
+    answers = ["--hnsw-m", str(m), "--recall-of", "answers"]
+    configs.append({"label": f"answers M{m}", "code": REPO, "root": work / f"root-m{m}-answers",
+                    "reindex": (REPO, answers), "env": dedup})  # fmt: skip
     for storage in args.storage:
-        m = args.m[-1]
-        configs.append({"label": f"{storage} M{m}", "code": REPO, "root": work / f"root-m{m}-{storage}",
-                        "reindex": (REPO, ["--hnsw-m", str(m), "--hnsw-storage", storage]), "env": dedup})  # fmt: skip
+        configs.append({"label": f"{storage} M{m}", "code": REPO, "root": work / f"root-m{m}-answers-{storage}",
+                        "reindex": (REPO, [*answers, "--hnsw-storage", storage]), "env": dedup})  # fmt: skip
     wanted = set(args.configs) if args.configs else None
     out = []
     for c in configs:

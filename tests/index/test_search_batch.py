@@ -105,3 +105,20 @@ def test_reranked_compact_search_returns_exact_scores_in_order(items: np.ndarray
         assert (np.diff(scores[row][: len(got)]) <= 1e-6).all()
     rows, sc = rerank(np.array([[3, -1, 0]]), np.zeros((1, 3), np.float32), items, items[:1])
     assert rows[0, -1] == -1 and sc[0, -1] == -np.inf
+
+
+def test_a_gate_on_merged_answers_measures_the_users_lists_and_needs_no_larger_beam(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    items = rng.standard_normal((5000, 16)).astype(np.float32)
+    queries = rng.standard_normal((100 * 4, 16)).astype(np.float32)  # 100 users, K = 4 in a row
+    built = {}
+    for group in (1, 4):
+        out = tmp_path / str(group)
+        out.mkdir()
+        params = {"m": 8, "ef_construction": 40}
+        built[group] = build_index_folder(items, out, "hnsw", "v" * 16, queries, params, 0.95, answers_of=group)
+    assert built[4].recall_source == "answers" and built[1].recall_source == "interests"
+    assert built[4].params["ef_search"] <= built[1].params["ef_search"]
+    index = faiss.read_index(str(tmp_path / "4" / "index.faiss"))
+    index.hnsw.efSearch = built[4].params["ef_search"]
+    assert recall_at(index, items, queries, 50, group=4) >= 0.95
