@@ -199,6 +199,7 @@ def reindex(
                 and old.model_version == source.model_version
                 and old.kind == chosen
                 and _same_build(old, wanted, params)
+                and old.recall_source == ("answers" if recall_of == "answers" and source.interests > 1 else "interests")
             ):
                 log.info("index up to date", extra={"version": previous})
                 return ReindexResult(previous, previous, False, old, [], time.perf_counter() - t0)
