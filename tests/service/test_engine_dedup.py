@@ -103,3 +103,11 @@ def test_bad_dedup_settings_are_refused_naming_the_setting(field: str, value: fl
 def test_dedup_settings_reach_the_workers_through_the_environment() -> None:
     env = ServiceSettings(interest_dedup_cosine=0.9, interest_min_weight=0.05).to_env()
     assert env["REMI_INTEREST_DEDUP_COSINE"] == "0.9" and env["REMI_INTEREST_MIN_WEIGHT"] == "0.05"
+
+
+def test_reindex_can_gate_on_merged_answers_and_a_changed_gate_rebuilds(artifacts_dir: Path, tmp_path: Path) -> None:
+    first = reindex(artifacts_dir, tmp_path / "root", kind="hnsw", recall_of="answers")
+    assert first.manifest.recall_source == "answers" and first.manifest.recall_at_50 >= 0.95
+    assert not reindex(artifacts_dir, tmp_path / "root", kind="hnsw", recall_of="answers").built
+    again = reindex(artifacts_dir, tmp_path / "root", kind="hnsw", recall_of="interests")
+    assert again.built and again.manifest.recall_source == "interests"
