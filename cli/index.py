@@ -53,6 +53,7 @@ def index_build_cmd(
         settings.kind,
         settings.given_params(),
         min_recall=settings.min_recall,
+        recall_of=settings.recall_of,
         use_interests=not item_queries,
         force=force,
     )
@@ -78,6 +79,7 @@ def reindex_cmd(
         settings.kind,
         settings.given_params(),
         min_recall=settings.min_recall,
+        recall_of=settings.recall_of,
         keep=settings.keep,
         force=force,
     )

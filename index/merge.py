@@ -23,9 +23,23 @@ def merge_by_score(ids: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndar
         (U, n) that produced each item (-1 for empty slots).
     """
     u, n_interests, m = ids.shape
-    flat_ids = ids.reshape(u, n_interests * m)
-    flat_scores = np.where(flat_ids < 0, -np.inf, scores.reshape(u, n_interests * m)).astype(np.float64)
     interest = np.broadcast_to(np.repeat(np.arange(n_interests), m), (u, n_interests * m))
+    return merge_flat(ids.reshape(u, n_interests * m), scores.reshape(u, n_interests * m), interest, n)
+
+
+def merge_flat(
+    ids: np.ndarray, scores: np.ndarray, interest: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The score merge over pooled candidates: (U, M) ids, scores and the interest of each -> top-n per user.
+
+    Each item is kept once at its best score, equal scores ordered by item index; ``-1`` ids are
+    empty slots. :func:`merge_by_score` is this over the K lists laid end to end; the engine calls
+    it directly on leader-only searches whose items were re-scored against every interest
+    (index/dedup.py). Whole-batch numpy: two sorts per row, no per-item Python.
+    """
+    flat_ids = ids
+    flat_scores = np.where(flat_ids < 0, -np.inf, scores).astype(np.float64)
+    interest = np.broadcast_to(interest, flat_ids.shape)
     # Sort by id, best score first inside an id; drop every repeat of an id.
     order = np.lexsort((-flat_scores, flat_ids), axis=-1)
     sorted_ids = np.take_along_axis(flat_ids, order, -1)

@@ -14,12 +14,14 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 IndexKindChoice = Literal["flat", "hnsw", "ivfpq", "auto"]  # what to build; `auto` picks by item count
+RecallOf = Literal["interests", "answers"]  # the recall gate's unit: one interest's list, or a user's answer
+HnswStorage = Literal["flat", "fp16", "sq8"]  # how an HNSW index stores the item vectors
 KIND_CHOICES: Final[tuple[str, ...]] = get_args(IndexKindChoice)
 
 # Which settings field is which FAISS parameter of a kind (the builder's names: HNSW's ``m``).
 KIND_PARAMS: Final[dict[str, dict[str, str]]] = {
     "flat": {},
-    "hnsw": {"m": "hnsw_m", "ef_construction": "ef_construction", "ef_search": "ef_search"},
+    "hnsw": {"m": "hnsw_m", "ef_construction": "ef_construction", "ef_search": "ef_search", "storage": "hnsw_storage"},
     "ivfpq": {"nlist": "nlist", "pq_m": "pq_m", "nbits": "nbits", "nprobe": "nprobe", "refine": "refine"},
 }
 
@@ -39,6 +41,10 @@ class IndexSettings(BaseSettings):
         0.95, ge=0.0, le=1.0, description="Fail the build if recall@50 against exact search is below this."
     )
     keep: int = Field(3, ge=1, description="Complete versions kept by reindex (current is never removed).")
+    recall_of: RecallOf = Field(
+        "interests",
+        description="What --min-recall measures: each interest's top-50, or each user's merged top-50 (answers).",
+    )
 
     # hnsw
     hnsw_m: int = Field(48, ge=2, description="HNSW: neighbours per node.")
@@ -47,6 +53,11 @@ class IndexSettings(BaseSettings):
         64,
         ge=1,
         description="HNSW: search beam width; unset, the build picks the cheapest that meets --min-recall.",
+    )
+
+    hnsw_storage: HnswStorage = Field(
+        "flat",
+        description="HNSW: vector storage; fp16 / sq8 (2x / 4x smaller) re-rank the beam with the exact vectors.",
     )
 
     # ivfpq
@@ -82,3 +93,4 @@ DEFAULTS: Final[dict[str, dict[str, Any]]] = kind_defaults()  # the builder's vi
 # The builder's and the reindex job's keyword defaults, read from the settings (one source).
 MIN_RECALL: Final[float] = IndexSettings.model_fields["min_recall"].default
 KEEP: Final[int] = IndexSettings.model_fields["keep"].default
+RECALL_OF: Final[str] = IndexSettings.model_fields["recall_of"].default

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from index.build import TUNED, build_index_folder, choose_kind, resolve_params
-from index.params import KEEP, MIN_RECALL
+from index.params import KEEP, MIN_RECALL, RECALL_OF
 from index.probe import interest_queries, smoke_query
 from remi.artifacts import load_artifacts
 from remi.contract import (
@@ -63,15 +63,30 @@ def build_from_artifacts(
     min_recall: float = MIN_RECALL,
     use_interests: bool = True,
     force: bool = False,
+    recall_of: str = RECALL_OF,
 ) -> IndexManifest:
     """``remi index build``: one index folder from an artifact folder (written atomically)."""
     arts = load_artifacts(artifacts_dir)
     queries = interest_queries(arts) if use_interests else None
     with atomic_folder(Path(out), replace=force) as tmp:
         manifest = build_index_folder(
-            arts.item_vectors, tmp, kind, arts.model_version, queries=queries, params=params, min_recall=min_recall
+            arts.item_vectors,
+            tmp,
+            kind,
+            arts.model_version,
+            queries=queries,
+            params=params,
+            min_recall=min_recall,
+            answers_of=_answers_of(arts, recall_of),
         )
     return manifest
+
+
+def _answers_of(arts: Any, recall_of: str) -> int:
+    """The build's ``answers_of``: K for a gate on merged answers (interest_queries keeps a user's K in a row)."""
+    if recall_of not in ("interests", "answers"):
+        raise RemiError(f"unknown recall_of {recall_of!r}; choose interests or answers")
+    return int(arts.manifest.interests) if recall_of == "answers" else 1
 
 
 FICLONE = 0x40049409  # linux/fs.h _IOW(0x94, 9, int): share the blocks copy-on-write (btrfs, XFS)
@@ -158,6 +173,7 @@ def reindex(
     min_recall: float = MIN_RECALL,
     keep: int = KEEP,
     force: bool = False,
+    recall_of: str = RECALL_OF,
 ) -> ReindexResult:
     """Builds, validates and activates a new index version under ``root``."""
     if keep < 1:
@@ -183,6 +199,7 @@ def reindex(
                 and old.model_version == source.model_version
                 and old.kind == chosen
                 and _same_build(old, wanted, params)
+                and old.recall_source == ("answers" if recall_of == "answers" and source.interests > 1 else "interests")
             ):
                 log.info("index up to date", extra={"version": previous})
                 return ReindexResult(previous, previous, False, old, [], time.perf_counter() - t0)
@@ -199,7 +216,14 @@ def reindex(
             if arts.model_version != source.model_version:
                 raise ArtifactError(f"{artifacts_dir}: changed while being copied (run the reindex again)")
             manifest = build_index_folder(
-                arts.item_vectors, tmp, chosen, arts.model_version, interest_queries(arts), params, min_recall
+                arts.item_vectors,
+                tmp,
+                chosen,
+                arts.model_version,
+                interest_queries(arts),
+                params,
+                min_recall,
+                _answers_of(arts, recall_of),
             )
             smoke_query(arts, tmp)
             _seal(tmp)

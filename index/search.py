@@ -160,3 +160,124 @@ def _search_with_selector(
     ids[:, :top] = ItemVocabulary.rows_to_indices(found)
     scores[:, :top] = np.where(found >= 0, found_scores, -np.inf)
     return ids, scores
+
+
+def needs_rerank(index: faiss.Index) -> bool:
+    """True for a graph index over compressed vectors (fp16 / SQ8): its scores are approximate."""
+    return isinstance(faiss.downcast_index(index), faiss.IndexHNSWSQ)
+
+
+def rerank(
+    rows: np.ndarray, scores: np.ndarray, item_vectors: np.ndarray, queries: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, m) FAISS rows re-scored exactly against their (Q, d) query and re-sorted, best first.
+
+    Compressed storage orders the beam by approximate scores; the float item table puts the
+    right items first (a found item's exact score, not a better search). Empty rows (-1) stay last.
+    """
+    empty = rows < 0
+    exact = np.einsum("qmd,qd->qm", item_vectors[np.where(empty, 0, rows)], queries)
+    exact = np.where(empty, -np.inf, exact).astype(np.float32)
+    order = np.argsort(-exact, axis=1, kind="stable")
+    del scores  # replaced by the exact ones
+    return np.take_along_axis(rows, order, 1), np.take_along_axis(exact, order, 1)
+
+
+def graph_ef(index: faiss.Index) -> int | None:
+    """The HNSW beam width of a graph index (any storage: flat, SQ, fp16), None for other kinds."""
+    concrete = faiss.downcast_index(index)
+    if isinstance(concrete, faiss.IndexHNSW):
+        return int(concrete.hnsw.efSearch)
+    return None
+
+
+def search_batch(
+    index: faiss.Index,
+    queries: np.ndarray,
+    owner: np.ndarray,
+    n: int,
+    exclude: Sequence[Sequence[int] | np.ndarray],
+    item_vectors: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n item indices of every query row, none in its owner's exclusion set: one FAISS call for all.
+
+    Args:
+        index: FAISS index over the item vectors, by FAISS row.
+        queries: (Q, d) float32 query vectors of all users of a micro-batch (e.g. their leader interests).
+        owner: (Q,) which user (position in ``exclude``) each query belongs to.
+        n: results per query.
+        exclude: per user, item indices that must not appear.
+        item_vectors: the float item table by FAISS row; given, the beam is re-ranked with the
+            exact scores before the top n are taken (for fp16 / SQ8 storage, :func:`rerank`).
+    Returns:
+        item indices (Q, n), -1 where fewer exist, and their scores; ties by item index, as
+        :func:`search_excluding`.
+
+    Each row's answer is the one :func:`search_excluding` gives that query alone, so an answer never
+    depends on the other users of the batch. On an HNSW index the beam is ``ef = max(efSearch, n)``
+    either way, and FAISS's traversal at a fixed beam depends neither on the selector (it filters
+    results, not the walk) nor on the depth asked up to ``ef``: one call at depth ``ef`` without a
+    selector returns the top-ef of the same walk, and dropping a user's excluded items from it
+    leaves the selector search's top-n whenever at least n remain. The rare row that loses more
+    (a long history of items close to its interest) is searched again alone, with its selector.
+    Other index kinds are searched user by user (:func:`search_excluding`).
+    """
+    q = len(queries)
+    ids = np.full((q, n), -1, dtype=np.int64)
+    scores = np.full((q, n), -np.inf, dtype=np.float32)
+    if q == 0:
+        return ids, scores
+    ef = graph_ef(index)
+    if ef is None:  # no selector-free equivalent: per user, as before
+        for user in np.unique(owner):
+            rows = np.flatnonzero(owner == user)
+            found, found_scores = search_excluding(index, queries[rows][None], n, [exclude[user]])
+            ids[rows], scores[rows] = found[0], found_scores[0]
+        return ids, scores
+    depth = max(1, min(max(ef, n), index.ntotal))
+    params = SearchParametersHNSW(efSearch=ef)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    found_scores, found = index.search(queries, depth, params=params)
+    if item_vectors is not None:
+        found, found_scores = rerank(found, found_scores, item_vectors, queries)
+    found_ids = ItemVocabulary.rows_to_indices(found)
+    found_scores = np.where(found >= 0, found_scores, -np.inf).astype(np.float32)
+    # Exclusions: one sorted array of (user, item) keys, looked up for all results at once.
+    sets = [np.unique(np.asarray(e, dtype=np.int64)) for e in exclude]
+    stride = np.int64(max([int(s.max()) for s in sets if len(s)] + [int(found_ids.max()), 0]) + 2)
+    banned_keys = np.concatenate([u * stride + s for u, s in enumerate(sets)] + [np.zeros(0, dtype=np.int64)])
+    banned_keys.sort()
+    keys = owner.astype(np.int64)[:, None] * stride + found_ids
+    drop = (found_ids < 0) | _isin_sorted(keys, banned_keys)
+    kept = (~drop).sum(axis=1)
+    order = np.argsort(drop, axis=1, kind="stable")[:, :n]  # allowed results first, in order
+    take_ids = np.take_along_axis(found_ids, order, 1)
+    take_scores = np.take_along_axis(found_scores, order, 1)
+    empty = np.take_along_axis(drop, order, 1)
+    width = take_ids.shape[1]
+    ids[:, :width] = np.where(empty, -1, take_ids)
+    scores[:, :width] = np.where(empty, -np.inf, take_scores)
+    short = np.flatnonzero((kept < n) & (depth < index.ntotal))
+    for row in short:  # too many excluded items among the top-ef: the selector search, alone
+        one, one_scores = search_excluding(index, queries[row][None, None], n, [exclude[int(owner[row])]])
+        if item_vectors is not None:
+            got = one[0, 0] >= 0
+            one_rows, one_exact = rerank(
+                np.where(got, one[0, 0] - 1, -1)[None], one_scores[0], item_vectors, queries[row][None]
+            )
+            one[0, 0], one_scores[0, 0] = ItemVocabulary.rows_to_indices(one_rows[0]), one_exact[0]
+        ids[row], scores[row] = one[0, 0], one_scores[0, 0]
+    ties = (scores[:, 1:] == scores[:, :-1]) & np.isfinite(scores[:, 1:])
+    for row in np.flatnonzero(ties.any(axis=1)):  # as search_excluding: equal scores by item index
+        tied_ids, tied_scores = _ties_by_item(ids[row][None], scores[row][None])
+        ids[row], scores[row] = tied_ids[0], tied_scores[0]
+    return ids, scores
+
+
+def _isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """np.isin for a sorted key array, by binary search (no per-call hashing or sort of ``values``)."""
+    if not len(sorted_keys):
+        return np.zeros(values.shape, dtype=bool)
+    pos = np.searchsorted(sorted_keys, values)
+    found: np.ndarray = sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == values
+    return found

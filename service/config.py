@@ -76,6 +76,21 @@ class ServiceSettings(BaseSettings):
         1.0, ge=0, description="Longest a request waits for others on their way to join its batch."
     )
     microbatch_max: int = Field(64, ge=1, description="Most requests coalesced into one batch.")
+    interest_dedup_cosine: float = Field(
+        0.94,
+        gt=0,
+        le=1,
+        description=(
+            "Search once per group of a user's interests whose cosine reaches this (score merge); 1 = off. "
+            "0.94 keeps 0.987 of the all-interest top-50 (benchmarks/results/serving_dedup.md)."
+        ),
+    )
+    interest_min_weight: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Skip interests whose routing weight is below this (score merge; never the heaviest); 0 = off.",
+    )
 
     # server (used by `remi serve`)
     host: str = Field("127.0.0.1", description="Bind address.")

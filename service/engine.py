@@ -1,8 +1,14 @@
-"""Candidate generation for a batch of users: one ONNX run -> per-user FAISS search -> per-user merge.
+"""Candidate generation for a batch of users: one ONNX run -> one FAISS call -> one merge.
 
 Pure computation over one loaded model + index pair (no HTTP, no history store), so the
 in-process benchmark, the micro-batcher and the request handlers all run the same code. An
 Engine is immutable; a reload builds a new one and swaps the reference.
+
+Per batch (issue 11 section 4): the users' near-copy interests are searched once per group
+(index/dedup.py; ``interest_dedup_cosine``), all searched interests of all users with the same k
+go to FAISS in one call (index/search.py ``search_batch``, each row still exactly its solo
+answer), the merge is numpy over the whole batch, and each answer's item list is encoded to JSON
+bytes here, in the compute thread, from pre-encoded item ids (no per-item dicts).
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from typing import Any
 
 import faiss
 import numpy as np
+import orjson
 
-from index.merge import interest_weights, merge
-from index.search import search_excluding
+from index.dedup import leaders, rescore
+from index.merge import interest_weights, merge, merge_flat
+from index.search import needs_rerank, search_batch, search_excluding
 from index.store import LoadedVersion
 from remi.artifacts import pad_histories
 from remi.contract import ItemVocabulary
@@ -38,6 +46,7 @@ class Result:
     scores: list[float]
     interests: list[int | None]
     cold_start: bool
+    items_json: bytes | None = None  # the answer's "items" array, already JSON (None: build it from the lists)
 
 
 @dataclass
@@ -53,7 +62,13 @@ class Timings:
 class Engine:
     """Recommends from one model + index pair."""
 
-    def __init__(self, loaded: LoadedVersion, faiss_threads: int = 1):
+    def __init__(
+        self,
+        loaded: LoadedVersion,
+        faiss_threads: int = 1,
+        dedup_cosine: float = 1.0,
+        min_weight: float = 0.0,
+    ):
         self.loaded = loaded  # the index version (folder, manifest, FAISS index) and its model artifacts
         self.arts = loaded.artifacts
         self.vocabulary: ItemVocabulary = self.arts.vocabulary
@@ -64,6 +79,12 @@ class Engine:
         rows = np.argsort(-self.arts.popularity, kind="stable")
         self.popular = ItemVocabulary.rows_to_indices(rows)
         self.popular_scores = self.arts.popularity[rows].astype(np.float32)
+        self.dedup_cosine, self.min_weight = dedup_cosine, min_weight
+        # Exact re-scoring of found items needs the float item table by FAISS row.
+        self.item_vectors = np.ascontiguousarray(self.arts.item_vectors, dtype=np.float32)
+        self.rerank = needs_rerank(self.index)  # fp16 / SQ8 storage: re-rank the beam exactly
+        # Every item id JSON-encoded once (fixed-width bytes: numpy strips the padding on the way out).
+        self.id_json = np.array([orjson.dumps(raw) for raw in self.vocabulary.raw_ids], dtype=np.bytes_)
 
     @property
     def model_version(self) -> str:
@@ -77,6 +98,11 @@ class Engine:
         """Raw ids -> item indices; unknown ids are skipped and counted (never an error)."""
         return self.vocabulary.indices_of(raw_items)
 
+    @property
+    def dedup(self) -> bool:
+        """Whether near-copy interests are grouped or light ones skipped (index/dedup.py)."""
+        return self.dedup_cosine < 1.0 or self.min_weight > 0.0
+
     def recommend(self, queries: Sequence[Query]) -> tuple[list[Result], Timings]:
         """Results in the order of ``queries``; users without a usable history get popularity."""
         timings = Timings()
@@ -87,41 +113,93 @@ class Engine:
             ids, mask = pad_histories([queries[i].history for i in warm], self.seq_len)
             interest_vectors, routing = self.arts.tower.run(ids, mask)
             t1 = time.perf_counter()
+            timings.model = t1 - t0
+            weights = interest_weights(routing, mask)
+            strategies = np.array([queries[i].merge for i in warm])
+            searched = np.ones(weights.shape, dtype=bool)
+            if self.dedup:  # only the score merge: quota and round-robin read every interest's own list
+                grouped = leaders(interest_vectors, weights, self.dedup_cosine, self.min_weight)
+                searched[strategies == "score"] = grouped[strategies == "score"]
+            timings.extra["searched_interests"] = float(searched.sum())
+            timings.extra["interests"] = float(searched.size)
             # Each request is searched and merged on its own terms (its k, its exclusions, its
-            # merge): only the ONNX run is shared, and its rows do not depend on each other. A
-            # depth or quota taken from the batch made answers depend on their neighbours (issue 9
-            # B.5). Requests with the same k still go through one search_excluding call (one FAISS
-            # call per user inside) and one merge call per strategy; both work row by row.
+            # merge): a row's FAISS answer in the shared call is its solo answer (search_batch),
+            # so answers never depend on their neighbours (issue 9 B.5).
             by_k: dict[int, list[int]] = {}
             for j, i in enumerate(warm):
                 by_k.setdefault(queries[i].k, []).append(j)
             for k, rows in by_k.items():
                 s0 = time.perf_counter()
                 exclude = [queries[warm[j]].history if queries[warm[j]].exclude_seen else () for j in rows]
-                found, scores = search_excluding(self.index, interest_vectors[rows], k, exclude)
+                user, interest = np.nonzero(searched[rows])
+                found_ids, found_scores = search_batch(
+                    self.index,
+                    interest_vectors[rows][user, interest],
+                    user,
+                    k,
+                    exclude,
+                    self.item_vectors if self.rerank else None,
+                )
+                per_ids = np.full((len(rows), weights.shape[1], k), -1, dtype=np.int64)
+                per_scores = np.full(per_ids.shape, -np.inf, dtype=np.float32)
+                per_ids[user, interest], per_scores[user, interest] = found_ids, found_scores
                 s1 = time.perf_counter()
-                for strategy in sorted({queries[warm[j]].merge for j in rows}):
-                    sub = [r for r, j in enumerate(rows) if queries[warm[j]].merge == strategy]
+                for strategy in sorted({str(strategies[j]) for j in rows}):
+                    sub = [r for r, j in enumerate(rows) if strategies[j] == strategy]
                     picked = [rows[r] for r in sub]
-                    # only the quota merge reads the interest weights
-                    weights = interest_weights(routing[picked], mask[picked]) if strategy == "quota" else None
-                    merged, merged_scores, who = merge(strategy, found[sub], scores[sub], k, weights)
-                    for r, j in enumerate(picked):
-                        keep = merged[r] >= 0
-                        results[warm[j]] = Result(
-                            item_ids=self.vocabulary.raw_ids_of(merged[r][keep]),
-                            scores=merged_scores[r][keep].tolist(),
-                            interests=who[r][keep].tolist(),
-                            cold_start=False,
+                    if strategy == "score" and not searched[picked].all():
+                        # Leaders only: score every found item against all K interests (its true
+                        # max_k score and interest), then merge the pooled candidates.
+                        pool = per_ids[sub].reshape(len(sub), -1)
+                        pool_scores, pool_who = rescore(
+                            np.where(pool >= 0, pool - 1, -1), self.item_vectors, interest_vectors[picked]
                         )
+                        merged, merged_scores, who = merge_flat(pool, pool_scores, pool_who, k)
+                    else:
+                        # only the quota merge reads the interest weights
+                        w = weights[picked] if strategy == "quota" else None
+                        merged, merged_scores, who = merge(strategy, per_ids[sub], per_scores[sub], k, w)
+                    for r, j in enumerate(picked):
+                        results[warm[j]] = self._result(merged[r], merged_scores[r], who[r])
                 timings.search += s1 - s0
                 timings.merge += time.perf_counter() - s1
-            timings.model = t1 - t0
         answers = [
             result if result is not None else self.popular_for(q.k, q.history if q.exclude_seen else ())
             for result, q in zip(results, queries, strict=True)
         ]
         return answers, timings
+
+    def _result(self, indices: np.ndarray, scores: np.ndarray, interests: np.ndarray) -> Result:
+        """One merged list (-1 padded) as a Result, with its "items" JSON built from pre-encoded ids."""
+        keep = indices >= 0
+        indices, scores, interests = indices[keep], scores[keep], interests[keep]
+        return Result(
+            item_ids=self.vocabulary.raw_ids_of(indices),
+            scores=scores.tolist(),
+            interests=interests.tolist(),
+            cold_start=False,
+            items_json=self.items_json(indices, scores, interests),
+        )
+
+    def items_json(self, indices: np.ndarray, scores: np.ndarray, interests: np.ndarray | None) -> bytes:
+        """The "items" array of an answer as JSON bytes, byte for byte what orjson makes of the dicts.
+
+        Ids come pre-encoded (``id_json``), scores are encoded by orjson in one call on the
+        float64 array (the same shortest repr as a Python float of the float32 score).
+        """
+        if not len(indices):
+            return b"[]"
+        ids = self.id_json[np.asarray(indices) - 1].tolist()
+        score_text = orjson.dumps(np.asarray(scores, dtype=np.float64), option=orjson.OPT_SERIALIZE_NUMPY)
+        score_parts = score_text[1:-1].split(b",")
+        who = [b"null"] * len(ids) if interests is None else [b"%d" % i for i in np.asarray(interests).tolist()]
+        return (
+            b"["
+            + b",".join(
+                [b'{"item_id":%b,"score":%b,"interest":%b}' % part for part in zip(ids, score_parts, who, strict=True)]
+            )
+            + b"]"
+        )
 
     def popular_for(self, k: int, exclude: Sequence[int] | np.ndarray = ()) -> Result:
         """The cold-start list: most interacted items in the training data, minus excluded ones."""
@@ -135,6 +213,7 @@ class Engine:
             scores=scores[:k].tolist(),
             interests=[None] * min(k, len(items)),
             cold_start=True,
+            items_json=self.items_json(items[:k], scores[:k], None),
         )
 
     def explain(self, history: np.ndarray, top_n: int = 10, top_history: int = 10) -> list[dict[str, Any]]:
@@ -159,8 +238,7 @@ class Engine:
                     "effective_items": round(float(np.exp(entropy)), 3),
                     "norm": round(float(np.linalg.norm(interest_vectors[0, interest])), 4),
                     "history": [
-                        {"item_id": self.vocabulary.raw_id(ids[0, j]), "weight": round(float(row[j]), 4)}
-                        for j in order
+                        {"item_id": self.vocabulary.raw_id(ids[0, j]), "weight": round(float(row[j]), 4)} for j in order
                     ],
                     "candidates": [
                         {"item_id": self.vocabulary.raw_id(i), "score": float(s)}

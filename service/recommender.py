@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from service import telemetry
 from service.engine import Engine, Query, Result, Timings
 from service.history import Event, HistoryUnavailable
@@ -109,12 +111,17 @@ def answer(
     fallback = "history_unavailable" if history_failed else ("cold_start" if result.cold_start else None)
     if fallback:
         telemetry.FALLBACKS.labels(fallback).inc()
-    return {
-        "user_id": request.user_id,
-        "items": [
+    items: Any = (
+        orjson.Fragment(result.items_json)  # encoded by the engine in the compute thread
+        if result.items_json is not None
+        else [
             {"item_id": item, "score": score, "interest": interest}
             for item, score, interest in zip(result.item_ids, result.scores, result.interests, strict=True)
-        ],
+        ]
+    )
+    return {
+        "user_id": request.user_id,
+        "items": items,
         "model_version": engine.model_version,
         "index_version": engine.index_version,
         "history_len": len(query.history),

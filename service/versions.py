@@ -71,7 +71,12 @@ class Versions:
 
     def _load(self, name: str) -> Engine:
         version = load_version(version_dir(self.root, name), threads=self.settings.onnx_threads)
-        engine = Engine(version, faiss_threads=self.settings.faiss_threads)
+        engine = Engine(
+            version,
+            faiss_threads=self.settings.faiss_threads,
+            dedup_cosine=self.settings.interest_dedup_cosine,
+            min_weight=self.settings.interest_min_weight,
+        )
         engine.warm_up()
         return engine
 
