@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from benchmarks.report import md_table
 from benchmarks.serving_http import history_store_ready
 from loadtest.server import ServerProcess, free_port, remi_serve_argv
@@ -82,6 +84,17 @@ def load_seconds(log: Path) -> list[float]:
     return found
 
 
+def wait_all_loaded(server: ServerProcess, workers: int, timeout: float = 600.0) -> None:
+    """Until every worker reports a loaded version in /metrics (/readyz answers from whichever is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = httpx.get(server.url + "/metrics", timeout=10).text
+        if len(re.findall(r"^remi_version_info\{.*\} 1\.0$", text, flags=re.M)) >= workers:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"not every worker loaded a version in {timeout:g} s")
+
+
 def measure(args: argparse.Namespace, mode: str, workers: int, log: Path) -> dict[str, Any]:
     port = free_port()
     argv = remi_serve_argv(port, ["--index-root", str(args.root), "--workers", str(workers)])
@@ -90,8 +103,8 @@ def measure(args: argparse.Namespace, mode: str, workers: int, log: Path) -> dic
     log.write_text("")
     t0 = time.perf_counter()
     with ServerProcess(argv, port, log, env, cwd=REPO).start().wait_ready(600, history_store_ready) as server:
+        wait_all_loaded(server, workers)
         ready_s = time.perf_counter() - t0
-        time.sleep(2)  # the other workers finish loading (readyz answers from whichever is up)
         run = WrkRun(wrk_argv(server.url, args.users_file, args.concurrency, args.seconds, 2))
         summary = run.finish()
         ok, errors = ok_and_errors(summary)
