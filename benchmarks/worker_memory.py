@@ -84,6 +84,35 @@ def load_seconds(log: Path) -> list[float]:
     return found
 
 
+def sequential(url: str, bodies: Path, requests: int) -> dict[str, Any]:
+    """One request at a time, each on a new connection (so the kernel spreads them over the workers).
+
+    The light driver: one core at most, for a memory reading while other jobs hold the machine;
+    its rate is latency-bound (concurrency 1), not the service's throughput. Bodies are JSON
+    lines (``--bodies``), e.g. explicit histories, so it needs no Redis.
+    """
+    lines = [json.loads(line) for line in bodies.read_text().splitlines() if line.strip()]
+    statuses: dict[str, int] = {}
+    latencies, fallbacks = [], 0
+    t0 = time.perf_counter()
+    for i in range(requests):
+        s0 = time.perf_counter()
+        response = httpx.post(url + "/recommend", json=lines[i % len(lines)], timeout=30)
+        latencies.append((time.perf_counter() - s0) * 1000)
+        statuses[str(response.status_code)] = statuses.get(str(response.status_code), 0) + 1
+        fallbacks += response.status_code == 200 and response.json().get("fallback") is not None
+    wall = time.perf_counter() - t0
+    latencies.sort()
+    return {
+        "qps": requests / wall,
+        "latency_ms": {"p50": latencies[len(latencies) // 2], "p99": latencies[int(len(latencies) * 0.99)]},
+        "status_counts": statuses,
+        "non_2xx_3xx": sum(n for code, n in statuses.items() if not 200 <= int(code) < 400),
+        "socket_errors": {},
+        "fallbacks": fallbacks,
+    }
+
+
 def wait_all_loaded(server: ServerProcess, workers: int, timeout: float = 600.0) -> None:
     """Until every worker reports a loaded version in /metrics (/readyz answers from whichever is up)."""
     deadline = time.monotonic() + timeout
@@ -105,8 +134,10 @@ def measure(args: argparse.Namespace, mode: str, workers: int, log: Path) -> dic
     with ServerProcess(argv, port, log, env, cwd=REPO).start().wait_ready(600, history_store_ready) as server:
         wait_all_loaded(server, workers)
         ready_s = time.perf_counter() - t0
-        run = WrkRun(wrk_argv(server.url, args.users_file, args.concurrency, args.seconds, 2))
-        summary = run.finish()
+        if args.driver == "wrk":
+            summary = WrkRun(wrk_argv(server.url, args.users_file, args.concurrency, args.seconds, 2)).finish()
+        else:
+            summary = sequential(server.url, args.bodies, args.requests)
         ok, errors = ok_and_errors(summary)
         pids, parent = worker_pids(server, workers)
         per_worker = [smaps_rollup(pid) for pid in pids]
@@ -132,13 +163,16 @@ def measure(args: argparse.Namespace, mode: str, workers: int, log: Path) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, required=True, help="index root with a current version")
-    ap.add_argument("--users-file", type=Path, required=True, help="user ids with histories in Redis (wrk)")
+    ap.add_argument("--users-file", type=Path, help="wrk driver: user ids with histories in Redis")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis of the histories")
-    ap.add_argument("--redis-prefix", required=True, help="key prefix the histories were loaded under")
+    ap.add_argument("--redis-prefix", default="remi-bench:", help="key prefix the histories were loaded under")
     ap.add_argument("--modes", nargs="+", default=["mmap", "copy"], choices=["mmap", "copy"], help="load modes")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts")
     ap.add_argument("--concurrency", type=int, default=32, help="wrk connections")
     ap.add_argument("--seconds", type=float, default=20.0, help="wrk seconds per run (before memory is read)")
+    ap.add_argument("--driver", choices=["wrk", "sequential"], default="wrk", help="load: wrk, or one at a time")
+    ap.add_argument("--bodies", type=Path, help="sequential driver: JSON lines of /recommend bodies")
+    ap.add_argument("--requests", type=int, default=2000, help="sequential driver: requests per run")
     ap.add_argument("--name", default="worker_memory", help="results file stem under benchmarks/results/")
     ap.add_argument("--log-dir", type=Path, default=Path("/tmp/worker_memory"), help="server logs")
     args = ap.parse_args()
@@ -215,7 +249,13 @@ def main() -> None:
         f"# Worker memory (`python -m benchmarks.worker_memory`, {manifest.n_items:,} items, {manifest.kind})",
         "",
         f"Version {version}: index {manifest.kind} {manifest.params}; files (MB): {files}.",
-        f"Memory read after wrk -t2 -c{args.concurrency} for {args.seconds:g} s of POST /recommend (Redis histories).",
+        (
+            f"Memory read after wrk -t2 -c{args.concurrency} for {args.seconds:g} s of POST /recommend"
+            " (Redis histories)."
+            if args.driver == "wrk"
+            else f"Memory read after {args.requests} POST /recommend one at a time, each on a new connection, "
+            "with explicit histories (req/s and latency are then concurrency 1, not throughput)."
+        ),
         "Sums over the serving worker processes (the supervisor of 2 workers is apart, in the JSON).",
         "RSS counts a page shared by both workers twice; PSS divides it between them (the memory",
         "actually taken). x1 = the sum divided by the same mode's 1-worker sum: the goal is <= 1.25.",
