@@ -18,6 +18,16 @@ cluster, as an attention/capsule interest is. Ratios to flat search are computed
     python -m benchmarks.index --sizes 100000     # quick
 
 Writes benchmarks/results/index.json, index.md and index.png (recall vs requests/s).
+
+A trained model instead of the synthetic catalogue (issue 11 §3, the 1M-item chain): with
+``--artifacts ART --root ROOT`` it runs the real job, ``remi reindex --kind auto`` (recall gate
+on, calibration included), as a child process and reports its wall seconds and peak RSS, then the
+published version: kind and parameters the job chose, index bytes, recall@50 on the model's own
+interest vectors (the gate's measure), and search milliseconds per request (K interests at
+top-50, one thread, the index mapped as the service maps it):
+
+    python -m benchmarks.index --artifacts /tmp/scale-1m/artifacts --root /tmp/scale-1m/root \
+        --name index_trained_1m
 """
 
 from __future__ import annotations
@@ -205,6 +215,99 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def run_trained(artifacts: Path, root: Path, seconds: float) -> dict[str, Any]:
+    """``remi reindex --kind auto`` on a real artifact folder (a child process), then its version measured."""
+    import resource
+    import subprocess
+    import sys
+
+    from index.probe import interest_queries
+    from index.store import load_current
+    from remi.contract import INDEX_FILE
+
+    argv = [sys.executable, "-m", "cli", "reindex", "--artifacts", str(artifacts), "--root", str(root)]
+    argv += ["--kind", "auto", "--force"]
+    t0 = time.perf_counter()
+    subprocess.run(argv, check=True)
+    job_seconds = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # kB on Linux; the only child
+    version = load_current(root)
+    manifest = version.manifest
+    queries = interest_queries(version.artifacts)
+    faiss.omp_set_num_threads(1)
+    rps = requests_per_second(version.index, queries[: len(queries) // K * K], seconds)
+    size = (version.folder / INDEX_FILE).stat().st_size
+    row = {
+        "items": manifest.n_items,
+        "dim": manifest.dim,
+        "kind": manifest.kind,
+        "params": manifest.params,
+        "version": version.name,
+        "reindex_seconds": round(job_seconds, 1),
+        "build_seconds": manifest.build_seconds,
+        "peak_rss_mb": round(peak_mb, 1),
+        "index_mb": round(size / 2**20, 1),
+        "bytes_per_item": round(size / manifest.n_items, 1),
+        "recall@50": manifest.recall_at_50,
+        "recall_queries": manifest.recall_queries,
+        "calibration": manifest.calibration,
+        "search_ms": round(1000 / rps, 3),
+        "requests_per_s": round(rps, 1),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def trained_report(row: dict[str, Any], name: str, args: argparse.Namespace) -> None:
+    meta = {"machine": platform.processor() or platform.machine(), "faiss": faiss.__version__, "args": vars(args)}
+    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": [row]}, indent=2, default=str))
+    tried = (row["calibration"] or {}).get("tried", {})
+    table = md_table(
+        [
+            "items",
+            "kind",
+            "setting",
+            "reindex s",
+            "build s",
+            "peak RSS MB",
+            "index MB",
+            "B/item",
+            "recall@50",
+            "search ms",
+            "requests/s",
+        ],  # fmt: skip
+        [
+            [
+                f"{row['items']:,}",
+                row["kind"],
+                describe(row["params"], row["kind"]),
+                f"{row['reindex_seconds']:.0f}",
+                f"{row['build_seconds']:.0f}",
+                f"{row['peak_rss_mb']:,.0f}",
+                f"{row['index_mb']:,.1f}",
+                f"{row['bytes_per_item']:.0f}",
+                f"{row['recall@50']:.4f}" if row["recall@50"] is not None else "exact",
+                f"{row['search_ms']:.3f}",
+                f"{row['requests_per_s']:,.0f}",
+            ]
+        ],
+    )
+    lines = [
+        f"# Index of a trained model (`python -m benchmarks.index --artifacts ...`, {row['items']:,} items)",
+        "",
+        "`remi reindex --kind auto` (recall gate 0.95 on the model's own interest vectors, calibration on) run",
+        "as a child process: reindex s = the whole job (copy, hash checks, build, calibration, smoke query),",
+        "peak RSS = the job's maximum resident set. Build s = FAISS train + add (from the manifest).",
+        "Search = one request of K interest vectors at top-50 on one thread, the index mapped as the service maps it.",
+        f"Calibration tried (ef_search or nprobe -> recall@50): {tried}.",
+        f"FAISS {faiss.__version__}.",
+        "",
+        table,
+    ]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="catalogue sizes")
@@ -212,7 +315,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per search setting")
     ap.add_argument("--threads", type=int, default=2, help="FAISS threads for builds and recall batches")
     ap.add_argument("--name", default="index", help="results file stem under benchmarks/results/")
+    ap.add_argument("--artifacts", type=Path, help="trained artifact folder: run `remi reindex --kind auto` on it")
+    ap.add_argument("--root", type=Path, help="index root for --artifacts (a new version is published there)")
     args = ap.parse_args()
+    if args.artifacts:
+        if args.root is None:
+            ap.error("--artifacts needs --root")
+        RESULTS.mkdir(exist_ok=True)
+        trained_report(run_trained(args.artifacts, args.root, args.seconds), args.name, args)
+        return
     rows = []
     for n in args.sizes:
         rows += run_size(n, args.dim, args.seconds, args.threads)

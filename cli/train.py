@@ -148,7 +148,10 @@ def export_cmd(
     ] = 1024,
     external_data: Annotated[
         bool | None,
-        Opt(help="Weights in user_tower.onnx.data beside the model (default: only above 1.5 GB, protobuf's limit)."),
+        Opt(
+            help="Weights in user_tower.onnx.data beside the model, which onnxruntime maps so the service's"
+            " workers share it (default: above 64 MB, about 250k items at d = 64)."
+        ),
     ] = None,
 ) -> None:
     """Export a run's user tower to ONNX (checked against PyTorch) with the item table and manifest."""

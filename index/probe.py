@@ -27,8 +27,8 @@ def interest_queries(arts: Artifacts, max_users: int = 1000) -> np.ndarray:
 
 
 def smoke_query(arts: Artifacts, folder: Path) -> None:
-    """Loads the built folder as the service will and runs real queries through it."""
-    index_manifest, index = load_faiss(folder)
+    """Loads the built folder as the service will (mapped) and runs real queries through it."""
+    index_manifest, index = load_faiss(folder, mmap=True)
     check_pair(arts.manifest, index_manifest)
     history, mask = arts.sample_history[:8], arts.sample_mask[:8]
     if len(history) == 0:  # no held-out users: one history of the first item

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from remi.contract import (
     parse_item_ids,
     read_artifact_manifest,
 )
+from remi.packed_ids import PackedVocabulary
 
 
 def pad_histories(histories: Sequence[Sequence[int] | np.ndarray], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,9 +116,7 @@ def check_item_table(folder: Path, manifest: ArtifactManifest, vectors: np.ndarr
     row = _first_bad_row(vectors)
     if row is not None:
         index = int(ItemVocabulary.rows_to_indices(np.asarray([row]))[0])
-        raise ArtifactError(
-            f"{folder / ITEM_EMBEDDINGS}: row {row} (item index {index}) holds NaN or infinite values"
-        )
+        raise ArtifactError(f"{folder / ITEM_EMBEDDINGS}: row {row} (item index {index}) holds NaN or infinite values")
     if popularity.shape != (n,):
         raise ArtifactError(f"{folder / ITEM_POPULARITY}: shape {popularity.shape}, manifest says ({n},)")
     if popularity.dtype.kind not in "iuf":
@@ -141,18 +141,33 @@ def check_sample_histories(folder: Path, manifest: ArtifactManifest, history: np
         raise ArtifactError(f"{where}: item indices outside 0..{manifest.n_items}")
 
 
-def load_artifacts(folder: str | Path, threads: int = 1, check_hash: bool = True) -> Artifacts:
-    """Validates the folder against its manifest, then loads every file; errors are ArtifactError."""
+def load_artifacts(folder: str | Path, threads: int = 1, check_hash: bool = True, mmap: bool = False) -> Artifacts:
+    """Validates the folder against its manifest, then loads every file; errors are ArtifactError.
+
+    With ``mmap`` the item vectors and popularity are read-only views of their files
+    (``np.load(mmap_mode="r")``), shared through the page cache by every process that maps them:
+    for immutable folders only (a published version), since a rewrite of a mapped file would
+    change the arrays behind the checks. A large catalogue's ids are then packed too
+    (:class:`~remi.packed_ids.PackedVocabulary`): no copy to map, but no string per id either.
+    """
     folder = Path(folder)
     manifest = read_artifact_manifest(folder, check_hash=check_hash)
+    mode: Literal["r"] | None = "r" if mmap else None
     try:
-        vectors = np.load(folder / ITEM_EMBEDDINGS, allow_pickle=False)
-        popularity = np.load(folder / ITEM_POPULARITY, allow_pickle=False)
+        vectors = np.load(folder / ITEM_EMBEDDINGS, allow_pickle=False, mmap_mode=mode)
+        popularity = np.load(folder / ITEM_POPULARITY, allow_pickle=False, mmap_mode=mode)
         with np.load(folder / SAMPLE_HISTORIES, allow_pickle=False) as sample:
             sample_history, sample_mask = sample[NPZ_HISTORY], sample[NPZ_MASK]
     except (OSError, ValueError, KeyError) as exc:
         raise ArtifactError(f"{folder}: cannot read an array file ({str(exc).splitlines()[0]})") from exc
-    item_ids = parse_item_ids((folder / ITEM_IDS).read_bytes(), manifest.n_items, folder / ITEM_IDS)
+    raw_ids = (folder / ITEM_IDS).read_bytes()
+    # Served (mmap) catalogues keep their ids packed in flat arrays rather than a Python string per id.
+    vocabulary = (
+        PackedVocabulary.from_bytes(raw_ids, manifest.n_items, folder / ITEM_IDS)
+        if mmap
+        else ItemVocabulary(parse_item_ids(raw_ids, manifest.n_items, folder / ITEM_IDS))
+    )
+    del raw_ids
     check_item_table(folder, manifest, vectors, popularity)
     check_sample_histories(folder, manifest, sample_history, sample_mask)
     tower = UserTower(folder / MODEL_FILE, threads=threads)
@@ -163,7 +178,7 @@ def load_artifacts(folder: str | Path, threads: int = 1, check_hash: bool = True
         manifest=manifest,
         tower=tower,
         item_vectors=vectors,
-        vocabulary=ItemVocabulary(item_ids),
+        vocabulary=vocabulary,
         popularity=popularity,
         sample_history=sample_history,
         sample_mask=sample_mask,

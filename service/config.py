@@ -27,6 +27,11 @@ class ServiceSettings(BaseSettings):
         None, description="Model artifacts; used to build the first index version when the root has none."
     )
     poll_seconds: float = Field(2.0, ge=0, description="How often to check `current` for a new version; 0 = never.")
+    mmap: bool = Field(
+        True,
+        description="Map each version's index and item arrays from its files, one copy in the page cache for all "
+        "workers (off: a private copy per worker).",
+    )
     admin_token: SecretStr | None = Field(None, description="Bearer token of POST /admin/reload; unset = disabled.")
 
     # history store

@@ -16,6 +16,7 @@ newest first; the first that loads completely serves. The refusal stays in /read
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import time
 from pathlib import Path
@@ -40,6 +41,20 @@ def fallback_order(root: Path, refused: str | None) -> list[str]:
     order = [previous] if previous in versions else []
     order += [name for name in reversed(versions) if name not in order]
     return [name for name in order if name != refused]
+
+
+def release_free_memory() -> None:
+    """Hands the heap's free pages back to the kernel (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Loading a version makes large short-lived buffers (the item id strings before they are
+    packed, the hash check's reads, onnxruntime's graph); glibc keeps what they freed inside the
+    process, where it counts as that worker's private memory. Measured at 1M items: 62 MB kept
+    after packing the ids, 16 MB after a trim.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class Versions:
@@ -70,7 +85,9 @@ class Versions:
         return f"{error}; the artifacts {self.settings.artifacts} were not published"
 
     def _load(self, name: str) -> Engine:
-        version = load_version(version_dir(self.root, name), threads=self.settings.onnx_threads)
+        version = load_version(
+            version_dir(self.root, name), threads=self.settings.onnx_threads, mmap=self.settings.mmap
+        )
         engine = Engine(
             version,
             faiss_threads=self.settings.faiss_threads,
@@ -78,6 +95,7 @@ class Versions:
             min_weight=self.settings.interest_min_weight,
         )
         engine.warm_up()
+        release_free_memory()
         return engine
 
     def _fall_back(self, refused: str | None) -> tuple[list[str], tuple[str, Engine] | None]:
