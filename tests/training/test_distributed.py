@@ -86,14 +86,23 @@ def torchrun_node(endpoint: str, run_id: str, data: Path, out: Path, *rdzv_conf:
 
 
 def two_nodes(data: list[Path], out: Path, timeout: float = 120) -> list[tuple[int, str, str]]:
-    """Two nodes on 127.0.0.1 (data[i] for node i); (exit code, stdout, stderr) of each launcher."""
+    """Two nodes on 127.0.0.1 (launcher i reads data[i]); (exit code, stdout, stderr) of each launcher.
+
+    A launcher still running after ``timeout`` (a hang) fails the test and is killed with the other.
+    """
     endpoint, run_id = f"127.0.0.1:{free_port()}", f"remi-test-{uuid.uuid4().hex[:8]}"
     nodes = [torchrun_node(endpoint, run_id, path, out, "join_timeout=60") for path in data]
-    results = []
-    for node in nodes:
-        stdout, stderr = node.communicate(timeout=timeout)
-        results.append((node.returncode, stdout, stderr))
-    return results
+    try:
+        results = []
+        for node in nodes:
+            stdout, stderr = node.communicate(timeout=timeout)
+            results.append((node.returncode, stdout, stderr))
+        return results
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +149,12 @@ def test_a_node_that_cannot_reach_the_rendezvous_fails_within_its_timeout(synth_
     started = time.monotonic()
     node = torchrun_node(f"127.0.0.1:{port}", "remi-test-unreachable", synth_csv, tmp_path / "run",
                          "is_host=false", "read_timeout=3")  # fmt: skip
-    _, stderr = node.communicate(timeout=60)  # a hang fails the test here
+    try:
+        _, stderr = node.communicate(timeout=60)  # a hang fails the test here
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
     assert node.returncode != 0 and time.monotonic() - started < 45
     assert "RendezvousConnectionError" in stderr
     assert f"timed out after 3000ms while trying to connect to (127.0.0.1, {port})" in stderr
