@@ -143,11 +143,12 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     table = []
     stages: list[str] = []
     for r in rows:
-        for key, label in (
-            ("duckdb", "DuckDB, Parquet"),
-            ("duckdb_csv", "DuckDB, CSV.gz"),
-            ("pandas_csv", "pandas, CSV.gz"),
-        ):
+        labels = [("duckdb", "DuckDB, Parquet"), ("duckdb_csv", "DuckDB, CSV.gz"), ("pandas_csv", "pandas, CSV.gz")]
+        if "duckdb_low_memory" in r:  # the same prep under a lower --prep-memory-gb (a child run added by hand)
+            labels.append(
+                ("duckdb_low_memory", f"DuckDB, Parquet, prep_memory_gb {r['duckdb_low_memory']['memory_gb']:g}")
+            )
+        for key, label in labels:
             run = r.get(key)
             if run is None:
                 continue
