@@ -311,11 +311,13 @@ def report(result: dict[str, Any]) -> str:
         "`recall@50` = merged answers vs exact search over all K interests of the same ONNX run, same "
         "exclusions; `searched` = interests searched per user (of K); `search ms` = in-process FAISS (+ "
         "exclusion filter) time per user in batches of 16, one thread; `x before` = req/s ratio at C = 32; "
-        "`x prev` = ratio to the row above (the lever's own gain).",
+        "`x prev` = ratio to the row above (the lever's own gain); `fallbacks` = answers with `fallback` set "
+        "(all `history_unavailable` here: a Redis reply later than REMI_REDIS_TIMEOUT_MS under a saturated CPU); "
+        "`other cores` = CPU of everything else on the machine during the C = 32 run (> 0.1: disturbed).",
         "",
         "| config | index | recall@50 | searched | search ms | req/s C=32 | p50 / p99 ms C=32 | errors | fallbacks "
-        "| server CPU/req ms | p50 / p99 ms C=1 | x before | x prev |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| server CPU/req ms | other cores | p50 / p99 ms C=1 | x before | x prev |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     prev = first
     for r in rows:
@@ -328,6 +330,7 @@ def report(result: dict[str, Any]) -> str:
             f"of {r['recall']['interests_per_user']:.0f} | {r['recall']['search_ms']:.3f} | {h32['qps']:,.0f} | "
             f"{lat32['p50']:.2f} / {lat32['p99']:.2f} "
             f"| {h32['errors']} | {h32.get('fallbacks', 0)} | {h32['server_cpu_ms_per_request']:.3f} | "
+            f"{h32['other_cores']:.2f} | "
             f"{lat1['p50']:.2f} / {lat1['p99']:.2f} | {h32['qps'] / max(first, 1e-9):.2f} | "
             f"{h32['qps'] / max(prev, 1e-9):.2f} |"
         )

@@ -140,7 +140,12 @@ def _selector_params(index: faiss.Index) -> SelectorParams | None:
 
 
 def _search_with_selector(
-    index: faiss.Index, interest_vectors: np.ndarray, n: int, banned: np.ndarray, params_cls: SelectorParams
+    index: faiss.Index,
+    interest_vectors: np.ndarray,
+    n: int,
+    banned: np.ndarray,
+    params_cls: SelectorParams,
+    beam: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(K, d) -> item indices (K, n): one user's interests in one FAISS call, its exclusions as a selector."""
     n_interests = interest_vectors.shape[0]
@@ -153,13 +158,16 @@ def _search_with_selector(
     selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(rows))
     if params_cls is SearchParametersHNSW:  # per-call parameters replace the index's own: keep its beam
         hnsw = cast(faiss.IndexHNSW, faiss.downcast_index(index))
-        params = params_cls(sel=selector, efSearch=hnsw.hnsw.efSearch)
+        params = params_cls(sel=selector, efSearch=beam or hnsw.hnsw.efSearch)
     else:
         params = params_cls(sel=selector)
     found_scores, found = index.search(queries, top, params=params)
     ids[:, :top] = ItemVocabulary.rows_to_indices(found)
     scores[:, :top] = np.where(found >= 0, found_scores, -np.inf)
     return ids, scores
+
+
+SLACK = 16  # search_batch's beam holds n + SLACK results, room for seen items near the interest
 
 
 def needs_rerank(index: faiss.Index) -> bool:
@@ -213,13 +221,15 @@ def search_batch(
         item indices (Q, n), -1 where fewer exist, and their scores; ties by item index, as
         :func:`search_excluding`.
 
-    Each row's answer is the one :func:`search_excluding` gives that query alone, so an answer never
-    depends on the other users of the batch. On an HNSW index the beam is ``ef = max(efSearch, n)``
-    either way, and FAISS's traversal at a fixed beam depends neither on the selector (it filters
-    results, not the walk) nor on the depth asked up to ``ef``: one call at depth ``ef`` without a
-    selector returns the top-ef of the same walk, and dropping a user's excluded items from it
-    leaves the selector search's top-n whenever at least n remain. The rare row that loses more
-    (a long history of items close to its interest) is searched again alone, with its selector.
+    Each row's answer depends on its own query, n and exclusions only, never on the other users of
+    the batch. On an HNSW index every row is walked with the beam ``max(efSearch, n + SLACK)``,
+    and FAISS's traversal at a fixed beam depends neither on the selector (it filters results,
+    not the walk) nor on the depth asked up to the beam: one call at depth = beam without a
+    selector returns the top-beam of the same walk, and dropping a user's excluded items from it
+    leaves exactly what the selector search with that beam returns whenever at least n remain
+    (SLACK leaves room for a few seen items near the interest: without it nearly every row of a
+    trained model would need the second search). The rare row that loses more is searched again
+    alone, with its selector and the same beam.
     Other index kinds are searched user by user (:func:`search_excluding`).
     """
     q = len(queries)
@@ -234,8 +244,9 @@ def search_batch(
             found, found_scores = search_excluding(index, queries[rows][None], n, [exclude[user]])
             ids[rows], scores[rows] = found[0], found_scores[0]
         return ids, scores
-    depth = max(1, min(max(ef, n), index.ntotal))
-    params = SearchParametersHNSW(efSearch=ef)
+    beam = max(ef, n + SLACK)
+    depth = max(1, min(beam, index.ntotal))
+    params = SearchParametersHNSW(efSearch=beam)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     found_scores, found = index.search(queries, depth, params=params)
     if item_vectors is not None:
@@ -258,8 +269,16 @@ def search_batch(
     ids[:, :width] = np.where(empty, -1, take_ids)
     scores[:, :width] = np.where(empty, -np.inf, take_scores)
     short = np.flatnonzero((kept < n) & (depth < index.ntotal))
-    for row in short:  # too many excluded items among the top-ef: the selector search, alone
-        one, one_scores = search_excluding(index, queries[row][None, None], n, [exclude[int(owner[row])]])
+    for row in short:  # too many excluded items among the top of the beam: the selector search, alone
+        one, one_scores = _search_with_selector(
+            index,
+            queries[row][None],
+            n,
+            np.unique(np.asarray(exclude[int(owner[row])], dtype=np.int64)),
+            SearchParametersHNSW,
+            beam,
+        )
+        one, one_scores = one[None], one_scores[None]
         if item_vectors is not None:
             got = one[0, 0] >= 0
             one_rows, one_exact = rerank(

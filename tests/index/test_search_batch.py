@@ -10,7 +10,7 @@ import pytest
 
 from index.build import build_faiss, build_index_folder, recall_at
 from index.merge import merge_by_score, merge_flat
-from index.search import exact_index, rerank, search_batch, search_excluding
+from index.search import SLACK, exact_index, rerank, search_batch, search_excluding
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,7 @@ def users(items: np.ndarray, n_users: int, seed: int) -> tuple[np.ndarray, list[
 
 @pytest.mark.parametrize("n", [1, 10, 50, 100])
 def test_batch_search_equals_per_request_search(hnsw: faiss.Index, items: np.ndarray, n: int) -> None:
+    hnsw.hnsw.efSearch = max(64, n + SLACK)  # the same beam as search_batch's
     vectors, exclude = users(items, 30, seed=n)
     alone = np.stack([search_excluding(hnsw, vectors[u : u + 1], n, [exclude[u]])[0][0] for u in range(30)])
     owner = np.repeat(np.arange(30), 4)
@@ -47,6 +48,7 @@ def test_batch_search_equals_per_request_search(hnsw: faiss.Index, items: np.nda
 
 
 def test_batch_search_of_a_subset_of_interests_matches_too(hnsw: faiss.Index, items: np.ndarray) -> None:
+    hnsw.hnsw.efSearch = 50 + SLACK
     vectors, exclude = users(items, 12, seed=7)
     keep = np.random.default_rng(3).random((12, 4)) < 0.5
     keep[:, 0] = True
@@ -55,6 +57,19 @@ def test_batch_search_of_a_subset_of_interests_matches_too(hnsw: faiss.Index, it
     for row, (u, k) in enumerate(zip(user, interest, strict=True)):
         solo = search_excluding(hnsw, vectors[u : u + 1], 50, [exclude[u]])[0][0, k]
         assert np.array_equal(ids[row], solo)
+
+
+@pytest.mark.parametrize("ef", [16, 48])
+def test_with_a_small_beam_a_row_still_answers_as_it_does_alone(hnsw: faiss.Index, items: np.ndarray, ef: int) -> None:
+    hnsw.hnsw.efSearch = ef  # below n + SLACK: rows with many seen items near them are searched again
+    vectors, exclude = users(items, 20, seed=ef)
+    owner = np.repeat(np.arange(20), 4)
+    ids, scores = search_batch(hnsw, vectors.reshape(80, -1), owner, 50, exclude)
+    for u in range(20):
+        alone, alone_scores = search_batch(hnsw, vectors[u], np.zeros(4, dtype=np.int64), 50, [exclude[u]])
+        assert np.array_equal(ids[owner == u], alone) and np.array_equal(scores[owner == u], alone_scores)
+        assert not np.isin(ids[owner == u], exclude[u]).any()
+        assert ((ids[owner == u] >= 0).sum(1) == 50).all()
 
 
 def test_batch_search_on_a_flat_index_falls_back_to_per_user_calls(items: np.ndarray) -> None:
