@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 
-# FAISS >= 1.11 maps the whole file and uses its arrays in place ("IFC": index flat codes), for
+# FAISS (1.15 here; the zero-copy reader came in 2025) maps the whole file and uses its arrays in place, for
 # every kind we build: the flat codes, HNSW's graph and storage, IVF-PQ's lists and the refine
 # vectors (measured: no anonymous memory added by the load, results identical to a copy). The
 # index is then read-only, which a served index is anyway (search parameters are plain fields).

@@ -60,6 +60,7 @@ class PackedVocabulary(ItemVocabulary):
         self._keys = keys  # (n,) int64, sorted: hash() of each id
         self._rows = rows  # (n,) int32: FAISS row of keys[i]
         self._raw_ids: list[str] | None = None
+        self._dict: dict[str, int] | None = None
 
     @classmethod
     def from_bytes(cls, data: bytes, n_items: int, where: str | Path) -> ItemVocabulary:
@@ -104,6 +105,18 @@ class PackedVocabulary(ItemVocabulary):
 
     @raw_ids.setter
     def raw_ids(self, ids: list[str]) -> None:  # the base class assigns it; the arrays are the truth here
+        raise AttributeError("a PackedVocabulary is read-only")
+
+    @property
+    def _index(self) -> dict[str, int]:
+        """The base class's dict, built on first use: a method added to ItemVocabulary that reads it
+        stays correct here (at the plain vocabulary's memory cost); the methods above never use it."""
+        if self._dict is None:
+            self._dict = {raw: row + 1 for row, raw in enumerate(self.raw_ids)}
+        return self._dict
+
+    @_index.setter
+    def _index(self, index: dict[str, int]) -> None:
         raise AttributeError("a PackedVocabulary is read-only")
 
     def raw_id(self, index: int | np.integer[Any]) -> str:

@@ -40,6 +40,7 @@ def test_packed_answers_every_question_like_the_plain_vocabulary(final_newline: 
     assert all(packed.index_of(raw) == plain.index_of(raw) for raw in asked)
     assert ("日本" in packed) and ("nope" not in packed) and (3 not in packed)
     assert packed.raw_ids == IDS  # built on demand, for callers outside the serving path
+    assert ItemVocabulary.index_of(packed, "日本") == 3  # the base class's own methods still work on it
     assert packed.table_size == plain.table_size
 
 

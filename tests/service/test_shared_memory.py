@@ -103,6 +103,10 @@ def test_two_mapped_workers_answer_like_private_copies_and_follow_reindexes(
         for pid in pids:
             assert str(version_dir(root, second) / INDEX_FILE) in maps_of(pid)
         assert answers(server, bodies) == expected  # same model, rebuilt index: same answers
+        # Each worker has answered on the new version since: the old one is unmapped (nothing leaks a
+        # reference to it; the micro-batcher lets go of its last batch at the next request).
+        old_index = str(version_dir(root, first) / INDEX_FILE)
+        wait_for(lambda: all(old_index not in maps_of(pid) for pid in pids))
         assert worker_pids(server) == pids  # swapped in place, no worker restarted
     finally:
         server.stop()
