@@ -42,8 +42,9 @@ class IndexSettings(BaseSettings):
     )
     keep: int = Field(3, ge=1, description="Complete versions kept by reindex (current is never removed).")
     recall_of: RecallOf = Field(
-        "interests",
-        description="What --min-recall measures: each interest's top-50, or each user's merged top-50 (answers).",
+        "answers",
+        description="What --min-recall measures: each user's merged top-50, which is what the service returns "
+        "(answers), or each interest's own top-50 (interests, stricter).",
     )
 
     # hnsw

@@ -64,10 +64,18 @@ def test_build_below_the_recall_threshold_fails_and_leaves_nothing(artifacts_dir
 
 
 def test_build_from_artifacts_measures_recall_on_model_interests(artifacts_dir: Path, tmp_path: Path) -> None:
-    manifest = build_from_artifacts(artifacts_dir, tmp_path / "idx", "hnsw")
+    manifest = build_from_artifacts(artifacts_dir, tmp_path / "idx", "hnsw", recall_of="interests")
     model = read_artifact_manifest(artifacts_dir)
     assert manifest.recall_source == "interests" and manifest.recall_queries % model.interests == 0
     assert manifest.model_version == model.model_version and manifest.recall_at_50 >= 0.95
+
+
+def test_build_from_artifacts_gates_on_merged_answers_by_default(artifacts_dir: Path, tmp_path: Path) -> None:
+    """The default gate measures what the service returns: each user's merged top-50."""
+    manifest = build_from_artifacts(artifacts_dir, tmp_path / "idx", "hnsw")
+    model = read_artifact_manifest(artifacts_dir)
+    assert manifest.recall_source == ("answers" if model.interests > 1 else "interests")
+    assert manifest.recall_at_50 >= 0.95
 
 
 def brute_force_allowed(x: np.ndarray, queries: np.ndarray, banned: set[int], n: int) -> list[int]:
