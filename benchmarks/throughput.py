@@ -5,7 +5,7 @@ Same model, data and threads; blocks of steps alternate between the variants so 
 hits all alike. Default setting is the reference one: ComiRec-SA on amazon_beauty, d=64, K=4,
 L=20, batch 128, 1,280 negatives, dense Adam; `remi` with beta 1 and the default RR (lambda
 12,800, authors' normalisation). `remi-before` runs the same scheme with the pre-fusion
-``ihn_loss`` and ``routing_regularization`` (kept below verbatim as the baseline), so "before"
+``ihn_loss`` and ``routing_regularization`` (training/loss_reference.py), so "before"
 and "after" are measured in the same run.
 
     python -m benchmarks.throughput                  # 1 thread and torch's default
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from benchmarks.report import md_table
 from benchmarks.runner import SHARED_DATA
 from training.config import TrainConfig
 from training.data import TrainSampler
+from training.loss_reference import ihn_loss_reference, routing_regularization_reference
 from training.models import build_model
 from training.prepare import prepare
 from training.scheme import TrainBatch, TrainingScheme
@@ -42,48 +42,12 @@ RESULTS = Path(__file__).parent / "results"
 VARIANTS = ("sampled", "remi-before", "remi")
 
 
-def ihn_loss_before(
-    pos_logit: torch.Tensor,
-    neg_logits: torch.Tensor,
-    beta: float = 0.0,
-    weight_scores: torch.Tensor | None = None,
-    neg_valid: torch.Tensor | None = None,
-    detach_weights: bool = False,
-) -> torch.Tensor:
-    """training.losses.ihn_loss before the fusion (log-softmax weights, then a logsumexp over them)."""
-    scores = neg_logits if weight_scores is None else weight_scores
-    if neg_valid is not None:
-        neg_logits = neg_logits.masked_fill(~neg_valid, float("-inf"))
-        scores = scores.masked_fill(~neg_valid, float("-inf"))
-        log_m = torch.log(neg_valid.sum(-1).clamp_min(1).to(neg_logits.dtype))
-    else:
-        log_m = torch.full_like(pos_logit, math.log(neg_logits.shape[1]))
-    if beta == 0.0:
-        neg_term = torch.logsumexp(neg_logits, dim=-1)
-    else:
-        log_w = torch.log_softmax(beta * scores, dim=-1)
-        if detach_weights:
-            log_w = log_w.detach()
-        neg_term = log_m + torch.logsumexp(neg_logits + log_w, dim=-1)
-    return (torch.logaddexp(pos_logit, neg_term) - pos_logit).mean()
-
-
-def routing_regularization_before(
-    routing: torch.Tensor, mask: torch.Tensor, dim: int, norm: str = "authors"
-) -> torch.Tensor:
-    """training.losses.routing_regularization before the fusion (authors' normalisation, autograd chain)."""
-    assert norm == "authors", "the benchmark times the default normalisation"
-    length = routing.shape[-1]
-    var = ((routing - 1.0 / length) ** 2).sum(-1) / dim  # (B, K)
-    return (var**2).sum(-1).mean()
-
-
 @contextmanager
 def terms_before() -> Iterator[None]:
     """The scheme computes its loss with the pre-fusion IHN and RR functions inside this block."""
     names = ("ihn_loss", "routing_regularization")
     saved = [getattr(training.scheme, name) for name in names]
-    for name, before in zip(names, (ihn_loss_before, routing_regularization_before), strict=True):
+    for name, before in zip(names, (ihn_loss_reference, routing_regularization_reference), strict=True):
         setattr(training.scheme, name, before)
     try:
         yield

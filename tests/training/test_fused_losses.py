@@ -1,45 +1,13 @@
 """The fused IHN and RR terms (issue 11 §2) equal the implementations they replaced, value and
-gradients, on random inputs: the formulas below are the pre-fusion code, verbatim."""
+gradients, on random inputs: the pre-fusion code is training/loss_reference.py."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
+from training.loss_reference import ihn_loss_reference, routing_regularization_reference
 from training.losses import ihn_loss, routing_regularization
-
-
-def ihn_loss_before(
-    pos_logit: torch.Tensor,
-    neg_logits: torch.Tensor,
-    beta: float = 0.0,
-    weight_scores: torch.Tensor | None = None,
-    neg_valid: torch.Tensor | None = None,
-    detach_weights: bool = False,
-) -> torch.Tensor:
-    scores = neg_logits if weight_scores is None else weight_scores
-    if neg_valid is not None:
-        neg_logits = neg_logits.masked_fill(~neg_valid, float("-inf"))
-        scores = scores.masked_fill(~neg_valid, float("-inf"))
-        log_m = torch.log(neg_valid.sum(-1).clamp_min(1).to(neg_logits.dtype))
-    else:
-        log_m = torch.full_like(pos_logit, math.log(neg_logits.shape[1]))
-    if beta == 0.0:
-        neg_term = torch.logsumexp(neg_logits, dim=-1)
-    else:
-        log_w = torch.log_softmax(beta * scores, dim=-1)
-        if detach_weights:
-            log_w = log_w.detach()
-        neg_term = log_m + torch.logsumexp(neg_logits + log_w, dim=-1)
-    return (torch.logaddexp(pos_logit, neg_term) - pos_logit).mean()
-
-
-def routing_regularization_before(routing: torch.Tensor, dim: int) -> torch.Tensor:
-    length = routing.shape[-1]
-    var = ((routing - 1.0 / length) ** 2).sum(-1) / dim
-    return (var**2).sum(-1).mean()
 
 
 def _inputs(seed: int, b: int = 16, m: int = 96) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -72,7 +40,7 @@ def test_fused_ihn_loss_equals_the_old_one_in_value_and_gradients(
         valid = torch.rand(neg.shape, generator=torch.Generator().manual_seed(seed)) > 0.1
     scores = other if separate_scores else None
     new = _value_and_grads(lambda: ihn_loss(pos, neg, beta, scores, valid, detach), pos, neg, other)
-    old = _value_and_grads(lambda: ihn_loss_before(pos, neg, beta, scores, valid, detach), pos, neg, other)
+    old = _value_and_grads(lambda: ihn_loss_reference(pos, neg, beta, scores, valid, detach), pos, neg, other)
     torch.testing.assert_close(new[0], old[0], rtol=1e-9, atol=1e-10)
     for a, b in zip(new[1], old[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
@@ -81,7 +49,7 @@ def test_fused_ihn_loss_equals_the_old_one_in_value_and_gradients(
 def test_fused_ihn_loss_equals_the_old_one_in_float32() -> None:
     pos, neg, _ = (t.detach().float().requires_grad_() for t in _inputs(5, b=128, m=1280))
     new = _value_and_grads(lambda: ihn_loss(pos, neg, 1.0), pos, neg)
-    old = _value_and_grads(lambda: ihn_loss_before(pos, neg, 1.0), pos, neg)
+    old = _value_and_grads(lambda: ihn_loss_reference(pos, neg, 1.0), pos, neg)
     torch.testing.assert_close(new[0], old[0], rtol=1e-5, atol=1e-5)
     for a, b in zip(new[1], old[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
@@ -98,7 +66,7 @@ def test_fused_routing_regularization_equals_the_old_one_in_value_and_gradients(
     routing = (torch.softmax(logits.masked_fill(~mask.unsqueeze(1), -1e9), -1) * mask.unsqueeze(1)).requires_grad_()
     upstream = torch.rand((), generator=g, dtype=dtype) * 100  # a lambda in front of it
     new = _value_and_grads(lambda: upstream * routing_regularization(routing, mask, dim, "authors"), routing)
-    old = _value_and_grads(lambda: upstream * routing_regularization_before(routing, dim), routing)
+    old = _value_and_grads(lambda: upstream * routing_regularization_reference(routing, None, dim), routing)
     tol = {"rtol": 1e-9, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-7}
     torch.testing.assert_close(new[0], old[0], **tol)
     torch.testing.assert_close(new[1][0], old[1][0], **tol)
