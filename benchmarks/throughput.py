@@ -1,12 +1,10 @@
-"""Training throughput: steps/s of `sampled` and `remi` side by side in one process, and of `remi`
-with the IHN and RR terms as they were before they were fused (issue 11 §2).
+"""Training throughput: steps/s of `sampled` and `remi` side by side in one process.
 
 Same model, data and threads; blocks of steps alternate between the variants so machine noise
-hits all alike. Default setting is the reference one: ComiRec-SA on amazon_beauty, d=64, K=4,
+hits both alike. Default setting is the reference one: ComiRec-SA on amazon_beauty, d=64, K=4,
 L=20, batch 128, 1,280 negatives, dense Adam; `remi` with beta 1 and the default RR (lambda
-12,800, authors' normalisation). `remi-before` runs the same scheme with the pre-fusion
-``ihn_loss`` and ``routing_regularization`` (training/loss_reference.py), so "before"
-and "after" are measured in the same run.
+12,800, authors' normalisation). A fused IHN/RR was tried in issue 11 §2 and measured slower
+(results/throughput_fusion.md, commit b168c4d).
 
     python -m benchmarks.throughput                  # 1 thread and torch's default
     python -m benchmarks.throughput --threads 2
@@ -20,47 +18,28 @@ import argparse
 import json
 import platform
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 import torch
 
-import training.scheme
 from benchmarks.report import md_table
 from benchmarks.runner import SHARED_DATA
 from training.config import TrainConfig
 from training.data import TrainSampler
-from training.loss_reference import ihn_loss_reference, routing_regularization_reference
 from training.models import build_model
 from training.prepare import prepare
 from training.scheme import TrainBatch, TrainingScheme
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ("sampled", "remi-before", "remi")
-
-
-@contextmanager
-def terms_before() -> Iterator[None]:
-    """The scheme computes its loss with the pre-fusion IHN and RR functions inside this block."""
-    names = ("ihn_loss", "routing_regularization")
-    saved = [getattr(training.scheme, name) for name in names]
-    for name, before in zip(names, (ihn_loss_reference, routing_regularization_reference), strict=True):
-        setattr(training.scheme, name, before)
-    try:
-        yield
-    finally:
-        for name, kept in zip(names, saved, strict=True):
-            setattr(training.scheme, name, kept)
+VARIANTS = ("sampled", "remi")
 
 
 def measure(prep: Any, base: TrainConfig, model_name: str, threads: int, block: int, rounds: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     configs = {
         "sampled": base.model_copy(update={"model": model_name, "scheme": "sampled"}),
-        "remi-before": base.model_copy(update={"model": model_name, "scheme": "remi", "beta": 1.0}),
         "remi": base.model_copy(update={"model": model_name, "scheme": "remi", "beta": 1.0}),
     }
     states = {}
@@ -74,32 +53,25 @@ def measure(prep: Any, base: TrainConfig, model_name: str, threads: int, block: 
     vocab = prep.data.vocabulary
     for rnd in range(rounds + 1):  # round 0 warms up
         for name, (cfg, model, optim, sampler, scheme) in states.items():
-            with terms_before() if name == "remi-before" else _nothing():
-                t = time.perf_counter()
-                for _ in range(block):
-                    hist, mask, target = sampler.sample(cfg.batch_size)
-                    negatives = torch.randint(vocab.first_index(), vocab.index_stop(), (cfg.negatives,))
-                    batch = TrainBatch(torch.from_numpy(hist), torch.from_numpy(mask), torch.from_numpy(target))
-                    loss = scheme.step_loss(model, batch, negatives, step=1).total
-                    optim.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optim.step()
-                if rnd:
-                    rates[name].append(block / (time.perf_counter() - t))
+            t = time.perf_counter()
+            for _ in range(block):
+                hist, mask, target = sampler.sample(cfg.batch_size)
+                negatives = torch.randint(vocab.first_index(), vocab.index_stop(), (cfg.negatives,))
+                batch = TrainBatch(torch.from_numpy(hist), torch.from_numpy(mask), torch.from_numpy(target))
+                loss = scheme.step_loss(model, batch, negatives, step=1).total
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+            if rnd:
+                rates[name].append(block / (time.perf_counter() - t))
     med = {k: median(v) for k, v in rates.items()}
     return {
         "model": model_name,
         "threads": threads,
         "steps_per_s": med,
         "all": rates,
-        "remi_overhead_before": med["sampled"] / med["remi-before"] - 1,
         "remi_overhead": med["sampled"] / med["remi"] - 1,
     }
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def main() -> None:
@@ -130,9 +102,7 @@ def main() -> None:
                     model_name,
                     threads,
                     f"{med['sampled']:.0f}",
-                    f"{med['remi-before']:.0f}",
                     f"{med['remi']:.0f}",
-                    f"{100 * r['remi_overhead_before']:+.1f}%",
                     f"**{100 * r['remi_overhead']:+.1f}%**",
                     f"{1000 / med['sampled']:.2f}",
                     f"{1000 / med['remi']:.2f}",
@@ -155,20 +125,18 @@ def main() -> None:
     }
     (RESULTS / "throughput.json").write_text(json.dumps({"meta": meta, "results": out}, indent=2))
     text = (
-        f"# Training throughput on {args.dataset}: sampled vs remi, before and after fusing IHN and RR\n\n"
+        f"# Training throughput on {args.dataset}: sampled vs remi\n\n"
         f"Batch {base.batch_size}, {base.negatives} negatives, d={base.dim}, K={base.interests}, L={base.seq_len}, "
         f"dense Adam; remi with beta 1, lambda {base.lam:g} (authors' RR). Median of {args.rounds} alternating "
-        f"blocks of {args.block} steps per variant; default threads here: {default_threads}. remi-before: the "
-        f"pre-fusion IHN and RR functions (benchmarks/throughput.py), same run. Overhead = sampled steps/s / "
+        f"blocks of {args.block} steps per variant; default threads here: {default_threads}. A fused IHN/RR was "
+        f"tried and measured slower (throughput_fusion.md). Overhead = sampled steps/s / "
         f"remi steps/s - 1 (the issue's goal: <= 10% at the default threads).\n\n"
         + md_table(
             [
                 "model",
                 "threads",
                 "sampled steps/s",
-                "remi-before steps/s",
                 "remi steps/s",
-                "remi overhead before",
                 "remi overhead",
                 "sampled ms/step",
                 "remi ms/step",

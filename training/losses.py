@@ -59,16 +59,10 @@ def ihn_loss(
     if beta == 0.0:
         neg_term = torch.logsumexp(neg_logits, dim=-1)
     else:
-        # log_w = beta*scores - lse(beta*scores), so lse(neg + log_w) = lse(neg + beta*scores) - lse(beta*scores):
-        # two row reductions and no (B, M) log-weights kept for backward (the IHN term's cost, issue 11 §2).
-        # Detached weights: the second lse is a per-row constant whose gradient is dropped; the
-        # first term's gradient, softmax(neg + beta*scores) = softmax(neg + log_w), is the same.
-        # Masked entries are -inf in both and drop out of both sums (beta > 0 here).
-        log_norm = torch.logsumexp(beta * scores, dim=-1)
+        log_w = torch.log_softmax(beta * scores, dim=-1)
         if detach_weights:
-            log_norm = log_norm.detach()
-            scores = scores.detach()
-        neg_term = log_m + torch.logsumexp(neg_logits + beta * scores, dim=-1) - log_norm
+            log_w = log_w.detach()
+        neg_term = log_m + torch.logsumexp(neg_logits + log_w, dim=-1)
     return (torch.logaddexp(pos_logit, neg_term) - pos_logit).mean()
 
 
@@ -111,8 +105,9 @@ def routing_regularization(routing: torch.Tensor, mask: torch.Tensor, dim: int, 
         mask: (B, L) bool.
     """
     if norm == "authors":
-        penalty: torch.Tensor = _AuthorsRoutingPenalty.apply(routing, dim)  # type: ignore[no-untyped-call]
-        return penalty
+        length = routing.shape[-1]
+        var = ((routing - 1.0 / length) ** 2).sum(-1) / dim  # (B, K)
+        return (var**2).sum(-1).mean()
     if norm == "valid":
         m = mask.unsqueeze(1).to(routing.dtype)
         n = m.sum(-1).clamp_min(1)  # (B, 1)
@@ -120,27 +115,3 @@ def routing_regularization(routing: torch.Tensor, mask: torch.Tensor, dim: int, 
         scaled = torch.where(n > 1, var / (1 - 1.0 / n).clamp_min(1e-6), torch.zeros_like(var))
         return (scaled**2).mean(-1).mean()
     raise ValueError(f"unknown RR normalisation {norm!r}; choose one of {RR_NORMS}")
-
-
-class _AuthorsRoutingPenalty(torch.autograd.Function):
-    """RR with the authors' normalisation, forward and backward written out (issue 11 §2).
-
-    mean_b sum_k var_bk^2 with var = sum_l (A - 1/L)^2 / d; autograd of that chain is ~14 small ops
-    on a (B, K, L) tensor, here it is 4 forward and 2 backward:
-    dRR/dA = (2 var / B) * (2 (A - 1/L) / d).
-    """
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, routing: torch.Tensor, dim: int) -> torch.Tensor:
-        centred = routing - 1.0 / routing.shape[-1]
-        var = torch.linalg.vecdot(centred, centred) / dim  # (B, K)
-        ctx.save_for_backward(centred, var)
-        ctx.dim = dim  # type: ignore[attr-defined]
-        penalty: torch.Tensor = torch.linalg.vecdot(var, var).mean()
-        return penalty
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        centred, var = ctx.saved_tensors  # type: ignore[attr-defined]
-        scale = var * (grad * 4.0 / (var.shape[0] * ctx.dim))  # type: ignore[attr-defined]
-        return centred * scale.unsqueeze(-1), None
