@@ -138,6 +138,9 @@ class PrepEngine:
         self.con.execute(f"SET temp_directory = '{self.folder / 'spill'}'")
         self.con.execute("SET preserve_insertion_order = true")
         self.con.execute("SET TimeZone = 'UTC'")
+        # DuckDB draws its own progress bar on the terminal for queries past 2 s: noise beside the
+        # trainer's progress lines, and bytes a caller reading our stderr did not ask for.
+        self.con.execute("SET enable_progress_bar = false")
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         self.timings: dict[str, float] = {}

@@ -90,23 +90,30 @@ def test_interrupted_train_leaves_no_partial_run_and_keeps_the_replaced_one(synt
     out = tmp_path / "run"
     out.mkdir()
     (out / "old.txt").write_text("previous run")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "train", "--data", str(synth_csv), "--out", str(out), "--force",
-         "--max-steps", "10000000", "--eval-every", "1000000", "--dim", "8", "--negatives", "32"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    # The child's output goes to a file, not a pipe: a pipe nobody reads until the end fills up
+    # (64 KB) and blocks the child's next log line, and then no signal can finish it.
+    err_path = tmp_path.parent / f"{tmp_path.name}.stderr"
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "train", "--data", str(synth_csv), "--out", str(out), "--force",
+             "--max-steps", "10000000", "--eval-every", "1000000", "--dim", "8", "--negatives", "32"],
+            stdout=subprocess.DEVNULL, stderr=err, text=True,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while not any((p / "config.json").is_file() for p in tmp_path.iterdir() if p.name.startswith(".")):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            assert proc.poll() is None and time.monotonic() < deadline, err_path.read_text()[-3000:]
             time.sleep(0.1)
         time.sleep(0.5)  # well inside the training loop
         proc.send_signal(signal.SIGINT)
-        proc.wait(60)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"no exit 60 s after SIGINT; stderr:\n{err_path.read_text()[-3000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err_path.read_text()[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
     assert leftovers(tmp_path) == []
 

@@ -35,6 +35,17 @@ def tiny_root(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -
     return root
 
 
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    """Polls ``predicate`` until it returns something truthy (returned) or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
 def start_server(root: Path, artifacts: Path | None, **env: str) -> ServerProcess:
     """Starts `remi serve` and waits until /readyz answers (200 or 503: the process is up)."""
     port = free_port()

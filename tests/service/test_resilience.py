@@ -11,17 +11,7 @@ import httpx
 
 from index.publish import reindex
 from remi.contract import INDEX_FILE, read_current, version_dir, write_current
-from tests.service.conftest import OwnRedis, start_server
-
-
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
+from tests.service.conftest import OwnRedis, start_server, wait_for
 
 
 def first_items(artifacts: Path, n: int) -> list[str]:

@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -20,17 +19,7 @@ import pytest
 from index.publish import reindex
 from loadtest.server import ServerProcess
 from remi.contract import INDEX_FILE, MANIFEST, MODEL_DATA, VERSION_ARTIFACTS, file_entries, version_dir, write_current
-from tests.service.conftest import SHARED_REDIS, start_server
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
+from tests.service.conftest import SHARED_REDIS, start_server, wait_for
 
 
 def worker_pids(server: ServerProcess) -> list[int]:
