@@ -90,14 +90,17 @@ def test_interrupted_train_leaves_no_partial_run_and_keeps_the_replaced_one(synt
     out = tmp_path / "run"
     out.mkdir()
     (out / "old.txt").write_text("previous run")
-    # The child's output goes to a file, not a pipe: a pipe nobody reads until the end fills up
-    # (64 KB) and blocks the child's next log line, and then no signal can finish it.
+    # The child's output goes to a file, not an unread pipe (which could fill and block it), and a
+    # hang shows it.
     err_path = tmp_path.parent / f"{tmp_path.name}.stderr"
     with err_path.open("w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cli", "train", "--data", str(synth_csv), "--out", str(out), "--force",
              "--max-steps", "10000000", "--eval-every", "1000000", "--dim", "8", "--negatives", "32"],
             stdout=subprocess.DEVNULL, stderr=err, text=True,
+            # A shell starts background jobs with SIGINT ignored, and Python then leaves it ignored
+            # in the child (no KeyboardInterrupt): give the child the default an interactive user has.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
