@@ -12,6 +12,7 @@ service/lifespan.py, the recommendation flow in service/recommender.py.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
@@ -19,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.types import Receive, Scope, Send
 
 import remi
-from service import limits, telemetry
+from service import fast_recommend, limits, telemetry
 from service.config import ServiceSettings
 from service.docs_ui import mount_offline_docs
 from service.http_guards import BodyLimitMiddleware, SafeJsonRoute, validation_error_handler
@@ -34,10 +35,18 @@ class RemiAPI(FastAPI):
     def __init__(self, request_limits: limits.RequestLimits, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.request_limits = request_limits
+        self.fast_path_max_body: int | None = None  # set by create_app when REMI_FAST_PATH is on
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with limits.applied(self.request_limits):
-            await super().__call__(scope, receive, send)
+            length = None
+            if self.fast_path_max_body is not None:
+                length = fast_recommend.eligible(scope, self.fast_path_max_body)
+            if length is None:
+                await super().__call__(scope, receive, send)
+            else:  # plain POST /recommend: service/fast_recommend.py
+                full_app = partial(FastAPI.__call__, self)
+                await fast_recommend.handle(full_app, self.state.remi, scope, receive, send, length)
 
     def openapi(self) -> dict[str, Any]:
         with limits.applied(self.request_limits):
@@ -57,6 +66,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.remi = State(settings)
+    if settings.fast_path:
+        app.fast_path_max_body = settings.max_body_bytes
     # Every route decodes JSON strictly and every 422 renders safely (service/http_guards.py).
     app.router.route_class = SafeJsonRoute
     app.add_exception_handler(RequestValidationError, validation_error_handler)

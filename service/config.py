@@ -77,6 +77,13 @@ class ServiceSettings(BaseSettings):
     faiss_threads: int = Field(1, ge=1, description="FAISS OpenMP threads per worker.")
     compute_threads: int = Field(2, ge=1, description="Threads running model + search off the event loop.")
     microbatch: bool = Field(True, description="Coalesce concurrent requests into one model + index call.")
+    fast_path: bool = Field(
+        True,
+        description=(
+            "Answer plain POST /recommend requests without the framework's per-request layers "
+            "(anything unusual still takes the full app: same answers, same errors)."
+        ),
+    )
     microbatch_wait_ms: float = Field(
         1.0, ge=0, description="Longest a request waits for others on their way to join its batch."
     )
