@@ -17,7 +17,8 @@ Every configuration is a real ``remi serve`` with 2 workers and micro-batching, 
 * ``ef``: + the index rebuilt by this code's reindex (efSearch calibrated on the model's
   interest vectors on the finer ladder), per HNSW M in --m;
 * ``answers``: + the recall gate on users' merged top-50 (``--recall-of answers``) at the last M;
-* ``sq8`` / ``fp16``: + compact storage, the beam re-ranked with the exact vectors (same gate).
+* ``sq8`` / ``fp16``: + compact storage, the beam re-ranked with the exact vectors (same gate);
+* ``fast ...``: + the fast path of POST /recommend (service/fast_recommend.py), on the last row's index.
 
 Each configuration also gets recall@50 of its merged answers against exact search over the same
 interest vectors and exclusions (in process, the same Engine, --recall-users users).
@@ -205,8 +206,13 @@ def measure(server: Any, args: argparse.Namespace, users_file: Path) -> dict[str
 def configurations(args: argparse.Namespace, base: Path, work: Path) -> list[dict[str, Any]]:
     """(label, code, root, env) of every configuration, in lever order; index roots built as needed."""
     art = args.trained.resolve()
-    dedup = {"REMI_INTEREST_DEDUP_COSINE": str(args.dedup_cosine), "REMI_INTEREST_MIN_WEIGHT": str(args.min_weight)}
-    off = {"REMI_INTEREST_DEDUP_COSINE": "1.0", "REMI_INTEREST_MIN_WEIGHT": "0.0"}
+    # Every lever row but the last runs without the fast path, so each row adds one lever.
+    dedup = {
+        "REMI_INTEREST_DEDUP_COSINE": str(args.dedup_cosine),
+        "REMI_INTEREST_MIN_WEIGHT": str(args.min_weight),
+        "REMI_FAST_PATH": "false",
+    }
+    off = {"REMI_INTEREST_DEDUP_COSINE": "1.0", "REMI_INTEREST_MIN_WEIGHT": "0.0", "REMI_FAST_PATH": "false"}
     configs: list[dict[str, Any]] = [
         {"label": "before", "code": base, "root": work / "root-main", "reindex": (base, []), "env": {}},
         {"label": "batch", "code": REPO, "root": work / "root-main", "reindex": (base, []), "env": off},
@@ -222,6 +228,9 @@ def configurations(args: argparse.Namespace, base: Path, work: Path) -> list[dic
     for storage in args.storage:
         configs.append({"label": f"{storage} M{m}", "code": REPO, "root": work / f"root-m{m}-answers-{storage}",
                         "reindex": (REPO, [*answers, "--hnsw-storage", storage]), "env": dedup})  # fmt: skip
+    last = configs[-1]
+    configs.append({**last, "label": f"fast {last['label']}", "env": {**last["env"], "REMI_FAST_PATH": "true"},
+                    "reindex": last["reindex"]})  # fmt: skip
     wanted = set(args.configs) if args.configs else None
     out = []
     for c in configs:

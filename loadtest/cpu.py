@@ -18,7 +18,7 @@ from pathlib import Path
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _stat_fields(pid: int | str) -> list[str]:
+def stat_fields(pid: int | str) -> list[str]:
     """Fields of /proc/<pid>/stat after the command name (which may hold spaces and parentheses)."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
@@ -29,7 +29,7 @@ def tree_cpu_seconds(pid: int) -> float:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                ppid = int(_stat_fields(entry)[1])
+                ppid = int(stat_fields(entry)[1])
             except OSError:
                 continue
             children.setdefault(ppid, []).append(int(entry))
@@ -37,7 +37,7 @@ def tree_cpu_seconds(pid: int) -> float:
     while todo:
         p = todo.pop()
         try:
-            fields = _stat_fields(p)
+            fields = stat_fields(p)
         except OSError:
             continue
         total += (int(fields[11]) + int(fields[12])) / CLK_TCK
