@@ -38,8 +38,8 @@ def _clustered_model_and_users(n_items: int = 4000, n_users: int = 300, topics: 
 @pytest.mark.parametrize("search", ["ivfpq", "hnsw"])
 def test_approximate_validation_is_close_to_exact(search: str) -> None:
     model, users = _clustered_model_and_users()
-    exact, _ = evaluate(model, users, ns=(50,))
-    approximate, _ = evaluate(model, users, ns=(50,), search=search)
+    exact, _, _ = evaluate(model, users, ns=(50,))
+    approximate, _, _ = evaluate(model, users, ns=(50,), search=search)
     assert exact["recall@50"] > 0.01  # the planted topics make it a real comparison
     assert approximate["recall@50"] == pytest.approx(exact["recall@50"], abs=0.02)
 

@@ -118,7 +118,7 @@ def test_short_sparse_adam_training_beats_the_untrained_model(synth_csv: Path, t
     assert result is not None
     seed_everything(cfg.seed)
     untrained = build_model(cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len)
-    before, _ = evaluate(untrained, prep.valid, ns=(50,))
+    before, _, _ = evaluate(untrained, prep.valid, ns=(50,))
     assert result.valid["recall@50"] > 1.5 * before["recall@50"]
     assert result.config.optimizer == "sparse-adam"
 
