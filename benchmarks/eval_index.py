@@ -93,7 +93,7 @@ def main() -> None:
     lists: dict[str, np.ndarray] = {}
     for search in args.search:
         t = time.perf_counter()
-        metrics, _ = evaluate(model, data, ns=(50,), search=search)
+        metrics, _, _ = evaluate(model, data, ns=(50,), search=search)
         seconds = time.perf_counter() - t
         lists[search] = top50(model, data, search)
         results[search] = {"seconds": round(seconds, 2), **metrics}

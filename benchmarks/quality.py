@@ -2,8 +2,9 @@
 
 For each dataset, model, scheme and seed it runs ``remi train`` (resuming finished runs), then
 reports the mean and spread over seeds of the test metrics of the best-valid checkpoint, the
-routing diagnostics and seconds per 1,000 steps. ``remi`` uses ``configs/<dataset>.json`` when it
-exists (settings chosen by ``remi tune`` on the valid users), else ``configs/default.json``.
+routing diagnostics, the list metrics (coverage@50, diversity@50, top interest share) and seconds
+per 1,000 steps. ``remi`` uses ``configs/<dataset>.json`` when it exists (settings chosen by
+``remi tune`` on the valid users), else ``configs/default.json``.
 
     python benchmarks/quality.py --datasets amazon_beauty --seeds 2021 2022 2023
 
@@ -23,7 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.report import ROUTING_KEYS, TEST_KEYS, md_table  # noqa: E402
+from benchmarks.report import LIST_KEYS, ROUTING_KEYS, TEST_KEYS, list_metric, md_table  # noqa: E402
 from benchmarks.runner import SHARED_DATA, Job, run_all  # noqa: E402
 from remi.contract import RUN_METRICS  # noqa: E402
 
@@ -95,6 +96,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     for (ds, model, scheme), runs in groups.items():
         test = {k: [r["result"]["test"][k] for r in runs] for k in TEST_KEYS}
         routing = {k: mean(r["result"]["routing"][k] for r in runs) for k in ROUTING_KEYS}
+        lists = {k: mean(list_metric(r["result"], k) for r in runs) for k in LIST_KEYS}
         s_per_1k = mean(r["result"]["seconds_per_1k_steps"] for r in runs)
         best_steps = [r["result"]["best_step"] for r in runs]
         summary.append(
@@ -106,6 +108,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
                 "test_mean": {k: mean(v) for k, v in test.items()},
                 "test_std": {k: pstdev(v) for k, v in test.items()},
                 "routing": routing,
+                "lists": lists,
                 "best_steps": best_steps,
                 "seconds_per_1k_steps": s_per_1k,
                 "popularity_test_recall@50": runs[0]["result"]["popularity_test"]["recall@50"],
@@ -119,6 +122,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
                 len(runs),
                 *[f"{mean(v):.4f} ± {pstdev(v):.4f}" for v in test.values()],
                 *[routing[k] for k in ROUTING_KEYS],
+                *[lists[k] for k in LIST_KEYS],
                 f"{mean(best_steps):.0f}",
                 s_per_1k,
             ]
@@ -131,6 +135,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "seeds",
         *[f"test {k}" for k in TEST_KEYS],
         *ROUTING_KEYS,
+        "coverage@50",
+        "diversity@50",
+        "top interest share@50",
         "best step (mean)",
         "s / 1k steps",
     ]
@@ -138,8 +145,12 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     text = (
         f"# Quality: sampled vs remi (step budgets: {budgets}; patience {args.patience} evaluations)\n\n"
         "Mean ± population std over seeds of the test metrics of the best-valid-Recall@50 checkpoint; "
-        "routing diagnostics on test users; seconds per 1,000 training steps with 1 torch thread per run "
-        "and two or three runs side by side on the 2-core machine (so only comparable within a dataset). "
+        "routing diagnostics on test users (interest_similarity: mean cosine of a user's K interests); "
+        "coverage@50 (distinct items in the test users' top-50 lists / catalogue), diversity@50 (mean "
+        "pairwise cosine distance of a list's item embeddings) and the share of a list supplied by the user's "
+        "most productive interest (1 = one interest supplies all, 1/K = even; docs/remi.md A.5); seconds "
+        "per 1,000 training steps with 1 torch thread per run and two or three runs side by side on the "
+        "2-core machine (so only comparable within a dataset). "
         "`remi` uses the tuned `configs/<dataset>.json`, `remi-default` the shipped `configs/default.json`.\n\n"
         + md_table(headers, rows)
     )

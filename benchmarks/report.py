@@ -12,6 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 TEST_KEYS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50")
 ROUTING_KEYS = ("effective_items", "collapsed_share", "interest_similarity")
+# what the test users' top-50 lists look like (docs/remi.md A.5): catalogue coverage, intra-list
+# diversity and the share of the list supplied by the user's most productive interest
+LIST_KEYS = ("coverage@50", "diversity@50", "interest_share_1@50")
+
+
+def list_metric(result: dict[str, Any], key: str) -> float:
+    """A list metric of a run's metrics.json; NaN for runs from before issue 12 §4 (no "lists")."""
+    return float(result.get("lists", {}).get(key, float("nan")))
 
 
 def md_table(headers: list[str], rows: list[list[Any]]) -> str:

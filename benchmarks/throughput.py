@@ -2,8 +2,9 @@
 
 Same model, data and threads; blocks of steps alternate between the variants so machine noise
 hits both alike. Default setting is the reference one: ComiRec-SA on amazon_beauty, d=64, K=4,
-L=20, batch 128, 1,280 negatives, dense Adam; `remi` with beta 1 and the default RR (lambda
-12,800, authors' normalisation). A fused IHN/RR was tried in issue 11 §2 and measured slower
+L=20, batch 128, 1,280 negatives, dense Adam; `remi` with beta 1 and the authors' RR (lambda
+12,800, authors' normalisation), IHN weights not detached (set explicitly: the defaults are now
+configs/default.json's). A fused IHN/RR was tried in issue 11 §2 and measured slower
 (results/throughput_fusion.md, commit b168c4d).
 
     python -m benchmarks.throughput                  # 1 thread and torch's default
@@ -40,7 +41,9 @@ def measure(prep: Any, base: TrainConfig, model_name: str, threads: int, block: 
     torch.set_num_threads(threads)
     configs = {
         "sampled": base.model_copy(update={"model": model_name, "scheme": "sampled"}),
-        "remi": base.model_copy(update={"model": model_name, "scheme": "remi", "beta": 1.0}),
+        "remi": base.model_copy(
+            update={"model": model_name, "scheme": "remi", "beta": 1.0, "lam": 12800.0, "ihn_detach": False}
+        ),
     }
     states = {}
     for name, cfg in configs.items():
@@ -127,7 +130,7 @@ def main() -> None:
     text = (
         f"# Training throughput on {args.dataset}: sampled vs remi\n\n"
         f"Batch {base.batch_size}, {base.negatives} negatives, d={base.dim}, K={base.interests}, L={base.seq_len}, "
-        f"dense Adam; remi with beta 1, lambda {base.lam:g} (authors' RR). Median of {args.rounds} alternating "
+        f"dense Adam; remi with beta 1, lambda 12800 (authors' RR, undetached). Median of {args.rounds} alternating "
         f"blocks of {args.block} steps per variant; default threads here: {default_threads}. A fused IHN/RR was "
         f"tried and measured slower (throughput_fusion.md). Overhead = sampled steps/s / "
         f"remi steps/s - 1 (the issue's goal: <= 10% at the default threads).\n\n"

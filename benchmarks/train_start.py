@@ -2,7 +2,7 @@
 
     python -m benchmarks.train_start --data /tmp/data-bench/taobao-100000000/interactions.parquet
 
-Runs `remi train --min-count 5 --max-steps 50 --optimizer sparse-adam --progress-seconds 2` in a
+Runs `remi train --scheme sampled --min-count 5 --max-steps 50 --optimizer sparse-adam --progress-seconds 2` in a
 subprocess, polls its RSS (/proc, every 0.5 s) and its stderr, and stops it 30 s after the first
 progress line (training speed at this catalogue size is benchmarks/sparse_optimizer.py's job).
 Reports the seconds to the training loop (the first progress line's time minus its "elapsed") and
@@ -46,8 +46,8 @@ def main() -> None:
     ap.add_argument("extra", nargs="*", help="more `remi train` flags (after --)")
     args = ap.parse_args()
     out = Path(tempfile.mkdtemp(prefix="remi-train-start-"))
-    cmd = [sys.executable, "-m", "cli", "train", "--data", args.data, "--min-count", "5", "--max-steps", "50",
-           "--optimizer", "sparse-adam", "--progress-seconds", "2", "--eval-every", "1000000",
+    cmd = [sys.executable, "-m", "cli", "train", "--data", args.data, "--scheme", "sampled", "--min-count", "5",
+           "--max-steps", "50", "--optimizer", "sparse-adam", "--progress-seconds", "2", "--eval-every", "1000000",
            "--out", str(out / "run"), *args.extra]  # fmt: skip
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)

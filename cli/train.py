@@ -58,7 +58,9 @@ def train_cmd(
     result = train(cfg, out, show_progress=progress, force=force)
     if result is None:  # a non-zero rank of a distributed run: rank 0 reports
         return
-    summary = {key: result.to_dict()[key] for key in ("test", "routing", "steps", "best_step", "train_seconds")}
+    summary = {
+        key: result.to_dict()[key] for key in ("test", "routing", "lists", "steps", "best_step", "train_seconds")
+    }
     typer.echo(json.dumps(summary, indent=2))
 
 

@@ -22,6 +22,9 @@ def synth_csv(synth_dir: Path) -> Path:
     return synth_dir / "interactions.csv.gz"
 
 
+# `remi` as it was before issue 12 made configs/default.json the default: the authors' beta, lambda
+# 12,800 and undetached IHN weights. Tests that trained `remi` with those defaults state them.
+AUTHORS_REMI = {"beta": 1.0, "lam": 12800.0, "ihn_detach": False}
 SMALL = {"max_steps": 1000, "eval_every": 250, "batch_size": 64, "negatives": 256, "dim": 32, "seed": 1}
 
 
@@ -32,8 +35,8 @@ def trained_run(synth_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     from training.trainer import train
 
     out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(data=str(synth_csv), scheme="remi", max_steps=300, eval_every=150, batch_size=64,
-                      negatives=256, dim=16, seed=1)  # fmt: skip
+    cfg = TrainConfig(data=str(synth_csv), scheme="remi", **AUTHORS_REMI, max_steps=300, eval_every=150,
+                      batch_size=64, negatives=256, dim=16, seed=1)  # fmt: skip
     train(cfg, out, show_progress=False)
     return out
 

@@ -58,13 +58,17 @@ class TrainConfig(BaseSettings):
     seq_len: int = Field(20, ge=1, description="History length L.")
 
     # scheme
-    scheme: SchemeName = Field("sampled", description="Training scheme (remi = ihn + rr).")
-    beta: float = Field(1.0, ge=0, description="IHN hardness beta (ihn, remi); 0 = plain sampled softmax.")
+    # The defaults of scheme, beta, lam, ihn_detach and lr are configs/default.json's "train" values
+    # (a test checks it), so a bare `remi train` trains the recommended model; beta, lam and
+    # ihn_detach are ignored by the schemes without their term (effective_beta, effective_lam), so
+    # `--scheme sampled` alone is the baseline (docs/remi.md A.7).
+    scheme: SchemeName = Field("remi", description="Training scheme (remi = ihn + rr; sampled = the baseline).")
+    beta: float = Field(0.05, ge=0, description="IHN hardness beta (ihn, remi); 0 = plain sampled softmax.")
     lam: float = Field(
-        12800.0, ge=0, description="RR weight lambda, per-user mean (authors' 100 summed over 128 = 12800)."
+        20000.0, ge=0, description="RR weight lambda (rr, remi), per-user mean (authors' 100 summed over 128 = 12800)."
     )
     ihn_scores: IhnScores = Field("raw", description="Scores the IHN weights are computed from.")
-    ihn_detach: bool = Field(False, description="Stop the gradient through the IHN weights.")
+    ihn_detach: bool = Field(True, description="Stop the gradient through the IHN weights (ihn, remi).")
     ihn_warmup: int = Field(0, ge=0, description="Steps over which beta ramps up linearly from 0.")
     remove_accidental_hits: bool = Field(False, description="Drop sampled negatives equal to the positive.")
     rr_norm: RrNorm = Field(

@@ -50,3 +50,29 @@ def routing_diagnostics(
     else:
         out["interest_similarity"] = 1.0
     return out
+
+
+def interest_shares(interest: np.ndarray, n_interests: int) -> dict[str, float]:
+    """Which interests a user's merged list comes from: the share of each, largest first, mean over users.
+
+    ``interest_share_1`` is the share of the list that the user's most productive interest
+    retrieved (1 = one interest supplies every item, 1/K = all contribute equally);
+    ``interest_share_k`` the k-th largest; ``interests_used`` how many interests supply at least one
+    item. Users with an empty list do not count.
+
+    Args:
+        interest: (U, N) index of the interest that produced each merged item (index/merge.py), -1
+            for an empty slot.
+    """
+    counts = np.stack([(interest == k).sum(-1) for k in range(n_interests)], axis=-1).astype(np.float64)
+    filled = counts.sum(-1)
+    keep = filled > 0
+    out = {f"interest_share_{k + 1}": float("nan") for k in range(n_interests)}
+    out["interests_used"] = float("nan")
+    if not keep.any():
+        return out
+    shares = -np.sort(-counts[keep] / filled[keep, None], axis=-1)  # (U, K), largest first
+    for k in range(n_interests):
+        out[f"interest_share_{k + 1}"] = float(shares[:, k].mean())
+    out["interests_used"] = float((counts[keep] > 0).sum(-1).mean())
+    return out

@@ -1,5 +1,6 @@
 """Offline evaluation (docs/remi.md A.4): interest vectors of held-out users, exact FAISS search
-per interest, global merge by score, ranking metrics and routing diagnostics.
+per interest, global merge by score, ranking metrics, routing diagnostics and what the lists
+look like (coverage, diversity, which interest supplied them; A.5).
 
 Validation during training may search an approximate index instead (``TrainConfig.eval_index``):
 exact search of every valid user's K interests over millions of items is what makes evaluation
@@ -19,9 +20,11 @@ from index.merge import merge_by_score
 from index.search import exact_index, search_interests
 from remi.contract import ItemVocabulary
 from training.data import EvalSet
-from training.diagnostics import routing_diagnostics
+from training.diagnostics import interest_shares, routing_diagnostics
 from training.models import MultiInterestModel
-from training.ranking import ranking_metrics
+from training.ranking import catalogue_coverage, intra_list_diversity, ranking_metrics
+
+Metrics = dict[str, float]
 
 
 @torch.no_grad()
@@ -63,8 +66,10 @@ def evaluate(
     exclude_history: bool = False,
     device: str = "cpu",
     search: str = "exact",
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Returns (ranking metrics, routing diagnostics) on an evaluation set.
+) -> tuple[Metrics, Metrics, Metrics]:
+    """Returns (ranking metrics, routing diagnostics, list metrics) on an evaluation set.
+
+    The list metrics describe the merged top max(ns) lists (:func:`list_metrics`).
 
     ``exclude_history`` drops items of the user's history window from the list (off for the
     protocol, which keeps repeats recommendable; on in the service). ``search``: exact, ivfpq or
@@ -81,8 +86,34 @@ def evaluate(
     if exclude_history:
         seen = (ids[:, :, :, None] == data.history[:, None, None, :]) & data.mask[:, None, None, :]
         ids = np.where(seen.any(-1), -1, ids)
-    merged, _, _ = merge_by_score(ids, scores, n_max)
-    return ranking_metrics(merged, data.truth, ns), routing_diagnostics(routing, data.mask, interest_vectors)
+    merged, _, interest = merge_by_score(ids, scores, n_max)
+    return (
+        ranking_metrics(merged, data.truth, ns),
+        routing_diagnostics(routing, data.mask, interest_vectors),
+        list_metrics(merged, interest, items, interest_vectors.shape[1]),
+    )
+
+
+def list_metrics(merged: np.ndarray, interest: np.ndarray, items: np.ndarray, n_interests: int) -> Metrics:
+    """What multi-interest retrieval is for, measured on the merged lists (docs/remi.md A.5, issue 12 §4).
+
+    ``coverage@N`` (distinct items recommended over all evaluated users / catalogue size),
+    ``diversity@N`` (mean pairwise cosine distance of a list's item embeddings, mean over users),
+    ``interest_share_k@N`` (share of the list from the user's k-th most productive interest) and
+    ``interests_used@N``, with N the lists' length.
+
+    Args:
+        merged: (U, N) item indices, -1 for empty slots; interest: (U, N) the interest behind each;
+        items: (I, d) item vectors by FAISS row.
+    """
+    n = merged.shape[1]
+    rows = np.where(merged >= 0, ItemVocabulary.indices_to_rows(merged), -1)
+    out = {
+        f"coverage@{n}": catalogue_coverage(rows, len(items), n),
+        f"diversity@{n}": intra_list_diversity(rows, items, n),
+    }
+    out.update({f"{name}@{n}": value for name, value in interest_shares(interest, n_interests).items()})
+    return out
 
 
 def popularity_metrics(popularity: np.ndarray, data: EvalSet, ns: tuple[int, ...] = (20, 50)) -> dict[str, float]:

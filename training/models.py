@@ -147,12 +147,19 @@ class CapsuleInterests(MultiInterestModel):
             logits = torch.zeros(b_sz, self.n_interests, length, device=h.device, dtype=h.dtype)
         valid = mask.unsqueeze(1).to(h.dtype)  # (B, 1, L)
         u_fixed = u_hat.detach()
-        for it in range(self.iterations):
+        # The routing matrix that RR regularises keeps the gradient of the last routing update,
+        # b_T = b_{T-1} + <û, squash(Σ c_{T-1} û)>, through û (docs/remi.md A.10): with every update
+        # detached, as in ComiRec, the coupling coefficients depend on no parameter and RR is a
+        # constant. The interests still use the coefficients' values only, so the softmax and IHN
+        # terms get exactly the gradients they had (a `sampled` run is unchanged).
+        routing_grad = torch.is_grad_enabled()
+        for it in range(self.iterations - 1):
             c = torch.softmax(logits, dim=1) * valid  # over interests; zero on padding
-            last = it == self.iterations - 1
-            v = squash((c.unsqueeze(-1) * (u_hat if last else u_fixed)).sum(2))  # (B, K, d)
-            if not last:
-                logits = logits + (u_fixed * v.unsqueeze(2)).sum(-1)
+            u = u_hat if routing_grad and it == self.iterations - 2 else u_fixed  # same values
+            v = squash((c.unsqueeze(-1) * u).sum(2))  # (B, K, d)
+            logits = logits + (u * v.unsqueeze(2)).sum(-1)
+        c = torch.softmax(logits, dim=1) * valid  # (B, K, L)
+        v = squash((c.detach().unsqueeze(-1) * u_hat).sum(2))  # (B, K, d), gradient through û only
         routing = c / c.sum(-1, keepdim=True).clamp_min(1e-12)  # renormalised over valid positions
         return v, routing
 

@@ -27,6 +27,7 @@ class EvalRecord:
     scores: ScoreStats | None  # score-scale diagnostics of the last batch that took them
     valid: Metrics
     routing: Metrics
+    lists: Metrics  # coverage, diversity and interest shares of the valid users' lists (docs/remi.md A.5)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +38,7 @@ class EvalRecord:
             "scores": asdict(self.scores) if self.scores else {},
             "valid": self.valid,
             "routing": self.routing,
+            "lists": self.lists,
         }
 
 
@@ -59,6 +61,8 @@ class TrainResult:
     valid: Metrics  # at 20 and 50
     test: Metrics
     routing: Metrics  # routing-collapse diagnostics on the test users (docs/remi.md A.5)
+    lists: Metrics  # coverage@50, diversity@50, interest shares of the test users' lists (A.5)
+    valid_lists: Metrics  # the same on the valid users
     popularity_test: Metrics  # the most-popular baseline on the same test users
     steps: int
     best_step: int  # the step of the checkpoint kept (best valid recall@50)
@@ -73,6 +77,8 @@ class TrainResult:
             "valid": self.valid,
             "test": self.test,
             "routing": self.routing,
+            "lists": self.lists,
+            "valid_lists": self.valid_lists,
             "popularity_test": self.popularity_test,
             "steps": self.steps,
             "best_step": self.best_step,

@@ -78,6 +78,12 @@ def evaluate_run(run_dir: str | Path, data: str | None = None) -> dict[str, Any]
             f"data has {prep.data.n_items} items after filtering but the model was trained on "
             f"{model.n_items} different or differently ordered items; evaluate on the training data"
         )
-    valid_metrics, _ = evaluate(model, prep.valid)
-    test_metrics, routing = evaluate(model, prep.test)
-    return {"valid": valid_metrics, "test": test_metrics, "routing": routing}
+    valid_metrics, _, valid_lists = evaluate(model, prep.valid)
+    test_metrics, routing, lists = evaluate(model, prep.test)
+    return {
+        "valid": valid_metrics,
+        "test": test_metrics,
+        "routing": routing,
+        "lists": lists,
+        "valid_lists": valid_lists,
+    }

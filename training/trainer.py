@@ -8,7 +8,7 @@ Run directory layout (names in remi.contract; read by ``remi evaluate`` and ``re
     RUN_WEIGHTS     model.pt       best state_dict (load with weights_only=True)
     RUN_ITEM_IDS    item_ids.txt   raw item id of each item index, in index order
     RUN_LOG         metrics.jsonl  one EvalRecord per evaluation during training
-    RUN_METRICS     metrics.json   the TrainResult: valid/test metrics, routing, steps, timings, config
+    RUN_METRICS     metrics.json   the TrainResult: valid/test metrics, routing, lists, steps, timings, config
 """
 
 from __future__ import annotations
@@ -300,8 +300,8 @@ def _evaluate(
 ) -> EvalRecord:
     """Valid recall@50 and routing now, with the training loss since the last evaluation (then reset)."""
     search = cfg.eval_search(prep.data.n_items)  # exact, or an approximate index at catalogue scale
-    metrics, routing = evaluate(model, prep.valid, ns=(50,), device=cfg.device, search=search)
-    record = EvalRecord(step, train_seconds, running.mean, running.rr_mean, running.scores, metrics, routing)
+    metrics, routing, lists = evaluate(model, prep.valid, ns=(50,), device=cfg.device, search=search)
+    record = EvalRecord(step, train_seconds, running.mean, running.rr_mean, running.scores, metrics, routing, lists)
     running.reset()
     return record
 
@@ -316,12 +316,14 @@ def _final_result(
     world: int,
 ) -> TrainResult:
     """The kept model scored on valid and test at 20 and 50, beside the popularity baseline."""
-    valid_metrics, _ = evaluate(model, prep.valid, device=cfg.device)
-    test_metrics, routing = evaluate(model, prep.test, device=cfg.device)
+    valid_metrics, _, valid_lists = evaluate(model, prep.valid, device=cfg.device)
+    test_metrics, routing, lists = evaluate(model, prep.test, device=cfg.device)
     return TrainResult(
         valid=valid_metrics,
         test=test_metrics,
         routing=routing,
+        lists=lists,
+        valid_lists=valid_lists,
         popularity_test=popularity_metrics(prep.data.item_popularity(prep.split.train), prep.test),
         steps=steps,
         best_step=best_step,

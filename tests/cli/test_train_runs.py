@@ -13,7 +13,20 @@ from pathlib import Path
 
 import pytest
 
-TINY = ["--max-steps", "400", "--eval-every", "200", "--dim", "8", "--negatives", "32", "--batch-size", "32"]
+TINY = [
+    "--scheme",
+    "sampled",
+    "--max-steps",
+    "400",
+    "--eval-every",
+    "200",
+    "--dim",
+    "8",
+    "--negatives",
+    "32",
+    "--batch-size",
+    "32",
+]
 
 
 def remi(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
@@ -96,7 +109,8 @@ def test_interrupted_train_leaves_no_partial_run_and_keeps_the_replaced_one(synt
     with err_path.open("w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cli", "train", "--data", str(synth_csv), "--out", str(out), "--force",
-             "--max-steps", "10000000", "--eval-every", "1000000", "--dim", "8", "--negatives", "32"],
+             "--scheme", "sampled", "--max-steps", "10000000", "--eval-every", "1000000", "--dim", "8",
+             "--negatives", "32"],
             stdout=subprocess.DEVNULL, stderr=err, text=True,
             # A shell starts background jobs with SIGINT ignored, and Python then leaves it ignored
             # in the child (no KeyboardInterrupt): give the child the default an interactive user has.

@@ -339,6 +339,7 @@ def test_a_converted_movielens_file_trains(tmp_path: Path) -> None:
     assert json.loads(proc.stdout)["rows_written"] == 720
     assert pd.read_csv(data, dtype=str).shape == (720, 3)
     proc = remi("train", "--data", str(data), "--out", str(tmp_path / "run"), "--max-steps", "20", "--eval-every", "10",
-                "--dim", "8", "--min-count", "1", "--negatives", "32", "--batch-size", "32")  # fmt: skip
+                "--scheme", "sampled", "--dim", "8", "--min-count", "1", "--negatives", "32",
+                "--batch-size", "32")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 20

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from training.diagnostics import routing_diagnostics
+from training.diagnostics import interest_shares, routing_diagnostics
 
 
 def test_routing_diagnostics_tell_collapse_from_spread() -> None:
@@ -18,3 +18,31 @@ def test_routing_diagnostics_tell_collapse_from_spread() -> None:
     assert c["interest_similarity"] == pytest.approx(0.0)
     same = routing_diagnostics(spread, mask, np.array([[[1.0, 1.0], [2.0, 2.0]]]))
     assert same["interest_similarity"] == pytest.approx(1.0)
+
+
+def test_interest_shares_sort_each_users_contributions_then_average() -> None:
+    interest = np.array(
+        [
+            [0, 0, 0, 1],  # shares 3/4, 1/4, 0
+            [2, 2, 2, 2],  # one interest supplies everything: 1, 0, 0
+            [1, 0, 2, -1],  # three filled slots: 1/3 each
+            [-1, -1, -1, -1],  # empty list: not counted
+        ]
+    )
+    s = interest_shares(interest, n_interests=3)
+    assert s["interest_share_1"] == pytest.approx((3 / 4 + 1 + 1 / 3) / 3)
+    assert s["interest_share_2"] == pytest.approx((1 / 4 + 0 + 1 / 3) / 3)
+    assert s["interest_share_3"] == pytest.approx((0 + 0 + 1 / 3) / 3)
+    assert s["interests_used"] == pytest.approx((2 + 1 + 3) / 3)
+
+
+def test_list_metrics_read_item_indices_and_the_interest_behind_each() -> None:
+    from training.evaluate import list_metrics
+
+    items = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 2.0]])  # FAISS rows 0..3 = item indices 1..4
+    merged = np.array([[1, 2], [1, 3]])  # user 0: orthogonal items; user 1: parallel items
+    interest = np.array([[0, 1], [1, 1]])
+    m = list_metrics(merged, interest, items, n_interests=2)
+    assert m["coverage@2"] == pytest.approx(3 / 4)
+    assert m["diversity@2"] == pytest.approx((1 + 0) / 2)
+    assert m["interest_share_1@2"] == pytest.approx((1 / 2 + 1) / 2) and m["interests_used@2"] == 1.5

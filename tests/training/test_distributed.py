@@ -20,8 +20,8 @@ from training.distributed import Ranks
 from training.runs import load_run
 
 # one thread per process everywhere, so every run below does its float sums in the same order
-ARGS = ["--max-steps", "120", "--eval-every", "60", "--dim", "16", "--batch-size", "64", "--negatives", "256",
-        "--seed", "3", "--no-progress", "--threads", "1"]  # fmt: skip
+ARGS = ["--scheme", "sampled", "--max-steps", "120", "--eval-every", "60", "--dim", "16", "--batch-size", "64",
+        "--negatives", "256", "--seed", "3", "--no-progress", "--threads", "1"]  # fmt: skip
 RUN_FILES = {"config.json", "item_ids.txt", "metrics.json", "metrics.jsonl", "model.pt"}
 
 

@@ -38,8 +38,8 @@ def _clustered_model_and_users(n_items: int = 4000, n_users: int = 300, topics: 
 @pytest.mark.parametrize("search", ["ivfpq", "hnsw"])
 def test_approximate_validation_is_close_to_exact(search: str) -> None:
     model, users = _clustered_model_and_users()
-    exact, _ = evaluate(model, users, ns=(50,))
-    approximate, _ = evaluate(model, users, ns=(50,), search=search)
+    exact, _, _ = evaluate(model, users, ns=(50,))
+    approximate, _, _ = evaluate(model, users, ns=(50,), search=search)
     assert exact["recall@50"] > 0.01  # the planted topics make it a real comparison
     assert approximate["recall@50"] == pytest.approx(exact["recall@50"], abs=0.02)
 
@@ -72,8 +72,8 @@ def test_training_validates_with_the_chosen_search_and_scores_the_final_model_ex
         return real(*args, search=search, **kwargs)
 
     monkeypatch.setattr(training.trainer, "evaluate", recording)
-    cfg = TrainConfig(data=str(synth_csv), max_steps=20, eval_every=10, batch_size=32, negatives=64, dim=8,
-                      eval_exact_max_items=10)  # fmt: skip
+    cfg = TrainConfig(data=str(synth_csv), scheme="sampled", max_steps=20, eval_every=10, batch_size=32, negatives=64,
+                      dim=8, eval_exact_max_items=10)  # fmt: skip
     result = training.trainer.train(cfg, tmp_path / "run", show_progress=False)
     assert result is not None
     assert searches == ["ivfpq", "ivfpq", "exact", "exact"]  # two validations, then final valid and test

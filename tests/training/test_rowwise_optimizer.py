@@ -15,6 +15,7 @@ import torch
 from pydantic import ValidationError
 
 from remi.errors import RemiError
+from tests.conftest import AUTHORS_REMI
 from tests.training.test_distributed import remi_train
 from tests.training.test_sparse_optimizer import N_ITEMS, D, L, _batch, _step
 from training.config import ROWWISE_ADAGRAD_LR, TrainConfig, load_config
@@ -66,7 +67,9 @@ def test_unique_rows_sums_duplicates_and_passes_coalesced_gradients_through() ->
 @pytest.mark.parametrize("model_name", ["comirec-sa", "comirec-dr", "mind", "dnn"])
 @pytest.mark.parametrize("scheme", ["sampled", "remi"])
 def test_one_step_changes_exactly_the_rows_the_batch_touches(model_name: str, scheme: str) -> None:
-    cfg = TrainConfig(optimizer="rowwise-adagrad", scheme=scheme, emb_l2=0.01, interests=2, seq_len=L, dim=D)
+    cfg = TrainConfig(
+        optimizer="rowwise-adagrad", scheme=scheme, emb_l2=0.01, interests=2, seq_len=L, dim=D, **AUTHORS_REMI
+    )
     torch.manual_seed(0)
     before = build_model(model_name, N_ITEMS, D, 2, L).item_emb.weight.detach().clone()
     after = _step(cfg, model_name, sparse=True).item_emb.weight.detach()
@@ -77,7 +80,7 @@ def test_one_step_changes_exactly_the_rows_the_batch_touches(model_name: str, sc
 
 
 def test_state_is_one_scalar_per_table_row() -> None:
-    cfg = TrainConfig(optimizer="rowwise-adagrad", interests=2, seq_len=L, dim=D)
+    cfg = TrainConfig(optimizer="rowwise-adagrad", scheme="sampled", interests=2, seq_len=L, dim=D)
     model = build_model("comirec-sa", N_ITEMS, D, 2, L, sparse_items=True)
     optim = build_optimizers(model, cfg)
     table = model.item_emb.weight
@@ -98,13 +101,13 @@ def test_rowwise_adagrad_needs_a_sparse_item_table() -> None:
 
 def test_short_rowwise_adagrad_training_beats_the_untrained_model(synth_csv: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(data=str(synth_csv), optimizer="rowwise-adagrad", scheme="remi", max_steps=600, eval_every=300,
-                      batch_size=64, negatives=256, dim=16, seed=1)  # fmt: skip
+                      batch_size=64, negatives=256, dim=16, seed=1, **AUTHORS_REMI)  # fmt: skip
     prep = prepare(cfg)
     result = train(cfg, tmp_path / "run", prepared=prep, show_progress=False)
     assert result is not None and result.config.optimizer == "rowwise-adagrad"
     seed_everything(cfg.seed)
     untrained = build_model(cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len)
-    before, _ = evaluate(untrained, prep.valid, ns=(50,))
+    before, _, _ = evaluate(untrained, prep.valid, ns=(50,))
     assert result.valid["recall@50"] > 1.5 * before["recall@50"]
 
 

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from remi.contract import ItemVocabulary
 from remi.errors import RemiError
+from tests.conftest import AUTHORS_REMI
 from tests.training.test_distributed import remi_train
 from training.config import TrainConfig, load_config
 from training.evaluate import evaluate
@@ -51,7 +52,9 @@ def _step(cfg: TrainConfig, model_name: str = "comirec-sa", sparse: bool | None 
 @pytest.mark.parametrize("model_name", ["comirec-sa", "comirec-dr", "mind", "dnn"])
 @pytest.mark.parametrize("scheme", ["sampled", "remi"])
 def test_one_step_changes_exactly_the_rows_the_batch_touches(model_name: str, scheme: str) -> None:
-    cfg = TrainConfig(optimizer="sparse-adam", scheme=scheme, emb_l2=0.01, interests=2, seq_len=L, dim=D)
+    cfg = TrainConfig(
+        optimizer="sparse-adam", scheme=scheme, emb_l2=0.01, interests=2, seq_len=L, dim=D, **AUTHORS_REMI
+    )
     torch.manual_seed(0)
     before = build_model(model_name, N_ITEMS, D, 2, L).item_emb.weight.detach().clone()
     after = _step(cfg, model_name).item_emb.weight.detach()
@@ -62,7 +65,7 @@ def test_one_step_changes_exactly_the_rows_the_batch_touches(model_name: str, sc
 
 
 def test_the_item_gradient_is_sparse_with_only_the_batch_rows() -> None:
-    cfg = TrainConfig(optimizer="sparse-adam", scheme="remi", interests=2, seq_len=L, dim=D)
+    cfg = TrainConfig(optimizer="sparse-adam", scheme="remi", interests=2, seq_len=L, dim=D, **AUTHORS_REMI)
     model = build_model("comirec-sa", N_ITEMS, D, 2, L, sparse_items=True)
     batch, negatives = _batch()
     TrainingScheme.from_config(cfg).step_loss(model, batch, negatives, step=0, with_scores=True).total.backward()
@@ -73,7 +76,7 @@ def test_the_item_gradient_is_sparse_with_only_the_batch_rows() -> None:
 
 def test_default_optimizer_is_the_dense_fused_adam_it_always_was() -> None:
     """Bit for bit: build_optimizers("adam") against the optimiser the trainer used to create."""
-    cfg = TrainConfig(interests=2, seq_len=L, dim=D, lr=0.01, weight_decay=0.001)
+    cfg = TrainConfig(scheme="sampled", interests=2, seq_len=L, dim=D, lr=0.01, weight_decay=0.001)
     assert cfg.optimizer == "adam"
     new = _step(cfg)
     torch.manual_seed(0)
@@ -90,7 +93,15 @@ def test_default_optimizer_is_the_dense_fused_adam_it_always_was() -> None:
 
 
 def test_adam_explicit_and_default_train_identically(synth_csv: Path, tmp_path: Path) -> None:
-    small = {"max_steps": 40, "eval_every": 40, "batch_size": 32, "negatives": 64, "dim": 8, "seed": 2}
+    small = {
+        "scheme": "sampled",
+        "max_steps": 40,
+        "eval_every": 40,
+        "batch_size": 32,
+        "negatives": 64,
+        "dim": 8,
+        "seed": 2,
+    }
     default = train(TrainConfig(data=str(synth_csv), **small), tmp_path / "a", show_progress=False)
     explicit = train(TrainConfig(data=str(synth_csv), optimizer="adam", **small), tmp_path / "b", show_progress=False)
     assert default is not None and explicit is not None
@@ -101,13 +112,13 @@ def test_adam_explicit_and_default_train_identically(synth_csv: Path, tmp_path: 
 
 def test_short_sparse_adam_training_beats_the_untrained_model(synth_csv: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(data=str(synth_csv), optimizer="sparse-adam", scheme="remi", max_steps=600, eval_every=300,
-                      batch_size=64, negatives=256, dim=16, seed=1)  # fmt: skip
+                      batch_size=64, negatives=256, dim=16, seed=1, **AUTHORS_REMI)  # fmt: skip
     prep = prepare(cfg)
     result = train(cfg, tmp_path / "run", prepared=prep, show_progress=False)
     assert result is not None
     seed_everything(cfg.seed)
     untrained = build_model(cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len)
-    before, _ = evaluate(untrained, prep.valid, ns=(50,))
+    before, _, _ = evaluate(untrained, prep.valid, ns=(50,))
     assert result.valid["recall@50"] > 1.5 * before["recall@50"]
     assert result.config.optimizer == "sparse-adam"
 

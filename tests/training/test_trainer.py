@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from remi.contract import ItemVocabulary
-from tests.conftest import SMALL
+from tests.conftest import AUTHORS_REMI, SMALL
 from training.config import TrainConfig
 from training.evaluate import user_interest_vectors
 from training.models import build_model
@@ -25,7 +25,7 @@ def _train(cfg: TrainConfig, out: Path) -> TrainResult:
 @pytest.fixture(scope="module")
 def sa_run(synth_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainResult]:
     out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(data=str(synth_csv), model="comirec-sa", scheme="remi", lam=100.0, **SMALL)
+    cfg = TrainConfig(data=str(synth_csv), model="comirec-sa", scheme="remi", **{**AUTHORS_REMI, "lam": 100.0}, **SMALL)
     return out, _train(cfg, out)
 
 
@@ -37,10 +37,15 @@ def test_run_directory_has_checkpoint_config_log_and_metrics(sa_run: tuple[Path,
     assert saved == json.loads(json.dumps(result.to_dict()))  # the typed result is what the file holds
     assert set(saved["test"]) == {"recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50"}
     assert {"effective_items", "collapsed_share", "interest_similarity"} <= set(saved["routing"])
+    lists = {"coverage@50", "diversity@50", "interests_used@50", *(f"interest_share_{k}@50" for k in (1, 2, 3, 4))}
+    assert set(saved["lists"]) == set(saved["valid_lists"]) == lists
+    assert 0 < saved["lists"]["coverage@50"] <= 1 and 0 < saved["lists"]["diversity@50"] <= 2
+    assert sum(saved["lists"][f"interest_share_{k}@50"] for k in (1, 2, 3, 4)) == pytest.approx(1.0)
     assert saved["steps"] == SMALL["max_steps"] and saved["train_seconds"] > 0
     assert saved["config"]["scheme"] == "remi"
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [250, 500, 750, 1000]
+    assert all(set(r["lists"]) == lists for r in log)  # valid users at every evaluation
 
 
 def test_training_on_planted_data_beats_popularity_by_far(sa_run: tuple[Path, TrainResult]) -> None:
@@ -95,7 +100,11 @@ def test_interests_recover_the_planted_topics(sa_run: tuple[Path, TrainResult], 
 @pytest.mark.parametrize("model", ["comirec-dr", "mind", "dnn"])
 def test_every_backbone_trains_with_remi(model: str, synth_csv: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(
-        data=str(synth_csv), model=model, scheme="remi", lam=100.0, **{**SMALL, "max_steps": 200, "eval_every": 100}
+        data=str(synth_csv),
+        model=model,
+        scheme="remi",
+        **{**AUTHORS_REMI, "lam": 100.0},
+        **{**SMALL, "max_steps": 200, "eval_every": 100},
     )
     result = _train(cfg, tmp_path)
     assert np.isfinite(result.test["recall@50"]) and result.test["recall@50"] > 0
@@ -104,7 +113,11 @@ def test_every_backbone_trains_with_remi(model: str, synth_csv: Path, tmp_path: 
 
 def test_same_seed_gives_the_same_run(synth_csv: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(
-        data=str(synth_csv), scheme="remi", lam=100.0, **{**SMALL, "max_steps": 60, "eval_every": 30}, threads=1
+        data=str(synth_csv),
+        scheme="remi",
+        **{**AUTHORS_REMI, "lam": 100.0},
+        **{**SMALL, "max_steps": 60, "eval_every": 30},
+        threads=1,
     )
     a = _train(cfg, tmp_path / "a")
     b = _train(cfg, tmp_path / "b")
@@ -112,14 +125,21 @@ def test_same_seed_gives_the_same_run(synth_csv: Path, tmp_path: Path) -> None:
 
 
 def test_early_stopping_stops_after_patience(synth_csv: Path, tmp_path: Path) -> None:
-    cfg = TrainConfig(data=str(synth_csv), **{**SMALL, "max_steps": 5000, "eval_every": 10, "patience": 2, "lr": 1e-7})
+    cfg = TrainConfig(
+        data=str(synth_csv),
+        scheme="sampled",
+        **{**SMALL, "max_steps": 5000, "eval_every": 10, "patience": 2, "lr": 1e-7},
+    )
     result = _train(cfg, tmp_path)
     assert result.steps < 5000
 
 
 def test_wall_clock_budget_stops_training_and_still_evaluates(synth_csv: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(
-        data=str(synth_csv), **{**SMALL, "max_steps": 10_000_000, "eval_every": 1_000_000}, max_minutes=0.05
+        data=str(synth_csv),
+        scheme="sampled",
+        **{**SMALL, "max_steps": 10_000_000, "eval_every": 1_000_000},
+        max_minutes=0.05,
     )
     result = _train(cfg, tmp_path)
     assert 0 < result.steps < 10_000_000
@@ -131,7 +151,7 @@ def test_embedding_l2_penalty_grows_linearly_with_its_weight(synth_csv: Path) ->
     from training.data import TrainSampler
     from training.scheme import TrainBatch, TrainingScheme
 
-    cfg = TrainConfig(data=str(synth_csv), **SMALL)
+    cfg = TrainConfig(data=str(synth_csv), scheme="sampled", **SMALL)
     prep = prepare(cfg)
     torch.manual_seed(0)
     model = build_model(cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len)
@@ -149,6 +169,8 @@ def test_catalogue_smaller_than_the_cutoff_trains_and_evaluates(tmp_path: Path) 
     from training.synth import SynthConfig, write
 
     data = write(SynthConfig(users=200, items=40, topics=4, min_len=8, max_len=20, seed=3), tmp_path / "d")
-    cfg = TrainConfig(data=str(data), max_steps=20, eval_every=10, batch_size=32, negatives=16, dim=8, min_count=1)
+    cfg = TrainConfig(
+        data=str(data), scheme="sampled", max_steps=20, eval_every=10, batch_size=32, negatives=16, dim=8, min_count=1
+    )
     result = _train(cfg, tmp_path / "run")
     assert 0 < result.test["recall@50"] <= 1 and 0 < result.popularity_test["recall@50"] <= 1
