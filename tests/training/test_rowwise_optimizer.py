@@ -7,7 +7,6 @@ sparse-adam, and its settings are validated.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from pydantic import ValidationError
 
 from remi.errors import RemiError
 from tests.conftest import AUTHORS_REMI
-from tests.training.test_distributed import remi_train
 from tests.training.test_sparse_optimizer import N_ITEMS, D, L, _batch, _step
 from training.config import ROWWISE_ADAGRAD_LR, TrainConfig, load_config
 from training.evaluate import evaluate
@@ -109,27 +107,6 @@ def test_short_rowwise_adagrad_training_beats_the_untrained_model(synth_csv: Pat
     untrained = build_model(cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len)
     before, _, _ = evaluate(untrained, prep.valid, ns=(50,))
     assert result.valid["recall@50"] > 1.5 * before["recall@50"]
-
-
-def test_two_cpu_processes_match_one_with_rowwise_adagrad(synth_csv: Path, tmp_path: Path) -> None:
-    """DDP all-reduces the sparse item gradients over gloo; the optimiser sums what it gets per row."""
-    single = remi_train(synth_csv, tmp_path / "single", "--optimizer", "rowwise-adagrad", "--threads", "1")
-    assert single.returncode == 0, single.stderr[-2000:]
-    double = remi_train(synth_csv, tmp_path / "double", "--optimizer", "rowwise-adagrad", "--nproc", "2")
-    assert double.returncode == 0, double.stderr[-2000:]
-    one, two = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("single", "double"))
-    assert two["processes"] == 2
-    for key, value in one["valid"].items():
-        assert two["valid"][key] == pytest.approx(value, abs=2e-3), key
-
-
-def test_several_gpu_processes_are_refused_with_rowwise_adagrad(
-    synth_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    cfg = TrainConfig(data=str(synth_csv), optimizer="rowwise-adagrad", device="cuda")
-    with pytest.raises(RemiError, match="rowwise-adagrad with --nproc"):
-        train(cfg, tmp_path / "run", show_progress=False)
 
 
 def test_item_lr_and_weight_decay_are_validated() -> None:

@@ -131,21 +131,24 @@ def test_weight_decay_is_refused_with_sparse_adam() -> None:
     TrainConfig(optimizer="sparse-adam", emb_l2=1e-4)  # the item-norm penalty is the one that applies
 
 
-def test_several_gpu_processes_are_refused_with_sparse_adam(
-    synth_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("optimizer", ["sparse-adam", "rowwise-adagrad"])
+def test_several_gpu_processes_are_refused_with_a_sparse_optimizer(
+    synth_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimizer: str
 ) -> None:
     """nccl has no sparse all-reduce; refused before joining any group."""
     monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets
-    cfg = TrainConfig(data=str(synth_csv), optimizer="sparse-adam", device="cuda")
-    with pytest.raises(RemiError, match="--nproc"):
+    cfg = TrainConfig(data=str(synth_csv), optimizer=optimizer, device="cuda")
+    with pytest.raises(RemiError, match=f"--optimizer {optimizer} with --nproc"):
         train(cfg, tmp_path / "run", show_progress=False)
 
 
-def test_two_cpu_processes_match_one_with_sparse_adam(synth_csv: Path, tmp_path: Path) -> None:
-    """DDP all-reduces the sparse item gradients over gloo: the same training as one process."""
-    single = remi_train(synth_csv, tmp_path / "single", "--optimizer", "sparse-adam", "--threads", "1")
+@pytest.mark.parametrize("optimizer", ["sparse-adam", "rowwise-adagrad"])
+def test_two_cpu_processes_match_one_with_a_sparse_optimizer(synth_csv: Path, tmp_path: Path, optimizer: str) -> None:
+    """DDP all-reduces the sparse item gradients over gloo (the optimiser sums what it gets per
+    row): the same training as one process."""
+    single = remi_train(synth_csv, tmp_path / "single", "--optimizer", optimizer, "--threads", "1")
     assert single.returncode == 0, single.stderr[-2000:]
-    double = remi_train(synth_csv, tmp_path / "double", "--optimizer", "sparse-adam", "--nproc", "2")
+    double = remi_train(synth_csv, tmp_path / "double", "--optimizer", optimizer, "--nproc", "2")
     assert double.returncode == 0, double.stderr[-2000:]
     one, two = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("single", "double"))
     assert two["processes"] == 2
