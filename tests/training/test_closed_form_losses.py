@@ -148,10 +148,10 @@ def _train(cfg: TrainConfig, steps: int = 30) -> tuple[list[float], list[torch.T
 
 
 SETTINGS = {
-    "authors": {"scheme": "remi", "beta": 1.0, "lam": 12800.0},
+    "authors": {"scheme": "remi", "beta": 1.0, "lam": 12800.0, "ihn_detach": False},
     "shipped": {"scheme": "remi", "beta": 0.05, "lam": 20000.0, "ihn_detach": True},
     "hits-warmup-cosine": {
-        "scheme": "remi", "beta": 0.5, "ihn_warmup": 10, "ihn_scores": "cosine",
+        "scheme": "remi", "beta": 0.5, "lam": 100.0, "ihn_detach": False, "ihn_warmup": 10, "ihn_scores": "cosine",
         "remove_accidental_hits": True, "rr_norm": "valid",
     },
 }  # fmt: skip
