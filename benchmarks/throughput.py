@@ -2,13 +2,18 @@
 
 Same model, data and threads; blocks of steps alternate between the variants so machine noise
 hits both alike. Default setting is the reference one: ComiRec-SA on amazon_beauty, d=64, K=4,
-L=20, batch 128, 1,280 negatives, dense Adam; `remi` with beta 1 and the authors' RR (lambda
-12,800, authors' normalisation), IHN weights not detached (set explicitly: the defaults are now
-configs/default.json's). A fused IHN/RR was tried in issue 11 §2 and measured slower
-(results/throughput_fusion.md, commit b168c4d).
+L=20, batch 128, 1,280 negatives, dense Adam. Variants:
+
+    sampled       plain sampled softmax
+    remi          beta 1, undetached raw-score weights, RR lambda 12,800 (the authors' setting)
+    remi-default  the shipped configs/default.json (beta 0.05, detached weights, lambda 20,000)
+
+``--before`` adds `remi-before` and `remi-default-before`: the same settings with the plain
+autograd IHN and RR of training/loss_reference.py, i.e. the code before issue 11 §2 wrote their
+gradients out, timed in the same run.
 
     python -m benchmarks.throughput                  # 1 thread and torch's default
-    python -m benchmarks.throughput --threads 2
+    python -m benchmarks.throughput --threads 2 1 --before
 
 Writes benchmarks/results/throughput.json and throughput.md.
 """
@@ -16,35 +21,67 @@ Writes benchmarks/results/throughput.json and throughput.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 import torch
 
+import training.scheme
 from benchmarks.report import md_table
 from benchmarks.runner import SHARED_DATA
-from training.config import TrainConfig
+from training import loss_reference
+from training.config import TrainConfig, load_config
 from training.data import TrainSampler
 from training.models import build_model
 from training.prepare import prepare
 from training.scheme import TrainBatch, TrainingScheme
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ("sampled", "remi")
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.json"
+BEFORE = "-before"
 
 
-def measure(prep: Any, base: TrainConfig, model_name: str, threads: int, block: int, rounds: int) -> dict[str, Any]:
-    torch.set_num_threads(threads)
+def variant_configs(base: TrainConfig, model_name: str, before: bool) -> dict[str, TrainConfig]:
+    """The timed settings, `sampled` first (the reference of every overhead)."""
+    shipped = load_config(DEFAULT_CONFIG).model_dump(include={"scheme", "beta", "lam", "ihn_detach", "ihn_scores"})
     configs = {
         "sampled": base.model_copy(update={"model": model_name, "scheme": "sampled"}),
-        "remi": base.model_copy(
+        "remi": base.model_copy(  # set in full: the defaults are configs/default.json's
             update={"model": model_name, "scheme": "remi", "beta": 1.0, "lam": 12800.0, "ihn_detach": False}
         ),
+        "remi-default": base.model_copy(update={"model": model_name, **shipped}),
     }
+    if before:
+        configs |= {name + BEFORE: configs[name] for name in ("remi", "remi-default")}
+    return configs
+
+
+@contextlib.contextmanager
+def loss_code(variant: str) -> Iterator[None]:
+    """The scheme's IHN and RR functions for a variant: the pre-issue-11 autograd form for `-before`."""
+    if not variant.endswith(BEFORE):
+        yield
+        return
+    saved = training.scheme.ihn_loss, training.scheme.routing_regularization
+    training.scheme.ihn_loss = loss_reference.ihn_loss  # type: ignore[assignment]
+    training.scheme.routing_regularization = loss_reference.routing_regularization
+    try:
+        yield
+    finally:
+        training.scheme.ihn_loss, training.scheme.routing_regularization = saved  # type: ignore[assignment]
+
+
+def measure(
+    prep: Any, base: TrainConfig, model_name: str, threads: int, block: int, rounds: int, before: bool
+) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    configs = variant_configs(base, model_name, before)
     states = {}
     for name, cfg in configs.items():
         torch.manual_seed(0)
@@ -56,24 +93,28 @@ def measure(prep: Any, base: TrainConfig, model_name: str, threads: int, block: 
     vocab = prep.data.vocabulary
     for rnd in range(rounds + 1):  # round 0 warms up
         for name, (cfg, model, optim, sampler, scheme) in states.items():
-            t = time.perf_counter()
-            for _ in range(block):
-                hist, mask, target = sampler.sample(cfg.batch_size)
-                negatives = torch.randint(vocab.first_index(), vocab.index_stop(), (cfg.negatives,))
-                batch = TrainBatch(torch.from_numpy(hist), torch.from_numpy(mask), torch.from_numpy(target))
-                loss = scheme.step_loss(model, batch, negatives, step=1).total
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-            if rnd:
-                rates[name].append(block / (time.perf_counter() - t))
+            with loss_code(name):
+                t = time.perf_counter()
+                for _ in range(block):
+                    hist, mask, target = sampler.sample(cfg.batch_size)
+                    negatives = torch.randint(vocab.first_index(), vocab.index_stop(), (cfg.negatives,))
+                    batch = TrainBatch(torch.from_numpy(hist), torch.from_numpy(mask), torch.from_numpy(target))
+                    loss = scheme.step_loss(model, batch, negatives, step=1).total
+                    optim.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optim.step()
+                if rnd:
+                    rates[name].append(block / (time.perf_counter() - t))
     med = {k: median(v) for k, v in rates.items()}
+    overhead = {k: med["sampled"] / v - 1 for k, v in med.items() if k != "sampled"}
     return {
         "model": model_name,
         "threads": threads,
         "steps_per_s": med,
         "all": rates,
-        "remi_overhead": med["sampled"] / med["remi"] - 1,
+        "overhead": overhead,
+        "remi_overhead": overhead["remi"],
+        "settings": {k: cfg.model_dump(include={"scheme", "beta", "lam", "ihn_detach"}) for k, cfg in configs.items()},
     }
 
 
@@ -86,6 +127,7 @@ def main() -> None:
     )
     ap.add_argument("--block", type=int, default=300, help="steps per timed block")
     ap.add_argument("--rounds", type=int, default=5, help="alternating blocks per variant")
+    ap.add_argument("--before", action="store_true", help="also time the pre-issue-11 IHN/RR code")
     args = ap.parse_args()
     default_threads = torch.get_num_threads()
     thread_settings = args.threads or sorted({1, default_threads})
@@ -96,22 +138,25 @@ def main() -> None:
     out, rows = [], []
     for threads in thread_settings:
         for model_name in args.models:
-            r = measure(prep, base, model_name, threads, args.block, args.rounds)
+            r = measure(prep, base, model_name, threads, args.block, args.rounds, args.before)
             out.append(r)
             med = r["steps_per_s"]
             print(f"{model_name}, {threads} threads: {med}", flush=True)
-            rows.append(
-                [
-                    model_name,
-                    threads,
-                    f"{med['sampled']:.0f}",
-                    f"{med['remi']:.0f}",
-                    f"**{100 * r['remi_overhead']:+.1f}%**",
-                    f"{1000 / med['sampled']:.2f}",
-                    f"{1000 / med['remi']:.2f}",
-                ]
-            )
+            for name, rate in med.items():
+                over = r["overhead"].get(name)
+                shown = "" if over is None else f"{100 * over:+.1f}%"
+                rows.append(
+                    [
+                        model_name,
+                        threads,
+                        name,
+                        f"{rate:.0f}",
+                        f"{1000 / rate:.2f}",
+                        f"**{shown}**" if name in ("remi", "remi-default") else shown,
+                    ]
+                )
     RESULTS.mkdir(exist_ok=True)
+    settings = out[0]["settings"]
     meta = {
         "dataset": args.dataset,
         "threads": thread_settings,
@@ -125,27 +170,25 @@ def main() -> None:
         "L": base.seq_len,
         "block": args.block,
         "rounds": args.rounds,
+        "settings": settings,
     }
     (RESULTS / "throughput.json").write_text(json.dumps({"meta": meta, "results": out}, indent=2))
+    default = settings["remi-default"]
     text = (
         f"# Training throughput on {args.dataset}: sampled vs remi\n\n"
         f"Batch {base.batch_size}, {base.negatives} negatives, d={base.dim}, K={base.interests}, L={base.seq_len}, "
-        f"dense Adam; remi with beta 1, lambda 12800 (authors' RR, undetached). Median of {args.rounds} alternating "
-        f"blocks of {args.block} steps per variant; default threads here: {default_threads}. A fused IHN/RR was "
-        f"tried and measured slower (throughput_fusion.md). Overhead = sampled steps/s / "
-        f"remi steps/s - 1 (the issue's goal: <= 10% at the default threads).\n\n"
-        + md_table(
-            [
-                "model",
-                "threads",
-                "sampled steps/s",
-                "remi steps/s",
-                "remi overhead",
-                "sampled ms/step",
-                "remi ms/step",
-            ],  # fmt: skip
-            rows,
+        f"dense Adam. `remi`: beta 1, undetached weights, lambda 12800 (authors' RR); `remi-default`: "
+        f"configs/default.json (beta {default['beta']:g}, {'detached' if default['ihn_detach'] else 'undetached'} "
+        f"weights, lambda {default['lam']:g})"
+        + (
+            "; `-before`: the same with the pre-issue-11 autograd IHN/RR (training/loss_reference.py)"
+            if args.before
+            else ""
         )
+        + f". Median of {args.rounds} alternating blocks of {args.block} steps per variant, all variants in one "
+        f"process; default threads here: {default_threads}. Overhead = sampled steps/s / variant steps/s - 1 "
+        f"(the issue's goal: <= 10% at the default threads).\n\n"
+        + md_table(["model", "threads", "variant", "steps/s", "ms/step", "overhead vs sampled"], rows)
     )
     (RESULTS / "throughput.md").write_text(text)
     print(text)
