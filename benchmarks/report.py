@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,11 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: s
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def save_results(folder: Path, name: str, result: dict[str, Any], markdown: str) -> None:
+    """``<name>.json`` (the raw result) and ``<name>.md`` (the table) under ``folder``, and the table printed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+    (folder / f"{name}.md").write_text(markdown)
+    print(markdown)

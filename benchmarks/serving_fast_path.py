@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import save_results
 from benchmarks.serving_trained import RESULTS, seed, serve, user_histories
 from loadtest.cpu import stat_fields
 
@@ -182,11 +183,7 @@ def report(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     result = run(args)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{args.name}.json").write_text(json.dumps(result, indent=2, default=str))
-    text = report(result)
-    (args.results / f"{args.name}.md").write_text(text)
-    print(text)
+    save_results(args.results, args.name, result, report(result))
 
 
 if __name__ == "__main__":

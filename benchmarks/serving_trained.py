@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.report import save_results
+
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -354,11 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.build_only:
         print(json.dumps(result, indent=1, default=str))
         return
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{args.name}.json").write_text(json.dumps(result, indent=2, default=str))
-    text = report(result)
-    (args.results / f"{args.name}.md").write_text(text)
-    print(text)
+    save_results(args.results, args.name, result, report(result))
 
 
 if __name__ == "__main__":

@@ -21,24 +21,7 @@ def ihn_loss(
     neg_valid: torch.Tensor | None = None,
     detach_weights: bool = False,
 ) -> torch.Tensor:
-    """Sampled softmax whose negatives are importance-weighted by softmax(beta * score).
-
-    loss = -s+ + log(e^{s+} + M * sum_j w_j e^{s_j}),  w = softmax_j(beta * weight_scores_j)
-
-    With beta = 0 the weights are uniform (1/M) and this is exactly the plain sampled softmax
-    -log(e^{s+} / (e^{s+} + sum_j e^{s_j})).
-
-    Args:
-        pos_logit: (B,) score of the positive.
-        neg_logits: (B, M) scores of the shared negatives.
-        beta: hardness; 0 reproduces `sampled`.
-        weight_scores: (B, M) what the weights are computed from (default: neg_logits). Passing
-            cosine or standardised scores keeps the weight sharpness from growing with the norms.
-        neg_valid: (B, M) bool, False for negatives to drop (accidental hits).
-        detach_weights: stop the gradient through w (treat it as a sampling distribution).
-
-    Returns: scalar mean loss.
-    """
+    """:func:`training.losses.ihn_loss` (same arguments, same value) with autograd's gradients."""
     scores = neg_logits if weight_scores is None else weight_scores
     if neg_valid is not None:
         neg_logits = neg_logits.masked_fill(~neg_valid, float("-inf"))

@@ -1,0 +1,149 @@
+"""Which FAISS index searches a trained model's interests cheapest at a served recall@50 >= 0.95.
+
+    python -m benchmarks.search_kinds --root INDEX_ROOT --data INTERACTIONS.csv.gz
+
+In process, one thread, the service's own path (service/engine.py): the users' interest vectors
+from the exported ONNX tower, near-copy interests grouped (``--dedup-cosine``), one search call
+per micro-batch of 16 users with each user's history excluded, re-scoring against all K and the
+score merge. Each index kind is built over the model's item table and scored by the recall@50 of
+the merged answers against exact search over all K interests (what `--recall-of answers` gates)
+and by its search + merge time per user. Why: on a trained model the HNSW search is most of a
+request's CPU (docs/operations.md "Serving cost of a trained model"), so a cheaper index at the
+same recall would be the next serving lever. Writes benchmarks/results/search_kinds.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from benchmarks.report import save_results
+
+RESULTS = Path(__file__).parent / "results"
+KINDS = [  # (label, FAISS factory string, search knobs)
+    ("hnsw M16", "HNSW16", {"efSearch": 48}),
+    ("hnsw M32", "HNSW32", {"efSearch": 48}),
+    ("hnsw M48", "HNSW48", {"efSearch": 48}),
+    ("hnsw M48 ef96", "HNSW48", {"efSearch": 96}),
+    ("ivf-flat 256 nprobe 16", "IVF256,Flat", {"nprobe": 16}),
+    ("ivf-flat 256 nprobe 32", "IVF256,Flat", {"nprobe": 32}),
+    ("ivf-flat 1024 nprobe 32", "IVF1024,Flat", {"nprobe": 32}),
+    ("pq32x4 fast-scan + refine x4", "PQ32x4fs,RFlat", {"k_factor": 4}),
+    ("ivf256 pq32x4 fast-scan + refine x4, nprobe 64", "IVF256,PQ32x4fs,RFlat", {"k_factor": 4, "nprobe": 64}),
+    ("exact (flat)", "Flat", {}),
+]
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, required=True, help="index root (`remi reindex` output) of a trained model")
+    ap.add_argument("--data", type=Path, required=True, help="interactions CSV the model was trained on")
+    ap.add_argument("--users", type=int, default=1600, help="users (their last 50 events) to search for")
+    ap.add_argument("--dedup-cosine", type=float, default=0.94, help="REMI_INTEREST_DEDUP_COSINE")
+    ap.add_argument("--name", default="search_kinds", help="results file stem")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the results files")
+    return ap
+
+
+def build(spec: str, knobs: dict[str, Any], vectors: np.ndarray) -> tuple[faiss.Index, float]:
+    t0 = time.perf_counter()
+    index = faiss.index_factory(vectors.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
+    if "HNSW" in spec:
+        faiss.downcast_index(index).hnsw.efConstruction = 200
+    index.train(vectors)
+    index.add(vectors)
+    concrete = faiss.downcast_index(index)
+    if "efSearch" in knobs:
+        concrete.hnsw.efSearch = knobs["efSearch"]
+    if "k_factor" in knobs:
+        concrete.k_factor = knobs["k_factor"]
+    if "nprobe" in knobs:
+        base = concrete.base_index if "k_factor" in knobs else index
+        faiss.extract_index_ivf(base).nprobe = knobs["nprobe"]
+    return index, time.perf_counter() - t0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks.serving_trained import user_histories
+    from index.store import load_current
+    from service.engine import Engine, Query
+
+    faiss.omp_set_num_threads(1)
+    loaded = load_current(args.root, threads=1)
+    _, histories = user_histories(args.data, args.users, 50)
+    reference = Engine(loaded, 1, args.dedup_cosine, 0.0)
+    queries = [Query(reference.encode([item for item, _ in h])[0], 50) for h in histories]
+    queries = [q for q in queries if len(q.history)]
+    exact_engine = Engine(_with_index(loaded, build("Flat", {}, reference.item_vectors)[0]), 1, 1.0, 0.0)
+    truth = [set(r.item_ids) for r in _answers(exact_engine, queries)[0]]
+    rows = []
+    for label, spec, knobs in KINDS:
+        index, build_s = build(spec, knobs, reference.item_vectors)
+        engine = Engine(_with_index(loaded, index), 1, args.dedup_cosine, 0.0)
+        results, seconds, searched = _answers(engine, queries)
+        recall = float(
+            np.mean([len(t & set(r.item_ids)) / max(1, len(t)) for t, r in zip(truth, results, strict=True)])
+        )
+        row = {"kind": label, "factory": spec, "knobs": knobs, "recall_at_50": round(recall, 4),
+               "ms_per_user": round(1000 * seconds / len(queries), 3), "searched_per_user": round(searched, 3),
+               "build_s": round(build_s, 1)}  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {"meta": {"root": str(args.root), "users": len(queries), "items": int(reference.item_vectors.shape[0]),
+                     "dedup_cosine": args.dedup_cosine}, "rows": rows}  # fmt: skip
+
+
+def _with_index(loaded: Any, index: faiss.Index) -> Any:
+    from dataclasses import replace
+
+    return replace(loaded, index=index)
+
+
+def _answers(engine: Any, queries: list[Any]) -> tuple[list[Any], float, float]:
+    """The engine's answers in micro-batches of 16 (as at C = 32 with 2 workers), their compute seconds."""
+    engine.recommend(queries[:16])  # warm
+    results, seconds, searched = [], 0.0, 0.0
+    for start in range(0, len(queries), 16):
+        t0 = time.perf_counter()
+        batch, timings = engine.recommend(queries[start : start + 16])
+        seconds += time.perf_counter() - t0
+        searched += timings.extra.get("searched_interests", 0.0)
+        results += batch
+    return results, seconds, searched / len(queries)
+
+
+def report(result: dict[str, Any]) -> str:
+    m = result["meta"]
+    lines = [
+        "# Index kinds on a trained model's interests (`python -m benchmarks.search_kinds`)",
+        "",
+        f"{m['items']:,} items, {m['users']:,} users (their last 50 events, excluded from the answers), interest "
+        f"dedup cosine {m['dedup_cosine']}, k = 50, micro-batches of 16, one thread. `recall@50` = the merged "
+        "answers against exact search over all K interests; `ms / user` = the engine's whole compute (ONNX, "
+        "search, merge) per user. Only the index differs between rows.",
+        "",
+        "| index | recall@50 | ms / user | interests searched | build s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['kind']} | {r['recall_at_50']:.4f} | {r['ms_per_user']:.3f} | {r['searched_per_user']:.2f} "
+            f"| {r['build_s']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    result = run(args)
+    save_results(args.results, args.name, result, report(result))
+
+
+if __name__ == "__main__":
+    main()
