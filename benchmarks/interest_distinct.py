@@ -36,7 +36,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.report import LIST_KEYS, md_table  # noqa: E402
-from benchmarks.runner import SHARED_DATA, Job, run_all  # noqa: E402
+from benchmarks.runner import SHARED_DATA, Job, run_all, run_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -66,6 +66,53 @@ def series(dataset: str) -> dict[str, dict[str, dict[str, Any]]]:
     }
 
 
+def anatomy(run_dir: Path) -> dict[str, float]:
+    """Where a ComiRec-SA run's interest copies come from, on its test users.
+
+    Interest similarity by history length (can short histories hold K distinct interests at all?),
+    the cosine between a user's routing rows (do the interests read the same items?), the spread of
+    the attention logits over the valid positions (flat logits = uniform rows = the history mean
+    for every interest), and the cosine between W2's interest rows.
+    """
+    import numpy as np
+    import torch
+
+    from training.evaluate import user_interest_vectors
+    from training.prepare import prepare
+    from training.runs import load_run
+
+    cfg, model = load_run(run_dir)
+    test = prepare(cfg).test
+    vectors, routing = user_interest_vectors(model, test.history, test.mask)
+    n = test.mask.sum(-1)
+    k = vectors.shape[1]
+    iu = np.triu_indices(k, 1)
+
+    def pair_cos(x: np.ndarray) -> np.ndarray:  # (U, K, D) -> (U,) mean pairwise cosine
+        unit = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+        return (unit @ unit.transpose(0, 2, 1))[:, iu[0], iu[1]].mean(-1)
+
+    sim, rows = pair_cos(vectors.astype(np.float64)), pair_cos(routing.astype(np.float64))
+    out: dict[str, float] = {}
+    for label, lo, hi in (("n<=4", 2, 4), ("n=5-8", 5, 8), ("n=9-14", 9, 14), ("n>=15", 15, 10**9)):
+        keep = (n >= lo) & (n <= hi)
+        out[f"similarity {label}"] = float(sim[keep].mean()) if keep.any() else float("nan")
+        out[f"users {label}"] = float(keep.mean())
+    keep = n >= 2
+    out["routing row cosine"] = float(rows[keep].mean())
+    with torch.no_grad():
+        h = model.embed(torch.from_numpy(test.history), torch.from_numpy(test.mask))
+        logits = model.w2(torch.tanh(model.w1(h + model.pos))).transpose(1, 2).numpy()  # (U, K, L)
+        w2 = model.w2.weight.numpy()
+    m = test.mask[:, None, :]
+    mean = (logits * m).sum(-1, keepdims=True) / np.maximum(m.sum(-1, keepdims=True), 1)
+    spread = np.sqrt((((logits - mean) ** 2) * m).sum(-1) / np.maximum(m.sum(-1), 1))  # (U, K)
+    out["logit spread"] = float(spread[keep].mean())
+    out["W2 row cosine"] = float(pair_cos(w2[None].astype(np.float64))[0])
+    out["W2 row norm"] = float(np.linalg.norm(w2, axis=-1).mean())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="amazon_beauty", help="folder of ../shared/data")
@@ -74,6 +121,7 @@ def main() -> None:
     ap.add_argument("--points", nargs="+", help="only these point labels (default: all)")
     ap.add_argument("--parallel", type=int, default=2, help="runs side by side (1 thread each)")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "interest_distinct", help="where run folders go")
+    ap.add_argument("--anatomy", action="store_true", help="also diagnose where each run's copies come from")
     args = ap.parse_args()
 
     data = SHARED_DATA / args.dataset
@@ -91,6 +139,9 @@ def main() -> None:
         if not args.points or point in args.points
     ]
     results = [r for r in run_all(jobs, args.runs, args.parallel) if "result" in r]
+    if args.anatomy:
+        for r in results:
+            r["anatomy"] = anatomy(run_folder(args.runs, r["name"]))
     report(results, args)
 
 
@@ -131,6 +182,15 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         f"goal: >= {GAIN_KEPT_GOAL:.0%} kept at interest similarity <= {SIMILARITY_GOAL} "
         "(mean pairwise cosine of a user's interests, test users).\n\n" + md_table(headers, rows)
     )
+    diagnosed = [r for r in results if "anatomy" in r]
+    if diagnosed:
+        keys = list(diagnosed[0]["anatomy"])
+        text += (
+            "\nWhere the copies come from (test users): interest similarity and share of users by history "
+            "length n, cosine between a user's routing rows, spread (std) of the attention logits over the "
+            "valid positions, cosine and norm of W2's interest rows.\n\n"
+            + md_table(["point", *keys], [[r["tags"]["point"], *[r["anatomy"][k] for k in keys]] for r in diagnosed])
+        )
     (RESULTS / f"{stem}.md").write_text(text)
     plot(points, base, top, RESULTS / f"{stem}.png", f"{args.dataset}, {args.steps} steps, seed {args.seed}")
     print(text)
