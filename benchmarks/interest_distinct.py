@@ -10,7 +10,7 @@ option of docs/remi.md A.11 at a few strengths:
 - `rr_scope = mean`: RR on the interests' average routing row (the history as a whole must be
   used, each interest may draw on part of it);
 - `interest_div`: penalty on the positive pairwise cosine of a user's interests (above
-  `interest_div_margin`);
+  `interest_div_margin`), through the item table too or (`interest_div_grad = tower`) the tower only;
 - both together.
 
 Reports test Recall@50, the share of tuned remi's gain over `sampled` kept, the routing
@@ -59,6 +59,9 @@ def series(dataset: str) -> dict[str, dict[str, dict[str, Any]]]:
             "mean lam x4": {**tuned, "rr_scope": "mean", "lam": 4 * lam},
         },
         "interest_div": {f"div={w:g}": {**tuned, "interest_div": w} for w in (0.3, 1.0, 3.0, 10.0)},
+        "interest_div, tower only": {
+            f"tower div={w:g}": {**tuned, "interest_div": w, "interest_div_grad": "tower"} for w in (1.0, 3.0, 10.0)
+        },
         "interest_div, margin 0.5": {
             "div=10 m=0.5": {**tuned, "interest_div": 10.0, "interest_div_margin": 0.5},
         },

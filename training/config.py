@@ -21,6 +21,7 @@ SchemeName = Literal["sampled", "ihn", "rr", "remi"]
 IhnScores = Literal["raw", "cosine", "standardized"]
 RrNorm = Literal["authors", "valid"]
 RrScope = Literal["interest", "mean"]
+DivGrad = Literal["all", "tower"]
 OptimizerName = Literal["adam", "sparse-adam", "rowwise-adagrad"]
 SPARSE_OPTIMIZERS: tuple[str, ...] = ("sparse-adam", "rowwise-adagrad")  # sparse item-table gradients
 EvalIndexName = Literal["exact", "ivfpq", "hnsw", "auto"]
@@ -91,6 +92,13 @@ class TrainConfig(BaseSettings):
     )
     interest_div_margin: float = Field(
         0.0, ge=0, lt=1, description="interest_div penalises only the cosine above this margin."
+    )
+    interest_div_grad: DivGrad = Field(
+        "all",
+        description=(
+            "What interest_div may change: all = the tower and the item embeddings; tower = the tower only "
+            "(item embeddings held fixed for this term, so it cannot push a user's items apart)."
+        ),
     )
 
     # optimisation

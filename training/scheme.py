@@ -58,6 +58,10 @@ class ModelOutput:
     routing: torch.Tensor  # (B, K, L)
     target_emb: torch.Tensor  # (B, d)
     negative_emb: torch.Tensor  # (M, d)
+    # what interest_div measures: the interests themselves, or (interest_div_grad = tower) the same
+    # interests recomputed from the detached history embeddings, so the penalty's gradient stops at
+    # the tower; None when interest_div is off
+    div_vectors: torch.Tensor | None = None
 
     def candidate_emb(self) -> torch.Tensor:
         """(B + M, d) the target and negative vectors this batch scores (what emb_l2 penalises)."""
@@ -99,6 +103,7 @@ class TrainingScheme:
     rr_scope: str = "interest"  # losses.RR_SCOPES: each interest's row, or their mean (A.11)
     interest_div: float = 0.0  # weight of the interests' pairwise-cosine penalty; 0 = none (A.11)
     interest_div_margin: float = 0.0
+    interest_div_grad: str = "all"  # all | tower (A.11)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> TrainingScheme:
@@ -114,6 +119,7 @@ class TrainingScheme:
             rr_scope=cfg.rr_scope,
             interest_div=cfg.interest_div,
             interest_div_margin=cfg.interest_div_margin,
+            interest_div_grad=cfg.interest_div_grad,
         )
 
     def beta_at(self, step: int) -> float:
@@ -130,7 +136,14 @@ class TrainingScheme:
         target_emb = emb[b_sz * length : b_sz * (length + 1)]  # (B, d)
         negative_emb = emb[b_sz * (length + 1) :]  # (M, d)
         interest_vectors, routing = model.from_embeddings(h, batch.mask)  # (B, K, d), (B, K, L)
-        return ModelOutput(emb, b_sz, length, interest_vectors, routing, target_emb, negative_emb)
+        div_vectors = None
+        if self.interest_div > 0:
+            # Pulling a user's interests apart through the item table pushes the items of one history
+            # apart, against what the softmax term learns from them (docs/remi.md A.11); "tower" keeps
+            # the table out of this term. (MIND's second pass draws its own routing noise.)
+            tower = self.interest_div_grad == "tower"
+            div_vectors = model.from_embeddings(h.detach(), batch.mask)[0] if tower else interest_vectors
+        return ModelOutput(emb, b_sz, length, interest_vectors, routing, target_emb, negative_emb, div_vectors)
 
     def loss(
         self,
@@ -161,7 +174,8 @@ class TrainingScheme:
         if self.interest_div > 0:
             # RR's flat rows are the same row for every interest, so the interests become copies of
             # the history mean; this keeps them apart (docs/remi.md A.11).
-            total = total + self.interest_div * interest_overlap(output.interest_vectors, self.interest_div_margin)
+            vectors = output.interest_vectors if output.div_vectors is None else output.div_vectors
+            total = total + self.interest_div * interest_overlap(vectors, self.interest_div_margin)
         if self.emb_l2 > 0:
             # Scores grow with the norms during training until the softmax is over-confident and
             # valid recall decays; penalising the norms of the vectors this batch uses curbs that.
