@@ -91,11 +91,11 @@ def anatomy(run_dir: Path) -> dict[str, float]:
     vectors, routing = user_interest_vectors(model, test.history, test.mask)
     n = test.mask.sum(-1)
     k = vectors.shape[1]
-    iu = np.triu_indices(k, 1)
 
-    def pair_cos(x: np.ndarray) -> np.ndarray:  # (U, K, D) -> (U,) mean pairwise cosine
+    def pair_cos(x: np.ndarray) -> np.ndarray:  # (U, J, D) -> (U,) mean pairwise cosine
         unit = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-        return (unit @ unit.transpose(0, 2, 1))[:, iu[0], iu[1]].mean(-1)
+        i, j = np.triu_indices(x.shape[1], 1)
+        return (unit @ unit.transpose(0, 2, 1))[:, i, j].mean(-1)
 
     sim, rows = pair_cos(vectors.astype(np.float64)), pair_cos(routing.astype(np.float64))
     out: dict[str, float] = {}
@@ -103,6 +103,12 @@ def anatomy(run_dir: Path) -> dict[str, float]:
         keep = (n >= lo) & (n <= hi)
         out[f"similarity {label}"] = float(sim[keep].mean()) if keep.any() else float("nan")
         out[f"users {label}"] = float(keep.mean())
+    # option (c) of issue 12 §3 without retraining: K(n) = min(K, n // per) interests for a user with
+    # n history items; the similarity of the interests that remain (users left with >= 2 of them)
+    for per in (2, 4):
+        kept = np.minimum(k, n // per)
+        pairs = [pair_cos(vectors[kept == j, :j].astype(np.float64)) for j in range(2, k + 1) if (kept == j).any()]
+        out[f"similarity K=n//{per}"] = float(np.concatenate(pairs).mean()) if pairs else float("nan")
     keep = n >= 2
     out["routing row cosine"] = float(rows[keep].mean())
     with torch.no_grad():
@@ -192,8 +198,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         keys = list(diagnosed[0]["anatomy"])
         text += (
             "\nWhere the copies come from (test users): interest similarity and share of users by history "
-            "length n, cosine between a user's routing rows, spread (std) of the attention logits over the "
-            "valid positions, cosine and norm of W2's interest rows.\n\n"
+            "length n; the same if each user kept only min(K, n // 2) or min(K, n // 4) interests (option (c), "
+            "not retrained; users left with one interest drop out); cosine between a user's routing rows; spread "
+            "(std) of the attention logits over the valid positions; cosine and norm of W2's interest rows.\n\n"
             + md_table(["point", *keys], [[r["tags"]["point"], *[r["anatomy"][k] for k in keys]] for r in diagnosed])
         )
     (RESULTS / f"{stem}.md").write_text(text)
