@@ -20,7 +20,7 @@ test Recall@50, one series per option. The goal: >= 95% of the gain kept at simi
 
     python -m benchmarks.interest_distinct --dataset amazon_beauty --steps 8000
 
-Writes benchmarks/results/interest_distinct_<dataset>.json, .md and .png.
+Writes benchmarks/results/interest_distinct_<dataset>_<steps>.json, .md and .png.
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ def series(dataset: str) -> dict[str, dict[str, dict[str, Any]]]:
         "interest_div": {f"div={w:g}": {**tuned, "interest_div": w} for w in (0.3, 1.0, 3.0, 10.0)},
         "interest_div, tower only": {
             f"tower div={w:g}": {**tuned, "interest_div": w, "interest_div_grad": "tower"} for w in (1.0, 3.0, 10.0)
+        },
+        "interest_div, tower only, margin 0.5": {
+            f"tower div={w:g} m=0.5": {**tuned, "interest_div": w, "interest_div_grad": "tower", "interest_div_margin": 0.5}
+            for w in (10.0, 30.0)
         },
         "interest_div, margin 0.5": {
             "div=10 m=0.5": {**tuned, "interest_div": 10.0, "interest_div_margin": 0.5},
@@ -183,7 +187,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         )
     headers = ["series", "point", "test recall@50", "gain kept", "valid recall@50", "interest similarity"]
     headers += ["effective items", *LIST_KEYS, "best step", "meets goal"]
-    stem = f"interest_distinct_{args.dataset}"
+    stem = f"interest_distinct_{args.dataset}_{args.steps}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
     text = (
