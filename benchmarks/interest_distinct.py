@@ -47,6 +47,7 @@ GAIN_KEPT_GOAL, SIMILARITY_GOAL = 0.95, 0.6
 def series(dataset: str) -> dict[str, dict[str, dict[str, Any]]]:
     """Series label -> point label -> `remi train` flags. Options start from the tuned config."""
     tuned = {"config": CONFIGS / f"{dataset}.json", "scheme": "remi"}
+    tower = {**tuned, "interest_div_grad": "tower"}
     lam = json.loads((CONFIGS / f"{dataset}.json").read_text())["train"]["lam"]
     return {
         "reference": {
@@ -59,12 +60,9 @@ def series(dataset: str) -> dict[str, dict[str, dict[str, Any]]]:
             "mean lam x4": {**tuned, "rr_scope": "mean", "lam": 4 * lam},
         },
         "interest_div": {f"div={w:g}": {**tuned, "interest_div": w} for w in (0.3, 1.0, 3.0, 10.0)},
-        "interest_div, tower only": {
-            f"tower div={w:g}": {**tuned, "interest_div": w, "interest_div_grad": "tower"} for w in (1.0, 3.0, 10.0)
-        },
+        "interest_div, tower only": {f"tower div={w:g}": {**tower, "interest_div": w} for w in (1.0, 3.0, 10.0)},
         "interest_div, tower only, margin 0.5": {
-            f"tower div={w:g} m=0.5": {**tuned, "interest_div": w, "interest_div_grad": "tower", "interest_div_margin": 0.5}
-            for w in (10.0, 30.0)
+            f"tower div={w:g} m=0.5": {**tower, "interest_div": w, "interest_div_margin": 0.5} for w in (10.0, 30.0)
         },
         "interest_div, margin 0.5": {
             "div=10 m=0.5": {**tuned, "interest_div": 10.0, "interest_div_margin": 0.5},
