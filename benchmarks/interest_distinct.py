@@ -11,7 +11,8 @@ option of docs/remi.md A.11 at a few strengths:
   used, each interest may draw on part of it);
 - `interest_div`: penalty on the positive pairwise cosine of a user's interests (above
   `interest_div_margin`), through the item table too or (`interest_div_grad = tower`) the tower only;
-- both together.
+- both together;
+- fewer interests (K = 2) for every user, alone and with the tower-only penalty.
 
 Reports test Recall@50, the share of tuned remi's gain over `sampled` kept, the routing
 diagnostics (interest similarity: mean pairwise cosine of a user's interests) and the list
@@ -63,6 +64,11 @@ def series(dataset: str) -> dict[str, dict[str, dict[str, Any]]]:
         "interest_div, tower only": {f"tower div={w:g}": {**tower, "interest_div": w} for w in (1.0, 3.0, 10.0)},
         "interest_div, tower only, margin 0.5": {
             f"tower div={w:g} m=0.5": {**tower, "interest_div": w, "interest_div_margin": 0.5} for w in (10.0, 30.0)
+        },
+        "K=2": {
+            "K=2 remi tuned": {**tuned, "interests": 2},
+            **{f"K=2 tower div={w:g}": {**tower, "interests": 2, "interest_div": w} for w in (0.3, 1.0, 3.0)},
+            "K=2 tower div=30 m=0.5": {**tower, "interests": 2, "interest_div": 30.0, "interest_div_margin": 0.5},
         },
         "interest_div, margin 0.5": {
             "div=10 m=0.5": {**tuned, "interest_div": 10.0, "interest_div_margin": 0.5},
@@ -206,22 +212,30 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             + md_table(["point", *keys], [[r["tags"]["point"], *[r["anatomy"][k] for k in keys]] for r in diagnosed])
         )
     (RESULTS / f"{stem}.md").write_text(text)
-    plot(points, base, top, RESULTS / f"{stem}.png", f"{args.dataset}, {args.steps} steps, seed {args.seed}")
+    names = list(series(args.dataset))
+    plot(points, names, base, top, RESULTS / f"{stem}.png", f"{args.dataset}, {args.steps} steps, seed {args.seed}")
     print(text)
 
 
-def plot(points: list[dict[str, Any]], base: float, top: float, path: Path, title: str) -> None:
-    """Interest similarity (x) against test Recall@50 (y), one series per option."""
+def plot(points: list[dict[str, Any]], names: list[str], base: float, top: float, path: Path, title: str) -> None:
+    """Interest similarity (x) against test Recall@50 (y), one series per option (same style in every plot)."""
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    markers = iter("os^Dv<>P")
+    colors, markers = plt.get_cmap("tab10").colors, "os^Dv<>Ph"
     for name in dict.fromkeys(p["series"] for p in points):
+        style = names.index(name) if name in names else len(names)
         group = sorted((p for p in points if p["series"] == name), key=lambda p: p["x"])
         if name == "reference":
             for p in group:
-                ax.scatter(p["x"], p["y"], marker="*", s=160, zorder=3)
+                ax.scatter(p["x"], p["y"], marker="*", s=160, zorder=3, color="black")
                 ax.annotate(p["point"], (p["x"], p["y"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
             continue
-        ax.plot([p["x"] for p in group], [p["y"] for p in group], marker=next(markers), label=name)
+        ax.plot(
+            [p["x"] for p in group],
+            [p["y"] for p in group],
+            marker=markers[style % len(markers)],
+            color=colors[style % len(colors)],
+            label=name,
+        )
         for p in group:
             ax.annotate(p["point"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, -10), fontsize=7)
     goal = base + GAIN_KEPT_GOAL * (top - base)
