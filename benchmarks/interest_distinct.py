@@ -12,7 +12,8 @@ option of docs/remi.md A.11 at a few strengths:
 - `interest_div`: penalty on the positive pairwise cosine of a user's interests (above
   `interest_div_margin`), through the item table too or (`interest_div_grad = tower`) the tower only;
 - both together;
-- fewer interests (K = 2) for every user, alone and with the tower-only penalty.
+- fewer interests (K = 2) for every user, alone and with the tower-only penalty;
+- the tower-only penalty with RR four times stronger (more spread per interest).
 
 Reports test Recall@50, the share of tuned remi's gain over `sampled` kept, the routing
 diagnostics (interest similarity: mean pairwise cosine of a user's interests) and the list
@@ -67,8 +68,12 @@ def series(dataset: str) -> dict[str, dict[str, dict[str, Any]]]:
         },
         "K=2": {
             "K=2 remi tuned": {**tuned, "interests": 2},
-            **{f"K=2 tower div={w:g}": {**tower, "interests": 2, "interest_div": w} for w in (0.3, 1.0, 3.0)},
+            **{f"K=2 tower div={w:g}": {**tower, "interests": 2, "interest_div": w} for w in (0.3, 0.5, 1.0, 3.0)},
             "K=2 tower div=30 m=0.5": {**tower, "interests": 2, "interest_div": 30.0, "interest_div_margin": 0.5},
+        },
+        "interest_div, tower only, 4x lambda": {
+            "tower div=3 lam x4": {**tower, "interest_div": 3.0, "lam": 4 * lam},
+            "K=2 tower div=1 lam x4": {**tower, "interests": 2, "interest_div": 1.0, "lam": 4 * lam},
         },
         "interest_div, margin 0.5": {
             "div=10 m=0.5": {**tuned, "interest_div": 10.0, "interest_div_margin": 0.5},
