@@ -68,7 +68,8 @@ def series(dataset: str) -> dict[str, dict[str, dict[str, Any]]]:
         },
         "K=2": {
             "K=2 remi tuned": {**tuned, "interests": 2},
-            **{f"K=2 tower div={w:g}": {**tower, "interests": 2, "interest_div": w} for w in (0.3, 0.5, 1.0, 3.0)},
+            **{f"K=2 tower div={w:g}": {**tower, "interests": 2, "interest_div": w} for w in (0.3, 0.5, 0.7, 1.0, 3.0)},
+            "K=2 tower div=10 m=0.6": {**tower, "interests": 2, "interest_div": 10.0, "interest_div_margin": 0.6},
             "K=2 tower div=30 m=0.5": {**tower, "interests": 2, "interest_div": 30.0, "interest_div_margin": 0.5},
         },
         "interest_div, tower only, 4x lambda": {
