@@ -41,8 +41,13 @@ def _flags(args: dict[str, Any]) -> list[str]:
     return out
 
 
+def run_folder(root: Path, name: str) -> Path:
+    """The folder of the run called ``name`` (a label with "/" or spaces must not nest folders)."""
+    return root / re.sub(r"[^\w.+=-]", "_", name)
+
+
 def run_job(job: Job, root: Path, threads: int = 1) -> dict[str, Any]:
-    run_dir = root / re.sub(r"[^\w.+=-]", "_", job.name)  # a label with "/" must not nest folders
+    run_dir = run_folder(root, job.name)
     metrics = run_dir / RUN_METRICS
     if not metrics.is_file():
         # The log lives beside the run: `remi train` writes the run folder whole at the end, and

@@ -20,6 +20,8 @@ ModelName = Literal["comirec-sa", "comirec-dr", "mind", "dnn"]
 SchemeName = Literal["sampled", "ihn", "rr", "remi"]
 IhnScores = Literal["raw", "cosine", "standardized"]
 RrNorm = Literal["authors", "valid"]
+RrScope = Literal["interest", "mean"]
+DivGrad = Literal["all", "tower"]
 OptimizerName = Literal["adam", "sparse-adam", "rowwise-adagrad"]
 SPARSE_OPTIMIZERS: tuple[str, ...] = ("sparse-adam", "rowwise-adagrad")  # sparse item-table gradients
 EvalIndexName = Literal["exact", "ivfpq", "hnsw", "auto"]
@@ -76,6 +78,27 @@ class TrainConfig(BaseSettings):
     )
     emb_l2: float = Field(
         0.0, ge=0, description="L2 penalty on the batch's item and user vectors (against norm growth)."
+    )
+    # interests that stay distinct (docs/remi.md A.11, issue 12 §3); both off by default
+    rr_scope: RrScope = Field(
+        "interest",
+        description=(
+            "What RR flattens: interest = each interest's routing row (the reference); mean = the interests' "
+            "average row, so the history as a whole is used but each interest may draw on part of it."
+        ),
+    )
+    interest_div: float = Field(
+        0.0, ge=0, description="Weight of the penalty on the pairwise cosine of a user's interests; 0 = none."
+    )
+    interest_div_margin: float = Field(
+        0.0, ge=0, lt=1, description="interest_div penalises only the cosine above this margin."
+    )
+    interest_div_grad: DivGrad = Field(
+        "all",
+        description=(
+            "What interest_div may change: all = the tower and the item embeddings; tower = the tower only "
+            "(item embeddings held fixed for this term, so it cannot push a user's items apart)."
+        ),
     )
 
     # optimisation

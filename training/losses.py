@@ -11,6 +11,7 @@ import torch
 
 WEIGHT_SCORES = ("raw", "cosine", "standardized")
 RR_NORMS = ("authors", "valid")
+RR_SCOPES = ("interest", "mean")
 
 
 def hard_readout(interest_vectors: torch.Tensor, target_emb: torch.Tensor) -> torch.Tensor:
@@ -163,7 +164,9 @@ def weighting_scores(
     raise ValueError(f"unknown IHN weight scores {kind!r}; choose one of {WEIGHT_SCORES}")
 
 
-def routing_regularization(routing: torch.Tensor, mask: torch.Tensor, dim: int, norm: str = "authors") -> torch.Tensor:
+def routing_regularization(
+    routing: torch.Tensor, mask: torch.Tensor, dim: int, norm: str = "authors", scope: str = "interest"
+) -> torch.Tensor:
     """Penalty on spiky routing rows, mean over the batch.
 
     authors: sum_j ((1/d) sum_l (A_jl - 1/L)^2)^2 per user (j the interest), the reference formula (mean over L
@@ -175,10 +178,19 @@ def routing_regularization(routing: torch.Tensor, mask: torch.Tensor, dim: int, 
 
     Both are 0 for uniform routing over the valid items and largest for one-hot rows.
 
+    scope: ``interest`` (the reference) flattens every interest's row, and the flat row is the same
+    for all of them, which makes the interests copies of the history mean; ``mean`` flattens the
+    interests' average row instead (every row replaced by it, so λ keeps its scale), which asks
+    that the history as a whole be used but lets each interest draw on part of it (docs/remi.md A.11).
+
     Args:
         routing: (B, K, L) rows summing to 1 over valid positions.
         mask: (B, L) bool.
     """
+    if scope == "mean":
+        routing = routing.mean(1, keepdim=True).expand_as(routing)
+    elif scope != "interest":
+        raise ValueError(f"unknown RR scope {scope!r}; choose one of {RR_SCOPES}")
     if norm == "authors":
         penalty: torch.Tensor = _AuthorsRoutingPenalty.apply(routing, dim)  # type: ignore[no-untyped-call]
         return penalty
@@ -213,3 +225,22 @@ class _AuthorsRoutingPenalty(torch.autograd.Function):
         centred, var = ctx.saved_tensors  # type: ignore[attr-defined]
         scale = var * (grad * 4.0 / (var.shape[0] * ctx.dim))  # type: ignore[attr-defined]
         return centred * scale.unsqueeze(-1), None
+
+
+def interest_overlap(interest_vectors: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """How alike a user's interests are: mean over users and interest pairs of relu(cos - margin)^2.
+
+    0 when every pair is at most ``margin`` apart in cosine (orthogonal or opposite interests cost
+    nothing at margin 0), 1 for K copies. The penalty behind ``interest_div`` (docs/remi.md A.11):
+    RR alone drives every interest to the same history mean.
+
+    Args:
+        interest_vectors: (B, K, d); K = 1 gives 0.
+    """
+    n_interests = interest_vectors.shape[1]
+    if n_interests < 2:
+        return interest_vectors.new_zeros(())
+    unit = torch.nn.functional.normalize(interest_vectors, dim=-1)
+    cos = unit @ unit.transpose(1, 2)  # (B, K, K)
+    i, j = torch.triu_indices(n_interests, n_interests, 1, device=cos.device)
+    return (torch.relu(cos[:, i, j] - margin) ** 2).mean()

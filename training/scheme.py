@@ -15,7 +15,7 @@ import torch
 
 from remi.contract import ItemVocabulary
 from training.config import TrainConfig
-from training.losses import hard_readout, ihn_loss, routing_regularization, weighting_scores
+from training.losses import hard_readout, ihn_loss, interest_overlap, routing_regularization, weighting_scores
 from training.models import MultiInterestModel
 
 
@@ -58,6 +58,10 @@ class ModelOutput:
     routing: torch.Tensor  # (B, K, L)
     target_emb: torch.Tensor  # (B, d)
     negative_emb: torch.Tensor  # (M, d)
+    # what interest_div measures: the interests themselves, or (interest_div_grad = tower) the same
+    # interests recomputed from the detached history embeddings, so the penalty's gradient stops at
+    # the tower; None when interest_div is off
+    div_vectors: torch.Tensor | None = None
 
     def candidate_emb(self) -> torch.Tensor:
         """(B + M, d) the target and negative vectors this batch scores (what emb_l2 penalises)."""
@@ -78,7 +82,7 @@ class ScoreStats:
 class LossBreakdown:
     """One batch's loss and its parts."""
 
-    total: torch.Tensor  # scalar: softmax + λ·rr + emb_l2·norms, what backward() runs on
+    total: torch.Tensor  # scalar: softmax + λ·rr [+ interest_div·overlap] + emb_l2·norms, what backward() runs on
     softmax: torch.Tensor  # scalar: the sampled-softmax / IHN term
     rr: torch.Tensor  # scalar: the RR term before λ (0 when the scheme has no RR)
     scores: ScoreStats | None  # only when asked for (they cost a few reductions)
@@ -96,6 +100,10 @@ class TrainingScheme:
     lam: float  # RR weight, per-user mean convention; 0 = no RR
     rr_norm: str  # losses.RR_NORMS
     emb_l2: float  # penalty on the batch's item and user vector norms; 0 = none
+    rr_scope: str = "interest"  # losses.RR_SCOPES: each interest's row, or their mean (A.11)
+    interest_div: float = 0.0  # weight of the interests' pairwise-cosine penalty; 0 = none (A.11)
+    interest_div_margin: float = 0.0
+    interest_div_grad: str = "all"  # all | tower (A.11)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> TrainingScheme:
@@ -108,6 +116,10 @@ class TrainingScheme:
             lam=cfg.effective_lam,
             rr_norm=cfg.rr_norm,
             emb_l2=cfg.emb_l2,
+            rr_scope=cfg.rr_scope,
+            interest_div=cfg.interest_div,
+            interest_div_margin=cfg.interest_div_margin,
+            interest_div_grad=cfg.interest_div_grad,
         )
 
     def beta_at(self, step: int) -> float:
@@ -124,7 +136,14 @@ class TrainingScheme:
         target_emb = emb[b_sz * length : b_sz * (length + 1)]  # (B, d)
         negative_emb = emb[b_sz * (length + 1) :]  # (M, d)
         interest_vectors, routing = model.from_embeddings(h, batch.mask)  # (B, K, d), (B, K, L)
-        return ModelOutput(emb, b_sz, length, interest_vectors, routing, target_emb, negative_emb)
+        div_vectors = None
+        if self.interest_div > 0:
+            # Pulling a user's interests apart through the item table pushes the items of one history
+            # apart, against what the softmax term learns from them (docs/remi.md A.11); "tower" keeps
+            # the table out of this term. (MIND's second pass draws its own routing noise.)
+            tower = self.interest_div_grad == "tower"
+            div_vectors = model.from_embeddings(h.detach(), batch.mask)[0] if tower else interest_vectors
+        return ModelOutput(emb, b_sz, length, interest_vectors, routing, target_emb, negative_emb, div_vectors)
 
     def loss(
         self,
@@ -150,8 +169,13 @@ class TrainingScheme:
         rr = torch.zeros((), dtype=softmax.dtype)
         if self.lam > 0:
             dim = output.embeddings.shape[-1]  # d: the authors' RR divides by it
-            rr = routing_regularization(output.routing, batch.mask, dim, self.rr_norm)
+            rr = routing_regularization(output.routing, batch.mask, dim, self.rr_norm, self.rr_scope)
             total = total + self.lam * rr
+        if self.interest_div > 0:
+            # RR's flat rows are the same row for every interest, so the interests become copies of
+            # the history mean; this keeps them apart (docs/remi.md A.11).
+            vectors = output.interest_vectors if output.div_vectors is None else output.div_vectors
+            total = total + self.interest_div * interest_overlap(vectors, self.interest_div_margin)
         if self.emb_l2 > 0:
             # Scores grow with the norms during training until the softmax is over-confident and
             # valid recall decays; penalising the norms of the vectors this batch uses curbs that.

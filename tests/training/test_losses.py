@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from training.losses import hard_readout, ihn_loss, routing_regularization, weighting_scores
+from training.losses import hard_readout, ihn_loss, interest_overlap, routing_regularization, weighting_scores
 
 
 def _logits(b: int = 4, m: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,3 +97,52 @@ def test_rr_gradient_flows_to_the_routing_logits() -> None:
 def test_loss_at_init_is_about_log_m() -> None:
     pos, neg = torch.zeros(8), torch.zeros(8, 1280)
     assert ihn_loss(pos, neg, 0.0).item() == pytest.approx(math.log(1281), rel=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["authors", "valid"])
+def test_rr_on_the_mean_row_lets_interests_split_the_history(norm: str) -> None:
+    # 4 interests, each on its own item of a full 4-item window: every row is one-hot (the most
+    # the per-interest RR can cost) but together they use the history evenly (docs/remi.md A.11)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    split = torch.eye(4).unsqueeze(0)
+    assert routing_regularization(split, mask, 8, norm, scope="mean").item() == pytest.approx(0.0, abs=1e-12)
+    assert routing_regularization(split, mask, 8, norm, scope="interest").item() > 0
+    # interests that agree cost the same under both scopes: λ keeps its meaning
+    same = torch.softmax(torch.randn(3, 1, 5, generator=torch.Generator().manual_seed(2)), -1).expand(-1, 4, -1)
+    full = torch.ones(3, 5, dtype=torch.bool)
+    assert routing_regularization(same, full, 8, norm, scope="mean").item() == pytest.approx(
+        routing_regularization(same, full, 8, norm, scope="interest").item()
+    )
+
+
+def test_rr_rejects_an_unknown_scope() -> None:
+    with pytest.raises(ValueError, match="scope"):
+        routing_regularization(torch.eye(2).unsqueeze(0), torch.ones(1, 2, dtype=torch.bool), 8, scope="rows")
+
+
+def test_interest_overlap_is_one_for_copies_and_zero_for_orthogonal_interests() -> None:
+    copies = torch.tensor([[[1.0, 2.0, 0.0]] * 3])
+    orthogonal = torch.eye(3).unsqueeze(0) * torch.tensor([2.0, 0.5, 3.0])[:, None]  # norms do not matter
+    opposite = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]])
+    assert interest_overlap(copies).item() == pytest.approx(1.0)
+    assert interest_overlap(orthogonal).item() == pytest.approx(0.0, abs=1e-12)
+    assert interest_overlap(opposite).item() == pytest.approx(0.0, abs=1e-12)  # apart is apart
+    assert interest_overlap(torch.ones(2, 1, 3)).item() == 0.0  # one interest: nothing to compare
+
+
+def test_interest_overlap_counts_only_the_cosine_above_the_margin() -> None:
+    # the two interests are 60 degrees apart: cosine 0.5
+    pair = torch.tensor([[[1.0, 0.0], [0.5, math.sqrt(3) / 2]]])
+    assert interest_overlap(pair).item() == pytest.approx(0.25)
+    assert interest_overlap(pair, margin=0.3).item() == pytest.approx(0.04)
+    assert interest_overlap(pair, margin=0.6).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_interest_overlap_gradient_pushes_interests_apart() -> None:
+    vectors = torch.tensor([[[1.0, 0.1, 0.0], [1.0, 0.0, 0.1]]], requires_grad=True)
+    before = interest_overlap(vectors)
+    before.backward()
+    assert vectors.grad is not None
+    with torch.no_grad():
+        after = interest_overlap(vectors - 0.5 * vectors.grad)
+    assert after.item() < before.item()

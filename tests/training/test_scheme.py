@@ -58,3 +58,45 @@ def test_negatives_are_real_items_and_repeat_with_the_seed() -> None:
     first = UniformNegatives(VOCAB, 500, seed=3).sample()
     assert first.min() >= VOCAB.first_index() and first.max() < VOCAB.index_stop()
     assert torch.equal(first, UniformNegatives(VOCAB, 500, seed=3).sample())
+
+
+def test_distinctness_options_are_off_by_default() -> None:
+    unit = TrainingScheme.from_config(TrainConfig())
+    assert (unit.rr_scope, unit.interest_div) == ("interest", 0.0)
+
+
+def test_interest_div_adds_its_weighted_overlap_and_rr_scope_changes_only_rr() -> None:
+    from training.losses import interest_overlap
+
+    torch.manual_seed(0)
+    model = build_model("comirec-sa", VOCAB.n_items, dim=8, n_interests=3, seq_len=6)
+    batch, negatives = _batch()
+    settings = {"scheme": "remi", "beta": 0.5, "lam": 10.0}
+    plain = TrainingScheme.from_config(TrainConfig(**settings))
+    output = plain.forward(model, batch, negatives)
+    base = plain.loss(output, batch, negatives, step=0)
+    div = TrainingScheme.from_config(TrainConfig(**settings, interest_div=2.0, interest_div_margin=0.1))
+    with_div = div.loss(output, batch, negatives, step=0)
+    overlap = interest_overlap(output.interest_vectors, 0.1).item()
+    assert overlap > 0
+    assert with_div.total.item() == pytest.approx(base.total.item() + 2.0 * overlap, rel=1e-6)
+    mean = TrainingScheme.from_config(TrainConfig(**settings, rr_scope="mean")).loss(output, batch, negatives, step=0)
+    assert torch.equal(mean.softmax, base.softmax) and mean.rr.item() < base.rr.item()  # the mean row is flatter
+
+
+def test_interest_div_on_the_tower_only_leaves_the_item_table_alone() -> None:
+    torch.manual_seed(0)
+    model = build_model("comirec-sa", VOCAB.n_items, dim=8, n_interests=3, seq_len=6)
+    batch, negatives = _batch()
+    grads = {}
+    for where in ("all", "tower"):
+        unit = TrainingScheme.from_config(TrainConfig(scheme="sampled", interest_div=1.0, interest_div_grad=where))
+        output = unit.forward(model, batch, negatives)
+        assert output.div_vectors is not None and torch.allclose(output.div_vectors, output.interest_vectors)
+        model.zero_grad()
+        loss = unit.loss(output, batch, negatives, step=0)
+        (loss.total - loss.softmax).backward()  # the div term alone
+        grads[where] = {name: p.grad.abs().sum().item() for name, p in model.named_parameters() if p.grad is not None}
+    assert grads["all"]["item_emb.weight"] > 0
+    assert grads["tower"].get("item_emb.weight", 0.0) == 0.0
+    assert grads["tower"]["w2.weight"] > 0 and grads["tower"]["w1.weight"] > 0
