@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from training.losses import RR_NORMS
+from training.losses import RR_NORMS, rr_scoped
 
 
 def ihn_loss(
@@ -39,22 +39,11 @@ def ihn_loss(
     return (torch.logaddexp(pos_logit, neg_term) - pos_logit).mean()
 
 
-def routing_regularization(routing: torch.Tensor, mask: torch.Tensor, dim: int, norm: str = "authors") -> torch.Tensor:
-    """Penalty on spiky routing rows, mean over the batch.
-
-    authors: sum_j ((1/d) sum_l (A_jl - 1/L)^2)^2 per user (j the interest), the reference formula (mean over L
-        includes padded slots; divisor d). λ here is per user: the authors' λ=100 summed over a
-        batch of 128 is λ=12,800 in this convention.
-    valid: the same variance taken over the user's n valid positions only, divided by its
-        one-hot maximum (1 - 1/n), so each row's term lies in [0, 1] whatever the history length:
-        sum_j (sum_{l valid} (A_jl - 1/n)^2 / (1 - 1/n))^2 / K.
-
-    Both are 0 for uniform routing over the valid items and largest for one-hot rows.
-
-    Args:
-        routing: (B, K, L) rows summing to 1 over valid positions.
-        mask: (B, L) bool.
-    """
+def routing_regularization(
+    routing: torch.Tensor, mask: torch.Tensor, dim: int, norm: str = "authors", scope: str = "interest"
+) -> torch.Tensor:
+    """:func:`training.losses.routing_regularization` (same arguments, same value) with autograd's gradients."""
+    routing = rr_scoped(routing, scope)
     if norm == "authors":
         length = routing.shape[-1]
         var = ((routing - 1.0 / length) ** 2).sum(-1) / dim  # (B, K)

@@ -187,10 +187,7 @@ def routing_regularization(
         routing: (B, K, L) rows summing to 1 over valid positions.
         mask: (B, L) bool.
     """
-    if scope == "mean":
-        routing = routing.mean(1, keepdim=True).expand_as(routing)
-    elif scope != "interest":
-        raise ValueError(f"unknown RR scope {scope!r}; choose one of {RR_SCOPES}")
+    routing = rr_scoped(routing, scope)
     if norm == "authors":
         penalty: torch.Tensor = _AuthorsRoutingPenalty.apply(routing, dim)  # type: ignore[no-untyped-call]
         return penalty
@@ -201,6 +198,15 @@ def routing_regularization(
         scaled = torch.where(n > 1, var / (1 - 1.0 / n).clamp_min(1e-6), torch.zeros_like(var))
         return (scaled**2).mean(-1).mean()
     raise ValueError(f"unknown RR normalisation {norm!r}; choose one of {RR_NORMS}")
+
+
+def rr_scoped(routing: torch.Tensor, scope: str) -> torch.Tensor:
+    """The routing rows RR flattens for ``scope`` (see :func:`routing_regularization`)."""
+    if scope == "mean":
+        return routing.mean(1, keepdim=True).expand_as(routing)
+    if scope != "interest":
+        raise ValueError(f"unknown RR scope {scope!r}; choose one of {RR_SCOPES}")
+    return routing
 
 
 class _AuthorsRoutingPenalty(torch.autograd.Function):

@@ -97,19 +97,20 @@ def test_ihn_with_large_logits_stays_finite() -> None:
     torch.testing.assert_close(loss.detach(), loss_reference.ihn_loss(pos.detach(), neg.detach(), 1.0))
 
 
+@pytest.mark.parametrize("scope", ["interest", "mean"])
 @pytest.mark.parametrize("norm", ["authors", "valid"])
-def test_rr_value_gradient_and_derivative_match_the_autograd_form(norm: str) -> None:
+def test_rr_value_gradient_and_derivative_match_the_autograd_form(norm: str, scope: str) -> None:
     g = torch.Generator().manual_seed(2)
     mask = torch.arange(5)[None, :] < torch.tensor([1, 2, 5])[:, None]  # (B, L)
     logits = torch.randn(3, 4, 5, generator=g, dtype=torch.float64).masked_fill(~mask[:, None], float("-inf"))
     routing = (torch.softmax(logits, -1) * mask[:, None]).requires_grad_()
-    got = routing_regularization(routing, mask, 16, norm)
-    want = loss_reference.routing_regularization(routing, mask, 16, norm)
+    got = routing_regularization(routing, mask, 16, norm, scope)
+    want = loss_reference.routing_regularization(routing, mask, 16, norm, scope)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(
         torch.autograd.grad(got, routing)[0], torch.autograd.grad(want, routing)[0], rtol=1e-12, atol=1e-15
     )
-    assert torch.autograd.gradcheck(lambda r: routing_regularization(r, mask, 16, norm), (routing,))
+    assert torch.autograd.gradcheck(lambda r: routing_regularization(r, mask, 16, norm, scope), (routing,))
 
 
 VOCAB = ItemVocabulary([f"i{row}" for row in range(60)])
