@@ -31,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=20_000, help="step budget of every run")
     ap.add_argument("--eval-every", type=int, default=1000, help="valid evaluation interval")
     ap.add_argument("--seed", type=int, default=2021, help="training seed")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="training settings on top of the defaults (e.g. emb_l2=0.1), for every dataset")  # fmt: skip
     ap.add_argument("--parallel", type=int, default=2, help="runs side by side (1 thread each)")
     ap.add_argument("--runs", type=Path, default=Path("runs/default_decay"), help="where run folders go")
     ap.add_argument("--name", default="default_decay", help="results file stem")
@@ -47,7 +49,9 @@ def jobs(args: argparse.Namespace) -> list[Job]:
                                  "patience": args.steps // args.eval_every + 1}  # fmt: skip
         if (data / "split.csv.gz").is_file():
             flags["split_file"] = data / "split.csv.gz"
-        out.append(Job(f"{ds}_default_s{args.seed}_{args.steps}", flags, {"dataset": ds}))
+        extra = dict(item.split("=", 1) for item in args.set)
+        suffix = "".join(f"_{key}={value}" for key, value in extra.items())
+        out.append(Job(f"{ds}_default{suffix}_s{args.seed}_{args.steps}", flags | extra, {"dataset": ds}))
     return out
 
 
@@ -89,9 +93,12 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     failed = [f"- {r['dataset']}: failed: {r['error']}" for r in rows if "error" in r]
     return "\n".join(
         [
-            f"# The default model to the end of its budget (`python -m benchmarks.default_decay --steps {args.steps}`)",
+            f"# The default model to the end of its budget (`python -m benchmarks.default_decay --steps {args.steps}"
+            f"{' --set ' + ' '.join(args.set) if args.set else ''}`)",
             "",
-            f"`remi train --data D` with the shipped defaults (configs/default.json), seed {args.seed}, {args.steps:,} "
+            f"`remi train --data D` with the shipped defaults (configs/default.json)"
+            f"{''.join(f', --{item.replace(chr(95), chr(45)).replace(chr(61), chr(32))}' for item in args.set)}, "
+            f"seed {args.seed}, {args.steps:,} "
             f"steps, valid every {args.eval_every:,}, early stopping off; amazon_beauty on its fixed split. One seed, "
             "two runs side by side with one thread each.",
             "",
