@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), help="folders of ../shared/data")
     ap.add_argument("--steps", type=int, default=20_000, help="step budget of every run")
     ap.add_argument("--eval-every", type=int, default=1000, help="valid evaluation interval")
-    ap.add_argument("--seed", type=int, default=2021, help="training seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[2021], help="training seeds (a run each)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="training settings on top of the defaults (e.g. emb_l2=0.1), for every dataset")  # fmt: skip
     ap.add_argument("--parallel", type=int, default=2, help="runs side by side (1 thread each)")
@@ -42,16 +42,16 @@ def parser() -> argparse.ArgumentParser:
 
 def jobs(args: argparse.Namespace) -> list[Job]:
     out = []
-    for ds in args.datasets:
+    for ds, seed in ((ds, seed) for ds in args.datasets for seed in args.seeds):
         data = SHARED_DATA / ds
         flags: dict[str, Any] = {"data": data / "interactions.csv.gz", "max_steps": args.steps,
-                                 "eval_every": args.eval_every, "seed": args.seed,
+                                 "eval_every": args.eval_every, "seed": seed,
                                  "patience": args.steps // args.eval_every + 1}  # fmt: skip
         if (data / "split.csv.gz").is_file():
             flags["split_file"] = data / "split.csv.gz"
         extra = dict(item.split("=", 1) for item in args.set)
         suffix = "".join(f"_{key}={value}" for key, value in extra.items())
-        out.append(Job(f"{ds}_default{suffix}_s{args.seed}_{args.steps}", flags | extra, {"dataset": ds}))
+        out.append(Job(f"{ds}_default{suffix}_s{seed}_{args.steps}", flags | extra, {"dataset": ds, "seed": seed}))
     return out
 
 
@@ -65,7 +65,8 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         peak_step, peak = max(curve, key=lambda point: (point[1], -point[0]))
         end_step, end = curve[-1]
         test = r["result"]["test"]
-        rows.append({"dataset": r["tags"]["dataset"], "peak_valid_recall@50": peak, "peak_step": peak_step,
+        rows.append({"dataset": r["tags"]["dataset"], "seed": r["tags"]["seed"],
+                     "peak_valid_recall@50": peak, "peak_step": peak_step,
                      "end_valid_recall@50": end, "end_step": end_step, "end_over_peak": end / peak if peak else 0.0,
                      "test_recall@50": test["recall@50"], "test_hr@50": test["hr@50"],
                      "curve": curve})  # fmt: skip
@@ -76,6 +77,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     table = [
         [
             r["dataset"],
+            r.get("seed", ""),
             f"{r['peak_valid_recall@50']:.4f}",
             r["peak_step"],
             f"{r['end_valid_recall@50']:.4f}",
@@ -88,7 +90,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         for r in rows
         if "error" not in r
     ]
-    head = ["dataset", "peak valid R@50", "at step", "valid R@50 at the budget", "step", "budget / peak",
+    head = ["dataset", "seed", "peak valid R@50", "at step", "valid R@50 at the budget", "step", "budget / peak",
             f">= {DECAY_GOAL}", "test R@50 (best ckpt)", "test HR@50"]  # fmt: skip
     failed = [f"- {r['dataset']}: failed: {r['error']}" for r in rows if "error" in r]
     return "\n".join(
@@ -98,9 +100,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             "",
             f"`remi train --data D` with the shipped defaults (configs/default.json)"
             f"{''.join(f', --{item.replace(chr(95), chr(45)).replace(chr(61), chr(32))}' for item in args.set)}, "
-            f"seed {args.seed}, {args.steps:,} "
-            f"steps, valid every {args.eval_every:,}, early stopping off; amazon_beauty on its fixed split. One seed, "
-            "two runs side by side with one thread each.",
+            f"seeds {', '.join(map(str, args.seeds))}, {args.steps:,} "
+            f"steps, valid every {args.eval_every:,}, early stopping off; amazon_beauty on its fixed split. "
+            "Two runs side by side with one thread each.",
             "",
             md_table(head, table),
             *failed,
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     rows = summarise(run_all(jobs(args), args.runs, args.parallel))
     args.results.mkdir(parents=True, exist_ok=True)
-    curves = {r["dataset"]: r["curve"] for r in rows if "error" not in r}
+    curves = {f"{r['dataset']} s{r['seed']}": r["curve"] for r in rows if "error" not in r}
     plot_curves(curves, args.results / f"{args.name}.png", "valid Recall@50 with the defaults")
     save_results(args.results, args.name, {"args": vars(args), "rows": rows}, report(rows, args))
 
