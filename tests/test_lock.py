@@ -15,11 +15,12 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
+DEV, SERVICE, TRAIN = "requirements.txt", "requirements/service.txt", "requirements/train.txt"  # dev: the root lock
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
 def _pins(lock: str) -> dict[str, str]:
-    text = (ROOT / "requirements" / lock).read_text()
+    text = (ROOT / lock).read_text()
     return {canonicalize_name(m[1]): m[2] for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==([^\s\\;]+)", text, re.M)}
 
 
@@ -35,20 +36,20 @@ def _requirements(extras: list[str]) -> list[Requirement]:
     return reqs
 
 
-@pytest.mark.parametrize(("lock", "extras"), [("service.txt", []), ("train.txt", ["train"]), ("dev.txt", ["dev"])])
+@pytest.mark.parametrize(("lock", "extras"), [(SERVICE, []), (TRAIN, ["train"]), (DEV, ["dev"])])
 def test_every_declared_dependency_is_pinned_in_its_lock_at_an_allowed_version(lock: str, extras: list[str]) -> None:
     pins = _pins(lock)
     for req in _requirements(extras):
         name = canonicalize_name(req.name)
         if name == "torch":
             continue
-        assert name in pins, f"{req.name} is in pyproject.toml but not in requirements/{lock}: run requirements/lock.sh"
+        assert name in pins, f"{req.name} is in pyproject.toml but not in {lock}: run requirements/lock.sh"
         assert req.specifier.contains(pins[name], prereleases=True), f"{lock} pins {name}=={pins[name]}, not {req}"
 
 
-@pytest.mark.parametrize("lock", ["service.txt", "train.txt", "dev.txt"])
+@pytest.mark.parametrize("lock", [SERVICE, TRAIN, DEV])
 def test_locks_leave_torch_out_and_hash_every_pin(lock: str) -> None:
-    text = (ROOT / "requirements" / lock).read_text()
+    text = (ROOT / lock).read_text()
     assert "torch" not in _pins(lock), "torch must stay out of the hashed lock (its build depends on the machine)"
     blocks = re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 2)[2])
     for block in blocks:
@@ -57,16 +58,16 @@ def test_locks_leave_torch_out_and_hash_every_pin(lock: str) -> None:
 
 
 def test_service_and_train_locks_agree_with_the_dev_lock() -> None:
-    dev = _pins("dev.txt")
-    for lock in ("service.txt", "train.txt"):
+    dev = _pins(DEV)
+    for lock in (SERVICE, TRAIN):
         for name, version in _pins(lock).items():
-            assert dev.get(name) == version, f"{lock} pins {name}=={version}, dev.txt {dev.get(name)}"
+            assert dev.get(name) == version, f"{lock} pins {name}=={version}, {DEV} {dev.get(name)}"
 
 
 def test_every_install_path_uses_the_lock() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "venv" in ci and "--require-hashes -r requirements/dev.txt" in ci
+    assert "venv" in ci and "--require-hashes -r requirements.txt" in ci
     readme_first_screen = (ROOT / "README.md").read_text()[:1500]
-    assert "--require-hashes -r requirements/dev.txt" in readme_first_screen
+    assert "--require-hashes -r requirements.txt" in readme_first_screen
     assert "requirements/service.txt" in (ROOT / "docker" / "api.Dockerfile").read_text()
     assert "requirements/train.txt" in (ROOT / "docker" / "jobs.Dockerfile").read_text()
