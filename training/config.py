@@ -23,6 +23,7 @@ RrNorm = Literal["authors", "valid"]
 RrScope = Literal["interest", "mean"]
 DivGrad = Literal["all", "tower"]
 OptimizerName = Literal["adam", "sparse-adam", "rowwise-adagrad"]
+LrSchedule = Literal["constant", "cosine"]
 SPARSE_OPTIMIZERS: tuple[str, ...] = ("sparse-adam", "rowwise-adagrad")  # sparse item-table gradients
 EvalIndexName = Literal["exact", "ivfpq", "hnsw", "auto"]
 ROWWISE_ADAGRAD_LR = 0.02  # item_lr unset: best valid R@50 of 0.02, 0.05, 0.1 on amazon_beauty
@@ -105,6 +106,13 @@ class TrainConfig(BaseSettings):
     batch_size: int = Field(128, ge=1, description="Training batch size (the global batch under --nproc).")
     negatives: int = Field(1280, ge=1, description="Sampled negatives per batch (shared).")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    lr_schedule: LrSchedule = Field(
+        "constant",
+        description=(
+            "Learning rate over the step budget: constant, or cosine = from lr down to 0 at max_steps "
+            "(every optimiser, item_lr included)."
+        ),
+    )
     weight_decay: float = Field(
         0.0,
         ge=0,

@@ -35,7 +35,7 @@ from training.data import TrainSampler
 from training.distributed import Ranks
 from training.evaluate import evaluate, popularity_metrics
 from training.models import MultiInterestModel, build_model
-from training.optimizers import Optimizers, build_optimizers, uses_sparse_items
+from training.optimizers import Optimizers, build_optimizers, lr_factor, uses_sparse_items
 from training.prepare import Prepared, prepare
 from training.progress import Progress
 from training.result import EvalRecord, TrainResult
@@ -215,6 +215,8 @@ def _train_into(
     with _open_log(out, ranks.lead) as log_fh:
         while step < cfg.max_steps:
             t0 = time.perf_counter()
+            if cfg.lr_schedule != "constant":
+                optim.scale_lr(lr_factor(cfg, step))
             loss = _optimizer_step(step_module, optim, batches, step, (step + 1) % cfg.eval_every == 0)
             train_seconds += time.perf_counter() - t0
             step += 1
