@@ -8,7 +8,7 @@ per 1,000 steps. ``remi`` uses ``configs/<dataset>.json`` when it exists (settin
 
     python benchmarks/quality.py --datasets amazon_beauty --seeds 2021 2022 2023
 
-Writes benchmarks/results/quality.json, quality.md and quality.png (valid Recall@50 curves).
+Writes benchmarks/results/<name>.json, .md and .png (valid Recall@50 curves); --name defaults to quality.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=20, help="evaluations without improvement before stopping")
     ap.add_argument("--parallel", type=int, default=2, help="runs side by side (1 thread each)")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "quality", help="where run folders go")
+    ap.add_argument("--name", default="quality", help="results file stem (benchmarks/results/<name>.{json,md,png})")
     ap.add_argument("--report-only", action="store_true", help="report the finished runs, start none")
     args = ap.parse_args()
 
@@ -92,6 +93,8 @@ def _group(results: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dic
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     groups = _group(results)
+    sampled = {(ds, model): mean(r["result"]["test"]["recall@50"] for r in runs)
+               for (ds, model, scheme), runs in groups.items() if scheme == "sampled"}  # fmt: skip
     rows, summary = [], []
     for (ds, model, scheme), runs in groups.items():
         test = {k: [r["result"]["test"][k] for r in runs] for k in TEST_KEYS}
@@ -123,11 +126,12 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
                 *[f"{mean(v):.4f} ± {pstdev(v):.4f}" for v in test.values()],
                 *[routing[k] for k in ROUTING_KEYS],
                 *[lists[k] for k in LIST_KEYS],
+                _gain(mean(test["recall@50"]), sampled.get((ds, model)), scheme),
                 f"{mean(best_steps):.0f}",
                 s_per_1k,
             ]
         )
-    (RESULTS / "quality.json").write_text(json.dumps({"summary": summary, "runs": results}, indent=1, default=str))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"summary": summary, "runs": results}, indent=1, default=str))
     headers = [
         "dataset",
         "model",
@@ -138,6 +142,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "coverage@50",
         "diversity@50",
         "top interest share@50",
+        "R@50 vs sampled",
         "best step (mean)",
         "s / 1k steps",
     ]
@@ -154,9 +159,16 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "`remi` uses the tuned `configs/<dataset>.json`, `remi-default` the shipped `configs/default.json`.\n\n"
         + md_table(headers, rows)
     )
-    (RESULTS / "quality.md").write_text(text)
-    plot(groups, RESULTS / "quality.png")
+    (RESULTS / f"{args.name}.md").write_text(text)
+    plot(groups, RESULTS / f"{args.name}.png")
     print(text)
+
+
+def _gain(value: float, sampled: float | None, scheme: str) -> str:
+    """Test Recall@50 relative to the same backbone's `sampled` run on the same dataset."""
+    if scheme == "sampled" or not sampled:
+        return ""
+    return f"{100 * (value / sampled - 1):+.1f}%"
 
 
 def plot(groups: dict[tuple[str, str, str], list[dict[str, Any]]], path: Path) -> None:
