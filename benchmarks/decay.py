@@ -21,13 +21,14 @@ RESULTS = Path(__file__).parent / "results"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 # the authors' setting, undetached (explicit since `remi train`'s defaults are configs/default.json)
-REMI = {"scheme": "remi", "beta": 1.0, "lam": 12800.0, "ihn_detach": False}
+PLAIN = {"emb_l2": 0.0, "lr_schedule": "constant"}  # no item-norm penalty, constant rate (pre-issue-12 defaults)
+REMI = {"scheme": "remi", "beta": 1.0, "lam": 12800.0, "ihn_detach": False, **PLAIN}
 VARIANTS: dict[str, dict] = {
     "sampled": {"scheme": "sampled"},
     "dnn (mean pool) sampled": {"scheme": "sampled", "model": "dnn"},
     "remi raw beta=1 (authors)": REMI,
-    "ihn only beta=1": {"scheme": "ihn", "beta": 1.0, "ihn_detach": False},
-    "rr only": {"scheme": "rr", "lam": 12800.0},
+    "ihn only beta=1": {"scheme": "ihn", "beta": 1.0, "ihn_detach": False, **PLAIN},
+    "rr only": {"scheme": "rr", "lam": 12800.0, **PLAIN},
     "remi detached weights": {**REMI, "ihn_detach": True},
     "remi no accidental hits": {**REMI, "remove_accidental_hits": True},
     "remi standardized beta=1": {**REMI, "ihn_scores": "standardized"},

@@ -38,7 +38,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def train_args(data: Path, split: Path | None, steps: int, threads: int, out: Path) -> list[str]:
     args = ["train", "--data", str(data), "--out", str(out), "--scheme", "remi", "--beta", "1.0", "--lam", "12800",
-            "--no-ihn-detach", "--max-steps", str(steps),
+            "--no-ihn-detach", "--emb-l2", "0", "--lr-schedule", "constant", "--max-steps", str(steps),
             "--eval-every", str(steps), "--no-progress", "--threads", str(threads)]  # fmt: skip
     return args + (["--split-file", str(split)] if split else [])
 

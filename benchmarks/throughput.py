@@ -49,11 +49,21 @@ BEFORE = "-before"
 
 def variant_configs(base: TrainConfig, model_name: str, before: bool) -> dict[str, TrainConfig]:
     """The timed settings, `sampled` first (the reference of every overhead)."""
-    shipped = load_config(DEFAULT_CONFIG).model_dump(include={"scheme", "beta", "lam", "ihn_detach", "ihn_scores"})
+    shipped = load_config(DEFAULT_CONFIG).model_dump(
+        include={"scheme", "beta", "lam", "ihn_detach", "ihn_scores", "emb_l2"}
+    )
     configs = {
-        "sampled": base.model_copy(update={"model": model_name, "scheme": "sampled"}),
+        "sampled": base.model_copy(update={"model": model_name, "scheme": "sampled", "emb_l2": 0.0}),
         "remi": base.model_copy(  # set in full: the defaults are configs/default.json's
-            update={"model": model_name, "scheme": "remi", "beta": 1.0, "lam": 12800.0, "ihn_detach": False}
+            update={
+                "model": model_name,
+                "scheme": "remi",
+                "beta": 1.0,
+                "lam": 12800.0,
+                "ihn_detach": False,
+                "emb_l2": 0.0,
+                "lr_schedule": "constant",
+            }
         ),
         "remi-default": base.model_copy(update={"model": model_name, **shipped}),
     }

@@ -24,6 +24,8 @@ RrScope = Literal["interest", "mean"]
 DivGrad = Literal["all", "tower"]
 OptimizerName = Literal["adam", "sparse-adam", "rowwise-adagrad"]
 LrSchedule = Literal["constant", "cosine"]
+# what `--scheme sampled` uses for the recommended model's regularisers unless they are set
+PLAIN_BASELINE: dict[str, Any] = {"emb_l2": 0.0, "lr_schedule": "constant"}
 SPARSE_OPTIMIZERS: tuple[str, ...] = ("sparse-adam", "rowwise-adagrad")  # sparse item-table gradients
 EvalIndexName = Literal["exact", "ivfpq", "hnsw", "auto"]
 ROWWISE_ADAGRAD_LR = 0.02  # item_lr unset: best valid R@50 of 0.02, 0.05, 0.1 on amazon_beauty
@@ -78,7 +80,11 @@ class TrainConfig(BaseSettings):
         "authors", description="RR normalisation: authors = 1/L mean, /d; valid = per valid length."
     )
     emb_l2: float = Field(
-        0.0, ge=0, description="L2 penalty on the batch's item and user vectors (against norm growth)."
+        0.1,
+        ge=0,
+        description=(
+            "L2 penalty on the batch's item and user vectors (against norm growth); with --scheme sampled 0 unless set."
+        ),
     )
     # interests that stay distinct (docs/remi.md A.11, issue 12 §3); both off by default
     rr_scope: RrScope = Field(
@@ -107,10 +113,10 @@ class TrainConfig(BaseSettings):
     negatives: int = Field(1280, ge=1, description="Sampled negatives per batch (shared).")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
     lr_schedule: LrSchedule = Field(
-        "constant",
+        "cosine",
         description=(
             "Learning rate over the step budget: constant, or cosine = from lr down to 0 at max_steps "
-            "(every optimiser, item_lr included)."
+            "(every optimiser, item_lr included); with --scheme sampled constant unless set."
         ),
     )
     weight_decay: float = Field(
@@ -157,6 +163,12 @@ class TrainConfig(BaseSettings):
     def _check(self) -> TrainConfig:
         if self.model == "dnn":
             self.interests = 1
+        if self.scheme == "sampled":
+            # The defaults of emb_l2 and lr_schedule are the recommended model's (configs/default.json);
+            # `sampled` is the plain baseline of the paper, so it takes them only when asked to.
+            for name, plain in PLAIN_BASELINE.items():
+                if name not in self.model_fields_set:
+                    setattr(self, name, plain)
         if self.optimizer in SPARSE_OPTIMIZERS and self.weight_decay > 0:
             # SparseAdam has no weight decay, and decaying only the rows a batch touches would
             # shrink popular items more than rare ones: not the L2 the flag promises.

@@ -149,7 +149,7 @@ def _train(cfg: TrainConfig, steps: int = 30) -> tuple[list[float], list[torch.T
 
 
 SETTINGS = {
-    "authors": {"scheme": "remi", "beta": 1.0, "lam": 12800.0, "ihn_detach": False},
+    "authors": {"scheme": "remi", "beta": 1.0, "lam": 12800.0, "ihn_detach": False, "emb_l2": 0.0},
     "shipped": {"scheme": "remi", "beta": 0.05, "lam": 20000.0, "ihn_detach": True},
     "hits-warmup-cosine": {
         "scheme": "remi", "beta": 0.5, "lam": 100.0, "ihn_detach": False, "ihn_warmup": 10, "ihn_scores": "cosine",

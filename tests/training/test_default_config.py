@@ -32,3 +32,29 @@ def test_scheme_sampled_alone_turns_off_every_remi_term(no_env: None) -> None:
     sampled = TrainingScheme.from_config(TrainConfig(scheme="sampled"))
     assert sampled.beta == 0.0 and sampled.lam == 0.0  # the remi defaults of beta and lam do not apply
     assert sampled == TrainingScheme.from_config(TrainConfig(scheme="sampled", beta=1.0, lam=12800.0))
+
+
+def test_sampled_alone_is_the_plain_baseline_without_the_recommended_regularisers(no_env: None) -> None:
+    shipped = json.loads(SHIPPED.read_text())["train"]
+    assert shipped["emb_l2"] > 0 and shipped["lr_schedule"] == "cosine"  # what this test is about
+    sampled = TrainConfig(scheme="sampled")
+    assert (sampled.emb_l2, sampled.lr_schedule) == (0.0, "constant")
+    for scheme in ("ihn", "rr", "remi"):  # the ablations share the recommended regularisers
+        cfg = TrainConfig(scheme=scheme)
+        assert (cfg.emb_l2, cfg.lr_schedule) == (shipped["emb_l2"], shipped["lr_schedule"])
+
+
+def test_sampled_keeps_regularisers_that_are_asked_for(no_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert TrainConfig(scheme="sampled", emb_l2=0.2).emb_l2 == 0.2
+    assert TrainConfig(scheme="sampled", lr_schedule="cosine").lr_schedule == "cosine"
+    monkeypatch.setenv("REMI_TRAIN_EMB_L2", "0.3")
+    assert load_config(None, scheme="sampled").emb_l2 == 0.3
+
+
+def test_tuned_configs_pin_the_regularisers_they_were_tuned_with() -> None:
+    """A tuned config found without emb_l2 and with a constant rate must not pick up the new defaults."""
+    for path in sorted(SHIPPED.parent.glob("*.json")):
+        settings = json.loads(path.read_text()).get("train", {})
+        if path.name in ("default.json", "tune_base.json"):
+            continue
+        assert "emb_l2" in settings and "lr_schedule" in settings, path.name

@@ -66,7 +66,7 @@ def test_unique_rows_sums_duplicates_and_passes_coalesced_gradients_through() ->
 @pytest.mark.parametrize("scheme", ["sampled", "remi"])
 def test_one_step_changes_exactly_the_rows_the_batch_touches(model_name: str, scheme: str) -> None:
     cfg = TrainConfig(
-        optimizer="rowwise-adagrad", scheme=scheme, emb_l2=0.01, interests=2, seq_len=L, dim=D, **AUTHORS_REMI
+        optimizer="rowwise-adagrad", scheme=scheme, interests=2, seq_len=L, dim=D, **{**AUTHORS_REMI, "emb_l2": 0.01}
     )
     torch.manual_seed(0)
     before = build_model(model_name, N_ITEMS, D, 2, L).item_emb.weight.detach().clone()

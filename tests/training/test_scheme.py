@@ -36,7 +36,7 @@ def test_total_is_softmax_plus_lambda_times_rr() -> None:
     torch.manual_seed(0)
     model = build_model("comirec-sa", VOCAB.n_items, dim=8, n_interests=3, seq_len=6)
     batch, negatives = _batch()
-    loss = TrainingScheme.from_config(TrainConfig(scheme="remi", beta=0.5, lam=10.0)).step_loss(
+    loss = TrainingScheme.from_config(TrainConfig(scheme="remi", beta=0.5, lam=10.0, emb_l2=0.0)).step_loss(
         model, batch, negatives, step=0
     )
     assert loss.rr.item() > 0 and loss.scores is None
