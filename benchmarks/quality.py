@@ -171,6 +171,10 @@ def _gain(value: float, sampled: float | None, scheme: str) -> str:
     return f"{100 * (value / sampled - 1):+.1f}%"
 
 
+MODEL_COLOURS = {"comirec-sa": "C3", "comirec-dr": "C0", "mind": "C2", "dnn": "C7"}
+SCHEME_LINES = {"sampled": ":", "remi": "-", "remi-default": "--"}
+
+
 def plot(groups: dict[tuple[str, str, str], list[dict[str, Any]]], path: Path) -> None:
     datasets = sorted({k[0] for k in groups})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4.2), squeeze=False)
@@ -180,14 +184,15 @@ def plot(groups: dict[tuple[str, str, str], list[dict[str, Any]]], path: Path) -
                 continue
             for i, r in enumerate(runs):
                 steps, values = zip(*r["curve"], strict=True)
+                # colour = backbone, line = scheme, so several backbones stay readable on one panel
                 ax.plot(
                     steps,
                     values,
-                    color={"sampled": "C0", "remi": "C3"}.get(scheme, "C2"),
+                    color=MODEL_COLOURS.get(model, "C7"),
                     alpha=0.8,
                     linewidth=1.2,
                     label=f"{model} {scheme}" if i == 0 else None,
-                    linestyle="-" if model == "comirec-sa" else "--",
+                    linestyle=SCHEME_LINES.get(scheme, "-."),
                 )
         ax.set_title(ds)
         ax.set_xlabel("training step")
