@@ -201,6 +201,7 @@ class LiveBlocklist:
         self.snapshot = Snapshot(-1, frozenset())  # -1: nothing read yet
         self.failing_since: float | None = None  # when the store stopped answering; None while it answers
         self.last_error: str | None = None
+        self._refreshing = asyncio.Lock()
         self._full_read_at = float("-inf")  # the next whole read even if the version did not move
         # (snapshot, vocabulary) -> sorted item indices; one entry: a vocabulary changes only on reload
         self._mapped: tuple[Snapshot, ItemVocabulary, np.ndarray] | None = None
@@ -212,7 +213,12 @@ class LiveBlocklist:
 
     async def refresh(self) -> bool:
         """Reads the store if its version moved; True if the applied list changed. Never raises:
-        while the store is down the last list stays applied."""
+        while the store is down the last list stays applied. One at a time (the poller and an
+        admin call may both refresh): a slow older read must not land after a newer one."""
+        async with self._refreshing:
+            return await self._refresh()
+
+    async def _refresh(self) -> bool:
         try:
             version = await self.store.version()
             due = self.clock() >= self._full_read_at

@@ -28,7 +28,7 @@ from index.store import load_current
 from remi.contract import ItemVocabulary
 from service import fast_recommend
 from service.app import create_app
-from service.blocklist import LiveBlocklist, MemoryBlocklist
+from service.blocklist import FULL_READ_EVERY_S, LiveBlocklist, MemoryBlocklist, Snapshot
 from service.config import ServiceSettings
 from service.engine import Engine, Query
 from service.schemas import BLOCK_MAX
@@ -233,6 +233,25 @@ def test_ids_unknown_to_a_model_apply_once_a_version_knows_them() -> None:
     assert live.indices(old).tolist() == [2]
     assert live.indices(new).tolist() == [2, 3]
     assert live.indices(new) is live.indices(new)  # mapped once per (list, model), not per request
+
+
+def test_a_store_that_restarted_its_counter_is_still_read_in_full_now_and_then() -> None:
+    """A Redis that lost its data counts versions from 0 again and may reach the number a worker
+    holds with other ids: the version alone would hide that, the periodic full read does not."""
+    now = [0.0]
+    store = MemoryBlocklist()
+    live = LiveBlocklist(store, poll_s=0.2, clock=lambda: now[0])
+
+    async def run() -> None:
+        await store.block(["a"])
+        assert await live.refresh()
+        store._snapshot = Snapshot(live.snapshot.version, frozenset({"b"}))  # same number, other ids
+        now[0] += 1.0
+        assert not await live.refresh() and live.snapshot.items == {"a"}  # the cheap poll cannot tell
+        now[0] += FULL_READ_EVERY_S
+        assert await live.refresh() and live.snapshot.items == {"b"}
+
+    asyncio.run(run())
 
 
 def test_a_new_index_version_keeps_the_blocklist(tiny_root: Path, tiny_model: TinyModel, tmp_path: Path) -> None:
