@@ -32,7 +32,14 @@ class ServiceSettings(BaseSettings):
         description="Map each version's index and item arrays from its files, one copy in the page cache for all "
         "workers (off: a private copy per worker).",
     )
-    admin_token: SecretStr | None = Field(None, description="Bearer token of POST /admin/reload; unset = disabled.")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of the /admin/* routes (reload, blocklist); unset = those routes answer 404."
+    )
+    blocklist_poll_ms: float = Field(
+        200.0,
+        gt=0,
+        description="How often each worker checks the blocklist's version in the store (a change applies within this).",
+    )
 
     # history store
     redis_url: str | None = Field(

@@ -29,6 +29,8 @@ from index.store import LoadedVersion
 from remi.artifacts import pad_histories
 from remi.contract import ItemVocabulary
 
+_NOTHING = np.zeros(0, dtype=np.int64)
+
 
 @dataclass(frozen=True)
 class Query:
@@ -38,6 +40,20 @@ class Query:
     k: int
     exclude_seen: bool = True
     merge: str = "score"
+    # Item indices no answer may hold (the live blocklist, service/blocklist.py), seen items or not;
+    # one shared read-only array for every query of a blocklist version.
+    blocked: np.ndarray = field(default_factory=lambda: _NOTHING)
+
+    def excluded(self) -> np.ndarray:
+        """Every item index this query's answer must not hold: its history when it excludes seen
+        items, and the blocked items. Both go to the same exclusion machinery (FAISS selector or
+        over-fetch, popularity filter), so an answer still has k items when k allowed items exist."""
+        seen = self.history if self.exclude_seen else _NOTHING
+        if not len(self.blocked):
+            return seen
+        if not len(seen):
+            return self.blocked
+        return np.concatenate([seen, self.blocked])
 
 
 @dataclass
@@ -130,7 +146,7 @@ class Engine:
                 by_k.setdefault(queries[i].k, []).append(j)
             for k, rows in by_k.items():
                 s0 = time.perf_counter()
-                exclude = [queries[warm[j]].history if queries[warm[j]].exclude_seen else () for j in rows]
+                exclude = [queries[warm[j]].excluded() for j in rows]
                 user, interest = np.nonzero(searched[rows])
                 found_ids, found_scores = search_batch(
                     self.index,
@@ -164,7 +180,7 @@ class Engine:
                 timings.search += s1 - s0
                 timings.merge += time.perf_counter() - s1
         answers = [
-            result if result is not None else self.popular_for(q.k, q.history if q.exclude_seen else ())
+            result if result is not None else self.popular_for(q.k, q.excluded())
             for result, q in zip(results, queries, strict=True)
         ]
         return answers, timings
@@ -216,13 +232,17 @@ class Engine:
             items_json=self.items_json(items[:k], scores[:k], None),
         )
 
-    def explain(self, history: np.ndarray, top_n: int = 10, top_history: int = 10) -> list[dict[str, Any]]:
-        """Per interest: the history items it draws on, how many effectively, and its own candidates."""
+    def explain(
+        self, history: np.ndarray, top_n: int = 10, top_history: int = 10, blocked: np.ndarray = _NOTHING
+    ) -> list[dict[str, Any]]:
+        """Per interest: the history items it draws on, how many effectively, and its own candidates
+        (never a seen or a ``blocked`` item)."""
         if not len(history):
             return []
         ids, mask = pad_histories([history], self.seq_len)
         interest_vectors, routing = self.arts.tower.run(ids, mask)
-        found, scores = search_excluding(self.index, interest_vectors, top_n, [history])
+        excluded = Query(history, top_n, blocked=blocked).excluded()
+        found, scores = search_excluding(self.index, interest_vectors, top_n, [excluded])
         weights = interest_weights(routing, mask)[0]
         out = []
         valid = mask[0]

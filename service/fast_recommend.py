@@ -40,6 +40,11 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 _HEADERS_JSON = [(b"content-type", b"application/json")]
 
 
+def _worker_header() -> tuple[bytes, bytes]:
+    """The X-Remi-Worker header, as the route sends it (service/telemetry.py)."""
+    return telemetry.WORKER_HEADER.encode(), telemetry.worker_id().encode()
+
+
 def eligible(scope: Scope, max_body_bytes: int) -> int | None:
     """The declared body length when ``scope`` may take the fast path, else None."""
     if scope["type"] != "http" or scope["path"] != ROUTE or scope["method"] != "POST" or scope.get("query_string"):
@@ -74,7 +79,7 @@ async def handle(app: App, state: State, scope: Scope, receive: Receive, send: S
         {
             "type": "http.response.start",
             "status": 200,
-            "headers": [(b"content-length", str(len(answer)).encode()), *_HEADERS_JSON],
+            "headers": [(b"content-length", str(len(answer)).encode()), *_HEADERS_JSON, _worker_header()],
         }
     )
     await send({"type": "http.response.body", "body": answer})

@@ -27,18 +27,32 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: State = app.state.remi
     await _seed_history(state)
     await _check_history(state)
+    await _load_blocklist(state)
     await state.versions.refresh()
     state.start_batcher()
-    poller = asyncio.create_task(state.versions.poll_forever()) if state.settings.poll_seconds > 0 else None
+    pollers = [asyncio.create_task(state.blocklist.poll_forever())]
+    if state.settings.poll_seconds > 0:
+        pollers.append(asyncio.create_task(state.versions.poll_forever()))
     _log_started(state)
     try:
         yield
     finally:
-        if poller is not None:
+        for poller in pollers:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
         await state.close()
+
+
+async def _load_blocklist(state: State) -> None:
+    """Before the first request: a worker that starts while Redis is down blocks nothing until it
+    can read the list (its poller keeps trying), and says so loudly."""
+    await state.blocklist.refresh()
+    if not state.blocklist.loaded:
+        log.warning(
+            "blocklist not readable at start: blocking nothing until the store answers",
+            extra={"error": state.blocklist.last_error},
+        )
 
 
 async def _seed_history(state: State) -> None:

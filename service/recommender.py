@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 
 from service import telemetry
@@ -33,7 +34,8 @@ async def recommend_many(state: State, engine: Engine, requests: Sequence[Recomm
         t0 = time.perf_counter()
         wanted = [r.user_id for r in requests if r.use_stored_history]
         stored = await stored_histories(state, wanted)
-        queries, unknown = encode_requests(engine, requests, stored, state.settings.history_max_len)
+        blocked = state.blocklist.indices(engine.vocabulary)  # this worker's live blocklist, for this model
+        queries, unknown = encode_requests(engine, requests, stored, state.settings.history_max_len, blocked)
         results, timings = await compute(state, engine, queries)
         took = round((time.perf_counter() - t0) * 1000, 3)
         return [
@@ -66,16 +68,20 @@ def encode_requests(
     requests: Sequence[RecommendRequest],
     stored: dict[str, list[Event]] | None,
     max_len: int,
+    blocked: np.ndarray | None = None,
 ) -> tuple[list[Query], list[int]]:
-    """Engine queries (stored history, then the request's, the last ``max_len`` known items) and
-    the number of unknown item ids skipped per request."""
+    """Engine queries (stored history, then the request's, the last ``max_len`` known items; the
+    ``blocked`` item indices excluded from every answer) and the number of unknown item ids
+    skipped per request."""
+    if blocked is None:
+        blocked = np.zeros(0, dtype=np.int64)
     queries, unknown = [], []
     for r in requests:
         raw = [e.item_id for e in (stored or {}).get(r.user_id, [])] if r.use_stored_history else []
         if r.history:
             raw += [str(item) for item in r.history[-max_len:]]
         known, n_unknown = engine.encode(raw[-max_len:])
-        queries.append(Query(known, r.k, r.exclude_seen, r.merge))
+        queries.append(Query(known, r.k, r.exclude_seen, r.merge, blocked))
         unknown.append(n_unknown)
     if sum(unknown):
         telemetry.UNKNOWN_ITEMS.inc(sum(unknown))

@@ -259,6 +259,40 @@ class ReloadResponse(BaseModel):
     error: str | None
 
 
+BLOCK_MAX = 1000  # ids per block/unblock call: one Redis transaction stays short, a body stays small
+BLOCKED_PAGE_MAX = 1000
+
+
+class BlockRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_ids: list[ItemId] = Field(
+        min_length=1,
+        max_length=BLOCK_MAX,
+        description=f"Raw item ids (1..{BLOCK_MAX} per call); ids the serving model does not know are kept too "
+        "and apply once a model version knows them.",
+    )
+
+
+class BlockResponse(BaseModel):
+    changed: int = Field(description="Ids newly blocked (block) or no longer blocked (unblock) by this call.")
+    total: int = Field(description="Ids blocked after the call.")
+    version: int = Field(description="The blocklist's version after the call (every worker applies it within ~1 s).")
+
+
+class BlockedItem(BaseModel):
+    item_id: str
+    known: bool = Field(description="Whether the model this worker serves knows the id (else it applies later).")
+
+
+class BlockedResponse(BaseModel):
+    items: list[BlockedItem] = Field(description="One page of the blocked ids, sorted.")
+    total: int = Field(description="All blocked ids.")
+    offset: int
+    limit: int
+    version: int = Field(description="The blocklist's version in the store.")
+    applied_version: int = Field(description="The version this worker applies now (-1: none read yet).")
+
+
 class Reason(BaseModel):
     detail: str
 

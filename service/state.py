@@ -1,5 +1,5 @@
 """What the routes of one worker process share: settings, the serving versions, the history
-store, the compute pool and the micro-batcher. Built by the app factory, started and stopped by
+store, the live blocklist, the compute pool and the micro-batcher. Built by the app factory, started and stopped by
 the lifespan (service/lifespan.py), handed to routes by dependencies (service/deps.py)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from service.batcher import MicroBatcher
+from service.blocklist import LiveBlocklist, make_blocklist_store
 from service.config import ServiceSettings
 from service.history import HistoryStore, make_history_store
 from service.versions import Versions
@@ -22,6 +23,7 @@ class State:
         self.settings = settings
         self.versions = Versions(settings)
         self.history = history_store(settings)
+        self.blocklist = LiveBlocklist(make_blocklist_store(settings), settings.blocklist_poll_ms / 1000)
         # OpenMP's thread count is per calling thread: set it in each compute thread, where FAISS runs.
         self.executor = ThreadPoolExecutor(
             settings.compute_threads,
@@ -57,6 +59,7 @@ class State:
         if self.batcher is not None:
             await self.batcher.stop()
         await self.history.close()
+        await self.blocklist.store.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 

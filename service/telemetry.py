@@ -38,6 +38,22 @@ VERSION = Gauge(
     ["model", "index"],
     multiprocess_mode="liveall",  # one series per live worker: a half-finished rollout stays visible
 )
+BLOCKLIST_ERRORS = Counter("remi_blocklist_errors_total", "Blocklist refreshes that could not read the store.")
+BLOCKLIST_VERSION = Gauge(
+    "remi_blocklist_version",
+    "The blocklist version each worker applies (the store's counter; compare workers to see a change spread).",
+    multiprocess_mode="liveall",
+)
+
+
+WORKER_HEADER = "x-remi-worker"
+
+
+def worker_id() -> str:
+    """Which worker process answered (its pid), sent as the X-Remi-Worker header of recommendation
+    answers: lets an operator or a test tell the SO_REUSEPORT workers apart (e.g. to see a
+    blocklist change reach every one)."""
+    return str(os.getpid())
 
 
 def render() -> tuple[bytes, str]:

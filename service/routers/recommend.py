@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from service import telemetry
 from service.deps import StateDep, serving_engine
 from service.http_guards import SafeJsonRoute
 from service.recommender import recommend_many
@@ -32,7 +33,7 @@ NO_MODEL_503 = {"description": "No model loaded yet"}
 )
 async def recommend(body: RecommendRequest, state: StateDep) -> Response:
     answers = await recommend_many(state, serving_engine(state.versions), [body])
-    return Response(orjson.dumps(answers[0]), media_type="application/json")
+    return Response(orjson.dumps(answers[0]), media_type="application/json", headers=_worker())
 
 
 @router.post(
@@ -45,4 +46,10 @@ async def recommend_batch(body: BatchRequest, state: StateDep) -> Response:
     t0 = time.perf_counter()
     results = await recommend_many(state, serving_engine(state.versions), body.requests)
     took = round((time.perf_counter() - t0) * 1000, 3)
-    return Response(orjson.dumps({"results": results, "took_ms": took}), media_type="application/json")
+    return Response(
+        orjson.dumps({"results": results, "took_ms": took}), media_type="application/json", headers=_worker()
+    )
+
+
+def _worker() -> dict[str, str]:
+    return {telemetry.WORKER_HEADER: telemetry.worker_id()}

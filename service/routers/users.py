@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Container
+from functools import partial
 from typing import Any
 
 import orjson
@@ -101,7 +102,8 @@ async def interests(user_id: UserPath, state: StateDep, top_n: TopN = 10) -> dic
         raise HTTPException(503, f"history store unavailable: {exc}") from exc
     known, unknown = engine.encode([e.item_id for e in events])
     loop = asyncio.get_running_loop()
-    explained = await loop.run_in_executor(state.executor, engine.explain, known, top_n)
+    blocked = state.blocklist.indices(engine.vocabulary)
+    explained = await loop.run_in_executor(state.executor, partial(engine.explain, known, top_n, blocked=blocked))
     collapsed = sum(1 for i in explained if i["effective_items"] < 1.5 and len(known) > 1)
     return {
         "user_id": user_id,
