@@ -116,8 +116,9 @@ class Engine:
         """Results in the order of ``queries``; users without a usable history get popularity."""
         timings = Timings()
         results: list[Result | None] = [None] * len(queries)
-        # Filtered queries: the items their filter and exclude_items allow (before the history exclusion).
-        allowed = {i: self.allowed_items(q) for i, q in enumerate(queries) if q.filtered}
+        # Filtered queries: how many items their filter and exclude_items allow. Each mask (1 byte
+        # per item) is built where it is used and dropped after: a batch never holds one per request.
+        n_allowed: dict[int, int] = {}
         warm = [i for i, q in enumerate(queries) if len(q.history)]
         if warm:
             t0 = time.perf_counter()
@@ -164,7 +165,10 @@ class Engine:
                     query = queries[warm[j]]
                     if not query.filtered:
                         continue
-                    mask = self.search_mask(allowed[warm[j]], query)
+                    allowed = self.allowed_items(query)
+                    n_allowed[warm[j]] = int(np.count_nonzero(allowed))
+                    mask = self.search_mask(allowed, query)
+                    del allowed
                     mine = np.flatnonzero(searched[j])
                     found_ids, found_scores, paths[r] = search_filtered(
                         self.index,
@@ -194,7 +198,7 @@ class Engine:
                     for r, j in enumerate(picked):
                         result = self._result(merged[r], merged_scores[r], who[r])
                         if queries[warm[j]].filtered:
-                            result.filter = self.filter_info(allowed[warm[j]], paths[sub[r]])
+                            result.filter = self.filter_info(n_allowed[warm[j]], paths[sub[r]])
                         results[warm[j]] = result
                 timings.search += s1 - s0
                 timings.merge += time.perf_counter() - s1
@@ -202,7 +206,7 @@ class Engine:
             result
             if result is not None
             else self.popular_for(
-                q.k, q.history if q.exclude_seen else (), allowed.get(i), q.exclude_items if q.filtered else None
+                q.k, q.history if q.exclude_seen else (), self.allowed_items(q) if q.filtered else None
             )
             for i, (result, q) in enumerate(zip(results, queries, strict=True))
         ]
@@ -231,10 +235,11 @@ class Engine:
         mask[rows[rows >= 0]] = False
         return mask
 
-    def filter_info(self, allowed: np.ndarray, path: str | None) -> dict[str, Any]:
-        """The FilterInfo of an answer: how many items the filter left and removed, and the search path."""
-        n_allowed = int(np.count_nonzero(allowed))
-        return {"allowed_items": n_allowed, "filtered_out": self.vocabulary.n_items - n_allowed, "path": path}
+    def filter_info(self, allowed: np.ndarray | int, path: str | None) -> dict[str, Any]:
+        """The FilterInfo of an answer: how many items the filter left (a mask or its count) and
+        removed, and the search path."""
+        count = allowed if isinstance(allowed, int) else int(np.count_nonzero(allowed))
+        return {"allowed_items": count, "filtered_out": self.vocabulary.n_items - count, "path": path}
 
     def _result(self, indices: np.ndarray, scores: np.ndarray, interests: np.ndarray) -> Result:
         """One merged list (-1 padded) as a Result, with its "items" JSON built from pre-encoded ids."""
@@ -273,7 +278,6 @@ class Engine:
         k: int,
         exclude: Sequence[int] | np.ndarray = (),
         allowed: np.ndarray | None = None,
-        exclude_items: np.ndarray | None = None,
     ) -> Result:
         """The cold-start list: most interacted items in the training data, minus excluded ones.
 
