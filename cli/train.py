@@ -155,13 +155,34 @@ def export_cmd(
             " workers share it (default: above 64 MB, about 250k items at d = 64)."
         ),
     ] = None,
+    item_attributes: Annotated[
+        Path | None,
+        Opt(
+            help="Item attributes for request filters: a .csv or .parquet table with an item_id column and one"
+            " column per attribute (numeric columns are numeric, others categorical; see --categorical)."
+        ),
+    ] = None,
+    categorical: Annotated[
+        str | None,
+        Opt(help="Comma-separated attribute columns to keep categorical even when they hold numbers (e.g. ids)."),
+    ] = None,
 ) -> None:
     """Export a run's user tower to ONNX (checked against PyTorch) with the item table and manifest."""
+    from remi.attributes import attach_attributes, read_attribute_table
+    from remi.contract import RUN_ITEM_IDS
     from training.export import export_run
 
+    attributes = None
+    if item_attributes is not None:  # checked before the export: a bad table fails fast
+        text = (run / RUN_ITEM_IDS).read_text()
+        ids = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+        forced = [c.strip() for c in (categorical or "").split(",") if c.strip()]
+        attributes = read_attribute_table(item_attributes, ids, forced)
     manifest = export_run(
         run, out, data=data, force=force, opset=opset, sample_users=sample_users, external_data=external_data
     )
+    if attributes is not None:
+        manifest = attach_attributes(out, manifest, attributes)
     summary = {
         "out": str(out),
         "model_version": manifest.model_version,
@@ -171,4 +192,6 @@ def export_cmd(
         "interests": manifest.interests,
         "parity_max_abs": manifest.parity_max_abs,
     }
+    if attributes is not None:
+        summary["item_attributes"] = {**attributes.summary, "kinds": manifest.item_attributes}
     typer.echo(json.dumps(summary, indent=2))

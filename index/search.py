@@ -300,3 +300,8 @@ def _isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     pos = np.searchsorted(sorted_keys, values)
     found: np.ndarray = sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == values
     return found
+
+
+# Public names for the filtered search (index/filtered.py), which reuses this module's machinery.
+selector_params = _selector_params
+ties_by_item = _ties_by_item

@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 
+from remi.attributes import ItemAttributes, load_attributes
 from remi.contract import (
     INPUT_ITEMS,
     INPUT_MASK,
@@ -85,6 +86,7 @@ class Artifacts:
     popularity: np.ndarray  # (I,) int64, by FAISS row
     sample_history: np.ndarray  # (S, L) int64 item indices
     sample_mask: np.ndarray  # (S, L) bool
+    attributes: ItemAttributes | None = None  # item attributes for request filters, when exported with them
 
     @property
     def model_version(self) -> str:
@@ -144,7 +146,7 @@ def check_sample_histories(folder: Path, manifest: ArtifactManifest, history: np
 def load_artifacts(folder: str | Path, threads: int = 1, check_hash: bool = True, mmap: bool = False) -> Artifacts:
     """Validates the folder against its manifest, then loads every file; errors are ArtifactError.
 
-    With ``mmap`` the item vectors and popularity are read-only views of their files
+    With ``mmap`` the item vectors, popularity and item attribute arrays are read-only views of their files
     (``np.load(mmap_mode="r")``), shared through the page cache by every process that maps them:
     for immutable folders only (a published version), since a rewrite of a mapped file would
     change the arrays behind the checks. A large catalogue's ids are then packed too
@@ -170,6 +172,7 @@ def load_artifacts(folder: str | Path, threads: int = 1, check_hash: bool = True
     del raw_ids
     check_item_table(folder, manifest, vectors, popularity)
     check_sample_histories(folder, manifest, sample_history, sample_mask)
+    attributes = load_attributes(folder, manifest, mmap)
     tower = UserTower(folder / MODEL_FILE, threads=threads)
     if tower.seq_len != manifest.seq_len:
         raise ArtifactError(f"{folder / MODEL_FILE}: history length {tower.seq_len}, manifest says {manifest.seq_len}")
@@ -182,4 +185,5 @@ def load_artifacts(folder: str | Path, threads: int = 1, check_hash: bool = True
         popularity=popularity,
         sample_history=sample_history,
         sample_mask=sample_mask,
+        attributes=attributes,
     )

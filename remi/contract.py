@@ -12,6 +12,10 @@ Model artifacts (written by ``remi export``)::
     item_ids.txt           raw item id of row r on line r
     item_popularity.npy    (I,) int64 interaction counts per row (cold-start ranking)
     sample_histories.npz   held-out histories (history, mask) for parity, recall and warm-up
+    item_attributes.json   optional (``remi export --item-attributes``): attribute names, kinds,
+                           categorical value lists (remi/attributes.py)
+    item_attr_categorical.npy  (C, I) int32 codes by FAISS row, -1 = no value (with the .json)
+    item_attr_numeric.npy      (N, I) float64 values by FAISS row, NaN = no value (with the .json)
 
 Index versions (written by ``remi index build`` / ``remi reindex``)::
 
@@ -61,6 +65,11 @@ ITEM_IDS = "item_ids.txt"
 ITEM_POPULARITY = "item_popularity.npy"
 SAMPLE_HISTORIES = "sample_histories.npz"
 ARTIFACT_FILES = (MODEL_FILE, ITEM_EMBEDDINGS, ITEM_IDS, ITEM_POPULARITY, SAMPLE_HISTORIES)
+# Optional item attributes: all three or none, listed and hashed in the manifest like every file.
+ITEM_ATTRIBUTES = "item_attributes.json"
+ITEM_ATTR_CATEGORICAL = "item_attr_categorical.npy"
+ITEM_ATTR_NUMERIC = "item_attr_numeric.npy"
+ITEM_ATTRIBUTE_FILES = (ITEM_ATTRIBUTES, ITEM_ATTR_CATEGORICAL, ITEM_ATTR_NUMERIC)
 
 # Training run folder (written by ``remi train``, read by ``remi export``/``evaluate`` and the benchmarks).
 RUN_CONFIG = "config.json"  # the TrainConfig plus the data shape (n_items)
@@ -120,6 +129,8 @@ class ArtifactManifest(BaseModel):
     train_config: dict[str, Any]
     parity_max_abs: float
     files: dict[str, FileEntry]
+    # name -> "categorical" | "numeric" when the folder carries item attributes (not part of model_version)
+    item_attributes: dict[str, Literal["categorical", "numeric"]] | None = None
 
 
 class IndexManifest(BaseModel):
@@ -256,6 +267,9 @@ def read_artifact_manifest(folder: str | Path, check_hash: bool = True) -> Artif
     folder = Path(folder)
     manifest = _read_manifest(folder, ArtifactManifest, "model artifact")
     missing = [name for name in ARTIFACT_FILES if name not in manifest.files]
+    attribute_files = [name for name in ITEM_ATTRIBUTE_FILES if name in manifest.files]
+    if attribute_files or manifest.item_attributes is not None:
+        missing += [name for name in ITEM_ATTRIBUTE_FILES if name not in manifest.files]
     if missing:
         raise ArtifactError(f"{folder / MANIFEST}: does not list {', '.join(missing)}")
     verify_files(folder, manifest.files, check_hash)

@@ -23,6 +23,7 @@ import remi
 from service import fast_recommend, limits, telemetry
 from service.config import ServiceSettings
 from service.docs_ui import mount_offline_docs
+from service.filter_schema import with_attributes
 from service.http_guards import BodyLimitMiddleware, SafeJsonRoute, validation_error_handler
 from service.lifespan import lifespan
 from service.routers import admin, health, recommend, users
@@ -49,8 +50,11 @@ class RemiAPI(FastAPI):
                 await fast_recommend.handle(full_app, self.state.remi, scope, receive, send, length)
 
     def openapi(self) -> dict[str, Any]:
+        """FastAPI's document (built once) with the ``filter`` schemas of the version served now."""
         with limits.applied(self.request_limits):
-            return super().openapi()
+            document = super().openapi()
+            engine = self.state.remi.versions.engine if hasattr(self.state, "remi") else None
+            return with_attributes(document, engine.attributes if engine is not None else None)
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:

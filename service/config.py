@@ -75,6 +75,17 @@ class ServiceSettings(BaseSettings):
     k_max: int = Field(500, ge=1, description="Largest k a request may ask for.")
     batch_max: int = Field(256, ge=1, description="Most users in one POST /recommend/batch.")
     events_max: int = Field(1000, ge=1, description="Most events in one POST /users/{id}/events.")
+    filter_attributes_max: int = Field(16, ge=1, description="Most attributes one request filter may name.")
+    filter_values_max: int = Field(
+        1000, ge=1, description="Most values in one `in` / `not_in` list of a request filter."
+    )
+    exclude_items_max: int = Field(1000, ge=1, description="Most item ids in one request's exclude_items.")
+    filter_exact_max_rows: int = Field(
+        20_000,
+        ge=0,
+        description="A filter allowing at most this many items (or 2% of the catalogue) is searched exactly over "
+        "them, a wider one by the index with a selector (benchmarks/results/filtered_search.md).",
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1, description="Largest request body in bytes; larger ones get 413 (also when chunked)."
     )

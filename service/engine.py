@@ -23,10 +23,12 @@ import numpy as np
 import orjson
 
 from index.dedup import leaders, rescore
+from index.filtered import EXACT_MAX_ROWS, search_filtered
 from index.merge import interest_weights, merge, merge_flat
 from index.search import needs_rerank, search_batch, search_excluding
 from index.store import LoadedVersion
 from remi.artifacts import pad_histories
+from remi.attributes import Condition, ItemAttributes, allowed_mask
 from remi.contract import ItemVocabulary
 
 _NOTHING = np.zeros(0, dtype=np.int64)
@@ -43,6 +45,9 @@ class Query:
     # Item indices no answer may hold (the live blocklist, service/blocklist.py), seen items or not;
     # one shared read-only array for every query of a blocklist version.
     blocked: np.ndarray = field(default_factory=lambda: _NOTHING)
+    filtered: bool = False  # a filter or exclude_items was given: search the allowed items only, say how many
+    conditions: tuple[Condition, ...] = ()  # checked against the engine's attributes (service/filters.py)
+    exclude_items: np.ndarray | None = None  # item indices the request excludes
 
     def excluded(self) -> np.ndarray:
         """Every item index this query's answer must not hold: its history when it excludes seen
@@ -63,6 +68,7 @@ class Result:
     interests: list[int | None]
     cold_start: bool
     items_json: bytes | None = None  # the answer's "items" array, already JSON (None: build it from the lists)
+    filter: dict[str, Any] | None = None  # FilterInfo of a filtered query (allowed_items, filtered_out, path)
 
 
 @dataclass
@@ -84,10 +90,12 @@ class Engine:
         faiss_threads: int = 1,
         dedup_cosine: float = 1.0,
         min_weight: float = 0.0,
+        filter_exact_max_rows: int = EXACT_MAX_ROWS,
     ):
         self.loaded = loaded  # the index version (folder, manifest, FAISS index) and its model artifacts
         self.arts = loaded.artifacts
         self.vocabulary: ItemVocabulary = self.arts.vocabulary
+        self.attributes: ItemAttributes | None = self.arts.attributes
         self.index = loaded.index
         self.seq_len = self.arts.manifest.seq_len
         faiss.omp_set_num_threads(faiss_threads)
@@ -96,6 +104,7 @@ class Engine:
         self.popular = ItemVocabulary.rows_to_indices(rows)
         self.popular_scores = self.arts.popularity[rows].astype(np.float32)
         self.dedup_cosine, self.min_weight = dedup_cosine, min_weight
+        self.filter_exact_max_rows = filter_exact_max_rows  # the planner's threshold (index/filtered.py)
         # Exact re-scoring of found items needs the float item table by FAISS row.
         self.item_vectors = np.ascontiguousarray(self.arts.item_vectors, dtype=np.float32)
         self.rerank = needs_rerank(self.index)  # fp16 / SQ8 storage: re-rank the beam exactly
@@ -123,6 +132,9 @@ class Engine:
         """Results in the order of ``queries``; users without a usable history get popularity."""
         timings = Timings()
         results: list[Result | None] = [None] * len(queries)
+        # Filtered queries: how many items their filter and exclude_items allow. Each mask (1 byte
+        # per item) is built where it is used and dropped after: a batch never holds one per request.
+        n_allowed: dict[int, int] = {}
         warm = [i for i, q in enumerate(queries) if len(q.history)]
         if warm:
             t0 = time.perf_counter()
@@ -146,19 +158,41 @@ class Engine:
                 by_k.setdefault(queries[i].k, []).append(j)
             for k, rows in by_k.items():
                 s0 = time.perf_counter()
-                exclude = [queries[warm[j]].excluded() for j in rows]
-                user, interest = np.nonzero(searched[rows])
-                found_ids, found_scores = search_batch(
-                    self.index,
-                    interest_vectors[rows][user, interest],
-                    user,
-                    k,
-                    exclude,
-                    self.item_vectors if self.rerank else None,
-                )
                 per_ids = np.full((len(rows), weights.shape[1], k), -1, dtype=np.int64)
                 per_scores = np.full(per_ids.shape, -np.inf, dtype=np.float32)
-                per_ids[user, interest], per_scores[user, interest] = found_ids, found_scores
+                plain = [r for r, j in enumerate(rows) if not queries[warm[j]].filtered]
+                if plain:
+                    exclude = [queries[warm[rows[r]]].excluded() for r in plain]
+                    user, interest = np.nonzero(searched[[rows[r] for r in plain]])
+                    found_ids, found_scores = search_batch(
+                        self.index,
+                        interest_vectors[[rows[r] for r in plain]][user, interest],
+                        user,
+                        k,
+                        exclude,
+                        self.item_vectors if self.rerank else None,
+                    )
+                    per_ids[np.asarray(plain)[user], interest] = found_ids
+                    per_scores[np.asarray(plain)[user], interest] = found_scores
+                paths: dict[int, str] = {}
+                for r, j in enumerate(rows):
+                    query = queries[warm[j]]
+                    if not query.filtered:
+                        continue
+                    allowed = self.allowed_items(query)
+                    n_allowed[warm[j]] = int(np.count_nonzero(allowed))
+                    mask = self.search_mask(allowed, query)
+                    del allowed
+                    mine = np.flatnonzero(searched[j])
+                    found_ids, found_scores, paths[r] = search_filtered(
+                        self.index,
+                        self.item_vectors,
+                        interest_vectors[j, mine],
+                        k,
+                        mask,
+                        exact_max_rows=self.filter_exact_max_rows,
+                    )
+                    per_ids[r, mine], per_scores[r, mine] = found_ids, found_scores
                 s1 = time.perf_counter()
                 for strategy in sorted({str(strategies[j]) for j in rows}):
                     sub = [r for r, j in enumerate(rows) if strategies[j] == strategy]
@@ -176,14 +210,50 @@ class Engine:
                         w = weights[picked] if strategy == "quota" else None
                         merged, merged_scores, who = merge(strategy, per_ids[sub], per_scores[sub], k, w)
                     for r, j in enumerate(picked):
-                        results[warm[j]] = self._result(merged[r], merged_scores[r], who[r])
+                        result = self._result(merged[r], merged_scores[r], who[r])
+                        if queries[warm[j]].filtered:
+                            result.filter = self.filter_info(n_allowed[warm[j]], paths[sub[r]])
+                        results[warm[j]] = result
                 timings.search += s1 - s0
                 timings.merge += time.perf_counter() - s1
         answers = [
-            result if result is not None else self.popular_for(q.k, q.excluded())
+            result
+            if result is not None
+            else self.popular_for(q.k, q.excluded(), self.allowed_items(q) if q.filtered else None)
             for result, q in zip(results, queries, strict=True)
         ]
         return answers, timings
+
+    def allowed_items(self, query: Query) -> np.ndarray:
+        """(I,) bool by FAISS row: the items a filtered query's filter and exclude_items allow."""
+        if query.conditions:
+            if self.attributes is None:  # checked before (service/filters.py): a model without attributes
+                raise ValueError("a filter on a model without item attributes")
+            mask = allowed_mask(self.attributes, query.conditions)
+        else:
+            mask = np.ones(self.vocabulary.n_items, dtype=bool)
+        if query.exclude_items is not None and len(query.exclude_items):
+            rows = ItemVocabulary.indices_to_rows(query.exclude_items)
+            mask[rows[rows >= 0]] = False
+        return mask
+
+    @staticmethod
+    def search_mask(allowed: np.ndarray, query: Query) -> np.ndarray:
+        """The allowed items minus the query's history when it excludes seen items and minus the
+        blocked items (the filter's counts stay the filter's: blocking is applied here)."""
+        excluded = query.excluded()
+        if not len(excluded):
+            return allowed
+        mask = allowed.copy()
+        rows = ItemVocabulary.indices_to_rows(excluded)
+        mask[rows[rows >= 0]] = False
+        return mask
+
+    def filter_info(self, allowed: np.ndarray | int, path: str | None) -> dict[str, Any]:
+        """The FilterInfo of an answer: how many items the filter left (a mask or its count) and
+        removed, and the search path."""
+        count = allowed if isinstance(allowed, int) else int(np.count_nonzero(allowed))
+        return {"allowed_items": count, "filtered_out": self.vocabulary.n_items - count, "path": path}
 
     def _result(self, indices: np.ndarray, scores: np.ndarray, interests: np.ndarray) -> Result:
         """One merged list (-1 padded) as a Result, with its "items" JSON built from pre-encoded ids."""
@@ -217,10 +287,24 @@ class Engine:
             + b"]"
         )
 
-    def popular_for(self, k: int, exclude: Sequence[int] | np.ndarray = ()) -> Result:
-        """The cold-start list: most interacted items in the training data, minus excluded ones."""
-        take = k + len(exclude)
-        items, scores = self.popular[:take], self.popular_scores[:take]
+    def popular_for(
+        self,
+        k: int,
+        exclude: Sequence[int] | np.ndarray = (),
+        allowed: np.ndarray | None = None,
+    ) -> Result:
+        """The cold-start list: most interacted items in the training data, minus excluded ones.
+
+        With ``allowed`` (a filtered query's mask by FAISS row, exclude_items already removed)
+        only allowed items are taken, in the same popularity order.
+        """
+        if allowed is not None:
+            keep = allowed[ItemVocabulary.indices_to_rows(self.popular)]
+            items, scores = self.popular[keep], self.popular_scores[keep]
+            items, scores = items[: k + len(exclude)], scores[: k + len(exclude)]
+        else:
+            take = k + len(exclude)
+            items, scores = self.popular[:take], self.popular_scores[:take]
         if len(exclude):
             keep = ~np.isin(items, np.asarray(exclude))
             items, scores = items[keep], scores[keep]
@@ -230,19 +314,40 @@ class Engine:
             interests=[None] * min(k, len(items)),
             cold_start=True,
             items_json=self.items_json(items[:k], scores[:k], None),
+            filter=None if allowed is None else self.filter_info(allowed, "popular"),
         )
 
     def explain(
-        self, history: np.ndarray, top_n: int = 10, top_history: int = 10, blocked: np.ndarray = _NOTHING
+        self,
+        history: np.ndarray,
+        top_n: int = 10,
+        top_history: int = 10,
+        allowed: np.ndarray | None = None,
+        blocked: np.ndarray = _NOTHING,
     ) -> list[dict[str, Any]]:
         """Per interest: the history items it draws on, how many effectively, and its own candidates
-        (never a seen or a ``blocked`` item)."""
+        (never a seen or a ``blocked`` item).
+
+        With ``allowed`` (a filter's mask by FAISS row) the candidates are allowed items only.
+        """
         if not len(history):
             return []
         ids, mask = pad_histories([history], self.seq_len)
         interest_vectors, routing = self.arts.tower.run(ids, mask)
-        excluded = Query(history, top_n, blocked=blocked).excluded()
-        found, scores = search_excluding(self.index, interest_vectors, top_n, [excluded])
+        query = Query(history, top_n, blocked=blocked)
+        if allowed is not None:
+            searchable = self.search_mask(allowed, query)
+            found_rows, found_scores, _ = search_filtered(
+                self.index,
+                self.item_vectors,
+                interest_vectors[0],
+                top_n,
+                searchable,
+                exact_max_rows=self.filter_exact_max_rows,
+            )
+            found, scores = found_rows[None], found_scores[None]
+        else:
+            found, scores = search_excluding(self.index, interest_vectors, top_n, [query.excluded()])
         weights = interest_weights(routing, mask)[0]
         out = []
         valid = mask[0]

@@ -12,6 +12,10 @@ request is the same well-formed JSON object, so this path answers exactly those:
   a :class:`service.schemas.RecommendRequest` under the app's limits;
 * while a model is loaded.
 
+Requests with a ``filter`` or ``exclude_items`` take this path too (the same flow filters them);
+a filter that does not fit the served model's attributes raises before any work, so it is
+replayed like any other bad request and the full app renders its 422.
+
 Anything else -- and any exception before the answer is sent -- is handed to the full app with
 the body it already read replayed, so every error (413, 422 naming the field, 503, 500) is
 rendered by the one code that renders it, byte for byte. The answer itself comes from the same

@@ -1,7 +1,7 @@
-"""The request limits of one app (largest k, batch and event count), seen by request validation.
+"""The request limits of one app (largest k, batch, event count, filter sizes), seen by request validation.
 
 The request models in service/schemas.py are defined once, at import, yet their bounds come
-from settings (REMI_K_MAX, REMI_BATCH_MAX, REMI_EVENTS_MAX) and two apps in one process may
+from settings (REMI_K_MAX, REMI_BATCH_MAX, REMI_EVENTS_MAX, REMI_FILTER_*, ...) and two apps in one process may
 differ. So the app puts its limits in a context variable around everything it does (see
 ``RemiAPI`` in service/app.py): validators read them there, and so does the OpenAPI document,
 which states the same bounds the validators apply. Outside an app the defaults of the settings
@@ -23,10 +23,20 @@ class RequestLimits:
     k_max: int
     batch_max: int
     events_max: int
+    filter_attributes_max: int = ServiceSettings.model_fields["filter_attributes_max"].default
+    filter_values_max: int = ServiceSettings.model_fields["filter_values_max"].default
+    exclude_items_max: int = ServiceSettings.model_fields["exclude_items_max"].default
 
     @classmethod
     def of(cls, settings: ServiceSettings) -> RequestLimits:
-        return cls(settings.k_max, settings.batch_max, settings.events_max)
+        return cls(
+            settings.k_max,
+            settings.batch_max,
+            settings.events_max,
+            settings.filter_attributes_max,
+            settings.filter_values_max,
+            settings.exclude_items_max,
+        )
 
     @classmethod
     def defaults(cls) -> RequestLimits:

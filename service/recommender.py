@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from remi.attributes import Condition
 from service import telemetry
 from service.engine import Engine, Query, Result, Timings
+from service.filters import compile_filter, raise_if_invalid
 from service.history import Event, HistoryUnavailable
 from service.schemas import RecommendRequest
 from service.state import State
@@ -27,15 +29,22 @@ from service.state import State
 log = logging.getLogger("remi.service")
 
 
-async def recommend_many(state: State, engine: Engine, requests: Sequence[RecommendRequest]) -> list[dict[str, Any]]:
-    """One answer per request, in order, all from ``engine`` (even if a reload swaps it meanwhile)."""
+async def recommend_many(
+    state: State, engine: Engine, requests: Sequence[RecommendRequest], batch: bool = False
+) -> list[dict[str, Any]]:
+    """One answer per request, in order, all from ``engine`` (even if a reload swaps it meanwhile).
+
+    A filter that does not fit the served model's attributes is a RequestValidationError (422)
+    naming the field, raised before any work: ``batch`` puts ``requests, i`` in its location.
+    """
+    filters = check_filters(engine, requests, batch)
     state.active += 1
     try:
         t0 = time.perf_counter()
         wanted = [r.user_id for r in requests if r.use_stored_history]
         stored = await stored_histories(state, wanted)
         blocked = state.blocklist.indices(engine.vocabulary)  # this worker's live blocklist, for this model
-        queries, unknown = encode_requests(engine, requests, stored, state.settings.history_max_len, blocked)
+        queries, unknown = encode_requests(engine, requests, stored, state.settings.history_max_len, filters, blocked)
         results, timings = await compute(state, engine, queries)
         took = round((time.perf_counter() - t0) * 1000, 3)
         return [
@@ -63,11 +72,23 @@ async def stored_histories(state: State, user_ids: list[str]) -> dict[str, list[
     return dict(zip(user_ids, histories, strict=True))
 
 
+def check_filters(engine: Engine, requests: Sequence[RecommendRequest], batch: bool) -> list[tuple[Condition, ...]]:
+    """Each request's filter as engine conditions; a 422 naming every field that does not fit the model."""
+    compiled, errors = [], []
+    for i, r in enumerate(requests):
+        conditions, bad = compile_filter(engine.attributes, r.filter, ("body", "requests", i) if batch else ("body",))
+        compiled.append(conditions)
+        errors += bad
+    raise_if_invalid(errors)
+    return compiled
+
+
 def encode_requests(
     engine: Engine,
     requests: Sequence[RecommendRequest],
     stored: dict[str, list[Event]] | None,
     max_len: int,
+    filters: Sequence[tuple[Condition, ...]] | None = None,
     blocked: np.ndarray | None = None,
 ) -> tuple[list[Query], list[int]]:
     """Engine queries (stored history, then the request's, the last ``max_len`` known items; the
@@ -76,12 +97,25 @@ def encode_requests(
     if blocked is None:
         blocked = np.zeros(0, dtype=np.int64)
     queries, unknown = [], []
-    for r in requests:
+    for i, r in enumerate(requests):
         raw = [e.item_id for e in (stored or {}).get(r.user_id, [])] if r.use_stored_history else []
         if r.history:
             raw += [str(item) for item in r.history[-max_len:]]
         known, n_unknown = engine.encode(raw[-max_len:])
-        queries.append(Query(known, r.k, r.exclude_seen, r.merge, blocked))
+        excluded = engine.encode([str(item) for item in r.exclude_items])[0] if r.exclude_items else None
+        conditions = filters[i] if filters is not None else ()
+        queries.append(
+            Query(
+                known,
+                r.k,
+                r.exclude_seen,
+                r.merge,
+                blocked=blocked,
+                filtered=r.filtered,
+                conditions=conditions,
+                exclude_items=excluded,
+            )
+        )
         unknown.append(n_unknown)
     if sum(unknown):
         telemetry.UNKNOWN_ITEMS.inc(sum(unknown))
@@ -133,5 +167,6 @@ def answer(
         "history_len": len(query.history),
         "unknown_items": n_unknown,
         "fallback": fallback,
+        **({"filter": result.filter} if request.filtered else {}),
         "took_ms": took_ms,
     }

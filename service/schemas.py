@@ -9,13 +9,23 @@ JSON schema, so the OpenAPI document states the bounds the validators apply.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from annotated_types import Ge
 from fastapi import Header, Path, Query
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from service import limits
@@ -79,7 +89,10 @@ def _k_schema(schema: dict[str, Any]) -> None:
     schema["description"] = f"How many items (1..{k_max})."
 
 
-def _at_most(limit: Literal["batch_max", "events_max"]) -> BeforeValidator:
+LimitName = Literal["batch_max", "events_max", "filter_values_max", "exclude_items_max"]
+
+
+def _at_most(limit: LimitName) -> BeforeValidator:
     """``max_length`` with the app's limit, checked on the raw list before its items, as pydantic's is."""
 
     def check(value: object) -> object:
@@ -96,11 +109,108 @@ def _at_most(limit: Literal["batch_max", "events_max"]) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-def _max_items(limit: Literal["batch_max", "events_max"]) -> Callable[[dict[str, Any]], None]:
+def _max_items(limit: LimitName) -> Callable[[dict[str, Any]], None]:
     def publish(schema: dict[str, Any]) -> None:
         schema["maxItems"] = getattr(limits.current(), limit)
 
     return publish
+
+
+def _at_most_attributes(value: object) -> object:
+    """A filter names at most REMI_FILTER_ATTRIBUTES_MAX attributes (``max_length`` of a dict)."""
+    most = limits.current().filter_attributes_max
+    if isinstance(value, dict) and len(value) > most:
+        raise PydanticCustomError(
+            "too_long",
+            "Dictionary should have at most {max_length} items after validation, not {actual_length}",
+            {"field_type": "Dictionary", "max_length": most, "actual_length": len(value)},
+        )
+    return value
+
+
+def _max_properties(schema: dict[str, Any]) -> None:
+    schema["maxProperties"] = limits.current().filter_attributes_max
+
+
+# ---------------------------------------------------------------- request filters
+
+
+# A value of a filter condition: text or an integer for categorical attributes (integers compare
+# as their decimal text), a number for numeric ones. Booleans are refused (a categorical column of
+# booleans holds the text "true" / "false").
+def _filter_value(value: object) -> object:
+    """Text (up to 256 characters) or a finite JSON number; one error naming the value otherwise."""
+    if isinstance(value, str):
+        if len(value) > 256:
+            raise PydanticCustomError("string_too_long", "String should have at most 256 characters")
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    raise PydanticCustomError("filter_value_type", "A filter value must be a string or a finite number")
+
+
+def _filter_number(value: object) -> object:
+    """A finite JSON number (not a string, not a boolean) for a range bound."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PydanticCustomError("filter_number_type", "A range bound must be a finite number")
+    return float(value)
+
+
+FilterValue = Annotated[str | int | float, BeforeValidator(_filter_value)]
+FilterNumber = Annotated[float, BeforeValidator(_filter_number)]
+FilterValues = Annotated[list[FilterValue], _at_most("filter_values_max")]
+AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+RANGE_OPS = ("gte", "lte", "gt", "lt")
+
+
+class AttributeCondition(BaseModel):
+    """Conditions on one attribute, all of which must hold (an AND).
+
+    ``eq`` / ``in`` / ``not_in`` work on both kinds (categorical: text or integers; numeric:
+    numbers); ``gte`` / ``lte`` / ``gt`` / ``lt`` on numeric attributes only. An item without a
+    value for the attribute matches no condition on it (``not_in`` included).
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+    eq: FilterValue | None = Field(None, description="The attribute equals this value.")
+    in_: FilterValues | None = Field(
+        None,
+        alias="in",
+        description="The attribute is one of these values.",
+        json_schema_extra=_max_items("filter_values_max"),
+    )
+    not_in: FilterValues | None = Field(
+        None,
+        description="The attribute has a value and it is none of these.",
+        json_schema_extra=_max_items("filter_values_max"),
+    )
+    gte: FilterNumber | None = Field(None, description="Numeric attribute >= this.")
+    lte: FilterNumber | None = Field(None, description="Numeric attribute <= this.")
+    gt: FilterNumber | None = Field(None, description="Numeric attribute > this.")
+    lt: FilterNumber | None = Field(None, description="Numeric attribute < this.")
+
+    @model_validator(mode="after")
+    def _some_operator(self) -> AttributeCondition:
+        if not self.model_fields_set:
+            raise PydanticCustomError(
+                "filter_empty_condition", "A condition needs at least one of eq, in, not_in, gte, lte, gt, lt"
+            )
+        return self
+
+    def operators(self) -> dict[str, Any]:
+        """The operators given, by their JSON names (``in``, not ``in_``)."""
+        return {("in" if name == "in_" else name): getattr(self, name) for name in sorted(self.model_fields_set)}
+
+
+RequestFilter = Annotated[dict[AttributeName, AttributeCondition], BeforeValidator(_at_most_attributes)]
+FILTER_DESCRIPTION = (
+    "Only items whose attributes satisfy every condition, e.g. "
+    '{"category": {"in": ["shoes", "bags"]}, "price": {"gte": 10, "lt": 100}, "brand": {"not_in": ["acme"]}}. '
+    "Attribute names are those exported with the model (`remi export --item-attributes`); an unknown "
+    "attribute, or a range on a categorical attribute, is a 422 naming the field."
+)
 
 
 # ---------------------------------------------------------------- requests
@@ -126,6 +236,17 @@ class RecommendRequest(BaseModel):
         "score",
         description="score: global by score; quota: each interest a share by its weight; round_robin.",
     )
+    filter: RequestFilter | None = Field(None, description=FILTER_DESCRIPTION, json_schema_extra=_max_properties)
+    exclude_items: Annotated[list[ItemId], _at_most("exclude_items_max")] | None = Field(
+        None,
+        description="Raw item ids never to return (e.g. already shown); unknown ids are ignored.",
+        json_schema_extra=_max_items("exclude_items_max"),
+    )
+
+    @property
+    def filtered(self) -> bool:
+        """Whether the answer is restricted by a filter or excluded items (and says by how much)."""
+        return self.filter is not None or self.exclude_items is not None
 
 
 class BatchRequest(BaseModel):
@@ -159,6 +280,19 @@ class Item(BaseModel):
     interest: int | None = Field(description="Index of the interest that produced the item; null for popularity.")
 
 
+class FilterInfo(BaseModel):
+    """What a request's filter and exclude_items left to choose from, so a short list is understandable."""
+
+    allowed_items: int = Field(description="Catalogue items that pass the filter and exclude_items.")
+    filtered_out: int = Field(description="Catalogue items the filter and exclude_items removed.")
+    path: Literal["graph", "exact", "graph+exact", "popular"] | None = Field(
+        None,
+        description="How the allowed items were searched: the index with a selector (graph), exactly "
+        "(exact), the graph then exactly for short lists (graph+exact), or the cold-start list (popular); "
+        "null in /users/{id}/interests (each interest is planned on its own).",
+    )
+
+
 class RecommendResponse(BaseModel):
     user_id: str
     items: list[Item]
@@ -167,6 +301,7 @@ class RecommendResponse(BaseModel):
     history_len: int = Field(description="Known history items the model saw (after skipping unknown ids).")
     unknown_items: int = Field(0, description="History item ids the model does not know (skipped).")
     fallback: Fallback | None
+    filter: FilterInfo | None = Field(None, description="Present when the request had a filter or exclude_items.")
     took_ms: float
 
 
@@ -218,6 +353,7 @@ class InterestsResponse(BaseModel):
     history_len: int
     unknown_items: int
     collapsed_interests: int = Field(description="Interests drawing on about one item while the history has more.")
+    filter: FilterInfo | None = Field(None, description="Present when the request had a filter.")
     interests: list[Interest]
 
 
@@ -335,6 +471,14 @@ UserPath = Annotated[
     ),
 ]
 TopN = Annotated[int, Query(ge=1, le=100, description="Candidates shown per interest.")]
+FilterQuery = Annotated[
+    str | None,
+    Query(
+        max_length=65536,
+        description="A request filter as JSON text (the `filter` of POST /recommend): "
+        "the candidates shown are allowed items only.",
+    ),
+]
 _IDEMPOTENCY_TTL_S = ServiceSettings.model_fields["idempotency_ttl_s"].default
 IdempotencyKey = Annotated[
     str | None,

@@ -93,6 +93,7 @@ class Versions:
             faiss_threads=self.settings.faiss_threads,
             dedup_cosine=self.settings.interest_dedup_cosine,
             min_weight=self.settings.interest_min_weight,
+            filter_exact_max_rows=self.settings.filter_exact_max_rows,
         )
         engine.warm_up()
         release_free_memory()

@@ -44,7 +44,7 @@ async def recommend(body: RecommendRequest, state: StateDep) -> Response:
 )
 async def recommend_batch(body: BatchRequest, state: StateDep) -> Response:
     t0 = time.perf_counter()
-    results = await recommend_many(state, serving_engine(state.versions), body.requests)
+    results = await recommend_many(state, serving_engine(state.versions), body.requests, batch=True)
     took = round((time.perf_counter() - t0) * 1000, 3)
     return Response(
         orjson.dumps({"results": results, "took_ms": took}), media_type="application/json", headers=_worker()

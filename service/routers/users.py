@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Container
-from functools import partial
 from typing import Any
 
 import orjson
@@ -13,6 +12,8 @@ from fastapi.responses import Response
 
 from service import telemetry
 from service.deps import HistoryDep, SettingsDep, StateDep, VersionsDep, serving_engine
+from service.engine import Query
+from service.filters import compile_filter, parse_filter_query, raise_if_invalid
 from service.history import Event, HistoryUnavailable, IdempotencyConflict
 from service.http_guards import SafeJsonRoute
 from service.schemas import (
@@ -20,6 +21,7 @@ from service.schemas import (
     TOO_LARGE_413,
     EventsRequest,
     EventsResponse,
+    FilterQuery,
     HistoryItem,
     HistoryResponse,
     IdempotencyKey,
@@ -94,8 +96,11 @@ async def get_history(
     responses={503: {"description": "No model loaded, or history store unavailable"}, 422: BAD_INPUT_422},
     summary="Explain: what each interest draws on and retrieves",
 )
-async def interests(user_id: UserPath, state: StateDep, top_n: TopN = 10) -> dict[str, Any]:
+async def interests(user_id: UserPath, state: StateDep, top_n: TopN = 10, filter: FilterQuery = None) -> dict[str, Any]:
+    spec = parse_filter_query(filter)
     engine = serving_engine(state.versions)
+    conditions, errors = compile_filter(engine.attributes, spec, ("query",))
+    raise_if_invalid(errors)
     try:
         events = await state.history.get(user_id, state.settings.history_max_len)
     except HistoryUnavailable as exc:
@@ -103,9 +108,17 @@ async def interests(user_id: UserPath, state: StateDep, top_n: TopN = 10) -> dic
     known, unknown = engine.encode([e.item_id for e in events])
     loop = asyncio.get_running_loop()
     blocked = state.blocklist.indices(engine.vocabulary)
-    explained = await loop.run_in_executor(state.executor, partial(engine.explain, known, top_n, blocked=blocked))
+    query = Query(known, top_n, filtered=spec is not None, conditions=conditions, blocked=blocked)
+
+    def explain() -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        allowed = engine.allowed_items(query) if query.filtered else None
+        explained = engine.explain(known, top_n, allowed=allowed, blocked=blocked)
+        return explained, None if allowed is None else engine.filter_info(allowed, None)
+
+    explained, filter_info = await loop.run_in_executor(state.executor, explain)
     collapsed = sum(1 for i in explained if i["effective_items"] < 1.5 and len(known) > 1)
     return {
+        **({"filter": filter_info} if filter_info is not None else {}),
         "user_id": user_id,
         "model_version": engine.model_version,
         "index_version": engine.index_version,
