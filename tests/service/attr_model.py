@@ -11,28 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pandas as pd
 
 from remi.attributes import ItemAttributes, attach_attributes, read_attribute_table
-from remi.contract import (
-    ARTIFACT_FILES,
-    FORMAT_VERSION,
-    ITEM_EMBEDDINGS,
-    ITEM_IDS,
-    ITEM_POPULARITY,
-    MODEL_FILE,
-    NPZ_HISTORY,
-    NPZ_MASK,
-    SAMPLE_HISTORIES,
-    ArtifactManifest,
-    ItemVocabulary,
-    file_entries,
-    model_version,
-    utc_now,
-    write_manifest,
-)
-from tests.service.tiny_model import DIM, N_INTERESTS, OPSET, SEQ_LEN, tower_graph
+from tests.service.tiny_model import write_model_folder
 
 CATEGORIES = ("shoes", "bags", "hats", "socks", "rare")  # "rare" is on ~0.3% of the items
 MARKETS = ("fr", "de", "us")
@@ -65,34 +47,8 @@ def attribute_table(item_ids: list[str], rng: np.random.Generator) -> pd.DataFra
 def write_attr_artifacts(out: Path, n_items: int = 3000, seed: int = 0) -> AttrModel:
     """An artifact folder of ``n_items`` items with attributes, as export would write it."""
     rng = np.random.default_rng(seed)
-    out.mkdir(parents=True)
     item_ids = [f"sku-{i:05d}" for i in range(n_items)]
-    vectors = rng.normal(size=(n_items, DIM)).astype(np.float32)
-    onnx.save(tower_graph(ItemVocabulary.add_padding(vectors), rng.normal(size=(DIM, N_INTERESTS))), out / MODEL_FILE)
-    np.save(out / ITEM_EMBEDDINGS, vectors)
-    (out / ITEM_IDS).write_text("\n".join(item_ids) + "\n")
-    np.save(out / ITEM_POPULARITY, rng.permutation(n_items).astype(np.int64) + 1)
-    history = rng.integers(1, n_items + 1, size=(16, SEQ_LEN), dtype=np.int64)
-    mask = np.arange(SEQ_LEN)[None, :] < rng.integers(2, SEQ_LEN + 1, size=(16, 1))
-    np.savez(out / SAMPLE_HISTORIES, **{NPZ_HISTORY: np.where(mask, history, 0), NPZ_MASK: mask})
-    files = file_entries(out, list(ARTIFACT_FILES))
-    manifest = ArtifactManifest(
-        format_version=FORMAT_VERSION,
-        model_version=model_version(out, files),
-        backbone="tiny",
-        dim=DIM,
-        interests=N_INTERESTS,
-        seq_len=SEQ_LEN,
-        n_items=n_items,
-        opset=OPSET,
-        created_at=utc_now(),
-        data_fingerprint={},
-        metrics={},
-        train_config={},
-        parity_max_abs=0.0,
-        files=files,
-    )
-    write_manifest(out, manifest)
+    manifest, _ = write_model_folder(out, item_ids, rng)
     table = attribute_table(item_ids, rng)
     source = out.parent / f"{out.name}-items.csv"
     table.to_csv(source, index=False)

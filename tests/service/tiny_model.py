@@ -97,19 +97,23 @@ def tower_graph(table: np.ndarray, routing_weights: np.ndarray) -> onnx.ModelPro
     return model
 
 
-def write_tiny_artifacts(out: Path, seed: int = 0) -> TinyModel:
-    """A complete artifact folder at ``out`` (created), as ``remi export`` would write it."""
-    rng = np.random.default_rng(seed)
+def write_model_folder(
+    out: Path, item_ids: list[str], rng: np.random.Generator, popularity_step: int = 1
+) -> tuple[ArtifactManifest, np.ndarray]:
+    """Write a complete artifact folder at ``out`` (created) for ``item_ids``, as ``remi export``
+    would: the tiny tower, random item vectors, popularity counts ``permutation * step + 1``
+    (distinct: one cold-start order), sample histories and the manifest. Returns the manifest
+    and the popularity counts."""
+    n_items = len(item_ids)
     out.mkdir(parents=True)
-    item_ids = [f"item-{i:03d}" for i in range(N_ITEMS)]
-    vectors = rng.normal(size=(N_ITEMS, DIM)).astype(np.float32)  # by FAISS row
+    vectors = rng.normal(size=(n_items, DIM)).astype(np.float32)  # by FAISS row
     table = ItemVocabulary.add_padding(vectors)  # by item index, row 0 = padding
     onnx.save(tower_graph(table, rng.normal(size=(DIM, N_INTERESTS))), out / MODEL_FILE)
     np.save(out / ITEM_EMBEDDINGS, vectors)
     (out / ITEM_IDS).write_text("\n".join(item_ids) + "\n")
-    popularity = rng.permutation(N_ITEMS).astype(np.int64) * 3 + 1  # distinct counts: one cold-start order
+    popularity = rng.permutation(n_items).astype(np.int64) * popularity_step + 1
     np.save(out / ITEM_POPULARITY, popularity)
-    history = rng.integers(1, N_ITEMS + 1, size=(16, SEQ_LEN), dtype=np.int64)
+    history = rng.integers(1, n_items + 1, size=(16, SEQ_LEN), dtype=np.int64)
     mask = np.arange(SEQ_LEN)[None, :] < rng.integers(2, SEQ_LEN + 1, size=(16, 1))
     np.savez(out / SAMPLE_HISTORIES, **{NPZ_HISTORY: np.where(mask, history, 0), NPZ_MASK: mask})
     files = file_entries(out, list(ARTIFACT_FILES))
@@ -120,7 +124,7 @@ def write_tiny_artifacts(out: Path, seed: int = 0) -> TinyModel:
         dim=DIM,
         interests=N_INTERESTS,
         seq_len=SEQ_LEN,
-        n_items=N_ITEMS,
+        n_items=n_items,
         opset=OPSET,
         created_at=utc_now(),
         data_fingerprint={},
@@ -130,6 +134,13 @@ def write_tiny_artifacts(out: Path, seed: int = 0) -> TinyModel:
         files=files,
     )
     write_manifest(out, manifest)
+    return manifest, popularity
+
+
+def write_tiny_artifacts(out: Path, seed: int = 0) -> TinyModel:
+    """A complete artifact folder at ``out`` (created), as ``remi export`` would write it."""
+    item_ids = [f"item-{i:03d}" for i in range(N_ITEMS)]
+    _, popularity = write_model_folder(out, item_ids, np.random.default_rng(seed), popularity_step=3)
     return TinyModel(out, item_ids, popularity)
 
 
