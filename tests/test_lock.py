@@ -71,3 +71,15 @@ def test_every_install_path_uses_the_lock() -> None:
     assert "--require-hashes -r requirements.txt" in readme_first_screen
     assert "requirements/service.txt" in (ROOT / "docker" / "api.Dockerfile").read_text()
     assert "requirements/train.txt" in (ROOT / "docker" / "jobs.Dockerfile").read_text()
+
+
+def test_the_standard_lock_pins_exactly_what_requirements_txt_pins() -> None:
+    """pylock.toml (PEP 751) is the same resolution as requirements.txt, in the standard format
+    that uv and other tools install from; pip reads requirements.txt. They must never drift."""
+    lock = tomllib.loads((ROOT / "pylock.toml").read_text())
+    packages = lock["packages"]
+    assert {canonicalize_name(p["name"]): p["version"] for p in packages} == _pins(DEV)
+    for package in packages:  # every file of every pinned release carries its sha256
+        files = [package["sdist"]] if "sdist" in package else []
+        files += package.get("wheels", [])
+        assert files and all(f["hashes"].get("sha256") for f in files), package["name"]
