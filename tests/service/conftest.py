@@ -9,11 +9,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from loadtest.server import ServerProcess, free_port, is_up, remi_serve_argv
+from service import fast_recommend
 from tests.service.tiny_model import TinyModel, publish_tiny_version, write_tiny_artifacts
 
 Server = ServerProcess  # the name the end-to-end tests annotate with
@@ -123,3 +125,17 @@ def own_redis() -> Iterator[OwnRedis]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def fast_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the recommendations computed on the fast path."""
+    calls: list[int] = []
+    original = fast_recommend.recommend_many
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(fast_recommend, "recommend_many", counting)
+    return calls

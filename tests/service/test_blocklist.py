@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 from index.publish import reindex
 from index.store import load_current
 from remi.contract import ItemVocabulary
-from service import fast_recommend
 from service.app import create_app
 from service.blocklist import FULL_READ_EVERY_S, LiveBlocklist, MemoryBlocklist, Snapshot
 from service.config import ServiceSettings
@@ -111,17 +110,8 @@ def test_cold_start_skips_blocked_items_and_still_serves_k(client: TestClient, t
     assert recommend(client, user_id="cold", k=3, history=["not-an-item"]) == [top[1], top[3], top[4]]
 
 
-def test_the_fast_path_applies_the_blocklist(
-    client: TestClient, tiny_model: TinyModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[int] = []
-    original = fast_recommend.recommend_many
-
-    async def counting(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return await original(*args, **kwargs)
-
-    monkeypatch.setattr(fast_recommend, "recommend_many", counting)
+def test_the_fast_path_applies_the_blocklist(client: TestClient, tiny_model: TinyModel, fast_calls: list[int]) -> None:
+    calls = fast_calls
     history, best = history_and_its_best(client, tiny_model)
     block(client, best)
     calls.clear()

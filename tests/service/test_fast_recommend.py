@@ -36,20 +36,6 @@ def pair(tiny_root: Path) -> Iterator[tuple[TestClient, TestClient]]:
         yield fast, full
 
 
-@pytest.fixture
-def fast_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the recommendations computed on the fast path."""
-    calls: list[int] = []
-    original = fast_recommend.recommend_many
-
-    async def counting(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return await original(*args, **kwargs)
-
-    monkeypatch.setattr(fast_recommend, "recommend_many", counting)
-    return calls
-
-
 def _without_timing(answer: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in answer.items() if key != "took_ms"}
 

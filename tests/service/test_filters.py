@@ -18,7 +18,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from index.publish import reindex
-from service import fast_recommend
 from service.app import create_app
 from service.config import ServiceSettings
 from tests.service.attr_model import CATEGORIES, MARKETS, AttrModel, write_attr_artifacts
@@ -214,16 +213,9 @@ def test_a_model_without_attributes_refuses_any_filter(tiny_root: Path) -> None:
 
 
 def test_the_fast_path_answers_filters_as_the_full_app_does(
-    attr_root: Path, attr_model: AttrModel, monkeypatch: pytest.MonkeyPatch
+    attr_root: Path, attr_model: AttrModel, fast_calls: list[int]
 ) -> None:
-    calls: list[int] = []
-    original = fast_recommend.recommend_many
-
-    async def counting(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return await original(*args, **kwargs)
-
-    monkeypatch.setattr(fast_recommend, "recommend_many", counting)
+    calls = fast_calls
     good = {"user_id": "u", "k": 20, "history": attr_model.item_ids[:4], "filter": {"price": {"lte": 30}}}
     bad = {"user_id": "u", "filter": {"category": {"lt": 1}}}
     with _app(attr_root, fast_path=True) as fast, _app(attr_root, fast_path=False) as full:
