@@ -61,6 +61,14 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "quality", help="where run folders go")
     ap.add_argument("--name", default="quality", help="results file stem (benchmarks/results/<name>.{json,md,png})")
     ap.add_argument("--report-only", action="store_true", help="report the finished runs, start none")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="earlier results files (<name>.json) whose runs join this report: seeds trained on another "
+        "machine or session (a run of the same name trained here replaces the merged one)",
+    )
     args = ap.parse_args()
 
     jobs = []
@@ -79,7 +87,27 @@ def main() -> None:
     if args.report_only:
         jobs = [j for j in jobs if (args.runs / j.name / RUN_METRICS).is_file()]
     results = [r for r in run_all(jobs, args.runs, args.parallel) if "result" in r]
-    report(results, args)
+    report(merged(results, args.merge, args), args)
+
+
+def merged(results: list[dict[str, Any]], earlier: list[Path], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """This run's results plus the runs of earlier results files, one per run name (this run's
+    first), in the order of the flags (dataset, model, scheme, seed)."""
+    names = {r["name"] for r in results}
+    out = list(results)
+    for path in earlier:
+        for r in json.loads(path.read_text())["runs"]:
+            if r["name"] not in names and "result" in r:
+                names.add(r["name"])
+                out.append(r)
+    order = {"dataset": args.datasets, "model": args.models, "scheme": args.schemes + ["remi-default"]}
+
+    def key(r: dict[str, Any]) -> tuple[int, int, int, int]:
+        t = r["tags"]
+        where = [order[f].index(t[f]) if t[f] in order[f] else len(order[f]) for f in ("dataset", "model", "scheme")]
+        return (where[0], where[1], where[2], int(t["seed"]))
+
+    return sorted(out, key=key)
 
 
 def _group(results: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:

@@ -12,22 +12,25 @@ as a bool mask. Two ways to search it, as the filterable vector databases do:
   item table) and take the top n. Its cost grows with the allowed count, and it is exact.
 
 :func:`plan` picks ``exact`` when the allowed count is at most :data:`EXACT_MAX_ROWS` or the
-allowed share at most :data:`EXACT_MAX_SHARE` (measured in benchmarks/filtered_search.py,
-docs/results.md "Filtered search"), else ``graph``. A graph answer with fewer than
-``min(n, allowed)`` results in any list is redone exactly, so a caller always gets every allowed
-item it asked for (``graph+exact`` in the returned path). Index kinds without selector support
-(IVF-PQ) always take the exact path.
+allowed share at most :data:`EXACT_MAX_SHARE`; otherwise ``graph`` when the beam the walk needs
+(:func:`needed_beam`) fits under :data:`GRAPH_EF_MAX`, else ``exact`` again while the allowed set
+is at most :data:`EXACT_FALLBACK_ROWS` rows (a few ms per user), and only beyond that the graph
+at the capped beam (bounded latency, lower recall). Measured in benchmarks/filtered_search.py,
+docs/results.md "Filtered search". A graph answer with fewer than ``min(n, allowed)`` results in
+any list is redone exactly, so a caller always gets every allowed item it asked for
+(``graph+exact`` in the returned path). Index kinds without selector support (IVF-PQ) always
+take the exact path.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import faiss
 import numpy as np
 
-from index.search import SearchParametersHNSW, needs_rerank, rerank, selector_params, ties_by_item
+from index.search import SearchParametersHNSW, graph_ef, needs_rerank, rerank, selector_params, ties_by_item
 from remi.contract import ItemVocabulary
 
 Path = Literal["graph", "exact", "graph+exact"]
@@ -37,10 +40,45 @@ Path = Literal["graph", "exact", "graph+exact"]
 EXACT_MAX_ROWS = 20_000
 EXACT_MAX_SHARE = 0.02
 GATHER_MAX_SHARE = 0.25  # the exact path gathers the allowed rows below this share, else scores all rows and masks
-# The graph path widens the HNSW beam by 1 / selectivity (a walk keeps ~efSearch allowed nodes in
-# its beam, as without a filter) up to this width: at 10% allowed, 0.45 -> 0.91 recall@50 for
-# 0.1 -> 0.66 ms per query on a clustered 20k-item table (M = 16), far below the exact product.
-GRAPH_EF_MAX = 1024
+# A filtered walk keeps the allowed nodes among those it visits, so its top n are the unfiltered
+# ranks up to ~n / share, which a beam reaches less well than the top n: widening by 1 / share
+# alone left recall@50 at 0.87 at 50% allowed (100k clustered items, M = 16, efSearch 64);
+# GRAPH_WIDEN / share reaches 0.97 there (beam 512, 0.76 ms per query).
+GRAPH_WIDEN = 4.0
+GRAPH_EF_MAX = 2048  # the widest filtered walk (~3 ms per query at 1M items, M = 16)
+EXACT_FALLBACK_ROWS = 200_000  # past the cap, exact up to this many allowed rows (~20 ms per user at d = 64)
+# The planner's cost model, in units of one exact row score per query (~7.5 ns at d = 64 with
+# BLAS): a walk's beam slot (one expanded node, its unvisited neighbours scored by random access)
+# costs ~SLOT_COST row scores at M = 16 (1.8 us), growing as sqrt(M / 16) (M = 48 measured 1.8x
+# the M = 16 walk at one beam, benchmarks/results/search_kinds.md); gathering an allowed row out of
+# the table costs ~GATHER_COST row scores (per query of a user's four). So at 100k items a 50%
+# filter is cheaper exactly (full product 0.75 ms per query against a 512-wide walk's 0.92) and
+# at 1M items on the graph (7.5 ms against 0.92).
+SLOT_COST = 240.0
+GATHER_COST = 3.0
+
+
+def needed_beam(index_ef: int, n: int, share: float) -> int:
+    """The HNSW beam a walk filtered to ``share`` of the items needs, uncapped.
+
+    ``max(efSearch, n)`` without a filter; the widening grows from 1 / share for a filter that
+    drops almost nothing (exclude_items alone) to GRAPH_WIDEN / share at half the catalogue and
+    below, so a light filter does not pay for a deep one.
+    """
+    base = max(index_ef, n)
+    if share >= 1.0:
+        return base
+    if share <= 0.0:
+        return GRAPH_EF_MAX * 1024  # nothing allowed: beyond any cap
+    depth = 1.0 + (GRAPH_WIDEN - 1.0) * min(1.0, 2.0 * (1.0 - share))
+    return max(base, math.ceil(base * depth / share))
+
+
+def graph_beam(index_ef: int, n: int, share: float, widen: bool = True) -> int:
+    """The beam of a filtered walk: :func:`needed_beam` up to GRAPH_EF_MAX (``widen=False``: the served beam)."""
+    if not widen:
+        return max(index_ef, n)
+    return max(max(index_ef, n), min(GRAPH_EF_MAX, needed_beam(index_ef, n, share)))
 
 
 def plan(
@@ -49,13 +87,34 @@ def plan(
     index: faiss.Index | None = None,
     exact_max_rows: int = EXACT_MAX_ROWS,
     exact_max_share: float = EXACT_MAX_SHARE,
+    n: int = 50,
+    slot_cost: float = SLOT_COST,
 ) -> Literal["graph", "exact"]:
-    """``exact`` for small allowed sets (or an index without selector support), else ``graph``."""
+    """Which path serves a query whose filter allows ``n_allowed`` of ``n_total`` items (module doc).
+
+    ``slot_cost`` calibrates the cost model to a machine (0: the graph whenever the beam fits).
+    """
     if index is not None and selector_params(index) is None:
         return "exact"
     if n_allowed <= exact_max_rows or n_allowed <= exact_max_share * n_total:
         return "exact"
-    return "graph"
+    ef = graph_ef(index) if index is not None else None
+    if ef is None or index is None:  # a flat index: the selector scans every row anyway
+        return "graph"
+    beam = needed_beam(ef, n, n_allowed / max(1, n_total))
+    if beam > GRAPH_EF_MAX:  # the walk cannot reach the recall: exact while affordable
+        return "exact" if n_allowed <= EXACT_FALLBACK_ROWS else "graph"
+    graph: Any = cast(faiss.IndexHNSW, faiss.downcast_index(index)).hnsw  # nb_neighbors: not in faiss's stubs
+    m = int(graph.nb_neighbors(1))  # M (level 0 has 2M)
+    slot = slot_cost * math.sqrt(max(1, m) / 16)
+    return "graph" if beam * slot < exact_cost(n_allowed, n_total) else "exact"
+
+
+def exact_cost(n_allowed: int, n_total: int) -> float:
+    """The exact path's cost per query in row scores (the planner's cost model)."""
+    if n_allowed <= GATHER_MAX_SHARE * n_total:
+        return n_allowed * (1.0 + GATHER_COST)
+    return float(n_total)
 
 
 def search_exact(
@@ -88,14 +147,6 @@ def search_exact(
     ids[:, :top] = np.take_along_axis(part_ids, order, 1)
     scores[:, :top] = np.take_along_axis(part_scores, order, 1)
     return ids, scores
-
-
-def graph_beam(index_ef: int, n: int, share: float, widen: bool = True) -> int:
-    """The HNSW beam of a filtered walk: ``max(efSearch, n)``, widened by 1 / share up to GRAPH_EF_MAX."""
-    beam = max(index_ef, n)
-    if widen and share > 0:
-        beam = max(beam, min(GRAPH_EF_MAX, math.ceil(beam / share)))
-    return beam
 
 
 def search_graph(
@@ -147,6 +198,7 @@ def search_filtered(
     exact_max_rows: int = EXACT_MAX_ROWS,
     exact_max_share: float = EXACT_MAX_SHARE,
     widen: bool = True,
+    slot_cost: float = SLOT_COST,
 ) -> tuple[np.ndarray, np.ndarray, Path]:
     """Top-n allowed item indices (Q, n) and scores per query row, and the path that produced them.
 
@@ -158,13 +210,16 @@ def search_filtered(
         allowed: (I,) bool by FAISS row: the rows a result may be (filter, minus exclusions).
         path: ``plan`` to let :func:`plan` choose; ``graph`` / ``exact`` to force one (benchmarks).
         exact_max_rows, exact_max_share: the planner's thresholds (:func:`plan`).
-        widen: widen the HNSW beam by 1 / selectivity (:func:`graph_beam`); off only to measure.
+        widen: widen the HNSW beam (:func:`graph_beam`); off only to measure.
+        slot_cost: the planner's cost of one beam slot in exact row scores (:func:`plan`).
     Returns:
         ids (Q, n) with -1 where fewer than n rows are allowed, scores, and the path taken. Every
         list holds ``min(n, allowed.sum())`` items: a short graph answer is redone exactly.
     """
     n_allowed = int(np.count_nonzero(allowed))
-    chosen = plan(n_allowed, len(allowed), index, exact_max_rows, exact_max_share) if path == "plan" else path
+    chosen = (
+        plan(n_allowed, len(allowed), index, exact_max_rows, exact_max_share, n, slot_cost) if path == "plan" else path
+    )
     if chosen == "exact" or n_allowed == 0:
         ids, scores = search_exact(item_vectors, queries, n, allowed)
         return ids, scores, "exact"

@@ -86,6 +86,14 @@ class ServiceSettings(BaseSettings):
         description="A filter allowing at most this many items (or 2% of the catalogue) is searched exactly over "
         "them, a wider one by the index with a selector (benchmarks/results/filtered_search.md).",
     )
+    filter_graph_slot_cost: float = Field(
+        240.0,
+        ge=0,
+        description="The filter planner's cost of one HNSW beam slot (at M = 16) in exact row scores: above the "
+        "row threshold a filter is searched on the graph when its widened walk is cheaper than scoring the allowed "
+        "rows exactly (index/filtered.py). Measured on the 2-core reference machine; calibrate with "
+        "benchmarks/filtered_search.py. 0 = the graph whenever the widened beam fits its cap.",
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1, description="Largest request body in bytes; larger ones get 413 (also when chunked)."
     )

@@ -23,9 +23,9 @@ import numpy as np
 import orjson
 
 from index.dedup import leaders, rescore
-from index.filtered import EXACT_MAX_ROWS, search_filtered
+from index.filtered import EXACT_MAX_ROWS, SLOT_COST, search_filtered
 from index.merge import interest_weights, merge, merge_flat
-from index.search import needs_rerank, search_batch, search_excluding
+from index.search import SharedExclusion, needs_rerank, search_batch, search_excluding
 from index.store import LoadedVersion
 from remi.artifacts import pad_histories
 from remi.attributes import Condition, ItemAttributes, allowed_mask
@@ -49,16 +49,12 @@ class Query:
     conditions: tuple[Condition, ...] = ()  # checked against the engine's attributes (service/filters.py)
     exclude_items: np.ndarray | None = None  # item indices the request excludes
 
-    def excluded(self) -> np.ndarray:
-        """Every item index this query's answer must not hold: its history when it excludes seen
-        items, and the blocked items. Both go to the same exclusion machinery (FAISS selector or
-        over-fetch, popularity filter), so an answer still has k items when k allowed items exist."""
-        seen = self.history if self.exclude_seen else _NOTHING
-        if not len(self.blocked):
-            return seen
-        if not len(seen):
-            return self.blocked
-        return np.concatenate([seen, self.blocked])
+    def seen(self) -> np.ndarray:
+        """The item indices this user's answer must not hold: the history when it excludes seen items.
+
+        The blocked items are not among them: they are the same for every query of a list
+        version and go to the search as one shared exclusion (Engine.shared_exclusion)."""
+        return self.history if self.exclude_seen else _NOTHING
 
 
 @dataclass
@@ -91,6 +87,7 @@ class Engine:
         dedup_cosine: float = 1.0,
         min_weight: float = 0.0,
         filter_exact_max_rows: int = EXACT_MAX_ROWS,
+        filter_slot_cost: float = SLOT_COST,
     ):
         self.loaded = loaded  # the index version (folder, manifest, FAISS index) and its model artifacts
         self.arts = loaded.artifacts
@@ -105,6 +102,9 @@ class Engine:
         self.popular_scores = self.arts.popularity[rows].astype(np.float32)
         self.dedup_cosine, self.min_weight = dedup_cosine, min_weight
         self.filter_exact_max_rows = filter_exact_max_rows  # the planner's threshold (index/filtered.py)
+        self.filter_slot_cost = filter_slot_cost  # and its cost model's calibration
+        # The blocklist as one row mask and FAISS selector, built once per list version.
+        self._shared: tuple[np.ndarray, SharedExclusion] | None = None
         # Exact re-scoring of found items needs the float item table by FAISS row.
         self.item_vectors = np.ascontiguousarray(self.arts.item_vectors, dtype=np.float32)
         self.rerank = needs_rerank(self.index)  # fp16 / SQ8 storage: re-rank the beam exactly
@@ -160,9 +160,13 @@ class Engine:
                 s0 = time.perf_counter()
                 per_ids = np.full((len(rows), weights.shape[1], k), -1, dtype=np.int64)
                 per_scores = np.full(per_ids.shape, -np.inf, dtype=np.float32)
-                plain = [r for r, j in enumerate(rows) if not queries[warm[j]].filtered]
-                if plain:
-                    exclude = [queries[warm[rows[r]]].excluded() for r in plain]
+                # Plain rows, one shared call per blocklist version (one per batch but at a change).
+                by_list: dict[int, list[int]] = {}
+                for r, j in enumerate(rows):
+                    if not queries[warm[j]].filtered:
+                        by_list.setdefault(id(queries[warm[j]].blocked), []).append(r)
+                for plain in by_list.values():
+                    exclude = [queries[warm[rows[r]]].seen() for r in plain]
                     user, interest = np.nonzero(searched[[rows[r] for r in plain]])
                     found_ids, found_scores = search_batch(
                         self.index,
@@ -171,6 +175,7 @@ class Engine:
                         k,
                         exclude,
                         self.item_vectors if self.rerank else None,
+                        self.shared_exclusion(queries[warm[rows[plain[0]]]].blocked),
                     )
                     per_ids[np.asarray(plain)[user], interest] = found_ids
                     per_scores[np.asarray(plain)[user], interest] = found_scores
@@ -191,6 +196,7 @@ class Engine:
                         k,
                         mask,
                         exact_max_rows=self.filter_exact_max_rows,
+                        slot_cost=self.filter_slot_cost,
                     )
                     per_ids[r, mine], per_scores[r, mine] = found_ids, found_scores
                 s1 = time.perf_counter()
@@ -219,7 +225,7 @@ class Engine:
         answers = [
             result
             if result is not None
-            else self.popular_for(q.k, q.excluded(), self.allowed_items(q) if q.filtered else None)
+            else self.popular_for(q.k, q.seen(), self.allowed_items(q) if q.filtered else None, q.blocked)
             for result, q in zip(results, queries, strict=True)
         ]
         return answers, timings
@@ -237,15 +243,27 @@ class Engine:
             mask[rows[rows >= 0]] = False
         return mask
 
-    @staticmethod
-    def search_mask(allowed: np.ndarray, query: Query) -> np.ndarray:
+    def shared_exclusion(self, blocked: np.ndarray) -> SharedExclusion | None:
+        """The blocked item indices as one row mask and selector, cached for the list version
+        (LiveBlocklist hands every query of a version the same array)."""
+        if not len(blocked):
+            return None
+        cached = self._shared
+        if cached is not None and cached[0] is blocked:
+            return cached[1]
+        shared = SharedExclusion(blocked, self.index.ntotal)
+        self._shared = (blocked, shared)
+        return shared
+
+    def search_mask(self, allowed: np.ndarray, query: Query) -> np.ndarray:
         """The allowed items minus the query's history when it excludes seen items and minus the
         blocked items (the filter's counts stay the filter's: blocking is applied here)."""
-        excluded = query.excluded()
-        if not len(excluded):
+        shared = self.shared_exclusion(query.blocked)
+        seen = query.seen()
+        if shared is None and not len(seen):
             return allowed
-        mask = allowed.copy()
-        rows = ItemVocabulary.indices_to_rows(excluded)
+        mask = allowed & ~shared.mask if shared is not None else allowed.copy()
+        rows = ItemVocabulary.indices_to_rows(seen)
         mask[rows[rows >= 0]] = False
         return mask
 
@@ -292,19 +310,23 @@ class Engine:
         k: int,
         exclude: Sequence[int] | np.ndarray = (),
         allowed: np.ndarray | None = None,
+        blocked: np.ndarray = _NOTHING,
     ) -> Result:
-        """The cold-start list: most interacted items in the training data, minus excluded ones.
+        """The cold-start list: most interacted items in the training data, minus excluded and blocked ones.
 
         With ``allowed`` (a filtered query's mask by FAISS row, exclude_items already removed)
         only allowed items are taken, in the same popularity order.
         """
+        shared = self.shared_exclusion(blocked)
+        take = k + len(exclude) + (len(shared) if shared is not None else 0)  # enough to fill k after both
         if allowed is not None:
             keep = allowed[ItemVocabulary.indices_to_rows(self.popular)]
-            items, scores = self.popular[keep], self.popular_scores[keep]
-            items, scores = items[: k + len(exclude)], scores[: k + len(exclude)]
+            items, scores = self.popular[keep][:take], self.popular_scores[keep][:take]
         else:
-            take = k + len(exclude)
             items, scores = self.popular[:take], self.popular_scores[:take]
+        if shared is not None:
+            keep = ~shared.mask[ItemVocabulary.indices_to_rows(items)]
+            items, scores = items[keep], scores[keep]
         if len(exclude):
             keep = ~np.isin(items, np.asarray(exclude))
             items, scores = items[keep], scores[keep]
@@ -344,10 +366,13 @@ class Engine:
                 top_n,
                 searchable,
                 exact_max_rows=self.filter_exact_max_rows,
+                slot_cost=self.filter_slot_cost,
             )
             found, scores = found_rows[None], found_scores[None]
         else:
-            found, scores = search_excluding(self.index, interest_vectors, top_n, [query.excluded()])
+            found, scores = search_excluding(
+                self.index, interest_vectors, top_n, [query.seen()], self.shared_exclusion(blocked)
+            )
         weights = interest_weights(routing, mask)[0]
         out = []
         valid = mask[0]

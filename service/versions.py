@@ -94,6 +94,7 @@ class Versions:
             dedup_cosine=self.settings.interest_dedup_cosine,
             min_weight=self.settings.interest_min_weight,
             filter_exact_max_rows=self.settings.filter_exact_max_rows,
+            filter_slot_cost=self.settings.filter_graph_slot_cost,
         )
         engine.warm_up()
         release_free_memory()

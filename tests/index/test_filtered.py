@@ -6,7 +6,17 @@ import faiss
 import numpy as np
 import pytest
 
-from index.filtered import GRAPH_EF_MAX, graph_beam, plan, search_exact, search_filtered
+from index import filtered
+from index.filtered import (
+    EXACT_FALLBACK_ROWS,
+    GRAPH_EF_MAX,
+    GRAPH_WIDEN,
+    graph_beam,
+    needed_beam,
+    plan,
+    search_exact,
+    search_filtered,
+)
 from index.search import exact_index
 
 N, D = 3000, 16
@@ -71,9 +81,12 @@ def test_random_filters_never_leak_and_always_fill_min_k_allowed(
                 assert len(found) == min(k, int(allowed.sum())), (share, k, taken)
 
 
-def test_a_starved_graph_walk_falls_back_to_exact(vectors: np.ndarray, hnsw: faiss.Index) -> None:
+def test_a_starved_graph_walk_falls_back_to_exact(
+    vectors: np.ndarray, hnsw: faiss.Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """0.5% allowed on a weak graph with the served beam: the selector search alone comes back
     short; the planned search (forced onto the graph by zero thresholds) redoes those rows exactly."""
+    monkeypatch.setattr(filtered, "EXACT_FALLBACK_ROWS", 0)  # past the beam cap: the graph, not exact
     rng = np.random.default_rng(3)
     allowed = rng.random(N) < 0.005
     queries = rng.normal(size=(8, D)).astype(np.float32)
@@ -88,8 +101,34 @@ def test_a_starved_graph_walk_falls_back_to_exact(vectors: np.ndarray, hnsw: fai
 
 def test_the_graph_beam_widens_with_the_filter_up_to_a_cap() -> None:
     assert graph_beam(64, 50, 1.0) == 64 and graph_beam(64, 100, 1.0) == 100
-    assert graph_beam(64, 50, 0.5) == 128 and graph_beam(64, 50, 0.01) == GRAPH_EF_MAX
+    assert graph_beam(64, 50, 0.5) == 64 * GRAPH_WIDEN / 0.5 and graph_beam(64, 50, 0.01) == GRAPH_EF_MAX
     assert graph_beam(64, 50, 0.01, widen=False) == 64
+
+
+def test_the_needed_beam_grows_smoothly_as_the_filter_tightens() -> None:
+    shares = np.linspace(1.0, 0.01, 200)
+    beams = [needed_beam(64, 50, float(s)) for s in shares]
+    assert all(b1 <= b2 for b1, b2 in zip(beams, beams[1:], strict=False))  # tighter filter, wider beam
+    assert needed_beam(64, 50, 0.99) <= 1.1 * 64  # a filter that drops little costs little
+    assert needed_beam(64, 50, 0.25) == 64 * GRAPH_WIDEN / 0.25  # full widening from half the catalogue down
+    assert needed_beam(16, 50, 0.5) == 50 * GRAPH_WIDEN / 0.5  # the beam is never under the depth asked
+
+
+def test_the_planner_takes_the_cheaper_path_for_the_catalogue_size() -> None:
+    """Half the items allowed: scoring 100k rows exactly is cheaper than a 512-wide walk, 1M rows is not."""
+    graph = faiss.IndexHNSWFlat(8, 16)
+    graph.hnsw.efSearch = 64
+    assert plan(50_000, 100_000, graph) == "exact"
+    assert plan(500_000, 1_000_000, graph) == "graph"
+    assert plan(99_000, 100_000, graph) == "graph"  # a light filter: hardly wider than the served walk
+
+
+def test_past_the_beam_cap_the_planner_goes_exact_while_the_allowed_set_is_affordable(hnsw: faiss.Index) -> None:
+    # hnsw: efSearch 8, so the base beam is n = 50; the cap is reached below 50 * 4 / 2048 ~ 9.8% allowed
+    assert plan(150_000, 1_000_000, hnsw) == "graph"  # 15%: the widened beam fits the cap
+    assert plan(60_000, 1_000_000, hnsw) == "exact"  # 6%: it does not, and 60k rows are cheap to score
+    big = EXACT_FALLBACK_ROWS + 1
+    assert plan(big, 20 * big, hnsw) == "graph"  # 5% of a huge catalogue: the capped walk, not 200k+ rows
 
 
 def test_the_planner_searches_small_allowed_sets_exactly_and_large_ones_on_the_graph(hnsw: faiss.Index) -> None:
@@ -108,3 +147,9 @@ def test_an_index_without_selector_support_is_searched_exactly(vectors: np.ndarr
     queries = vectors[:2]
     ids, _, taken = search_filtered(wrapped, vectors, queries, 5, allowed)
     assert taken == "exact" and [int(i) for i in ids[:, 0]] == [1, 2]  # each query's own item first
+
+
+def test_the_service_default_calibration_is_the_planners() -> None:
+    from service.config import ServiceSettings
+
+    assert ServiceSettings.model_fields["filter_graph_slot_cost"].default == filtered.SLOT_COST

@@ -10,7 +10,7 @@ import pytest
 
 from index.build import build_faiss, build_index_folder, recall_at
 from index.merge import merge_by_score, merge_flat
-from index.search import SLACK, exact_index, rerank, search_batch, search_excluding
+from index.search import SLACK, SharedExclusion, exact_index, rerank, search_batch, search_excluding
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,64 @@ def test_a_gate_on_merged_answers_measures_the_users_lists_and_needs_no_larger_b
     index = faiss.read_index(str(tmp_path / "4" / "index.faiss"))
     index.hnsw.efSearch = built[4].params["ef_search"]
     assert recall_at(index, items, queries, 50, group=4) >= 0.95
+
+
+def blocked_near(items: np.ndarray, vectors: np.ndarray, seed: int) -> np.ndarray:
+    """A blocklist that bites: the top 30 of every user's second interest, plus 300 random items."""
+    rng = np.random.default_rng(seed)
+    near = [np.argsort(-(items @ vectors[u, 1]))[:30] + 1 for u in range(len(vectors))]
+    return np.unique(np.concatenate([*near, rng.integers(1, len(items) + 1, 300)]))
+
+
+@pytest.mark.parametrize("n", [10, 50])
+@pytest.mark.parametrize("ef", [16, 64])
+def test_a_shared_exclusion_answers_as_a_copy_of_it_in_every_users_set(
+    hnsw: faiss.Index, items: np.ndarray, n: int, ef: int
+) -> None:
+    """The blocklist as one selector for the whole call gives each row exactly its solo answer
+    with the blocked items in its own exclusion set: none blocked, none seen, n items each."""
+    vectors, exclude = users(items, 20, seed=n + ef)
+    blocked = blocked_near(items, vectors, seed=ef)
+    shared = SharedExclusion(blocked, len(items))
+    assert len(shared) == len(blocked) and shared.mask.sum() == len(blocked)
+    owner = np.repeat(np.arange(20), 4)
+    hnsw.hnsw.efSearch = ef
+    ids, scores = search_batch(hnsw, vectors.reshape(80, -1), owner, n, exclude, shared=shared)
+    hnsw.hnsw.efSearch = max(ef, n + SLACK)  # the solo reference walks search_batch's beam
+    for u in range(20):
+        got = ids[owner == u]
+        assert not np.isin(got, blocked).any() and not np.isin(got, exclude[u]).any()
+        assert ((got >= 0).sum(1) == n).all()
+        alone, alone_scores = search_excluding(hnsw, vectors[u : u + 1], n, [np.union1d(exclude[u], blocked)])
+        assert np.array_equal(got, alone[0]) and np.array_equal(scores[owner == u], alone_scores[0])
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
+def test_a_shared_exclusion_on_other_index_kinds_equals_the_union_of_sets(items: np.ndarray, kind: str) -> None:
+    """Flat takes the shared selector with the user's own; IVF-PQ (no selector) the union by over-fetch."""
+    if kind == "flat":
+        index = exact_index(items)
+    else:
+        index = faiss.index_factory(items.shape[1], "IVF16,PQ4x4,RFlat", faiss.METRIC_INNER_PRODUCT)
+        index.train(items)
+        index.add(items)
+    vectors, exclude = users(items, 6, seed=21)
+    blocked = blocked_near(items, vectors, seed=22)
+    shared = SharedExclusion(blocked, len(items))
+    ids, scores = search_excluding(index, vectors, 40, exclude, shared)
+    want, want_scores = search_excluding(index, vectors, 40, [np.union1d(e, blocked) for e in exclude])
+    assert np.array_equal(ids, want) and np.allclose(scores, want_scores)
+    assert not np.isin(ids, blocked).any() and ((ids >= 0).sum(-1) == 40).all()
+    owner = np.repeat(np.arange(6), 4)
+    batch_ids, _ = search_batch(index, vectors.reshape(24, -1), owner, 40, exclude, shared=shared)
+    assert np.array_equal(batch_ids.reshape(6, 4, 40), want)
+
+
+def test_an_empty_shared_exclusion_changes_nothing(hnsw: faiss.Index, items: np.ndarray) -> None:
+    hnsw.hnsw.efSearch = 64
+    vectors, exclude = users(items, 8, seed=31)
+    owner = np.repeat(np.arange(8), 4)
+    plain = search_batch(hnsw, vectors.reshape(32, -1), owner, 50, exclude)
+    empty = SharedExclusion(np.zeros(0, dtype=np.int64), len(items))
+    with_empty = search_batch(hnsw, vectors.reshape(32, -1), owner, 50, exclude, shared=empty)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, with_empty, strict=True))

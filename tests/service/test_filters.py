@@ -41,7 +41,9 @@ def attr_root(attr_model: AttrModel, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def _app(root: Path, **settings: Any) -> TestClient:
-    app = create_app(ServiceSettings(index_root=root, poll_seconds=0, filter_exact_max_rows=150, **settings))
+    # a low row threshold and the cost model off: small catalogues take the graph path too
+    settings = {"filter_exact_max_rows": 150, "filter_graph_slot_cost": 0, **settings}
+    app = create_app(ServiceSettings(index_root=root, poll_seconds=0, **settings))
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -257,7 +259,7 @@ def test_openapi_documents_the_filter_shape(client: TestClient) -> None:
 
 def test_filters_end_to_end_through_a_real_server(attr_root: Path, attr_model: AttrModel) -> None:
     """`remi serve` (uvicorn, fast path on) on the published version: a filtered answer and a 422."""
-    server = start_server(attr_root, None, REMI_FILTER_EXACT_MAX_ROWS="150")
+    server = start_server(attr_root, None, REMI_FILTER_EXACT_MAX_ROWS="150", REMI_FILTER_GRAPH_SLOT_COST="0")
     try:
         server.wait_ready(timeout=60)  # the model loaded, not only the process up
         spec = {"category": {"in": ["bags", "hats"]}, "price": {"gt": 50}}
