@@ -2,15 +2,17 @@
 
     python -m benchmarks.blocklist [--items 100000] [--sizes 0 100 1000 10000] [--batches 1 64]
 
-The blocked items join every request's exclusions (service/engine.py ``Query.excluded``), so a
-request's exclusion set grows by the list's size: this measures what that costs on the serving
-path (model + search + merge, no HTTP, one thread each for onnxruntime and FAISS), on the
+The blocked items are one shared exclusion per list version (index/search.py ``SharedExclusion``:
+a row mask and the FAISS selector of the whole batch's search; before it, a copy of the list
+joined every request's own exclusion set: benchmarks/results/blocklist_before.md, measured on
+that code): this measures what the list costs on the serving path (model + search + merge, no
+HTTP, one thread each for onnxruntime and FAISS), on the
 synthetic catalogue of the serving benchmark (benchmarks/serving_setup.py, cached under --work)
 behind an HNSW index. Two kinds of list:
 
 * ``random``: ids drawn from the whole catalogue (what a policy list looks like);
 * ``answered``: ids taken from the benchmark users' own unblocked answers (the worst case: every
-  blocked item displaces a result, and HNSW rows that lose too many are searched again).
+  blocked item displaces a result).
 
 Each (kind, size, batch) is timed over the same users (median ms per request over --rounds
 passes) and every answer is checked to hold no blocked item. Writes

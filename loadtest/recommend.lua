@@ -7,6 +7,8 @@
 -- not gzipped). Path from the first script argument or $USERS_FILE; k from the second argument or
 -- $RECOMMEND_K (default 50). Each thread starts at its own offset so threads do not send the same
 -- users in lockstep. Ids must not need JSON escaping (no quotes or backslashes).
+-- $RECOMMEND_EXTRA, when set, is a JSON fragment of more request fields appended to every body,
+-- e.g. RECOMMEND_EXTRA='"filter":{"category":{"eq":"c3"}}' (benchmarks/serving_filtered.py).
 --
 -- done() prints one line "WRK_JSON {...}": requests, duration, requests/s, latency percentiles
 -- in ms, wrk's socket errors, non-2xx/3xx responses (wrk's own count), responses per status code
@@ -22,6 +24,10 @@ history_unavailable = 0
 local threads = {}
 local path_ = "/recommend"
 local k = tonumber(os.getenv("RECOMMEND_K") or "50")
+local extra = os.getenv("RECOMMEND_EXTRA") or ""
+if extra ~= "" then
+  extra = "," .. extra
+end
 
 local function read_users(path)
   local list = {}
@@ -101,7 +107,7 @@ function request()
   if counter > #users then
     counter = 1
   end
-  local body = '{"user_id":"' .. users[counter] .. '","k":' .. k .. '}'
+  local body = '{"user_id":"' .. users[counter] .. '","k":' .. k .. extra .. '}'
   return wrk.format(nil, path_, nil, body)
 end
 
