@@ -10,11 +10,13 @@ drawn uniformly per item, so ``{"category": {"eq": "c3"}}`` allows ~10% of the i
 uniform in 0-100), an index root built by the library's reindex (HNSW, default parameters), and
 --users synthetic histories of 20-50 items in Redis under a fresh key prefix (deleted at the end).
 
-Each round starts ``remi serve`` (--workers, micro-batching, the fast path on: the defaults),
-warms it up with both kinds of request, then runs wrk (loadtest/recommend.lua) unfiltered and
-filtered (the filter is appended to every body with RECOMMEND_EXTRA), at C = 32 for --duration
-seconds and at C = 1 for --c1-duration; the order alternates between rounds so a drift of the
-machine's load hits both. One request of each kind is also sent alone, and its answer's
+Each round starts ``remi serve`` (--workers, micro-batching, the fast path on: the defaults) twice:
+with the filter cache (the default, service/filter_cache.py), measured unfiltered and filtered,
+and with REMI_FILTER_CACHE_MB=0, measured filtered (every request builds its own mask and gathers
+the allowed rows, as before the cache). Each kind is warmed up, then wrk (loadtest/recommend.lua;
+the filter is appended to every body with RECOMMEND_EXTRA) runs at C = 32 for --duration seconds
+and at C = 1 for --c1-duration; the order of servers and kinds alternates between rounds so a
+drift of the machine's load hits all. One request of each kind is also sent alone, and its answer's
 ``filter`` block (allowed items, path) recorded. The summary is the median over rounds and the
 median of the per-round filtered / unfiltered ratios. Writes
 benchmarks/results/serving_filtered.{json,md}.
@@ -137,22 +139,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         asyncio.run(seed_histories(args.redis_url, prefix, users, histories))
         for r in range(args.rounds):
-            log = work / f"filtered-round{r}.log"
-            with serve(code, root, prefix, args, {}, log) as server:
-                kinds = [("unfiltered", ""), ("filtered", args.filter)]
-                for _, extra in kinds:
-                    os.environ["RECOMMEND_EXTRA"] = extra
-                    wrk(server.url, server.cpu_seconds, users_file, 8, args.warmup, args.wrk_threads)
-                meta.setdefault("probe", {kind: probe(server.url, users[0], extra) for kind, extra in kinds})
-                for kind, extra in kinds if r % 2 == 0 else kinds[::-1]:
-                    os.environ["RECOMMEND_EXTRA"] = extra
-                    c32 = measure(server, users_file, 32, args.duration, args.wrk_threads)
-                    c1 = measure(server, users_file, 1, args.c1_duration, 1)
-                    rows.append({"round": r, "kind": kind, "c32": c32, "c1": c1})
-                    print(json.dumps({"round": r, "kind": kind, "qps_c32": c32["qps"],
-                                      "p50_c32": c32["latency_ms"]["p50"], "p50_c1": c1["latency_ms"]["p50"],
-                                      "compute_ms": c32["compute_cpu_ms_per_request"],
-                                      "errors": c32["errors"] + c1["errors"]}), flush=True)  # fmt: skip
+            servers = [("cache", {}), ("no cache", {"REMI_FILTER_CACHE_MB": "0"})]
+            for label, env in servers if r % 2 == 0 else servers[::-1]:
+                log = work / f"filtered-round{r}-{label.replace(' ', '-')}.log"
+                with serve(code, root, prefix, args, env, log) as server:
+                    kinds = [("unfiltered", ""), ("filtered", args.filter)] if label == "cache" else []
+                    kinds += [("filtered, no filter cache", args.filter)] if label == "no cache" else []
+                    for _, extra in kinds:
+                        os.environ["RECOMMEND_EXTRA"] = extra
+                        wrk(server.url, server.cpu_seconds, users_file, 8, args.warmup, args.wrk_threads)
+                    for kind, extra in kinds:
+                        meta.setdefault("probe", {})[kind] = probe(server.url, users[0], extra)
+                    for kind, extra in kinds if r % 2 == 0 else kinds[::-1]:
+                        os.environ["RECOMMEND_EXTRA"] = extra
+                        c32 = measure(server, users_file, 32, args.duration, args.wrk_threads)
+                        c1 = measure(server, users_file, 1, args.c1_duration, 1)
+                        rows.append({"round": r, "kind": kind, "c32": c32, "c1": c1})
+                        print(json.dumps({"round": r, "kind": kind, "qps_c32": c32["qps"],
+                                          "p50_c32": c32["latency_ms"]["p50"], "p50_c1": c1["latency_ms"]["p50"],
+                                          "compute_ms": c32["compute_cpu_ms_per_request"],
+                                          "errors": c32["errors"] + c1["errors"]}), flush=True)  # fmt: skip
     finally:
         os.environ.pop("RECOMMEND_EXTRA", None)
         print(f"deleted {delete_prefix(args.redis_url, prefix)} keys under {prefix!r}", flush=True)
@@ -183,13 +189,16 @@ def _median(rows: list[dict[str, Any]], get: Any) -> float:
 def report(result: dict[str, Any]) -> str:
     meta, rows = result["meta"], result["rows"]
     a = meta["args"]
-    ratios: dict[str, list[float]] = {"req/s C=32": [], "p50 ms C=32": [], "p50 ms C=1": []}
+    names = ("req/s C=32", "p50 ms C=32", "p50 ms C=1")
+    ratios: dict[str, list[float]] = {name: [] for name in names}  # filtered / unfiltered
+    cache_ratios: dict[str, list[float]] = {name: [] for name in names}  # filtered: cache / no cache
     for r in sorted({row["round"] for row in rows}):
         pair = {row["kind"]: row for row in rows if row["round"] == r}
-        if len(pair) == 2:
-            for name, get in SUMMARY:
-                if name in ratios:
-                    ratios[name].append(get(pair["filtered"]) / max(get(pair["unfiltered"]), 1e-9))
+        for name, get in SUMMARY:
+            if name in names and "filtered" in pair and "unfiltered" in pair:
+                ratios[name].append(get(pair["filtered"]) / max(get(pair["unfiltered"]), 1e-9))
+            if name in names and "filtered" in pair and "filtered, no filter cache" in pair:
+                cache_ratios[name].append(get(pair["filtered"]) / max(get(pair["filtered, no filter cache"]), 1e-9))
     probe_lines = [f"`{kind}`: {json.dumps(p)}" for kind, p in meta.get("probe", {}).items()]
     lines = [
         "# POST /recommend with a 10% filter beside the unfiltered run (`python -m benchmarks.serving_filtered`)",
@@ -198,7 +207,8 @@ def report(result: dict[str, Any]) -> str:
         f"`{a['filter']}` on every filtered request (~10% of the items allowed); {meta['users']:,} users' histories "
         f"in Redis; `remi serve` {a['workers']} workers, micro-batching, fast path on; wrk -t{a['wrk_threads']} "
         f"C = 32 for {a['duration']:.0f} s and wrk -t1 C = 1 for {a['c1_duration']:.0f} s per kind; {a['rounds']} "
-        f"rounds (one server each), order alternating; medians over rounds. {meta['cpus']} cores shared with wrk "
+        f"rounds (two servers each: filter cache on, off), order alternating; medians over rounds. "
+        f"{meta['cpus']} cores shared with wrk "
         f"and Redis (load average before: {', '.join(f'{x:.2f}' for x in meta['loadavg_before'])}). Commit "
         f"{meta['source']['commit']}{'' if meta['source'] == meta.get('source_at_end') else ' (CHANGED in the run)'}."
         " Event-loop CPU = the workers' main threads; compute = their other threads (ONNX, FAISS, merge, the "
@@ -209,7 +219,7 @@ def report(result: dict[str, Any]) -> str:
         "| requests | " + " | ".join(name for name, _ in SUMMARY) + " |",
         "|---|" + "---|" * len(SUMMARY),
     ]
-    for kind in ("unfiltered", "filtered"):
+    for kind in ("unfiltered", "filtered", "filtered, no filter cache"):
         group = [r for r in rows if r["kind"] == kind]
         if group:
             cells = [f"{_median(group, get):,.3f}".rstrip("0").rstrip(".") for _, get in SUMMARY]
@@ -221,6 +231,13 @@ def report(result: dict[str, Any]) -> str:
     ]
     if parts:
         lines += ["", "Filtered / unfiltered per round: " + "; ".join(parts) + "."]
+    parts = [
+        f"{name}: {', '.join(f'{x:.2f}' for x in values)} (median **{statistics.median(values):.2f}x**)"
+        for name, values in cache_ratios.items()
+        if values
+    ]
+    if parts:
+        lines += ["", "Filtered, filter cache on / off per round: " + "; ".join(parts) + "."]
     lines.append("")
     return "\n".join(lines)
 

@@ -25,6 +25,7 @@ take the exact path.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import faiss
@@ -89,10 +90,12 @@ def plan(
     exact_max_share: float = EXACT_MAX_SHARE,
     n: int = 50,
     slot_cost: float = SLOT_COST,
+    gathered: bool = False,
 ) -> Literal["graph", "exact"]:
     """Which path serves a query whose filter allows ``n_allowed`` of ``n_total`` items (module doc).
 
-    ``slot_cost`` calibrates the cost model to a machine (0: the graph whenever the beam fits).
+    ``slot_cost`` calibrates the cost model to a machine (0: the graph whenever the beam fits);
+    ``gathered``: the allowed rows are already copied out (a cached filter), so exact pays no gather.
     """
     if index is not None and selector_params(index) is None:
         return "exact"
@@ -107,36 +110,74 @@ def plan(
     graph: Any = cast(faiss.IndexHNSW, faiss.downcast_index(index)).hnsw  # nb_neighbors: not in faiss's stubs
     m = int(graph.nb_neighbors(1))  # M (level 0 has 2M)
     slot = slot_cost * math.sqrt(max(1, m) / 16)
-    return "graph" if beam * slot < exact_cost(n_allowed, n_total) else "exact"
+    return "graph" if beam * slot < exact_cost(n_allowed, n_total, gathered) else "exact"
 
 
-def exact_cost(n_allowed: int, n_total: int) -> float:
+def exact_cost(n_allowed: int, n_total: int, gathered: bool = False) -> float:
     """The exact path's cost per query in row scores (the planner's cost model)."""
     if n_allowed <= GATHER_MAX_SHARE * n_total:
-        return n_allowed * (1.0 + GATHER_COST)
+        return n_allowed * (1.0 if gathered else 1.0 + GATHER_COST)
     return float(n_total)
 
 
+@dataclass(frozen=True)
+class Gathered:
+    """Rows of the item table copied out once, for a filter that many requests repeat
+    (service/filter_cache.py): the exact path then scores them without copying them again, and
+    masks what a request drops on top of the filter (its seen items, exclude_items, the blocklist)."""
+
+    rows: np.ndarray  # sorted FAISS rows
+    table: np.ndarray  # (len(rows), d) float32, read-only
+
+    @classmethod
+    def of(cls, item_vectors: np.ndarray, rows: np.ndarray) -> Gathered:
+        table = np.ascontiguousarray(item_vectors[rows], dtype=np.float32)
+        table.setflags(write=False)
+        rows = np.asarray(rows, dtype=np.int64)
+        rows.setflags(write=False)
+        return cls(rows, table)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.rows.nbytes + self.table.nbytes)
+
+
 def search_exact(
-    item_vectors: np.ndarray, queries: np.ndarray, n: int, allowed: np.ndarray
+    item_vectors: np.ndarray,
+    queries: np.ndarray,
+    n: int,
+    allowed: np.ndarray,
+    gathered: Gathered | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(Q, d) queries -> top-n item indices (Q, n) among the allowed rows, by exact inner product.
 
     -1 / -inf pad the lists when fewer than n rows are allowed; equal scores by item index.
+    ``gathered``: rows already copied out, a superset of the allowed ones (a cached filter's).
     """
     q = len(queries)
     ids = np.full((q, n), -1, dtype=np.int64)
     scores = np.full((q, n), -np.inf, dtype=np.float32)
-    rows = np.flatnonzero(allowed)
-    if not len(rows) or not q:
-        return ids, scores
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if len(rows) <= GATHER_MAX_SHARE * len(allowed):
-        candidate_scores = queries @ np.asarray(item_vectors[rows], dtype=np.float32).T  # (Q, A)
-    else:  # most rows pass: one product over the whole table is cheaper than the gather
-        full = queries @ np.asarray(item_vectors, dtype=np.float32).T
-        candidate_scores = full[:, rows]
-    top = min(n, len(rows))
+    if gathered is not None:
+        keep = allowed[gathered.rows]
+        n_keep = int(np.count_nonzero(keep))
+        if not n_keep or not q:
+            return ids, scores
+        rows = gathered.rows
+        candidate_scores = queries @ gathered.table.T  # (Q, G)
+        if n_keep < len(rows):
+            candidate_scores[:, ~keep] = -np.inf  # dropped by this request: never among the top n_keep
+    else:
+        rows = np.flatnonzero(allowed)
+        n_keep = len(rows)
+        if not n_keep or not q:
+            return ids, scores
+        if len(rows) <= GATHER_MAX_SHARE * len(allowed):
+            candidate_scores = queries @ np.asarray(item_vectors[rows], dtype=np.float32).T  # (Q, A)
+        else:  # most rows pass: one product over the whole table is cheaper than the gather
+            full = queries @ np.asarray(item_vectors, dtype=np.float32).T
+            candidate_scores = full[:, rows]
+    top = min(n, n_keep)
     if top < len(rows):
         part = np.argpartition(-candidate_scores, top - 1, axis=1)[:, :top]
     else:
@@ -199,6 +240,7 @@ def search_filtered(
     exact_max_share: float = EXACT_MAX_SHARE,
     widen: bool = True,
     slot_cost: float = SLOT_COST,
+    gathered: Gathered | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Path]:
     """Top-n allowed item indices (Q, n) and scores per query row, and the path that produced them.
 
@@ -212,16 +254,20 @@ def search_filtered(
         exact_max_rows, exact_max_share: the planner's thresholds (:func:`plan`).
         widen: widen the HNSW beam (:func:`graph_beam`); off only to measure.
         slot_cost: the planner's cost of one beam slot in exact row scores (:func:`plan`).
+        gathered: the allowed rows' table already copied out, a superset of ``allowed`` (a
+            cached filter's, service/filter_cache.py): the exact path scores it in place.
     Returns:
         ids (Q, n) with -1 where fewer than n rows are allowed, scores, and the path taken. Every
         list holds ``min(n, allowed.sum())`` items: a short graph answer is redone exactly.
     """
     n_allowed = int(np.count_nonzero(allowed))
     chosen = (
-        plan(n_allowed, len(allowed), index, exact_max_rows, exact_max_share, n, slot_cost) if path == "plan" else path
+        plan(n_allowed, len(allowed), index, exact_max_rows, exact_max_share, n, slot_cost, gathered is not None)
+        if path == "plan"
+        else path
     )
     if chosen == "exact" or n_allowed == 0:
-        ids, scores = search_exact(item_vectors, queries, n, allowed)
+        ids, scores = search_exact(item_vectors, queries, n, allowed, gathered)
         return ids, scores, "exact"
     ids, scores = search_graph(
         index, queries, n, allowed, np.asarray(item_vectors, dtype=np.float32) if needs_rerank(index) else None, widen
@@ -231,6 +277,6 @@ def search_filtered(
     want = min(n, n_allowed)
     short = np.flatnonzero((ids >= 0).sum(axis=1) < want)
     if len(short):  # the walk ran out of allowed nodes: those rows exactly
-        ids[short], scores[short] = search_exact(item_vectors, queries[short], n, allowed)
+        ids[short], scores[short] = search_exact(item_vectors, queries[short], n, allowed, gathered)
         return ids, scores, "graph+exact"
     return ids, scores, "graph"

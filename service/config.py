@@ -94,6 +94,13 @@ class ServiceSettings(BaseSettings):
         "rows exactly (index/filtered.py). Measured on the 2-core reference machine; calibrate with "
         "benchmarks/filtered_search.py. 0 = the graph whenever the widened beam fits its cap.",
     )
+    filter_cache_mb: float = Field(
+        256.0,
+        ge=0,
+        description="Memory per worker for repeated filters: each distinct filter's allowed-item mask and, when it "
+        "allows under 25% of the items, their embedding rows copied out once (service/filter_cache.py); least "
+        "recently used filters are dropped beyond it. 0 = build every request's mask anew.",
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1, description="Largest request body in bytes; larger ones get 413 (also when chunked)."
     )

@@ -23,13 +23,14 @@ import numpy as np
 import orjson
 
 from index.dedup import leaders, rescore
-from index.filtered import EXACT_MAX_ROWS, SLOT_COST, search_filtered
+from index.filtered import EXACT_MAX_ROWS, SLOT_COST, Gathered, search_filtered
 from index.merge import interest_weights, merge, merge_flat
 from index.search import SharedExclusion, needs_rerank, search_batch, search_excluding
 from index.store import LoadedVersion
 from remi.artifacts import pad_histories
 from remi.attributes import Condition, ItemAttributes, allowed_mask
 from remi.contract import ItemVocabulary
+from service.filter_cache import FilterCache
 
 _NOTHING = np.zeros(0, dtype=np.int64)
 
@@ -88,6 +89,7 @@ class Engine:
         min_weight: float = 0.0,
         filter_exact_max_rows: int = EXACT_MAX_ROWS,
         filter_slot_cost: float = SLOT_COST,
+        filter_cache_mb: float = 256.0,
     ):
         self.loaded = loaded  # the index version (folder, manifest, FAISS index) and its model artifacts
         self.arts = loaded.artifacts
@@ -107,6 +109,8 @@ class Engine:
         self._shared: tuple[np.ndarray, SharedExclusion] | None = None
         # Exact re-scoring of found items needs the float item table by FAISS row.
         self.item_vectors = np.ascontiguousarray(self.arts.item_vectors, dtype=np.float32)
+        # Repeated filters' masks and gathered rows (service/filter_cache.py).
+        self.filter_cache = FilterCache(int(filter_cache_mb * 2**20), self.item_vectors)
         self.rerank = needs_rerank(self.index)  # fp16 / SQ8 storage: re-rank the beam exactly
         # Every item id JSON-encoded once (fixed-width bytes: numpy strips the padding on the way out).
         self.id_json = np.array([orjson.dumps(raw) for raw in self.vocabulary.raw_ids], dtype=np.bytes_)
@@ -184,7 +188,7 @@ class Engine:
                     query = queries[warm[j]]
                     if not query.filtered:
                         continue
-                    allowed = self.allowed_items(query)
+                    allowed, gathered = self.filtered_items(query)
                     n_allowed[warm[j]] = int(np.count_nonzero(allowed))
                     mask = self.search_mask(allowed, query)
                     del allowed
@@ -197,6 +201,7 @@ class Engine:
                         mask,
                         exact_max_rows=self.filter_exact_max_rows,
                         slot_cost=self.filter_slot_cost,
+                        gathered=gathered,
                     )
                     per_ids[r, mine], per_scores[r, mine] = found_ids, found_scores
                 s1 = time.perf_counter()
@@ -231,17 +236,27 @@ class Engine:
         return answers, timings
 
     def allowed_items(self, query: Query) -> np.ndarray:
-        """(I,) bool by FAISS row: the items a filtered query's filter and exclude_items allow."""
+        """(I,) bool by FAISS row: the items a filtered query's filter and exclude_items allow
+        (read-only: it may be the filter cache's own mask)."""
+        return self.filtered_items(query)[0]
+
+    def filtered_items(self, query: Query) -> tuple[np.ndarray, Gathered | None]:
+        """The allowed mask (:meth:`allowed_items`) and, for a cached filter that allows few
+        items, their rows already gathered (a superset once exclude_items are applied)."""
         if query.conditions:
-            if self.attributes is None:  # checked before (service/filters.py): a model without attributes
+            attributes = self.attributes
+            if attributes is None:  # checked before (service/filters.py): a model without attributes
                 raise ValueError("a filter on a model without item attributes")
-            mask = allowed_mask(self.attributes, query.conditions)
+            entry = self.filter_cache.get(query.conditions, lambda: allowed_mask(attributes, query.conditions))
+            mask, gathered = entry.mask, entry.gathered
         else:
-            mask = np.ones(self.vocabulary.n_items, dtype=bool)
+            mask, gathered = np.ones(self.vocabulary.n_items, dtype=bool), None
         if query.exclude_items is not None and len(query.exclude_items):
             rows = ItemVocabulary.indices_to_rows(query.exclude_items)
+            if not mask.flags.writeable:  # the cache's: this request's exclusions go on a copy
+                mask = mask.copy()
             mask[rows[rows >= 0]] = False
-        return mask
+        return mask, gathered
 
     def shared_exclusion(self, blocked: np.ndarray) -> SharedExclusion | None:
         """The blocked item indices as one row mask and selector, cached for the list version

@@ -95,6 +95,7 @@ class Versions:
             min_weight=self.settings.interest_min_weight,
             filter_exact_max_rows=self.settings.filter_exact_max_rows,
             filter_slot_cost=self.settings.filter_graph_slot_cost,
+            filter_cache_mb=self.settings.filter_cache_mb,
         )
         engine.warm_up()
         release_free_memory()

@@ -44,7 +44,10 @@ def attribute_table(item_ids: list[str], rng: np.random.Generator) -> pd.DataFra
     return frame[rng.random(n) >= 0.05].reset_index(drop=True)
 
 
-def write_attr_artifacts(out: Path, n_items: int = 3000, seed: int = 0) -> AttrModel:
+ATTR_ITEMS = 3000  # the catalogue of the shared attr_model fixture (tests/service/conftest.py)
+
+
+def write_attr_artifacts(out: Path, n_items: int = ATTR_ITEMS, seed: int = 0) -> AttrModel:
     """An artifact folder of ``n_items`` items with attributes, as export would write it."""
     rng = np.random.default_rng(seed)
     item_ids = [f"sku-{i:05d}" for i in range(n_items)]

@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 import redis
 
+from index.publish import reindex
 from loadtest.server import ServerProcess, free_port, is_up, remi_serve_argv
 from service import fast_recommend
+from tests.service.attr_model import ATTR_ITEMS, AttrModel, write_attr_artifacts
 from tests.service.tiny_model import TinyModel, publish_tiny_version, write_tiny_artifacts
 
 Server = ServerProcess  # the name the end-to-end tests annotate with
@@ -34,6 +36,21 @@ def tiny_root(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -
     """An index root whose `current` is one published version of the tiny model (read-only: copy to change)."""
     root = tmp_path_factory.mktemp("tiny-root") / "root"
     publish_tiny_version(tiny_model.artifacts, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def attr_model(tmp_path_factory: pytest.TempPathFactory) -> AttrModel:
+    """The model with item attributes of the filter tests (tests/service/attr_model.py)."""
+    return write_attr_artifacts(tmp_path_factory.mktemp("attr") / "artifacts", n_items=ATTR_ITEMS)
+
+
+@pytest.fixture(scope="session")
+def attr_root(attr_model: AttrModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A published HNSW version (small graph: M = 8, ef = 16) of the model with attributes."""
+    root = tmp_path_factory.mktemp("attr-root") / "root"
+    reindex(attr_model.artifacts, root, kind="hnsw", params={"m": 8, "ef_construction": 40, "ef_search": 16},
+            min_recall=0.0)  # fmt: skip
     return root
 
 

@@ -17,27 +17,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from index.publish import reindex
 from service.app import create_app
 from service.config import ServiceSettings
-from tests.service.attr_model import CATEGORIES, MARKETS, AttrModel, write_attr_artifacts
+from tests.service.attr_model import ATTR_ITEMS, CATEGORIES, MARKETS, AttrModel
 from tests.service.conftest import start_server
 
-N_ITEMS = 3000
-
-
-@pytest.fixture(scope="module")
-def attr_model(tmp_path_factory: pytest.TempPathFactory) -> AttrModel:
-    return write_attr_artifacts(tmp_path_factory.mktemp("attr") / "artifacts", n_items=N_ITEMS)
-
-
-@pytest.fixture(scope="module")
-def attr_root(attr_model: AttrModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A published HNSW version (small graph: M = 8, ef = 16) of the model with attributes."""
-    root = tmp_path_factory.mktemp("attr-root") / "root"
-    reindex(attr_model.artifacts, root, kind="hnsw", params={"m": 8, "ef_construction": 40, "ef_search": 16},
-            min_recall=0.0)  # fmt: skip
-    return root
+N_ITEMS = ATTR_ITEMS  # the attr_model fixture's catalogue (tests/service/conftest.py)
 
 
 def _app(root: Path, **settings: Any) -> TestClient:
