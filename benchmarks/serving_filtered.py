@@ -224,20 +224,14 @@ def report(result: dict[str, Any]) -> str:
         if group:
             cells = [f"{_median(group, get):,.3f}".rstrip("0").rstrip(".") for _, get in SUMMARY]
             lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    parts = [
-        f"{name}: {', '.join(f'{x:.2f}' for x in values)} (median **{statistics.median(values):.2f}x**)"
-        for name, values in ratios.items()
-        if values
-    ]
-    if parts:
-        lines += ["", "Filtered / unfiltered per round: " + "; ".join(parts) + "."]
-    parts = [
-        f"{name}: {', '.join(f'{x:.2f}' for x in values)} (median **{statistics.median(values):.2f}x**)"
-        for name, values in cache_ratios.items()
-        if values
-    ]
-    if parts:
-        lines += ["", "Filtered, filter cache on / off per round: " + "; ".join(parts) + "."]
+    for title, values_by_name in (("Filtered / unfiltered", ratios), ("Filtered, filter cache on / off", cache_ratios)):
+        parts = [
+            f"{name}: {', '.join(f'{x:.2f}' for x in values)} (median **{statistics.median(values):.2f}x**)"
+            for name, values in values_by_name.items()
+            if values
+        ]
+        if parts:
+            lines += ["", f"{title} per round: " + "; ".join(parts) + "."]
     lines.append("")
     return "\n".join(lines)
 
