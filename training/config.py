@@ -26,6 +26,10 @@ OptimizerName = Literal["adam", "sparse-adam", "rowwise-adagrad"]
 LrSchedule = Literal["constant", "cosine"]
 # what `--scheme sampled` uses for the recommended model's regularisers unless they are set
 PLAIN_BASELINE: dict[str, Any] = {"emb_l2": 0.0, "lr_schedule": "constant"}
+# per-backbone defaults on top of the recommended model's (configs/default.json "models"; a test
+# checks they agree): MIND with emb_l2 0.1 made its interests copies and lost 8-16% test R@50 to
+# emb_l2 0 on three of the four shared datasets (docs/results.md "REMI on every backbone")
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"mind": {"emb_l2": 0.0}}
 SPARSE_OPTIMIZERS: tuple[str, ...] = ("sparse-adam", "rowwise-adagrad")  # sparse item-table gradients
 EvalIndexName = Literal["exact", "ivfpq", "hnsw", "auto"]
 ROWWISE_ADAGRAD_LR = 0.02  # item_lr unset: best valid R@50 of 0.02, 0.05, 0.1 on amazon_beauty
@@ -83,7 +87,8 @@ class TrainConfig(BaseSettings):
         0.1,
         ge=0,
         description=(
-            "L2 penalty on the batch's item and user vectors (against norm growth); with --scheme sampled 0 unless set."
+            "L2 penalty on the batch's item and user vectors (against norm growth); with --scheme sampled or "
+            "--model mind 0 unless set."
         ),
     )
     # interests that stay distinct (docs/remi.md A.11, issue 12 §3); both off by default
@@ -163,6 +168,9 @@ class TrainConfig(BaseSettings):
     def _check(self) -> TrainConfig:
         if self.model == "dnn":
             self.interests = 1
+        for name, value in MODEL_DEFAULTS.get(self.model, {}).items():
+            if name not in self.model_fields_set:  # the backbone's default, unless asked otherwise
+                setattr(self, name, value)
         if self.scheme == "sampled":
             # The defaults of emb_l2 and lr_schedule are the recommended model's (configs/default.json);
             # `sampled` is the plain baseline of the paper, so it takes them only when asked to.
@@ -211,6 +219,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
         if not isinstance(loaded, dict):
             raise RemiError(f"{p}: expected a JSON object of settings")
         values.update(loaded.get("train", loaded))
+        # a default file's per-backbone settings ("models", configs/default.json) for the model trained
+        model = overrides.get("model") or values.get("model") or TrainConfig.model_fields["model"].default
+        per_model = loaded.get("models", {}) if "train" in loaded else {}
+        if isinstance(per_model, dict) and isinstance(per_model.get(model), dict):
+            values.update(per_model[model])
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return TrainConfig(**values)

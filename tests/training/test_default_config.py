@@ -58,3 +58,27 @@ def test_tuned_configs_pin_the_regularisers_they_were_tuned_with() -> None:
         if path.name in ("default.json", "tune_base.json"):
             continue
         assert "emb_l2" in settings and "lr_schedule" in settings, path.name
+
+
+def test_per_backbone_defaults_are_the_shipped_files(no_env: None) -> None:
+    from training.config import MODEL_DEFAULTS
+
+    shipped = json.loads(SHIPPED.read_text())
+    assert MODEL_DEFAULTS == shipped["models"]
+    for model, settings in MODEL_DEFAULTS.items():
+        cfg = TrainConfig(model=model)
+        assert {name: getattr(cfg, name) for name in settings} == settings
+        assert load_config(SHIPPED, model=model) == cfg  # the file with --model is the bare command
+
+
+def test_mind_trains_without_emb_l2_unless_asked_and_other_backbones_keep_it(
+    no_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = json.loads(SHIPPED.read_text())["train"]
+    assert TrainConfig(model="mind").emb_l2 == 0.0
+    assert TrainConfig(model="mind", emb_l2=0.1).emb_l2 == 0.1
+    assert load_config(SHIPPED, model="mind", emb_l2=0.2).emb_l2 == 0.2
+    for model in ("comirec-sa", "comirec-dr", "dnn"):
+        assert TrainConfig(model=model).emb_l2 == shipped["emb_l2"]
+    monkeypatch.setenv("REMI_TRAIN_EMB_L2", "0.3")
+    assert load_config(None, model="mind").emb_l2 == 0.3
