@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +67,15 @@ def save_results(folder: Path, name: str, result: dict[str, Any], markdown: str)
     (folder / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
     (folder / f"{name}.md").write_text(markdown)
     print(markdown)
+
+
+def run_and_save(
+    ap: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+    argv: list[str] | None = None,
+) -> None:
+    """A benchmark's main: parse the flags, run it, save ``--results``/``--name`` with its report."""
+    args = ap.parse_args(argv)
+    result = run(args)
+    save_results(args.results, args.name, result, report(result))

@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import save_results
-from benchmarks.serving_fast_path import measure
+from benchmarks.report import run_and_save
+from benchmarks.serving_fast_path import SUMMARY as FAST_PATH_SUMMARY
+from benchmarks.serving_fast_path import _median, measure
 from benchmarks.serving_trained import RESULTS, serve
 
 FILTER = '"filter":{"category":{"eq":"c3"}}'
@@ -166,24 +167,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"meta": meta, "rows": rows}
 
 
-SUMMARY: list[tuple[str, Callable[[dict[str, Any]], float]]] = [  # (column, value of one row)
-    ("req/s C=32", lambda r: r["c32"]["qps"]),
-    ("p50 ms C=32", lambda r: r["c32"]["latency_ms"]["p50"]),
-    ("p99 ms C=32", lambda r: r["c32"]["latency_ms"]["p99"]),
-    ("server CPU/req ms C=32", lambda r: r["c32"]["server_cpu_ms_per_request"]),
-    ("event-loop CPU/req ms C=32", lambda r: r["c32"]["event_loop_cpu_ms_per_request"]),
-    ("compute CPU/req ms C=32", lambda r: r["c32"]["compute_cpu_ms_per_request"]),
-    ("other cores C=32", lambda r: r["c32"]["other_cores"]),
-    ("req/s C=1", lambda r: r["c1"]["qps"]),
-    ("p50 ms C=1", lambda r: r["c1"]["latency_ms"]["p50"]),
-    ("p99 ms C=1", lambda r: r["c1"]["latency_ms"]["p99"]),
-    ("errors", lambda r: r["c32"]["errors"] + r["c1"]["errors"]),
-    ("fallbacks", lambda r: r["c32"].get("fallbacks", 0) + r["c1"].get("fallbacks", 0)),
+# The fast-path benchmark's columns, with req/s at C = 1 instead of its event-loop CPU at C = 1.
+SUMMARY: list[tuple[str, Callable[[dict[str, Any]], float]]] = [
+    column for column in FAST_PATH_SUMMARY if column[0] != "event-loop CPU/req ms C=1"
 ]
-
-
-def _median(rows: list[dict[str, Any]], get: Any) -> float:
-    return float(statistics.median(get(r) for r in rows))
+SUMMARY.insert([name for name, _ in SUMMARY].index("p50 ms C=1"), ("req/s C=1", lambda r: r["c1"]["qps"]))
 
 
 def report(result: dict[str, Any]) -> str:
@@ -237,9 +225,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    result = run(args)
-    save_results(args.results, args.name, result, report(result))
+    run_and_save(parser(), run, report, argv)
 
 
 if __name__ == "__main__":
