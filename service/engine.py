@@ -361,11 +361,13 @@ class Engine:
         top_history: int = 10,
         allowed: np.ndarray | None = None,
         blocked: np.ndarray = _NOTHING,
+        gathered: Gathered | None = None,
     ) -> list[dict[str, Any]]:
         """Per interest: the history items it draws on, how many effectively, and its own candidates
         (never a seen or a ``blocked`` item).
 
-        With ``allowed`` (a filter's mask by FAISS row) the candidates are allowed items only.
+        With ``allowed`` (a filter's mask by FAISS row) the candidates are allowed items only;
+        ``gathered``: the cached filter's rows (:meth:`filtered_items`), scored in place.
         """
         if not len(history):
             return []
@@ -382,6 +384,7 @@ class Engine:
                 searchable,
                 exact_max_rows=self.filter_exact_max_rows,
                 slot_cost=self.filter_slot_cost,
+                gathered=gathered,
             )
             found, scores = found_rows[None], found_scores[None]
         else:

@@ -111,8 +111,8 @@ async def interests(user_id: UserPath, state: StateDep, top_n: TopN = 10, filter
     query = Query(known, top_n, filtered=spec is not None, conditions=conditions, blocked=blocked)
 
     def explain() -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-        allowed = engine.allowed_items(query) if query.filtered else None
-        explained = engine.explain(known, top_n, allowed=allowed, blocked=blocked)
+        allowed, gathered = engine.filtered_items(query) if query.filtered else (None, None)
+        explained = engine.explain(known, top_n, allowed=allowed, blocked=blocked, gathered=gathered)
         return explained, None if allowed is None else engine.filter_info(allowed, None)
 
     explained, filter_info = await loop.run_in_executor(state.executor, explain)
