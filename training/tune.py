@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from training.config import load_config
+from training.config import TrainConfig, load_config
 from training.prepare import prepare
 from training.trainer import train
 
@@ -24,7 +24,7 @@ log = logging.getLogger("remi.tune")
 BETA_RANGE = (0.01, 3.0)
 LAM_RANGE = (300.0, 1e5)
 LR_RANGE = (3e-4, 3e-3)
-EMB_L2_RANGE = (1e-3, 0.3)
+EMB_L2_RANGE = (1e-3, 0.5)
 
 
 def suggest(trial: optuna.Trial, scheme: str, tune_lr: bool) -> dict[str, Any]:
@@ -38,6 +38,23 @@ def suggest(trial: optuna.Trial, scheme: str, tune_lr: bool) -> dict[str, Any]:
     # the norm penalty that stops the late decay (benchmarks/results/decay_fix.md)
     params["emb_l2"] = trial.suggest_float("emb_l2", *EMB_L2_RANGE, log=True)
     return params
+
+
+def base_point(cfg: TrainConfig, scheme: str, tune_lr: bool) -> dict[str, float]:
+    """The base config's values of the searched knobs, clipped into their ranges."""
+    ranges = {"beta": BETA_RANGE, "lam": LAM_RANGE, "lr": LR_RANGE, "emb_l2": EMB_L2_RANGE}
+    names = ["emb_l2"]
+    if scheme in ("ihn", "remi"):
+        names.append("beta")
+    if scheme in ("rr", "remi"):
+        names.append("lam")
+    if tune_lr:
+        names.append("lr")
+    point = {}
+    for name in names:
+        low, high = ranges[name]
+        point[name] = min(max(float(getattr(cfg, name)), low), high)
+    return point
 
 
 def tune(
@@ -83,6 +100,9 @@ def tune(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    # Trial 0 is the base setting itself (clipped into the search ranges), so the study's best is
+    # never worse on valid than what it started from; TPE learns from it like from any trial.
+    study.enqueue_trial(base_point(base, scheme, tune_lr))
     study.optimize(objective, n_trials=trials, show_progress_bar=True)
 
     frame = study.trials_dataframe().sort_values("value", ascending=False)

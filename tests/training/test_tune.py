@@ -3,7 +3,7 @@ from pathlib import Path
 
 from tests.conftest import SMALL
 from training.config import load_config
-from training.tune import BETA_RANGE, LAM_RANGE, tune
+from training.tune import BETA_RANGE, EMB_L2_RANGE, LAM_RANGE, tune
 
 
 def test_tune_writes_a_config_that_train_accepts_and_a_trials_table(synth_csv: Path, tmp_path: Path) -> None:
@@ -26,3 +26,13 @@ def test_tune_writes_a_config_that_train_accepts_and_a_trials_table(synth_csv: P
     trials = (tmp_path / "trials.csv").read_text().splitlines()
     assert len(trials) == 3  # header + 2 trials
     assert "params_beta" in (tmp_path / "trials.md").read_text()
+
+
+def test_first_trial_is_the_base_setting_so_the_search_never_ends_below_it(synth_csv: Path, tmp_path: Path) -> None:
+    base = tmp_path / "base.json"
+    settings = {"dim": SMALL["dim"], "batch_size": 64, "negatives": 128, "beta": 0.05, "lam": 20000.0}
+    base.write_text(json.dumps({"train": {**settings, "lr": 1e-3, "emb_l2": 0.0}}))
+    best = tune(data=str(synth_csv), out=tmp_path, trials=1, max_steps=30, eval_every=30, base_config=base, threads=1)
+    # one trial: the best is the base point; emb_l2 0 sits below the log range and is clipped to its floor
+    assert best["train"]["beta"] == 0.05 and best["train"]["lam"] == 20000.0 and best["train"]["lr"] == 1e-3
+    assert best["train"]["emb_l2"] == EMB_L2_RANGE[0]
