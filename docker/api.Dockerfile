@@ -1,5 +1,5 @@
 # The API image: `remi serve` with onnxruntime + FAISS + FastAPI only. It installs the service lock
-# (requirements/service.txt: the base dependencies of pyproject.toml, never the `train` extra)
+# (requirements/service.txt: the root uv.lock's versions of the base dependencies of pyproject.toml, never the `train` extra)
 # with hash checking, then the project itself with --no-deps, and copies only the packages
 # the service imports (remi, index, service) and the command line (cli), so the training stack cannot be imported here.
 #   docker build -f docker/api.Dockerfile -t remi-match-api:0.1.0 .

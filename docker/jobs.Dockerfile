@@ -1,6 +1,6 @@
 # The jobs image: `remi` with everything (train, export, reindex, history load, tune, evaluate,
 # loadtest). It installs torch (CPU build), then the train lock (requirements/train.txt: every
-# other dependency, torch's own included, hash-checked), then the project with --no-deps.
+# other dependency, torch's own included, hash-checked; the root uv.lock's versions), then the project with --no-deps.
 #   docker build -f docker/jobs.Dockerfile -t remi-match-jobs:0.1.0 .
 #   docker run --rm -v remi-data:/data remi-match-jobs:0.1.0 train --help
 #

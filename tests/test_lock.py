@@ -7,11 +7,13 @@ already has it and fail on a fresh one; these checks catch that before CI's fres
 from __future__ import annotations
 
 import re
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import tomllib
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,3 +85,64 @@ def test_the_standard_lock_pins_exactly_what_requirements_txt_pins() -> None:
         files = [package["sdist"]] if "sdist" in package else []
         files += package.get("wheels", [])
         assert files and all(f["hashes"].get("sha256") for f in files), package["name"]
+
+
+def _uv_lock() -> dict:
+    return tomllib.loads((ROOT / "uv.lock").read_text())
+
+
+def _torch_closure() -> set[str]:
+    """torch and what it needs in this environment (the CI venv has the pinned CPU build installed)."""
+    seen: set[str] = set()
+    todo = ["torch"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for raw in metadata.requires(name) or []:
+            req = Requirement(raw)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(req.name))
+    return seen
+
+
+def test_the_root_uv_lock_was_written_from_the_current_pyproject() -> None:
+    """uv.lock records the requirements it was resolved from; a dependency changed in pyproject.toml
+    without running requirements/lock.sh leaves them different (uv sync --locked would refuse it)."""
+    project = next(p for p in _uv_lock()["package"] if p["name"] == "remi-match")
+
+    def key(name: str, extras: list[str] | frozenset[str], spec: str, marker: str) -> tuple[str, str, str, str]:
+        return (canonicalize_name(name), ",".join(sorted(extras)), str(SpecifierSet(spec)), marker)
+
+    locked = {
+        key(r["name"], r.get("extras", []), r.get("specifier", ""), r.get("marker", ""))
+        for r in project["metadata"]["requires-dist"]
+    }
+    declared = {key(r.name, r.extras, str(r.specifier), "") for r in map(Requirement, PYPROJECT["dependencies"])}
+    for extra, raws in PYPROJECT["optional-dependencies"].items():
+        declared |= {key(r.name, r.extras, str(r.specifier), f"extra == '{extra}'") for r in map(Requirement, raws)}
+    assert locked == declared, "pyproject.toml changed since uv.lock was written: run requirements/lock.sh"
+
+
+def test_the_root_uv_lock_leaves_torch_out_and_hashes_every_file() -> None:
+    packages = [p for p in _uv_lock()["package"] if p["source"].get("registry")]
+    assert packages and "torch" not in {p["name"] for p in packages}
+    for package in packages:
+        files = [package["sdist"]] if "sdist" in package else []
+        files += package.get("wheels", [])
+        assert files and all(f["hash"].startswith("sha256:") for f in files), package["name"]
+
+
+def test_requirements_txt_pins_the_versions_of_the_root_uv_lock() -> None:
+    """requirements.txt is uv.lock's resolution for Python 3.11 on Linux (pip's format); torch's own
+    dependencies, which uv.lock leaves out with torch, are the only pins it adds."""
+    locked: dict[str, set[str]] = {}
+    for package in _uv_lock()["package"]:
+        locked.setdefault(package["name"], set()).add(package["version"])
+    pins = _pins(DEV)
+    for name, version in pins.items():
+        if name in locked:
+            assert version in locked[name], f"{DEV} pins {name}=={version}, uv.lock has {sorted(locked[name])}"
+    only_here = set(pins) - set(locked)
+    assert only_here <= _torch_closure(), f"pinned in {DEV} but not in uv.lock: {sorted(only_here - _torch_closure())}"
