@@ -100,7 +100,13 @@ def evaluate_cmd(
 @app.command("tune")
 def tune_cmd(
     data: Annotated[str, Opt(help="Interactions CSV(.gz).")],
-    out: Annotated[Path, Opt(help="Folder for best.json (a `remi train --config` file) and trials.csv/md.")],
+    out: Annotated[
+        Path,
+        Opt(
+            help="Folder for best.json (a `remi train --config` file), trials.csv/md and study.db; tuning again "
+            "into the same folder continues that study."
+        ),
+    ],
     model: Annotated[str, Opt(metavar=choices_metavar(ModelName), help="Backbone to tune.")] = "comirec-sa",
     scheme: Annotated[
         str,

@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 
+from remi.errors import RemiError
 from training.config import TrainConfig, load_config
 from training.prepare import prepare
 from training.trainer import train
@@ -57,6 +58,32 @@ def base_point(cfg: TrainConfig, scheme: str, tune_lr: bool) -> dict[str, float]
     return point
 
 
+def open_study(out: Path, base: TrainConfig, scheme: str, max_steps: int, split_file: str | None) -> optuna.Study:
+    """The study kept in ``out/study.db``: running ``remi tune`` again with the same ``--out`` adds
+    trials to it (TPE's model then has the earlier ones), which a 2-core machine needs to reach
+    past the sampler's random start-up trials in several sittings. A study of other data, backbone,
+    scheme, split or budget is refused rather than mixed in."""
+    what = {
+        "data": str(base.data),
+        "model": base.model,
+        "scheme": scheme,
+        "max_steps": max_steps,
+        "split_file": split_file,
+    }
+    study = optuna.create_study(
+        study_name="remi-tune",
+        storage=f"sqlite:///{(out / 'study.db').resolve()}",
+        direction="maximize",
+        load_if_exists=True,
+    )
+    if study.user_attrs and study.user_attrs != what:
+        differs = sorted(k for k in what if study.user_attrs.get(k) != what[k])
+        raise RemiError(f"{out / 'study.db'} is a study of another {', '.join(differs)}: use another --out")
+    for key, value in what.items():
+        study.set_user_attr(key, value)
+    return study
+
+
 def tune(
     data: str,
     out: str | Path,
@@ -71,7 +98,8 @@ def tune(
     seed: int = 2021,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Runs the study; writes ``best.json`` (accepted by ``remi train --config``) and ``trials.csv``/``trials.md``."""
+    """Runs (or continues, see open_study) the study; writes ``best.json`` (accepted by ``remi train
+    --config``) and ``trials.csv``/``trials.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(
@@ -99,10 +127,13 @@ def tune(
         return result.valid["recall@50"]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    # Trial 0 is the base setting itself (clipped into the search ranges), so the study's best is
-    # never worse on valid than what it started from; TPE learns from it like from any trial.
-    study.enqueue_trial(base_point(base, scheme, tune_lr))
+    study = open_study(out, base, scheme, max_steps, split_file)
+    if not study.trials:
+        # Trial 0 is the base setting itself (clipped into the search ranges), so the study's best is
+        # never worse on valid than what it started from; TPE learns from it like from any trial.
+        study.enqueue_trial(base_point(base, scheme, tune_lr))
+    # a resumed study draws new points: the sampler's seed moves on with the trials already run
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
     study.optimize(objective, n_trials=trials, show_progress_bar=True)
 
     frame = study.trials_dataframe().sort_values("value", ascending=False)
@@ -116,7 +147,7 @@ def tune(
     best = {
         "train": best_settings,
         "valid_recall@50": study.best_value,
-        "tuned_on": {"data": str(data), "split_file": split_file, "trials": trials, "max_steps": max_steps},
+        "tuned_on": {"data": str(data), "split_file": split_file, "trials": len(study.trials), "max_steps": max_steps},
     }
     (out / "best.json").write_text(json.dumps(best, indent=2) + "\n")
     log.info("tune done", extra={"best": study.best_params, "valid_recall@50": study.best_value})
