@@ -128,12 +128,13 @@ def tune(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(out, base, scheme, max_steps, split_file)
-    if not study.trials:
+    done = len(study.trials)
+    if not done:
         # Trial 0 is the base setting itself (clipped into the search ranges), so the study's best is
         # never worse on valid than what it started from; TPE learns from it like from any trial.
         study.enqueue_trial(base_point(base, scheme, tune_lr))
     # a resumed study draws new points: the sampler's seed moves on with the trials already run
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+    study.sampler = optuna.samplers.TPESampler(seed=seed + done)
     study.optimize(objective, n_trials=trials, show_progress_bar=True)
 
     frame = study.trials_dataframe().sort_values("value", ascending=False)
