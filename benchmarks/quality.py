@@ -38,12 +38,13 @@ DEFAULT_STEPS = {"amazon_beauty": 100_000}
 OTHER_STEPS = 20_000
 
 
-def scheme_settings(dataset: str, scheme: str) -> dict[str, Any]:
-    """Flags of a scheme: `sampled` has none; `remi` reads the tuned config of the dataset;
+def scheme_settings(dataset: str, scheme: str, tuned: Path = CONFIGS) -> dict[str, Any]:
+    """Flags of a scheme: `sampled` has none; `remi` reads the tuned config of the dataset (from
+    ``tuned``: configs/, or an earlier search's folder such as benchmarks/results/tune/v1);
     `remi-default` the shipped default for unseen data."""
     if scheme == "sampled":
         return {"scheme": "sampled"}
-    path = CONFIGS / f"{dataset}.json"
+    path = tuned / f"{dataset}.json"
     if scheme == "remi-default" or not path.is_file():
         path = CONFIGS / "default.json"
     return {"config": path, "scheme": "remi"}
@@ -60,6 +61,13 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=2, help="runs side by side (1 thread each)")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "quality", help="where run folders go")
     ap.add_argument("--name", default="quality", help="results file stem (benchmarks/results/<name>.{json,md,png})")
+    ap.add_argument(
+        "--tuned-configs",
+        type=Path,
+        default=CONFIGS,
+        help="folder of the <dataset>.json files `remi` trains with (benchmarks/results/tune/v1: the configs "
+        "searched before emb_l2 and the schedule, behind the earlier `remi` rows)",
+    )
     ap.add_argument("--report-only", action="store_true", help="report the finished runs, start none")
     ap.add_argument(
         "--merge",
@@ -81,9 +89,15 @@ def main() -> None:
         for model in args.models:
             for scheme in args.schemes:
                 for seed in args.seeds:
-                    flags = {**base, **scheme_settings(ds, scheme), "model": model, "seed": seed}
+                    flags = {**base, **scheme_settings(ds, scheme, args.tuned_configs), "model": model, "seed": seed}
                     tags = {"dataset": ds, "model": model, "scheme": scheme, "seed": seed}
-                    jobs.append(Job(f"{ds}_{model}_{scheme}_s{seed}_{steps}", flags, tags | {"steps": steps}))
+                    # runs with another folder's tuned configs are other runs: never resumed as these
+                    label = (
+                        scheme
+                        if scheme != "remi" or args.tuned_configs == CONFIGS
+                        else f"remi-{args.tuned_configs.name}"
+                    )
+                    jobs.append(Job(f"{ds}_{model}_{label}_s{seed}_{steps}", flags, tags | {"steps": steps}))
     if args.report_only:
         jobs = [j for j in jobs if (args.runs / j.name / RUN_METRICS).is_file()]
     results = [r for r in run_all(jobs, args.runs, args.parallel) if "result" in r]
