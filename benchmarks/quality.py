@@ -38,6 +38,11 @@ DEFAULT_STEPS = {"amazon_beauty": 100_000}
 OTHER_STEPS = 20_000
 
 
+def tuned_folder(folder: Path) -> str:
+    """The tuned configs' folder as the report names it (relative to the project when inside it)."""
+    return str(folder.resolve().relative_to(ROOT)) if folder.resolve().is_relative_to(ROOT) else str(folder)
+
+
 def scheme_settings(dataset: str, scheme: str, tuned: Path = CONFIGS) -> dict[str, Any]:
     """Flags of a scheme: `sampled` has none; `remi` reads the tuned config of the dataset (from
     ``tuned``: configs/, or an earlier search's folder such as benchmarks/results/tune/v1);
@@ -198,8 +203,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "most productive interest (1 = one interest supplies all, 1/K = even; docs/remi.md A.5); seconds "
         "per 1,000 training steps with 1 torch thread per run and two or three runs side by side on the "
         "2-core machine (so only comparable within a dataset). "
-        "`remi` uses the tuned `configs/<dataset>.json`, `remi-default` the shipped `configs/default.json`.\n\n"
-        + md_table(headers, rows)
+        f"`remi` uses the tuned `{tuned_folder(args.tuned_configs)}/<dataset>.json`, `remi-default` the shipped "
+        "`configs/default.json`.\n\n" + md_table(headers, rows)
     )
     (RESULTS / f"{args.name}.md").write_text(text)
     plot(groups, RESULTS / f"{args.name}.png")

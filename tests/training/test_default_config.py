@@ -52,7 +52,7 @@ def test_sampled_keeps_regularisers_that_are_asked_for(no_env: None, monkeypatch
 
 
 def test_tuned_configs_pin_the_regularisers_they_were_tuned_with() -> None:
-    """A tuned config found without emb_l2 and with a constant rate must not pick up the new defaults."""
+    """A tuned config carries the regularisers it was searched with, so a later default never changes it."""
     for path in sorted(SHIPPED.parent.glob("*.json")):
         settings = json.loads(path.read_text()).get("train", {})
         if path.name in ("default.json", "tune_base.json"):
