@@ -28,34 +28,32 @@ LR_RANGE = (3e-4, 3e-3)
 EMB_L2_RANGE = (1e-3, 0.5)
 
 
-def suggest(trial: optuna.Trial, scheme: str, tune_lr: bool) -> dict[str, Any]:
-    params: dict[str, Any] = {}
+def search_space(scheme: str, tune_lr: bool) -> dict[str, tuple[float, float]]:
+    """The knobs a study searches (each log-uniform over its range): the scheme's own terms, lr when
+    asked, and always emb_l2, the norm penalty that stops the late decay (benchmarks/results/decay_fix.md)."""
+    space = {}
     if scheme in ("ihn", "remi"):
-        params["beta"] = trial.suggest_float("beta", *BETA_RANGE, log=True)
+        space["beta"] = BETA_RANGE
     if scheme in ("rr", "remi"):
-        params["lam"] = trial.suggest_float("lam", *LAM_RANGE, log=True)
+        space["lam"] = LAM_RANGE
     if tune_lr:
-        params["lr"] = trial.suggest_float("lr", *LR_RANGE, log=True)
-    # the norm penalty that stops the late decay (benchmarks/results/decay_fix.md)
-    params["emb_l2"] = trial.suggest_float("emb_l2", *EMB_L2_RANGE, log=True)
-    return params
+        space["lr"] = LR_RANGE
+    space["emb_l2"] = EMB_L2_RANGE
+    return space
+
+
+def suggest(trial: optuna.Trial, scheme: str, tune_lr: bool) -> dict[str, Any]:
+    return {
+        name: trial.suggest_float(name, *bounds, log=True) for name, bounds in search_space(scheme, tune_lr).items()
+    }
 
 
 def base_point(cfg: TrainConfig, scheme: str, tune_lr: bool) -> dict[str, float]:
     """The base config's values of the searched knobs, clipped into their ranges."""
-    ranges = {"beta": BETA_RANGE, "lam": LAM_RANGE, "lr": LR_RANGE, "emb_l2": EMB_L2_RANGE}
-    names = ["emb_l2"]
-    if scheme in ("ihn", "remi"):
-        names.append("beta")
-    if scheme in ("rr", "remi"):
-        names.append("lam")
-    if tune_lr:
-        names.append("lr")
-    point = {}
-    for name in names:
-        low, high = ranges[name]
-        point[name] = min(max(float(getattr(cfg, name)), low), high)
-    return point
+    return {
+        name: min(max(float(getattr(cfg, name)), low), high)
+        for name, (low, high) in search_space(scheme, tune_lr).items()
+    }
 
 
 def open_study(out: Path, base: TrainConfig, scheme: str, max_steps: int, split_file: str | None) -> optuna.Study:
