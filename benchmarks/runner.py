@@ -34,6 +34,8 @@ def _flags(args: dict[str, Any]) -> list[str]:
     out: list[str] = []
     for key, value in args.items():
         flag = "--" + key.replace("_", "-")
+        if isinstance(value, str) and value.lower() in ("true", "false"):  # from a KEY=VALUE command line
+            value = value.lower() == "true"
         if isinstance(value, bool):
             out.append(flag if value else "--no-" + key.replace("_", "-"))
         elif value is not None:

@@ -59,6 +59,11 @@ class TrainConfig(BaseSettings):
         4.0, gt=0, description="Memory limit of data preparation (DuckDB, GB); beyond it, prep spills to $TMPDIR."
     )
     min_history: int = Field(4, ge=1, description="Smallest cut point when sampling training examples.")
+    target_window: int = Field(
+        1,
+        ge=1,
+        description="Training target drawn uniformly from the next N items after the cut (1 = the next item).",
+    )
 
     # model
     model: ModelName = Field("comirec-sa", description="Backbone (dnn: mean-pooled, one interest).")

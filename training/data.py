@@ -362,9 +362,21 @@ class TrainSampler:
     Each example: a uniformly random training user, a cut point c uniform in
     {min_history, ..., n - 1} (clipped for short users), target = item c, history = the L items
     before c. No epochs: long and short users are equally likely.
+
+    ``target_window`` W > 1 draws the target uniformly from items c .. c + W - 1 (clipped at the
+    end of the sequence) instead of item c: evaluation asks for every item after the cut, not only
+    the next one (docs/remi.md B.5).
     """
 
-    def __init__(self, data: Interactions, users: np.ndarray, seq_len: int, min_history: int = 4, seed: int = 0):
+    def __init__(
+        self,
+        data: Interactions,
+        users: np.ndarray,
+        seq_len: int,
+        min_history: int = 4,
+        seed: int = 0,
+        target_window: int = 1,
+    ):
         n = data.lengths[users]
         users = users[n >= 2]
         if len(users) == 0:
@@ -374,6 +386,7 @@ class TrainSampler:
         self.n = data.lengths[users]
         self.low = np.minimum(min_history, self.n - 1)
         self.seq_len = seq_len
+        self.target_window = target_window
         self.rng = np.random.default_rng(seed)
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -383,4 +396,8 @@ class TrainSampler:
         cut = low + (self.rng.random(batch_size) * (n - low)).astype(np.int64)
         h_start = np.maximum(0, cut - self.seq_len)
         history, mask = _window(self.items, start + h_start, cut - h_start, self.seq_len)
-        return history, mask, self.items[start + cut].astype(np.int64)
+        target = cut
+        if self.target_window > 1:  # a second draw only when asked, so W = 1 keeps the reference stream
+            reach = np.minimum(self.target_window, n - cut)
+            target = cut + (self.rng.random(batch_size) * reach).astype(np.int64)
+        return history, mask, self.items[start + target].astype(np.int64)

@@ -126,7 +126,9 @@ class _Batches:
     """This rank's shard of each global batch, with the batch's shared negatives, on the device."""
 
     def __init__(self, cfg: TrainConfig, prep: Prepared, ranks: Ranks, device: torch.device):
-        self.sampler = TrainSampler(prep.data, prep.split.train, cfg.seq_len, cfg.min_history, seed=cfg.seed)
+        self.sampler = TrainSampler(
+            prep.data, prep.split.train, cfg.seq_len, cfg.min_history, seed=cfg.seed, target_window=cfg.target_window
+        )
         self.negatives = UniformNegatives(prep.data.vocabulary, cfg.negatives, seed=cfg.seed)
         self.batch_size, self.shard, self.device = cfg.batch_size, ranks.shard(cfg.batch_size), device
 

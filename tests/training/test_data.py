@@ -102,6 +102,31 @@ def test_sampler_targets_follow_their_history(synth_csv: Path) -> None:
     assert (target > 0).all()
 
 
+def _positions_of_sampled_targets(tmp_path: Path, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(position of the last history item, position of the target) in a 12-item user's sequence."""
+    rows = [("u", f"i{t}", t) for t in range(12)]
+    data = encode(read_interactions(_write(tmp_path / "d.csv", rows)), min_count=1)
+    hist, mask, target = TrainSampler(data, np.arange(1), seq_len=20, seed=3, target_window=window).sample(4000)
+    position = {int(code): int(data.vocabulary.raw_ids_of(np.array([code]))[0][1:]) for code in np.unique(hist[mask])}
+    position |= {int(code): int(data.vocabulary.raw_ids_of(np.array([code]))[0][1:]) for code in np.unique(target)}
+    last = np.array([position[int(h[m][-1])] for h, m in zip(hist, mask, strict=True)])
+    return last, np.array([position[int(t)] for t in target])
+
+
+def test_sampler_draws_the_target_from_the_next_window_items_clipped_at_the_end(tmp_path: Path) -> None:
+    last, target = _positions_of_sampled_targets(tmp_path, window=3)
+    offset = target - last - 1
+    assert set(offset.tolist()) == {0, 1, 2}
+    assert (target <= 11).all()
+    assert (offset[last == 10] == 0).all()  # the last cut has only one item after it
+    assert set(offset[last == 9].tolist()) == {0, 1}
+
+
+def test_sampler_window_one_is_the_next_item(tmp_path: Path) -> None:
+    last, target = _positions_of_sampled_targets(tmp_path, window=1)
+    assert (target == last + 1).all()
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
