@@ -13,7 +13,9 @@ option of docs/remi.md A.11 at a few strengths:
   `interest_div_margin`), through the item table too or (`interest_div_grad = tower`) the tower only;
 - both together;
 - fewer interests (K = 2) for every user, alone and with the tower-only penalty;
-- the tower-only penalty with RR four times stronger (more spread per interest).
+- the tower-only penalty with RR four times stronger (more spread per interest);
+- a shared interest (`shared_interest`): interest 0 is the history mean, RR's fixed point, and the
+  other K-1 are left free (no RR), pushed apart by the tower-only penalty, or under RR.
 
 Reports test Recall@50, the share of tuned remi's gain over `sampled` kept, the routing
 diagnostics (interest similarity: mean pairwise cosine of a user's interests) and the list
@@ -37,7 +39,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.report import LIST_KEYS, md_table  # noqa: E402
+from benchmarks.report import LIST_KEYS, md_table, project_path  # noqa: E402
 from benchmarks.runner import SHARED_DATA, Job, run_all, run_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,11 +48,11 @@ CONFIGS = ROOT / "configs"
 GAIN_KEPT_GOAL, SIMILARITY_GOAL = 0.95, 0.6
 
 
-def series(dataset: str) -> dict[str, dict[str, dict[str, Any]]]:
+def series(dataset: str, tuned_configs: Path = CONFIGS) -> dict[str, dict[str, dict[str, Any]]]:
     """Series label -> point label -> `remi train` flags. Options start from the tuned config."""
-    tuned = {"config": CONFIGS / f"{dataset}.json", "scheme": "remi"}
+    tuned = {"config": tuned_configs / f"{dataset}.json", "scheme": "remi"}
     tower = {**tuned, "interest_div_grad": "tower"}
-    lam = json.loads((CONFIGS / f"{dataset}.json").read_text())["train"]["lam"]
+    lam = json.loads((tuned_configs / f"{dataset}.json").read_text())["train"]["lam"]
     return {
         "reference": {
             "sampled": {"scheme": "sampled"},
@@ -81,6 +83,15 @@ def series(dataset: str) -> dict[str, dict[str, dict[str, Any]]]:
         },
         "rr_scope=mean + interest_div": {
             f"mean div={w:g}": {**tuned, "rr_scope": "mean", "interest_div": w} for w in (1.0, 3.0)
+        },
+        "shared interest": {
+            "shared": {**tuned, "shared_interest": True},
+            "shared lam 0": {**tuned, "shared_interest": True, "lam": 0.0},
+            **{
+                f"shared lam 0 tower div={w:g}": {**tower, "shared_interest": True, "lam": 0.0, "interest_div": w}
+                for w in (0.3, 1.0)
+            },
+            "shared tower div=3": {**tower, "shared_interest": True, "interest_div": 3.0},
         },
     }
 
@@ -147,6 +158,11 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=2, help="runs side by side (1 thread each)")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "interest_distinct", help="where run folders go")
     ap.add_argument("--anatomy", action="store_true", help="also diagnose where each run's copies come from")
+    ap.add_argument("--tuned-configs", type=Path, default=CONFIGS,
+                    help="folder of the tuned <dataset>.json the options start from (the tables so far: "
+                         "benchmarks/results/tune/v1)")  # fmt: skip
+    ap.add_argument("--merge", type=Path,
+                    help="earlier results JSON (same dataset, budget): points not rerun join the report")  # fmt: skip
     args = ap.parse_args()
 
     data = SHARED_DATA / args.dataset
@@ -159,7 +175,7 @@ def main() -> None:
             {**base, **flags},
             {"series": name, "point": point},
         )
-        for name, points in series(args.dataset).items()
+        for name, points in series(args.dataset, args.tuned_configs).items()
         for point, flags in points.items()
         if not args.points or point in args.points
     ]
@@ -167,7 +183,15 @@ def main() -> None:
     if args.anatomy:
         for r in results:
             r["anatomy"] = anatomy(run_folder(args.runs, r["name"]))
+    if args.merge:
+        results = merged(json.loads(args.merge.read_text()), results)
     report(results, args)
+
+
+def merged(earlier: list[dict[str, Any]], now: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The earlier results whose point was not run now, then the new ones (a rerun point wins)."""
+    fresh = {r["tags"]["point"] for r in now}
+    return [r for r in earlier if r["tags"]["point"] not in fresh] + now
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -202,8 +226,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
     text = (
         f"# Interests that stay distinct ({args.dataset}, {args.steps} steps, seed {args.seed}, ComiRec-SA)\n\n"
-        "Options of docs/remi.md A.11 on top of the tuned `configs/"
-        f"{args.dataset}.json`. Gain kept = (R@50 - sampled) / (tuned remi - sampled), test users; "
+        "Options of docs/remi.md A.11 on top of the tuned "
+        f"`{project_path(args.tuned_configs / (args.dataset + '.json'))}`. "
+        "Gain kept = (R@50 - sampled) / (tuned remi - sampled), test users; "
         f"goal: >= {GAIN_KEPT_GOAL:.0%} kept at interest similarity <= {SIMILARITY_GOAL} "
         "(mean pairwise cosine of a user's interests, test users).\n\n" + md_table(headers, rows)
     )
@@ -218,7 +243,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             + md_table(["point", *keys], [[r["tags"]["point"], *[r["anatomy"][k] for k in keys]] for r in diagnosed])
         )
     (RESULTS / f"{stem}.md").write_text(text)
-    names = list(series(args.dataset))
+    names = list(series(args.dataset, args.tuned_configs))
     plot(points, names, base, top, RESULTS / f"{stem}.png", f"{args.dataset}, {args.steps} steps, seed {args.seed}")
     print(text)
 

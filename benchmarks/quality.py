@@ -24,7 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.report import LIST_KEYS, ROUTING_KEYS, TEST_KEYS, list_metric, md_table  # noqa: E402
+from benchmarks.report import LIST_KEYS, ROUTING_KEYS, TEST_KEYS, list_metric, md_table, project_path  # noqa: E402
 from benchmarks.runner import SHARED_DATA, Job, run_all  # noqa: E402
 from remi.contract import RUN_METRICS  # noqa: E402
 
@@ -36,11 +36,6 @@ DATASETS = ("amazon_beauty", "yelp_2019", "movielens_100k", "gowalla_1k")
 # a shorter one that fits the 2-core machine (their curves peak well before it).
 DEFAULT_STEPS = {"amazon_beauty": 100_000}
 OTHER_STEPS = 20_000
-
-
-def tuned_folder(folder: Path) -> str:
-    """The tuned configs' folder as the report names it (relative to the project when inside it)."""
-    return str(folder.resolve().relative_to(ROOT)) if folder.resolve().is_relative_to(ROOT) else str(folder)
 
 
 def scheme_settings(dataset: str, scheme: str, tuned: Path = CONFIGS) -> dict[str, Any]:
@@ -203,7 +198,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "most productive interest (1 = one interest supplies all, 1/K = even; docs/remi.md A.5); seconds "
         "per 1,000 training steps with 1 torch thread per run and two or three runs side by side on the "
         "2-core machine (so only comparable within a dataset). "
-        f"`remi` uses the tuned `{tuned_folder(args.tuned_configs)}/<dataset>.json`, `remi-default` the shipped "
+        f"`remi` uses the tuned `{project_path(args.tuned_configs)}/<dataset>.json`, `remi-default` the shipped "
         "`configs/default.json`.\n\n" + md_table(headers, rows)
     )
     (RESULTS / f"{args.name}.md").write_text(text)

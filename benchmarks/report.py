@@ -20,6 +20,14 @@ ROUTING_KEYS = ("effective_items", "collapsed_share", "interest_similarity")
 LIST_KEYS = ("coverage@50", "diversity@50", "interest_share_1@50")
 
 
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def project_path(path: Path) -> str:
+    """A path as a report names it: relative to the project when inside it."""
+    return str(path.resolve().relative_to(PROJECT)) if path.resolve().is_relative_to(PROJECT) else str(path)
+
+
 def list_metric(result: dict[str, Any], key: str) -> float:
     """A list metric of a run's metrics.json; NaN for runs from before issue 12 §4 (no "lists")."""
     return float(result.get("lists", {}).get(key, float("nan")))

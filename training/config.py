@@ -104,6 +104,13 @@ class TrainConfig(BaseSettings):
             "average row, so the history as a whole is used but each interest may draw on part of it."
         ),
     )
+    shared_interest: bool = Field(
+        False,
+        description=(
+            "ComiRec-SA: interest 0 attends uniformly to the whole history (the history mean, what RR's flat rows "
+            "converge to) and RR skips it; the other K-1 stay free to pick out parts of the history."
+        ),
+    )
     interest_div: float = Field(
         0.0, ge=0, description="Weight of the penalty on the pairwise cosine of a user's interests; 0 = none."
     )
@@ -186,6 +193,8 @@ class TrainConfig(BaseSettings):
             # SparseAdam has no weight decay, and decaying only the rows a batch touches would
             # shrink popular items more than rare ones: not the L2 the flag promises.
             raise ValueError(f"weight_decay does not apply to {self.optimizer}; use emb_l2 to penalise item norms")
+        if self.shared_interest and (self.model != "comirec-sa" or self.interests < 2):
+            raise ValueError("shared_interest needs --model comirec-sa and at least 2 interests")
         if self.item_lr is not None and self.optimizer != "rowwise-adagrad":
             raise ValueError(f"item_lr applies to rowwise-adagrad only, not {self.optimizer} (which uses lr)")
         return self

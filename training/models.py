@@ -73,8 +73,19 @@ class MultiInterestModel(nn.Module):
 class ComiRecSA(MultiInterestModel):
     """Self-attentive extractor: A = softmax_L(W2 tanh(W1 (H + P))), V = A H (no position in V)."""
 
-    def __init__(self, n_items: int, dim: int, n_interests: int, seq_len: int, sparse_items: bool = False):
+    def __init__(
+        self,
+        n_items: int,
+        dim: int,
+        n_interests: int,
+        seq_len: int,
+        sparse_items: bool = False,
+        shared_interest: bool = False,
+    ):
         super().__init__(n_items, dim, n_interests, seq_len, sparse_items)
+        # shared_interest: row 0 of the routing is uniform over the valid positions, so interest 0
+        # is the history mean and the other rows are free (docs/remi.md A.11).
+        self.shared_interest = shared_interest
         self.pos = nn.Parameter(torch.empty(1, seq_len, dim))
         self.w1 = nn.Linear(dim, 4 * dim, bias=False)
         self.w2 = nn.Linear(4 * dim, n_interests, bias=False)
@@ -93,6 +104,8 @@ class ComiRecSA(MultiInterestModel):
             logits = logits.view(b_sz, length, -1).transpose(1, 2)  # (B, K, L)
         else:
             logits = self.w2(torch.tanh(self.w1(h + self.pos))).transpose(1, 2)  # (B, K, L)
+        if self.shared_interest:
+            logits = torch.cat([torch.zeros_like(logits[:, :1]), logits[:, 1:]], dim=1)
         logits = logits.masked_fill(~mask.unsqueeze(1), NEG_INF)
         routing = torch.softmax(logits, dim=-1) * mask.unsqueeze(1)  # exact zeros on padding
         return routing @ h, routing  # (B, K, d), (B, K, L)
@@ -186,10 +199,13 @@ def build_model(
     n_interests: int = 4,
     seq_len: int = 20,
     sparse_items: bool = False,
+    shared_interest: bool = False,
 ) -> MultiInterestModel:
     """Constructs a backbone by its CLI name (see MODELS); ``sparse_items`` for SparseAdam."""
+    if shared_interest and name != "comirec-sa":
+        raise ValueError(f"shared_interest is a ComiRec-SA option, not {name!r}")
     if name == "comirec-sa":
-        return ComiRecSA(n_items, dim, n_interests, seq_len, sparse_items)
+        return ComiRecSA(n_items, dim, n_interests, seq_len, sparse_items, shared_interest)
     if name == "comirec-dr":
         return CapsuleInterests(n_items, dim, n_interests, seq_len, shared=False, sparse_items=sparse_items)
     if name == "mind":

@@ -104,6 +104,7 @@ class TrainingScheme:
     interest_div: float = 0.0  # weight of the interests' pairwise-cosine penalty; 0 = none (A.11)
     interest_div_margin: float = 0.0
     interest_div_grad: str = "all"  # all | tower (A.11)
+    rr_skips_first: bool = False  # shared_interest: row 0 is the fixed uniform row, RR only the others (A.11)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> TrainingScheme:
@@ -120,6 +121,7 @@ class TrainingScheme:
             interest_div=cfg.interest_div,
             interest_div_margin=cfg.interest_div_margin,
             interest_div_grad=cfg.interest_div_grad,
+            rr_skips_first=cfg.shared_interest,
         )
 
     def beta_at(self, step: int) -> float:
@@ -169,7 +171,8 @@ class TrainingScheme:
         rr = torch.zeros((), dtype=softmax.dtype)
         if self.lam > 0:
             dim = output.embeddings.shape[-1]  # d: the authors' RR divides by it
-            rr = routing_regularization(output.routing, batch.mask, dim, self.rr_norm, self.rr_scope)
+            routing = output.routing[:, 1:] if self.rr_skips_first else output.routing
+            rr = routing_regularization(routing, batch.mask, dim, self.rr_norm, self.rr_scope)
             total = total + self.lam * rr
         if self.interest_div > 0:
             # RR's flat rows are the same row for every interest, so the interests become copies of

@@ -202,7 +202,9 @@ def _train_into(
     seed_everything(cfg.seed)
     device = ranks.device(cfg.device)
     sparse_items = uses_sparse_items(cfg)
-    model = build_model(cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len, sparse_items).to(device)
+    model = build_model(
+        cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len, sparse_items, cfg.shared_interest
+    ).to(device)
     step_module = ranks.wrap(_SchemeStep(model, TrainingScheme.from_config(cfg)), device)
     optim = build_optimizers(model, cfg)
     batches = _Batches(cfg, prep, ranks, device)

@@ -28,10 +28,11 @@ from training.runs import load_run
 L = 20
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [*MODELS, "comirec-sa shared"])
 def test_onnx_matches_pytorch_for_every_backbone(name: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = build_model(name, n_items=300, dim=24, n_interests=4, seq_len=L)
+    backbone, _, variant = name.partition(" ")
+    model = build_model(backbone, n_items=300, dim=24, n_interests=4, seq_len=L, shared_interest=variant == "shared")
     with torch.no_grad():  # move every weight off its initial value, as training would
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))

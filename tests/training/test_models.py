@@ -66,3 +66,26 @@ def test_padding_row_stays_zero() -> None:
     model = build_model("comirec-sa", n_items=10, dim=8)
     assert torch.count_nonzero(model.item_emb.weight[ItemVocabulary.PADDING]) == 0
     assert model.item_vectors().shape == (10, 8)
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_shared_interest_is_the_history_mean_and_the_others_stay_free(train_mode: bool) -> None:
+    torch.manual_seed(0)
+    model = build_model("comirec-sa", n_items=50, dim=16, n_interests=4, seq_len=8, shared_interest=True)
+    ids, mask = _batch()
+    vectors, routing = model.train(train_mode)(ids, mask)
+    n = mask.sum(1, keepdim=True).float()
+    assert torch.allclose(routing[:, 0], mask.float() / n, atol=1e-6)
+    h = model.embed(ids, mask)
+    assert torch.allclose(vectors[:, 0], h.sum(1) / n, atol=1e-5)
+    free = build_model("comirec-sa", n_items=50, dim=16, n_interests=4, seq_len=8)
+    free.load_state_dict(model.state_dict())  # the same weights: only row 0 differs
+    free_vectors, free_routing = free.train(train_mode)(ids, mask)
+    assert torch.equal(routing[:, 1:], free_routing[:, 1:]) and torch.equal(vectors[:, 1:], free_vectors[:, 1:])
+    assert not torch.allclose(routing[:, 0], free_routing[:, 0])
+
+
+def test_shared_interest_is_refused_on_other_backbones() -> None:
+    for name in ("comirec-dr", "mind", "dnn"):
+        with pytest.raises(ValueError, match="shared_interest"):
+            build_model(name, n_items=50, dim=16, n_interests=4, seq_len=8, shared_interest=True)

@@ -5,6 +5,7 @@ import torch
 
 from remi.contract import ItemVocabulary
 from training.config import TrainConfig
+from training.losses import routing_regularization
 from training.models import build_model
 from training.scheme import TrainBatch, TrainingScheme, UniformNegatives
 
@@ -100,3 +101,20 @@ def test_interest_div_on_the_tower_only_leaves_the_item_table_alone() -> None:
     assert grads["all"]["item_emb.weight"] > 0
     assert grads["tower"].get("item_emb.weight", 0.0) == 0.0
     assert grads["tower"]["w2.weight"] > 0 and grads["tower"]["w1.weight"] > 0
+
+
+def test_shared_interest_leaves_its_fixed_row_out_of_rr() -> None:
+    torch.manual_seed(0)
+    model = build_model("comirec-sa", VOCAB.n_items, dim=8, n_interests=3, seq_len=6, shared_interest=True)
+    batch, negatives = _batch()
+    cfg = TrainConfig(scheme="remi", lam=10.0, shared_interest=True, rr_norm="valid")
+    loss = TrainingScheme.from_config(cfg).step_loss(model, batch, negatives, step=0)
+    routing = model(batch.history, batch.mask)[1]
+    assert loss.rr.item() == pytest.approx(routing_regularization(routing[:, 1:], batch.mask, 8, "valid").item())
+    assert loss.rr.item() != pytest.approx(routing_regularization(routing, batch.mask, 8, "valid").item())
+
+
+@pytest.mark.parametrize("model", ["comirec-dr", "mind", "dnn"])
+def test_shared_interest_is_a_comirec_sa_setting(model: str) -> None:
+    with pytest.raises(ValueError, match="shared_interest"):
+        TrainConfig(model=model, shared_interest=True)
