@@ -365,7 +365,7 @@ class TrainSampler:
 
     ``target_window`` W > 1 draws the target uniformly from items c .. c + W - 1 (clipped at the
     end of the sequence) instead of item c: evaluation asks for every item after the cut, not only
-    the next one (docs/remi.md B.5).
+    the next one (docs/remi.md A.3).
     """
 
     def __init__(
