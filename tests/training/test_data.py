@@ -107,10 +107,11 @@ def _positions_of_sampled_targets(tmp_path: Path, window: int) -> tuple[np.ndarr
     rows = [("u", f"i{t}", t) for t in range(12)]
     data = encode(read_interactions(_write(tmp_path / "d.csv", rows)), min_count=1)
     hist, mask, target = TrainSampler(data, np.arange(1), seq_len=20, seed=3, target_window=window).sample(4000)
-    position = {int(code): int(data.vocabulary.raw_ids_of(np.array([code]))[0][1:]) for code in np.unique(hist[mask])}
-    position |= {int(code): int(data.vocabulary.raw_ids_of(np.array([code]))[0][1:]) for code in np.unique(target)}
-    last = np.array([position[int(h[m][-1])] for h, m in zip(hist, mask, strict=True)])
-    return last, np.array([position[int(t)] for t in target])
+
+    def position(codes: np.ndarray) -> np.ndarray:  # item "i7" is event 7
+        return np.array([int(raw[1:]) for raw in data.vocabulary.raw_ids_of(codes)])
+
+    return position(hist[np.arange(len(hist)), mask.sum(1) - 1]), position(target)
 
 
 def test_sampler_draws_the_target_from_the_next_window_items_clipped_at_the_end(tmp_path: Path) -> None:
