@@ -36,16 +36,23 @@ DATASETS = ("amazon_beauty", "yelp_2019", "movielens_100k", "gowalla_1k")
 # a shorter one that fits the 2-core machine (their curves peak well before it).
 DEFAULT_STEPS = {"amazon_beauty": 100_000}
 OTHER_STEPS = 20_000
+# names for backbone settings the table compares beside the plain backbones (the model tag = the name)
+MODEL_VARIANTS: dict[str, dict[str, Any]] = {
+    "comirec-sa-tf": {"model": "comirec-sa", "encoder_blocks": 2},  # two self-attention blocks under the heads
+}
 
 
 def scheme_settings(dataset: str, scheme: str, tuned: Path = CONFIGS) -> dict[str, Any]:
     """Flags of a scheme: `sampled` has none; `remi` reads the tuned config of the dataset (from
     ``tuned``: configs/, or an earlier search's folder such as benchmarks/results/tune/v1);
-    `remi-default` the shipped default for unseen data."""
+    `remi-default` the shipped default for unseen data, with the scheme it names for the backbone
+    (remi; ihn for sasrec, which has no routing for RR)."""
     if scheme == "sampled":
         return {"scheme": "sampled"}
     path = tuned / f"{dataset}.json"
-    if scheme == "remi-default" or not path.is_file():
+    if scheme == "remi-default":
+        return {"config": CONFIGS / "default.json"}
+    if not path.is_file():
         path = CONFIGS / "default.json"
     return {"config": path, "scheme": "remi"}
 
@@ -53,7 +60,12 @@ def scheme_settings(dataset: str, scheme: str, tuned: Path = CONFIGS) -> dict[st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), help="folders of ../shared/data")
-    ap.add_argument("--models", nargs="+", default=["comirec-sa"], help="backbones to compare")
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        default=["comirec-sa"],
+        help=f"backbones to compare: remi train's --model names, or {', '.join(MODEL_VARIANTS)} (MODEL_VARIANTS)",
+    )
     ap.add_argument("--schemes", nargs="+", default=["sampled", "remi"], help="schemes to compare")
     ap.add_argument("--seeds", nargs="+", type=int, default=[2021, 2022, 2023], help="training seeds")
     ap.add_argument("--steps", type=int, help="step budget for every dataset (default: 100k amazon_beauty, 20k others)")
@@ -89,7 +101,8 @@ def main() -> None:
         for model in args.models:
             for scheme in args.schemes:
                 for seed in args.seeds:
-                    flags = {**base, **scheme_settings(ds, scheme, args.tuned_configs), "model": model, "seed": seed}
+                    backbone = MODEL_VARIANTS.get(model, {"model": model})
+                    flags = {**base, **scheme_settings(ds, scheme, args.tuned_configs), **backbone, "seed": seed}
                     tags = {"dataset": ds, "model": model, "scheme": scheme, "seed": seed}
                     # runs with another folder's tuned configs are other runs: never resumed as these
                     label = (
@@ -213,7 +226,14 @@ def _gain(value: float, sampled: float | None, scheme: str) -> str:
     return f"{100 * (value / sampled - 1):+.1f}%"
 
 
-MODEL_COLOURS = {"comirec-sa": "C3", "comirec-dr": "C0", "mind": "C2", "dnn": "C7"}
+MODEL_COLOURS = {
+    "comirec-sa": "C3",
+    "comirec-dr": "C0",
+    "mind": "C2",
+    "dnn": "C7",
+    "sasrec": "C1",
+    "comirec-sa-tf": "C4",
+}
 SCHEME_LINES = {"sampled": ":", "remi": "-", "remi-default": "--"}
 
 

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from remi.errors import RemiError
 
-ModelName = Literal["comirec-sa", "comirec-dr", "mind", "dnn"]
+ModelName = Literal["comirec-sa", "comirec-dr", "mind", "dnn", "sasrec"]
 SchemeName = Literal["sampled", "ihn", "rr", "remi"]
 IhnScores = Literal["raw", "cosine", "standardized"]
 RrNorm = Literal["authors", "valid"]
@@ -29,7 +29,10 @@ PLAIN_BASELINE: dict[str, Any] = {"emb_l2": 0.0, "lr_schedule": "constant"}
 # per-backbone defaults on top of the recommended model's (configs/default.json "models"; a test
 # checks they agree): MIND with emb_l2 0.1 made its interests copies and lost 8-16% test R@50 to
 # emb_l2 0 on three of the four shared datasets (docs/results.md "REMI on every backbone")
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"mind": {"emb_l2": 0.0}}
+# SASRec: two blocks (its paper's size) and IHN without RR, which has no interests to act on there
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"mind": {"emb_l2": 0.0}, "sasrec": {"encoder_blocks": 2, "scheme": "ihn"}}
+SINGLE_VECTOR_MODELS: tuple[str, ...] = ("dnn", "sasrec")  # one interest whatever --interests says
+ENCODER_MODELS: tuple[str, ...] = ("comirec-sa", "sasrec")  # the backbones that take self-attention blocks
 SPARSE_OPTIMIZERS: tuple[str, ...] = ("sparse-adam", "rowwise-adagrad")  # sparse item-table gradients
 EvalIndexName = Literal["exact", "ivfpq", "hnsw", "auto"]
 ROWWISE_ADAGRAD_LR = 0.02  # item_lr unset: best valid R@50 of 0.02, 0.05, 0.1 on amazon_beauty
@@ -66,10 +69,26 @@ class TrainConfig(BaseSettings):
     )
 
     # model
-    model: ModelName = Field("comirec-sa", description="Backbone (dnn: mean-pooled, one interest).")
+    model: ModelName = Field(
+        "comirec-sa",
+        description=(
+            "Backbone (dnn: mean-pooled, one interest; sasrec: causal self-attention, one vector, "
+            "schemes sampled or ihn)."
+        ),
+    )
     dim: int = Field(64, ge=2, description="Embedding size d.")
     interests: int = Field(4, ge=1, description="Number of interests K.")
     seq_len: int = Field(20, ge=1, description="History length L.")
+    encoder_blocks: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Self-attention blocks over the history: under ComiRec-SA's interest heads (0 = none, the paper's "
+            "model); SASRec's own encoder (2 unless set)."
+        ),
+    )
+    encoder_heads: int = Field(1, ge=1, description="Attention heads per self-attention block (must divide dim).")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout inside the self-attention blocks (training only).")
 
     # scheme
     # The defaults of scheme, beta, lam, ihn_detach and lr are configs/default.json's "train" values
@@ -178,7 +197,7 @@ class TrainConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        if self.model == "dnn":
+        if self.model in SINGLE_VECTOR_MODELS:
             self.interests = 1
         for name, value in MODEL_DEFAULTS.get(self.model, {}).items():
             if name not in self.model_fields_set:  # the backbone's default, unless asked otherwise
@@ -195,6 +214,17 @@ class TrainConfig(BaseSettings):
             raise ValueError(f"weight_decay does not apply to {self.optimizer}; use emb_l2 to penalise item norms")
         if self.shared_interest and (self.model != "comirec-sa" or self.interests < 2):
             raise ValueError("shared_interest needs --model comirec-sa and at least 2 interests")
+        if self.model == "sasrec" and self.scheme in ("rr", "remi"):
+            raise ValueError(
+                f"scheme {self.scheme} adds RR, which has no routing to act on in sasrec (one vector, no "
+                "interests); use --scheme ihn (the default for sasrec) or sampled"
+            )
+        if self.encoder_blocks and self.model not in ENCODER_MODELS:
+            raise ValueError(f"encoder_blocks applies to {' and '.join(ENCODER_MODELS)}, not {self.model}")
+        if self.model == "sasrec" and self.encoder_blocks < 1:
+            raise ValueError("sasrec needs encoder_blocks >= 1")
+        if self.encoder_blocks and self.dim % self.encoder_heads:
+            raise ValueError(f"dim {self.dim} must be divisible by encoder_heads {self.encoder_heads}")
         if self.item_lr is not None and self.optimizer != "rowwise-adagrad":
             raise ValueError(f"item_lr applies to rowwise-adagrad only, not {self.optimizer} (which uses lr)")
         return self

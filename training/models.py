@@ -8,6 +8,10 @@ Routing rows are distributions over the valid history positions (zero on padding
 REMI routing regulariser and the collapse diagnostics apply to any backbone. Padding
 never influences an output: its embedding row is zero and every path multiplies by the mask.
 
+SASRec (Kang & McAuley, ICDM 2018) is the single-vector sequential baseline: a causal
+transformer over the history whose last position is the user vector (K = 1). The same encoder
+blocks can sit under ComiRec-SA's K-head attention (``encoder_blocks`` > 0, docs/remi.md A.12).
+
 References: Cen et al., "Controllable Multi-Interest Framework for Recommendation" (KDD 2020,
 ComiRec); Li et al., "Multi-Interest Network with Dynamic Routing" (CIKM 2019, MIND); Xie et al.,
 "Rethinking Multi-Interest Learning for Candidate Matching" (RecSys 2023, REMI). Deviations from
@@ -18,6 +22,8 @@ padding).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -25,7 +31,10 @@ from torch import nn
 from remi.contract import ItemVocabulary
 from training.hugepages import huge_page_copy
 
-MODELS = ("comirec-sa", "comirec-dr", "mind", "dnn")
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+
+MODELS = ("comirec-sa", "comirec-dr", "mind", "dnn", "sasrec")
 NEG_INF = -1e9  # finite: a fully padded row must not produce NaN
 
 
@@ -70,6 +79,85 @@ class MultiInterestModel(nn.Module):
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Self-attention blocks under a backbone (docs/remi.md A.12); ``blocks`` 0 = none."""
+
+    blocks: int = 0
+    heads: int = 1
+    dropout: float = 0.2
+
+
+class SelfAttentionBlock(nn.Module):
+    """One pre-LayerNorm transformer block: x + Attn(LN(x)), then x + FFN(LN(x)).
+
+    Attention is written out (not nn.MultiheadAttention) so that the ONNX graph is plain
+    MatMul/Softmax and the mask semantics are ours: ``allowed`` (B, L, L) says which keys a
+    query may read, and always includes the query itself, so no row is all masked.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by {heads} heads")
+        self.heads, self.head_dim = heads, dim // heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.drop = nn.Dropout(dropout)
+        self.attn_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, d), (B, L, L) bool -> (B, L, d), the head-averaged attention (B, L, L)."""
+        b_sz, length, dim = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b_sz, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, L, L)
+        scores = scores.masked_fill(~allowed.unsqueeze(1), NEG_INF)
+        attn = torch.softmax(scores, dim=-1)
+        mixed = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(b_sz, length, dim)
+        x = x + self.drop(self.out(mixed))
+        x = x + self.drop(self.ffn(self.norm2(x)))
+        return x, attn.mean(1)
+
+
+class SelfAttentionEncoder(nn.Module):
+    """Item embeddings + recency positions -> transformer blocks -> LayerNorm, zero on padding.
+
+    Positions count back from the most recent item (0 = the last one), so with the right-padded
+    histories of the training convention the last item always has the same position, as it has
+    in SASRec's left-padded inputs. ``causal``: a position reads only itself and older items
+    (SASRec); otherwise every valid position reads every other (under ComiRec-SA's heads).
+    """
+
+    def __init__(self, dim: int, seq_len: int, spec: EncoderSpec, causal: bool):
+        super().__init__()
+        self.causal, self.scale = causal, math.sqrt(dim)
+        self.pos = nn.Embedding(seq_len, dim)
+        nn.init.normal_(self.pos.weight, std=0.02)
+        self.drop = nn.Dropout(spec.dropout)
+        self.blocks = nn.ModuleList(SelfAttentionBlock(dim, spec.heads, spec.dropout) for _ in range(spec.blocks))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, d) zero on padding, (B, L) -> outputs (B, L, d) zero on padding, last block's attention."""
+        length = h.shape[1]
+        positions = torch.arange(length, device=h.device)
+        n_valid = mask.sum(-1, keepdim=True)  # (B, 1)
+        recency = (n_valid - 1 - positions).clamp(min=0)  # (B, L); padding slots get 0, then are zeroed
+        keep = mask.unsqueeze(-1).to(h.dtype)
+        x = self.drop(h * self.scale + self.pos(recency)) * keep
+        allowed = mask.unsqueeze(1).expand(-1, length, -1)  # (B, Lq, Lk): valid keys
+        if self.causal:
+            allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=h.device).tril()
+        allowed = allowed | torch.eye(length, dtype=torch.bool, device=h.device)
+        attn = h.new_zeros(h.shape[0], length, length)
+        for block in self.blocks:
+            x, attn = block(x, allowed)
+            x = x * keep
+        return self.norm(x) * keep, attn
+
+
 class ComiRecSA(MultiInterestModel):
     """Self-attentive extractor: A = softmax_L(W2 tanh(W1 (H + P))), V = A H (no position in V)."""
 
@@ -81,8 +169,11 @@ class ComiRecSA(MultiInterestModel):
         seq_len: int,
         sparse_items: bool = False,
         shared_interest: bool = False,
+        encoder: EncoderSpec | None = None,
     ):
         super().__init__(n_items, dim, n_interests, seq_len, sparse_items)
+        # encoder: transformer blocks whose outputs the K heads read instead of the raw embeddings
+        self.encoder = SelfAttentionEncoder(dim, seq_len, encoder, causal=False) if encoder and encoder.blocks else None
         # shared_interest: row 0 of the routing is uniform over the valid positions, so interest 0
         # is the history mean and the other rows are free (docs/remi.md A.11).
         self.shared_interest = shared_interest
@@ -94,6 +185,8 @@ class ComiRecSA(MultiInterestModel):
         nn.init.xavier_uniform_(self.w2.weight)
 
     def from_embeddings(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.encoder is not None:
+            h = self.encoder(h, mask)[0]
         if self.training:
             # Only valid positions go through the MLP: short histories are mostly padding, and
             # the padded logits are masked below anyway. Same result, a fraction of the work.
@@ -192,6 +285,27 @@ class MeanPool(MultiInterestModel):
         return self.proj(pooled).unsqueeze(1), weights.unsqueeze(1)
 
 
+class SASRec(MultiInterestModel):
+    """SASRec: a causal transformer over the history; the last valid position's output is the one
+    user vector (K = 1). Its routing row is the last block's attention of that position, for the
+    diagnostics only: RR has no interests to keep apart here, so it refuses RR (training.config).
+    """
+
+    def __init__(self, n_items: int, dim: int, seq_len: int, encoder: EncoderSpec, sparse_items: bool = False):
+        super().__init__(n_items, dim, 1, seq_len, sparse_items)
+        if encoder.blocks < 1:
+            raise ValueError("sasrec needs at least one self-attention block")
+        self.encoder = SelfAttentionEncoder(dim, seq_len, encoder, causal=True)
+
+    def from_embeddings(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, attn = self.encoder(h, mask)  # (B, L, d), (B, L, L)
+        last = (mask.sum(-1) - 1).clamp(min=0)  # (B,) the most recent item's slot
+        pick = last.view(-1, 1, 1)
+        user = out.gather(1, pick.expand(-1, 1, out.shape[-1]))  # (B, 1, d)
+        routing = attn.gather(1, pick.expand(-1, 1, attn.shape[-1])) * mask.unsqueeze(1)  # (B, 1, L)
+        return user, routing
+
+
 def build_model(
     name: str,
     n_items: int,
@@ -200,12 +314,17 @@ def build_model(
     seq_len: int = 20,
     sparse_items: bool = False,
     shared_interest: bool = False,
+    encoder: EncoderSpec | None = None,
 ) -> MultiInterestModel:
     """Constructs a backbone by its CLI name (see MODELS); ``sparse_items`` for SparseAdam."""
     if shared_interest and name != "comirec-sa":
         raise ValueError(f"shared_interest is a ComiRec-SA option, not {name!r}")
+    if encoder and encoder.blocks and name not in ("comirec-sa", "sasrec"):
+        raise ValueError(f"self-attention blocks go under comirec-sa or sasrec, not {name!r}")
     if name == "comirec-sa":
-        return ComiRecSA(n_items, dim, n_interests, seq_len, sparse_items, shared_interest)
+        return ComiRecSA(n_items, dim, n_interests, seq_len, sparse_items, shared_interest, encoder)
+    if name == "sasrec":
+        return SASRec(n_items, dim, seq_len, encoder or EncoderSpec(blocks=2), sparse_items)
     if name == "comirec-dr":
         return CapsuleInterests(n_items, dim, n_interests, seq_len, shared=False, sparse_items=sparse_items)
     if name == "mind":
@@ -213,3 +332,11 @@ def build_model(
     if name == "dnn":
         return MeanPool(n_items, dim, n_interests, seq_len, sparse_items)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+
+
+def model_from_config(cfg: TrainConfig, n_items: int, sparse_items: bool = False) -> MultiInterestModel:
+    """The backbone a TrainConfig describes (training, ``remi evaluate``/``export`` rebuild it alike)."""
+    encoder = EncoderSpec(cfg.encoder_blocks, cfg.encoder_heads, cfg.dropout)
+    return build_model(
+        cfg.model, n_items, cfg.dim, cfg.interests, cfg.seq_len, sparse_items, cfg.shared_interest, encoder
+    )

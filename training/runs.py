@@ -12,7 +12,7 @@ from remi.contract import RUN_CONFIG, RUN_ITEM_IDS, RUN_WEIGHTS
 from remi.errors import RemiError
 from training.config import TrainConfig
 from training.evaluate import evaluate
-from training.models import MultiInterestModel, build_model
+from training.models import MultiInterestModel, model_from_config
 from training.prepare import prepare
 
 
@@ -29,7 +29,7 @@ def load_run(run_dir: str | Path) -> tuple[TrainConfig, MultiInterestModel]:
     cfg = cfg.model_copy(
         update={"data": locate(cfg.data, run, trained_in), "split_file": locate(cfg.split_file, run, trained_in)}
     )
-    model = build_model(cfg.model, n_items, cfg.dim, cfg.interests, cfg.seq_len, shared_interest=cfg.shared_interest)
+    model = model_from_config(cfg, n_items)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

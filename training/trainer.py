@@ -34,7 +34,7 @@ from training.config import TrainConfig
 from training.data import TrainSampler
 from training.distributed import Ranks
 from training.evaluate import evaluate, popularity_metrics
-from training.models import MultiInterestModel, build_model
+from training.models import MultiInterestModel, model_from_config
 from training.optimizers import Optimizers, build_optimizers, lr_factor, uses_sparse_items
 from training.prepare import Prepared, prepare
 from training.progress import Progress
@@ -202,9 +202,7 @@ def _train_into(
     seed_everything(cfg.seed)
     device = ranks.device(cfg.device)
     sparse_items = uses_sparse_items(cfg)
-    model = build_model(
-        cfg.model, prep.data.n_items, cfg.dim, cfg.interests, cfg.seq_len, sparse_items, cfg.shared_interest
-    ).to(device)
+    model = model_from_config(cfg, prep.data.n_items, sparse_items).to(device)
     step_module = ranks.wrap(_SchemeStep(model, TrainingScheme.from_config(cfg)), device)
     optim = build_optimizers(model, cfg)
     batches = _Batches(cfg, prep, ranks, device)

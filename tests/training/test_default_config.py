@@ -82,3 +82,24 @@ def test_mind_trains_without_emb_l2_unless_asked_and_other_backbones_keep_it(
         assert TrainConfig(model=model).emb_l2 == shipped["emb_l2"]
     monkeypatch.setenv("REMI_TRAIN_EMB_L2", "0.3")
     assert load_config(None, model="mind").emb_l2 == 0.3
+
+
+def test_sasrec_is_one_vector_trained_with_ihn_and_refuses_rr(no_env: None) -> None:
+    cfg = TrainConfig(model="sasrec", interests=4)
+    assert (cfg.interests, cfg.scheme, cfg.encoder_blocks) == (1, "ihn", 2)
+    assert load_config(SHIPPED, model="sasrec").scheme == "ihn"
+    assert TrainConfig(model="sasrec", scheme="sampled").effective_beta == 0.0
+    for scheme in ("rr", "remi"):
+        with pytest.raises(ValueError, match="no routing to act on"):
+            TrainConfig(model="sasrec", scheme=scheme)
+    with pytest.raises(ValueError, match="encoder_blocks >= 1"):
+        TrainConfig(model="sasrec", encoder_blocks=0)
+
+
+def test_encoder_blocks_are_refused_where_no_attention_reads_them(no_env: None) -> None:
+    assert TrainConfig(encoder_blocks=2).encoder_blocks == 2  # ComiRec-SA over the blocks
+    for model in ("comirec-dr", "mind", "dnn"):
+        with pytest.raises(ValueError, match="encoder_blocks applies to"):
+            TrainConfig(model=model, encoder_blocks=1)
+    with pytest.raises(ValueError, match="divisible by encoder_heads"):
+        TrainConfig(encoder_blocks=1, dim=30, encoder_heads=4)

@@ -22,17 +22,20 @@ from remi.contract import (
 from remi.errors import RemiError
 from training import export as export_module
 from training.export import PARITY_TOLERANCE, export_onnx, export_run, parity_error, parity_inputs
-from training.models import MODELS, build_model
+from training.models import MODELS, EncoderSpec, build_model
 from training.runs import load_run
 
 L = 20
 
 
-@pytest.mark.parametrize("name", [*MODELS, "comirec-sa shared"])
+@pytest.mark.parametrize("name", [*MODELS, "comirec-sa shared", "comirec-sa encoder"])
 def test_onnx_matches_pytorch_for_every_backbone(name: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     backbone, _, variant = name.partition(" ")
-    model = build_model(backbone, n_items=300, dim=24, n_interests=4, seq_len=L, shared_interest=variant == "shared")
+    encoder = EncoderSpec(blocks=2, heads=2) if variant == "encoder" or backbone == "sasrec" else None
+    model = build_model(
+        backbone, n_items=300, dim=24, n_interests=4, seq_len=L, shared_interest=variant == "shared", encoder=encoder
+    )
     with torch.no_grad():  # move every weight off its initial value, as training would
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))

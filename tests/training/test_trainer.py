@@ -111,6 +111,27 @@ def test_every_backbone_trains_with_remi(model: str, synth_csv: Path, tmp_path: 
     assert result.steps == 200
 
 
+@pytest.mark.parametrize(
+    ("model", "scheme", "blocks", "steps"), [("sasrec", "ihn", 2, 600), ("comirec-sa", "remi", 1, 200)]
+)
+def test_self_attention_backbones_train_and_reload(
+    model: str, scheme: str, blocks: int, steps: int, synth_csv: Path, tmp_path: Path
+) -> None:
+    from training.runs import load_run
+
+    cfg = TrainConfig(
+        data=str(synth_csv),
+        model=model,
+        scheme=scheme,
+        encoder_blocks=blocks,
+        **{**SMALL, "max_steps": steps, "eval_every": steps // 2},
+    )
+    result = _train(cfg, tmp_path)
+    assert result.test["recall@50"] > result.popularity_test["recall@50"]
+    _, reloaded = load_run(tmp_path)
+    assert sum(name.startswith("encoder.blocks") for name in reloaded.state_dict()) > 0
+
+
 def test_same_seed_gives_the_same_run(synth_csv: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(
         data=str(synth_csv),
