@@ -39,6 +39,7 @@ OTHER_STEPS = 20_000
 # names for backbone settings the table compares beside the plain backbones (the model tag = the name)
 MODEL_VARIANTS: dict[str, dict[str, Any]] = {
     "comirec-sa-tf": {"model": "comirec-sa", "encoder_blocks": 2},  # two self-attention blocks under the heads
+    "comirec-sa-adaptive": {"model": "comirec-sa", "adaptive_interests": "log2"},  # as many interests as the user has
 }
 
 

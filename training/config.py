@@ -22,6 +22,7 @@ IhnScores = Literal["raw", "cosine", "standardized"]
 RrNorm = Literal["authors", "valid"]
 RrScope = Literal["interest", "mean"]
 DivGrad = Literal["all", "tower"]
+AdaptiveRule = Literal["off", "log2"]
 OptimizerName = Literal["adam", "sparse-adam", "rowwise-adagrad"]
 LrSchedule = Literal["constant", "cosine"]
 # what `--scheme sampled` uses for the recommended model's regularisers unless they are set
@@ -79,6 +80,13 @@ class TrainConfig(BaseSettings):
     dim: int = Field(64, ge=2, description="Embedding size d.")
     interests: int = Field(4, ge=1, description="Number of interests K.")
     seq_len: int = Field(20, ge=1, description="History length L.")
+    adaptive_interests: AdaptiveRule = Field(
+        "off",
+        description=(
+            "How many of the K interests a user gets: off = all K; log2 = max(1, min(K, ceil(log2 n))) for n "
+            "history items (MIND's rule), in training, evaluation, the exported interest mask and serving."
+        ),
+    )
     encoder_blocks: int = Field(
         0,
         ge=0,

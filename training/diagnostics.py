@@ -76,3 +76,27 @@ def interest_shares(interest: np.ndarray, n_interests: int) -> dict[str, float]:
         out[f"interest_share_{k + 1}"] = float(shares[:, k].mean())
     out["interests_used"] = float((counts[keep] > 0).sum(-1).mean())
     return out
+
+
+NEAR_COPY_SIMILARITY = 0.9  # mean pairwise cosine of a user's interests from which they count as copies
+
+
+def near_copy_warning(routing: dict[str, float], lists: dict[str, float]) -> str | None:
+    """A sentence for the user when a multi-interest model's interests are near-copies, else None.
+
+    Why: K searches per user are what the service pays for multi-interest retrieval; when the K
+    vectors point the same way they find the same items (a new user saw similarity .956 and four
+    interests returning the same three candidates, with no word from any command).
+    """
+    similarity = routing.get("interest_similarity", float("nan"))
+    used = lists.get("interests_searched", lists.get("interests_used@50", float("nan")))
+    if not similarity >= NEAR_COPY_SIMILARITY or not used > 1:  # NaN-safe; one interest cannot copy itself
+        return None
+    share = lists.get("interest_share_1@50", float("nan"))
+    return (
+        f"interests are near-copies: the mean cosine of a user's interests is {similarity:.3f} "
+        f"(>= {NEAR_COPY_SIMILARITY}), and one interest supplies {share:.0%} of a top-50 list on average, "
+        f"so searching {used:.1f} interests per user mostly finds the same items; fewer interests "
+        "(--interests), --adaptive-interests log2 or a single-vector model (--model sasrec) cost fewer "
+        "searches (docs/results.md compares them)"
+    )

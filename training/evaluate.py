@@ -83,6 +83,9 @@ def evaluate(
     fetch = n_max + (data.history.shape[1] if exclude_history else 0)
     rows, scores = search_interests(index, interest_vectors, fetch)
     ids = ItemVocabulary.rows_to_indices(rows)
+    with torch.no_grad():  # the interests the user has (all K unless the model's rule says fewer)
+        active = model.interest_mask(torch.from_numpy(data.mask)).numpy()
+    ids = np.where(active[:, :, None], ids, -1)  # an interest the user lacks retrieves nothing
     if exclude_history:
         seen = (ids[:, :, :, None] == data.history[:, None, None, :]) & data.mask[:, None, None, :]
         ids = np.where(seen.any(-1), -1, ids)
@@ -90,7 +93,10 @@ def evaluate(
     return (
         ranking_metrics(merged, data.truth, ns),
         routing_diagnostics(routing, data.mask, interest_vectors),
-        list_metrics(merged, interest, items, interest_vectors.shape[1]),
+        {
+            **list_metrics(merged, interest, items, interest_vectors.shape[1]),
+            "interests_searched": float(active.sum(1).mean()),
+        },
     )
 
 

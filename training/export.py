@@ -30,6 +30,7 @@ from remi.contract import (
     MODEL_FILE,
     NPZ_HISTORY,
     NPZ_MASK,
+    OUTPUT_INTEREST_MASK,
     OUTPUT_INTERESTS,
     OUTPUT_ROUTING,
     RUN_ITEM_IDS,
@@ -62,9 +63,9 @@ class _Tower(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, item_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, item_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         interest_vectors, routing = self.model(item_ids, mask)
-        return interest_vectors, routing
+        return interest_vectors, routing, self.model.interest_mask(mask)
 
 
 # Weights above this go to user_tower.onnx.data. onnxruntime maps an external-data file instead
@@ -101,7 +102,7 @@ def export_onnx(model: MultiInterestModel, path: Path, opset: int = 18, external
             (ids, mask),
             str(path),
             input_names=[INPUT_ITEMS, INPUT_MASK],
-            output_names=[OUTPUT_INTERESTS, OUTPUT_ROUTING],
+            output_names=[OUTPUT_INTERESTS, OUTPUT_ROUTING, OUTPUT_INTEREST_MASK],
             opset_version=opset,
             dynamo=True,
             external_data=external_data,
@@ -125,13 +126,16 @@ def parity_inputs(n_items: int, seq_len: int, seed: int = 0) -> list[tuple[np.nd
 
 @torch.no_grad()
 def parity_error(model: MultiInterestModel, onnx_path: Path, batches: list[tuple[np.ndarray, np.ndarray]]) -> float:
-    """Max abs difference between onnxruntime and PyTorch over interests and routing."""
+    """Max abs difference between onnxruntime and PyTorch over interests and routing; a different
+    interest mask (an integer rule, so it must match exactly) counts as an infinite difference."""
     model.eval()
     tower = UserTower(onnx_path)
     worst = 0.0
     for ids, mask in batches:
-        ort_v, ort_r = tower.run(ids, mask)
+        ort_v, ort_r, ort_active = tower.run_with_mask(ids, mask)
         ref_v, ref_r = model(torch.from_numpy(ids), torch.from_numpy(mask))
+        if not np.array_equal(ort_active, model.interest_mask(torch.from_numpy(mask)).numpy()):
+            return float("inf")
         worst = max(worst, float(np.abs(ort_v - ref_v.numpy()).max()), float(np.abs(ort_r - ref_r.numpy()).max()))
     return worst
 

@@ -14,12 +14,18 @@ RR_NORMS = ("authors", "valid")
 RR_SCOPES = ("interest", "mean")
 
 
-def hard_readout(interest_vectors: torch.Tensor, target_emb: torch.Tensor) -> torch.Tensor:
+def hard_readout(
+    interest_vectors: torch.Tensor, target_emb: torch.Tensor, active: torch.Tensor | None = None
+) -> torch.Tensor:
     """Picks, per user, the interest closest to the target: (B, K, d), (B, d) -> (B, d).
 
     The argmax is not differentiable, so only the chosen interest gets gradient (docs/remi.md B.1.3).
+    ``active`` (B, K) bool restricts the pick to the interests the user has (docs/remi.md A.13):
+    what serving will search is what training scores.
     """
     scores = (interest_vectors * target_emb.unsqueeze(1)).sum(-1)  # (B, K)
+    if active is not None:
+        scores = scores.masked_fill(~active, float("-inf"))
     best = scores.argmax(dim=1)
     return interest_vectors[torch.arange(len(best), device=interest_vectors.device), best]
 

@@ -35,11 +35,32 @@ if TYPE_CHECKING:
     from training.config import TrainConfig
 
 MODELS = ("comirec-sa", "comirec-dr", "mind", "dnn", "sasrec")
+ADAPTIVE_RULES = ("off", "log2")  # how many of the K interests a user gets (active_interests)
 NEG_INF = -1e9  # finite: a fully padded row must not produce NaN
+
+
+def active_interests(mask: torch.Tensor, n_interests: int, rule: str = "off") -> torch.Tensor:
+    """(B, L) history mask -> (B, K) bool: the interests a user has (docs/remi.md A.13).
+
+    ``off``: all K. ``log2``: MIND's rule, max(1, min(K, ceil(log2 n))) for a history of n items,
+    always the first ones, so interest 0 is every user's and the later ones serve only the
+    longer histories that have more to say. Written with comparisons only (no log), so that it
+    is the same integer arithmetic in PyTorch, in the exported ONNX graph and in numpy:
+    slot j (0-based) is active iff ceil(log2 n) >= j + 1  <=>  n > 2^j.
+    """
+    slots = torch.arange(n_interests, device=mask.device)
+    if rule == "off":
+        return torch.ones(mask.shape[0], n_interests, dtype=torch.bool, device=mask.device)
+    if rule != "log2":
+        raise ValueError(f"unknown adaptive-interest rule {rule!r}; choose one of {', '.join(ADAPTIVE_RULES)}")
+    n = mask.sum(-1, keepdim=True)  # (B, 1)
+    return (slots == 0) | (n > torch.pow(2, slots))
 
 
 class MultiInterestModel(nn.Module):
     """Shared item table and the common interface; subclasses implement :meth:`from_embeddings`."""
+
+    adaptive: str = "off"  # active_interests rule; set by model_from_config
 
     def __init__(self, n_items: int, dim: int, n_interests: int, seq_len: int, sparse_items: bool = False):
         super().__init__()
@@ -61,6 +82,10 @@ class MultiInterestModel(nn.Module):
         """(B, L) -> (B, L, d), zero on padded slots whatever id they hold."""
         emb: torch.Tensor = self.item_emb(item_ids)
         return emb * mask.unsqueeze(-1).to(self.item_emb.weight.dtype)
+
+    def interest_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, K) bool: which interests this user has (the rule of ``adaptive``)."""
+        return active_interests(mask, self.n_interests, self.adaptive)
 
     def item_vectors(self) -> torch.Tensor:
         """(I, d) item embeddings without the padding row, indexed by FAISS row (ItemVocabulary)."""
@@ -337,6 +362,8 @@ def build_model(
 def model_from_config(cfg: TrainConfig, n_items: int, sparse_items: bool = False) -> MultiInterestModel:
     """The backbone a TrainConfig describes (training, ``remi evaluate``/``export`` rebuild it alike)."""
     encoder = EncoderSpec(cfg.encoder_blocks, cfg.encoder_heads, cfg.dropout)
-    return build_model(
+    model = build_model(
         cfg.model, n_items, cfg.dim, cfg.interests, cfg.seq_len, sparse_items, cfg.shared_interest, encoder
     )
+    model.adaptive = cfg.adaptive_interests
+    return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from remi.contract import RUN_CONFIG, RUN_ITEM_IDS, RUN_WEIGHTS
 from remi.errors import RemiError
 from training.config import TrainConfig
+from training.diagnostics import near_copy_warning
 from training.evaluate import evaluate
 from training.models import MultiInterestModel, model_from_config
 from training.prepare import prepare
@@ -80,6 +82,9 @@ def evaluate_run(run_dir: str | Path, data: str | None = None) -> dict[str, Any]
         )
     valid_metrics, _, valid_lists = evaluate(model, prep.valid)
     test_metrics, routing, lists = evaluate(model, prep.test)
+    warning = near_copy_warning(routing, lists)
+    if warning:
+        logging.getLogger("remi.evaluate").warning(warning)
     return {
         "valid": valid_metrics,
         "test": test_metrics,

@@ -56,6 +56,7 @@ class ModelOutput:
     seq_len: int
     interest_vectors: torch.Tensor  # (B, K, d)
     routing: torch.Tensor  # (B, K, L)
+    active: torch.Tensor  # (B, K) bool: the interests the user has (models.active_interests)
     target_emb: torch.Tensor  # (B, d)
     negative_emb: torch.Tensor  # (M, d)
     # what interest_div measures: the interests themselves, or (interest_div_grad = tower) the same
@@ -145,7 +146,8 @@ class TrainingScheme:
             # the table out of this term. (MIND's second pass draws its own routing noise.)
             tower = self.interest_div_grad == "tower"
             div_vectors = model.from_embeddings(h.detach(), batch.mask)[0] if tower else interest_vectors
-        return ModelOutput(emb, b_sz, length, interest_vectors, routing, target_emb, negative_emb, div_vectors)
+        active = model.interest_mask(batch.mask)
+        return ModelOutput(emb, b_sz, length, interest_vectors, routing, active, target_emb, negative_emb, div_vectors)
 
     def loss(
         self,
@@ -161,7 +163,7 @@ class TrainingScheme:
         term scores it against the target and the shared negatives, IHN-weighted when β > 0.
         """
         beta = self.beta_at(step)
-        user = hard_readout(output.interest_vectors, output.target_emb)  # (B, d)
+        user = hard_readout(output.interest_vectors, output.target_emb, output.active)  # (B, d)
         pos_logit = (user * output.target_emb).sum(-1)  # (B,)
         neg_logits = user @ output.negative_emb.T  # (B, M)
         weights = None if beta == 0 else weighting_scores(self.weight_scores, user, output.negative_emb, neg_logits)

@@ -32,6 +32,7 @@ from remi.contract import RUN_CONFIG, RUN_ITEM_IDS, RUN_LOG, RUN_METRICS, RUN_WE
 from remi.errors import RemiError
 from training.config import TrainConfig
 from training.data import TrainSampler
+from training.diagnostics import near_copy_warning
 from training.distributed import Ranks
 from training.evaluate import evaluate, popularity_metrics
 from training.models import MultiInterestModel, model_from_config
@@ -246,6 +247,9 @@ def _train_into(
     (out / RUN_METRICS).write_text(json.dumps(result.to_dict(), indent=2))
     ranks.finish()
     log.info("train done", extra={"steps": step, "best_step": best.step, "test_recall@50": result.test["recall@50"]})
+    warning = near_copy_warning(result.routing, result.lists)
+    if warning:
+        log.warning(warning, extra={"interest_similarity": result.routing["interest_similarity"]})
     return result
 
 

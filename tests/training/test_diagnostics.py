@@ -1,7 +1,9 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from training.diagnostics import interest_shares, routing_diagnostics
+from training.diagnostics import interest_shares, near_copy_warning, routing_diagnostics
 
 
 def test_routing_diagnostics_tell_collapse_from_spread() -> None:
@@ -46,3 +48,27 @@ def test_list_metrics_read_item_indices_and_the_interest_behind_each() -> None:
     assert m["coverage@2"] == pytest.approx(3 / 4)
     assert m["diversity@2"] == pytest.approx((1 + 0) / 2)
     assert m["interest_share_1@2"] == pytest.approx((1 / 2 + 1) / 2) and m["interests_used@2"] == 1.5
+
+
+def test_near_copy_interests_get_a_warning_naming_the_similarity_and_what_to_do() -> None:
+    lists = {"interests_searched": 4.0, "interest_share_1@50": 0.82}
+    warning = near_copy_warning({"interest_similarity": 0.956}, lists)
+    assert warning and "0.956" in warning and "82%" in warning and "--adaptive-interests" in warning
+    assert near_copy_warning({"interest_similarity": 0.6}, lists) is None  # distinct enough
+    assert near_copy_warning({"interest_similarity": 1.0}, {"interests_searched": 1.0}) is None  # one vector
+    assert near_copy_warning({"interest_similarity": float("nan")}, lists) is None
+
+
+def test_evaluate_says_when_a_runs_interests_are_copies(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import training.diagnostics
+    from training.runs import evaluate_run
+
+    monkeypatch.setattr(training.diagnostics, "NEAR_COPY_SIMILARITY", -1.0)  # any K > 1 model counts
+    with caplog.at_level(logging.WARNING, logger="remi.evaluate"):
+        result = evaluate_run(trained_run)
+    assert result["lists"]["interests_searched"] > 1
+    assert any("near-copies" in r.getMessage() for r in caplog.records)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from remi.artifacts import load_artifacts, pad_histories
+from remi.artifacts import UserTower, load_artifacts, pad_histories
 from remi.contract import (
     ITEM_EMBEDDINGS,
     ITEM_IDS,
@@ -28,7 +28,7 @@ from training.runs import load_run
 L = 20
 
 
-@pytest.mark.parametrize("name", [*MODELS, "comirec-sa shared", "comirec-sa encoder"])
+@pytest.mark.parametrize("name", [*MODELS, "comirec-sa shared", "comirec-sa encoder", "comirec-sa adaptive"])
 def test_onnx_matches_pytorch_for_every_backbone(name: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     backbone, _, variant = name.partition(" ")
@@ -36,6 +36,7 @@ def test_onnx_matches_pytorch_for_every_backbone(name: str, tmp_path: Path) -> N
     model = build_model(
         backbone, n_items=300, dim=24, n_interests=4, seq_len=L, shared_interest=variant == "shared", encoder=encoder
     )
+    model.adaptive = "log2" if variant == "adaptive" else "off"
     with torch.no_grad():  # move every weight off its initial value, as training would
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -47,6 +48,11 @@ def test_onnx_matches_pytorch_for_every_backbone(name: str, tmp_path: Path) -> N
     lengths = {int(n) for _, mask in batches for n in mask.sum(1)}
     assert sizes == {1, 64} and {1, L // 2, L} <= lengths
     assert parity_error(model, path, batches) <= PARITY_TOLERANCE
+    ids, mask = batches[-1]  # the interest mask output: the rule's, exactly
+    _, _, active = UserTower(path).run_with_mask(ids, mask)
+    expected = model.interest_mask(torch.from_numpy(mask)).numpy()
+    assert active.dtype == bool and np.array_equal(active, expected)
+    assert (variant == "adaptive") == (not active.all())
 
     import onnx
 

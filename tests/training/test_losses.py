@@ -146,3 +146,13 @@ def test_interest_overlap_gradient_pushes_interests_apart() -> None:
     with torch.no_grad():
         after = interest_overlap(vectors - 0.5 * vectors.grad)
     assert after.item() < before.item()
+
+
+def test_hard_readout_never_picks_an_interest_the_user_lacks() -> None:
+    torch.manual_seed(0)
+    vectors, target = torch.randn(64, 4, 8), torch.randn(64, 8)
+    active = torch.arange(4)[None, :] < torch.randint(1, 5, (64, 1))
+    picked = hard_readout(vectors, target, active)
+    best = ((vectors * target[:, None]).sum(-1)).masked_fill(~active, float("-inf")).argmax(1)
+    assert torch.equal(picked, vectors[torch.arange(64), best])
+    assert torch.equal(hard_readout(vectors[:, :1], target, active[:, :1]), vectors[:, 0])

@@ -1,8 +1,10 @@
+import math
+
 import pytest
 import torch
 
 from remi.contract import ItemVocabulary
-from training.models import MODELS, EncoderSpec, MultiInterestModel, build_model
+from training.models import MODELS, EncoderSpec, MultiInterestModel, active_interests, build_model
 
 VOCAB = ItemVocabulary([f"i{row}" for row in range(50)])
 
@@ -147,3 +149,16 @@ def test_encoder_blocks_go_only_under_attention_backbones() -> None:
         build_model("mind", n_items=50, dim=16, encoder=EncoderSpec(blocks=1))
     with pytest.raises(ValueError, match="divisible"):
         build_model("sasrec", n_items=50, dim=15, encoder=EncoderSpec(blocks=1, heads=2))
+
+
+def test_log2_rule_gives_a_user_as_many_interests_as_their_history_supports() -> None:
+    """MIND's rule max(1, min(K, ceil(log2 n))), always the first interests."""
+    lengths = torch.arange(0, 21)
+    mask = torch.arange(20)[None, :] < lengths[:, None]
+    active = active_interests(mask, 4, "log2")
+    expected = [max(1, min(4, math.ceil(math.log2(n)))) if n > 0 else 1 for n in lengths.tolist()]
+    assert active.sum(1).tolist() == expected
+    assert all(row[: int(row.sum())].all() for row in active)  # a prefix of the K
+    assert active_interests(mask, 4, "off").all()
+    with pytest.raises(ValueError, match="unknown adaptive-interest rule"):
+        active_interests(mask, 4, "gate")

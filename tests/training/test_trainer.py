@@ -132,6 +132,19 @@ def test_self_attention_backbones_train_and_reload(
     assert sum(name.startswith("encoder.blocks") for name in reloaded.state_dict()) > 0
 
 
+def test_adaptive_interests_search_fewer_interests_for_short_histories(synth_csv: Path, tmp_path: Path) -> None:
+    from training.models import active_interests
+    from training.prepare import prepare
+
+    cfg = TrainConfig(data=str(synth_csv), adaptive_interests="log2", **{**SMALL, "max_steps": 200, "eval_every": 100})
+    result = _train(cfg, tmp_path)
+    test = prepare(cfg).test
+    expected = active_interests(torch.from_numpy(test.mask), cfg.interests, "log2").sum(1).float().mean().item()
+    assert result.lists["interests_searched"] == pytest.approx(expected)
+    assert 1 <= result.lists["interests_searched"] <= cfg.interests
+    assert result.test["recall@50"] > result.popularity_test["recall@50"]
+
+
 def test_same_seed_gives_the_same_run(synth_csv: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(
         data=str(synth_csv),
