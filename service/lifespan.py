@@ -29,6 +29,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await _check_history(state)
     await _load_blocklist(state)
     await state.versions.refresh()
+    if state.versions.engine is not None and state.blocklist.loaded:  # map the list before the first request
+        state.blocklist.indices(state.versions.engine.vocabulary)
     state.start_batcher()
     pollers = [asyncio.create_task(state.blocklist.poll_forever())]
     if state.settings.poll_seconds > 0:
@@ -45,14 +47,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _load_blocklist(state: State) -> None:
-    """Before the first request: a worker that starts while Redis is down blocks nothing until it
-    can read the list (its poller keeps trying), and says so loudly."""
-    await state.blocklist.refresh()
+    """Before the first request: the list from the store, else the last copy kept on disk. With
+    neither the worker fails closed (the recommendation routes and /readyz answer 503) until its
+    poller reads the store, and says so loudly."""
+    await state.blocklist.start()
     if not state.blocklist.loaded:
         log.warning(
-            "blocklist not readable at start: blocking nothing until the store answers",
+            "blocklist not readable at start and no copy on disk: answering 503 until the store answers",
             extra={"error": state.blocklist.last_error},
         )
+    await state.blocklist.save()
 
 
 async def _seed_history(state: State) -> None:

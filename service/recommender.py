@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 import orjson
+from fastapi import HTTPException
 
 from remi.attributes import Condition
 from service import telemetry
+from service.blocklist import BlocklistNotLoaded
 from service.engine import Engine, Query, Result, Timings
 from service.filters import compile_filter, raise_if_invalid
 from service.history import Event, HistoryUnavailable
@@ -41,9 +43,9 @@ async def recommend_many(
     state.active += 1
     try:
         t0 = time.perf_counter()
+        blocked = blocked_items(state, engine)  # this worker's live blocklist, for this model
         wanted = [r.user_id for r in requests if r.use_stored_history]
         stored = await stored_histories(state, wanted)
-        blocked = state.blocklist.indices(engine.vocabulary)  # this worker's live blocklist, for this model
         queries, unknown = encode_requests(engine, requests, stored, state.settings.history_max_len, filters, blocked)
         results, timings = await compute(state, engine, queries)
         took = round((time.perf_counter() - t0) * 1000, 3)
@@ -53,6 +55,15 @@ async def recommend_many(
         ]
     finally:
         state.active -= 1
+
+
+def blocked_items(state: State, engine: Engine) -> np.ndarray:
+    """The item indices no answer of ``engine`` may hold; 503 while this worker has no blocklist
+    (fail closed: any answer could hold a blocked item; /readyz says the same)."""
+    try:
+        return state.blocklist.indices(engine.vocabulary)
+    except BlocklistNotLoaded as exc:
+        raise HTTPException(503, f"{exc}; answers resume once it is read") from exc
 
 
 async def stored_histories(state: State, user_ids: list[str]) -> dict[str, list[Event]] | None:

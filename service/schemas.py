@@ -368,6 +368,12 @@ class ReadyResponse(BaseModel):
     history_store: Literal["ok", "unavailable", "writes_failing"]
     history_error: str | None
     last_reload_error: str | None
+    blocklist: Literal["ok", "stale", "unavailable"] = Field(
+        "ok",
+        description="ok: the list in the store is applied; stale: the last list applied (or the copy on disk) while "
+        "the store cannot be read; unavailable: no list at all, so no answers (503) until the store answers.",
+    )
+    blocklist_error: str | None = None
 
 
 class VersionResponse(BaseModel):

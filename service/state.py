@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from service.batcher import MicroBatcher
-from service.blocklist import LiveBlocklist, make_blocklist_store
+from service.blocklist import make_live_blocklist
 from service.config import ServiceSettings
 from service.history import HistoryStore, make_history_store
 from service.versions import Versions
@@ -23,7 +23,7 @@ class State:
         self.settings = settings
         self.versions = Versions(settings)
         self.history = history_store(settings)
-        self.blocklist = LiveBlocklist(make_blocklist_store(settings), settings.blocklist_poll_ms / 1000)
+        self.blocklist = make_live_blocklist(settings)
         # OpenMP's thread count is per calling thread: set it in each compute thread, where FAISS runs.
         self.executor = ThreadPoolExecutor(
             settings.compute_threads,
@@ -59,6 +59,7 @@ class State:
         if self.batcher is not None:
             await self.batcher.stop()
         await self.history.close()
+        await self.blocklist.save(now=True)  # the disk copy a restart without the store starts from
         await self.blocklist.store.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 

@@ -102,5 +102,5 @@ async def blocked_items(
         offset=offset,
         limit=limit,
         version=snapshot.version,
-        applied_version=state.blocklist.snapshot.version,
+        applied_version=state.blocklist.version,
     )

@@ -8,7 +8,7 @@ from fastapi.responses import Response
 
 import remi
 from service import telemetry
-from service.deps import HistoryDep, VersionsDep
+from service.deps import HistoryDep, StateDep, VersionsDep
 from service.http_guards import SafeJsonRoute
 from service.schemas import HealthResponse, ReadyResponse, VersionResponse
 
@@ -26,21 +26,26 @@ async def healthz() -> dict[str, str]:
     responses={503: {"model": ReadyResponse, "description": "No usable model + index pair"}},
     summary="Model, index and history store usable",
 )
-async def readyz(versions: VersionsDep, history: HistoryDep) -> Response:
+async def readyz(versions: VersionsDep, history: HistoryDep, state: StateDep) -> Response:
     engine = versions.engine
     history_status, history_error = await history.health()
-    history_ok = history_status == "ok"
+    blocklist_status, blocklist_error = state.blocklist.status()
+    # Without a blocklist no answer may be given (fail closed), so that is not ready either.
+    serving = engine is not None and blocklist_status != "unavailable"
+    healthy = history_status == "ok" and blocklist_status == "ok"
     body = {
-        "status": "ready" if engine and history_ok else ("degraded" if engine else "not_ready"),
+        "status": "ready" if serving and healthy else ("degraded" if serving else "not_ready"),
         "model": engine.model_version if engine else None,
         "index": engine.index_version if engine else None,
         "history_store": history_status,  # ok | unavailable | writes_failing
         "history_error": history_error,
         "last_reload_error": versions.error,
+        "blocklist": blocklist_status,  # ok | stale | unavailable
+        "blocklist_error": blocklist_error,
     }
     # A history outage degrades answers (fallbacks) but must not pull every replica out of
-    # the load balancer at once, so only a missing model makes the replica not ready.
-    return Response(orjson.dumps(body), status_code=200 if engine else 503, media_type="application/json")
+    # the load balancer at once, so only a missing model or a missing blocklist makes the replica not ready.
+    return Response(orjson.dumps(body), status_code=200 if serving else 503, media_type="application/json")
 
 
 @router.get(

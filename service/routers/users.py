@@ -16,6 +16,7 @@ from service.engine import Query
 from service.filters import compile_filter, parse_filter_query, raise_if_invalid
 from service.history import Event, HistoryUnavailable, IdempotencyConflict
 from service.http_guards import SafeJsonRoute
+from service.recommender import blocked_items
 from service.schemas import (
     BAD_INPUT_422,
     TOO_LARGE_413,
@@ -107,7 +108,7 @@ async def interests(user_id: UserPath, state: StateDep, top_n: TopN = 10, filter
         raise HTTPException(503, f"history store unavailable: {exc}") from exc
     known, unknown = engine.encode([e.item_id for e in events])
     loop = asyncio.get_running_loop()
-    blocked = state.blocklist.indices(engine.vocabulary)
+    blocked = blocked_items(state, engine)  # 503 while this worker has no blocklist
     query = Query(known, top_n, filtered=spec is not None, conditions=conditions, blocked=blocked)
 
     def explain() -> tuple[list[dict[str, Any]], dict[str, Any] | None]:

@@ -8,13 +8,17 @@ its worker (the X-Remi-Worker header), so the test knows every worker was seen.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
-from tests.service.conftest import SHARED_REDIS, start_server, wait_for
+from tests.service.conftest import SHARED_REDIS, OwnRedis, start_server, wait_for
+from tests.service.test_blocklist import fill_to_maxmemory
 from tests.service.tiny_model import TinyModel
 
 TOKEN = {"authorization": "Bearer s3cret"}
@@ -87,3 +91,37 @@ def test_a_restarted_server_still_blocks(tiny_root: Path, tiny_model: TinyModel,
         assert [item["item_id"] for item in listed["items"]] == [best]
     finally:
         restarted.stop()
+
+
+def test_a_worker_restarted_while_redis_is_at_maxmemory_still_blocks(
+    tiny_root: Path, tiny_model: TinyModel, own_redis: OwnRedis, tmp_path: Path
+) -> None:
+    """Issue 23 A6: Redis at maxmemory (noeviction), then a worker killed: its replacement must
+    apply the list too (it read nothing and served blocked items in 20 of 20 answers)."""
+    body = {"user_id": "u", "k": 10, "history": tiny_model.item_ids[10:16], "use_stored_history": False}
+    server = start_server(tiny_root, None, REMI_REDIS_URL=own_redis.url, REMI_ADMIN_TOKEN="s3cret", REMI_WORKERS="2")
+    try:
+        best = ask(server.url, body)[1][0]
+        blocked = httpx.post(f"{server.url}/admin/items/block", json={"item_ids": [best]}, headers=TOKEN, timeout=10)
+        assert blocked.status_code == 200, blocked.text
+        workers: set[str] = set()
+        wait_for(lambda: workers.add(ask(server.url, body)[0]) or len(workers) == 2, timeout=30, interval=0)
+        fill_to_maxmemory(redis.Redis.from_url(own_redis.url))
+        victim = sorted(workers)[0]
+        os.kill(int(victim), signal.SIGKILL)
+        fresh: list[list[str]] = []
+
+        def replacement_answers() -> bool:
+            try:
+                pid, items = ask(server.url, body)
+            except (httpx.HTTPError, AssertionError):
+                return False
+            if pid not in workers:
+                fresh.append(items)
+            return len(fresh) >= 20
+
+        wait_for(replacement_answers, timeout=90, interval=0)
+        holding = sum(best in items for items in fresh)
+        assert holding == 0, f"{holding} of {len(fresh)} answers of the restarted worker held the blocked item"
+    finally:
+        server.stop()

@@ -342,6 +342,8 @@ def test_readyz_with_and_without_a_model(
         "history_store": "ok",
         "history_error": None,
         "last_reload_error": None,
+        "blocklist": "ok",
+        "blocklist_error": None,
     }
     with serving(empty_root) as no_model:
         not_ready = no_model.get("/readyz")
