@@ -1,4 +1,4 @@
-"""The request limits of one app (largest k, batch, event count, filter sizes), seen by request validation.
+"""The request limits of one app (largest k, batch, event count, filter and history sizes, timestamp skew).
 
 The request models in service/schemas.py are defined once, at import, yet their bounds come
 from settings (REMI_K_MAX, REMI_BATCH_MAX, REMI_EVENTS_MAX, REMI_FILTER_*, ...) and two apps in one process may
@@ -26,6 +26,8 @@ class RequestLimits:
     filter_attributes_max: int = ServiceSettings.model_fields["filter_attributes_max"].default
     filter_values_max: int = ServiceSettings.model_fields["filter_values_max"].default
     exclude_items_max: int = ServiceSettings.model_fields["exclude_items_max"].default
+    history_items_max: int = ServiceSettings.model_fields["history_items_max"].default
+    event_max_future_s: int = ServiceSettings.model_fields["event_max_future_s"].default
 
     @classmethod
     def of(cls, settings: ServiceSettings) -> RequestLimits:
@@ -36,6 +38,8 @@ class RequestLimits:
             settings.filter_attributes_max,
             settings.filter_values_max,
             settings.exclude_items_max,
+            settings.history_items_max,
+            settings.event_max_future_s,
         )
 
     @classmethod

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from itertools import islice
+from typing import Annotated, Any, Literal, cast
 
-from annotated_types import Ge
+from annotated_types import Ge, Le
 from fastapi import Header, Path, Query
 from pydantic import (
     AfterValidator,
@@ -22,11 +24,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     StrictBool,
     StringConstraints,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic.types import FailFast as _PydanticFailFast
+from pydantic_core import CoreSchema, PydanticCustomError
 
 from service import limits
 from service.config import ServiceSettings
@@ -43,21 +47,37 @@ def _json_integer(value: object) -> object:
 
 
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Integers are stored and returned as int64 (Redis, numpy, most clients' JSON): nothing outside it
+# is accepted, so nothing outside it can come back.
+Int64 = Annotated[int, Ge(INT64_MIN), Le(INT64_MAX), BeforeValidator(_json_integer)]
 
-# User ids are opaque printable text. Refused: C0/C1 control characters, the BMP non-characters
-# and U+FFFD. Why U+FFFD: servers decode an invalid UTF-8 %-escape in a path (/users/%ff,
-# /users/%fe, /users/%80) to U+FFFD, so all of those (and a literal %EF%BF%BD) would share one
-# history; refusing it is the only way to refuse invalid UTF-8 once the path is decoded.
-# The same pattern is published in the OpenAPI schema (clients and fuzzers see the rule).
-USER_ID_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f\ufdd0-\ufdef\ufffd-\uffff]+$"
-_USER_ID_RE = re.compile(USER_ID_PATTERN)
+# Ids (users, items, filter attribute names) are opaque printable text, one grammar in bodies and
+# paths. Refused: C0/C1 control characters, lone surrogates (only a \udXXX escape makes one), all 66
+# Unicode non-characters (U+FDD0..U+FDEF and the last two code points of every plane) and U+FFFD,
+# and the ids "." and ".." (a URL path cannot carry them: clients remove them as dot segments).
+# Why U+FFFD: servers decode an invalid UTF-8 %-escape in a path (/users/%ff, /users/%fe,
+# /users/%80) to U+FFFD, so all of those (and a literal %EF%BF%BD) would share one history;
+# refusing it is the only way to refuse invalid UTF-8 once the path is decoded. "/" is allowed
+# (a path takes it as %2F: the routes take the rest of the path as the id).
+# The same pattern (escapes only, so the document stays ASCII) is published in the OpenAPI schema.
+_ASTRAL_NONCHARACTERS = "".join(f"\\U{plane:04x}fffe-\\U{plane:04x}ffff" for plane in range(1, 17))
+_ID_CHARACTER = r"[^\u0000-\u001f\u007f-\u009f\ufdd0-\ufdef\ufffd-\uffff" + _ASTRAL_NONCHARACTERS + "]"
+# Item ids: checked by pydantic-core's own regex (no Python call per item of a history); it has no
+# lookahead and no surrogates, which it refuses anyway (a lone surrogate is no UTF-8: string_unicode).
+ITEM_ID_PATTERN = f"^{_ID_CHARACTER}+$"
+# User ids (one per request, checked in Python): the same characters, and neither "." nor "..".
+ID_PATTERN = r"^(?!\.\.?$)" + _ID_CHARACTER.replace(r"\ufdd0", r"\ud800-\udfff\ufdd0") + "+$"
+_ID_RE = re.compile(ID_PATTERN)
 
 
-def check_user_id(value: str) -> str:
-    if not _USER_ID_RE.match(value):
-        raise ValueError(
-            "user ids must be valid UTF-8 text without control characters, non-characters or U+FFFD "
-            "(an invalid %-escape in the path decodes to U+FFFD)"
+def check_id(value: str) -> str:
+    """The id grammar above; one error type (``id_invalid``) for every id field."""
+    if not _ID_RE.match(value):
+        raise PydanticCustomError(
+            "id_invalid",
+            "ids must be printable UTF-8 text: no control characters, non-characters, lone surrogates or U+FFFD "
+            '(an invalid %-escape in a path decodes to U+FFFD), and not "." or ".."',
         )
     return value
 
@@ -66,13 +86,43 @@ def check_user_id(value: str) -> str:
 UserId = Annotated[
     str,
     StringConstraints(min_length=1, max_length=256),
-    AfterValidator(check_user_id),
-    Field(json_schema_extra={"pattern": USER_ID_PATTERN}),
+    AfterValidator(check_id),
+    Field(json_schema_extra={"pattern": ID_PATTERN}),
 ]
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)] | JsonInt
+
+
+class _OneError:
+    """The branches of a union fail as one error at the field (not one per branch) with ``message``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind, self.message = kind, message
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        schema = dict(handler(source))  # a union schema: these two keys make its failure one error
+        schema["custom_error_type"] = self.kind
+        schema["custom_error_message"] = self.message
+        return cast(CoreSchema, schema)
+
+
+ItemId = Annotated[
+    Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=ITEM_ID_PATTERN)] | Int64,
+    _OneError(
+        "item_id_invalid",
+        "An item id is text of 1..256 printable characters (no control characters, non-characters or U+FFFD) "
+        "or an integer within int64",
+    ),
+]
 
 
 # ---------------------------------------------------------------- bounds from settings
+
+
+class FailFast(_PydanticFailFast):
+    """Stop validating a list at its first bad item: one error per list, not one per item, so a
+    list of bad items costs what one does. (Hashable, unlike pydantic's, so it can sit in a union.)"""
+
+    def __hash__(self) -> int:
+        return hash((FailFast, self.fail_fast))
 
 
 def _at_most_k_max(k: int) -> int:
@@ -89,7 +139,7 @@ def _k_schema(schema: dict[str, Any]) -> None:
     schema["description"] = f"How many items (1..{k_max})."
 
 
-LimitName = Literal["batch_max", "events_max", "filter_values_max", "exclude_items_max"]
+LimitName = Literal["batch_max", "events_max", "filter_values_max", "exclude_items_max", "history_items_max"]
 
 
 def _at_most(limit: LimitName) -> BeforeValidator:
@@ -107,6 +157,38 @@ def _at_most(limit: LimitName) -> BeforeValidator:
         return value
 
     return BeforeValidator(check)
+
+
+def _not_in_future(timestamp: int) -> int:
+    """At most REMI_EVENT_MAX_FUTURE_S ahead of this server's clock (a far-future timestamp would
+    sort after every real event of the user forever)."""
+    ahead = limits.current().event_max_future_s
+    if timestamp > time.time() + ahead:
+        raise PydanticCustomError(
+            "timestamp_in_future",
+            "A timestamp may be at most {max_future_s} s ahead of the server's clock (REMI_EVENT_MAX_FUTURE_S)",
+            {"max_future_s": ahead},
+        )
+    return timestamp
+
+
+UNKNOWN_KEYS_REPORTED = 5
+
+
+class _Request(BaseModel):
+    """A request body object: unknown keys are refused, and a body with thousands of them costs
+    what one with a few does (only the first few are reported, pydantic never sees the rest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_unknown_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or len(data) <= len(cls.model_fields):
+            return data
+        known = {field.alias or name for name, field in cls.model_fields.items()}
+        unknown = list(islice((key for key in data if key not in known), UNKNOWN_KEYS_REPORTED))
+        return {**{key: data[key] for key in known if key in data}, **{key: data[key] for key in unknown}}
 
 
 def _max_items(limit: LimitName) -> Callable[[dict[str, Any]], None]:
@@ -140,32 +222,71 @@ def _max_properties(schema: dict[str, Any]) -> None:
 # booleans holds the text "true" / "false").
 def _filter_value(value: object) -> object:
     """Text (up to 256 characters) or a finite JSON number; one error naming the value otherwise."""
+    if value is None:
+        raise _NULL_FILTER_VALUE
     if isinstance(value, str):
         if len(value) > 256:
             raise PydanticCustomError("string_too_long", "String should have at most 256 characters")
+        if _has_surrogate(value):
+            raise PydanticCustomError("string_unicode", "A lone surrogate (\\udXXX escape) is not Unicode text")
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
+        return _int64(value)
     if isinstance(value, float) and math.isfinite(value):
         return value
     raise PydanticCustomError("filter_value_type", "A filter value must be a string or a finite number")
 
 
+_NULL_FILTER_VALUE = PydanticCustomError(
+    "filter_value_null", "null is not a filter value: leave the operator out instead"
+)
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _int64(value: int) -> int:
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise PydanticCustomError(
+            "filter_value_range", "An integer filter value must be within int64 (send larger numbers as floats)"
+        )
+    return value
+
+
 def _filter_number(value: object) -> object:
     """A finite JSON number (not a string, not a boolean) for a range bound."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if value is None:
+        raise _NULL_FILTER_VALUE
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(_int64(value))
+    if not isinstance(value, float) or not math.isfinite(value):
         raise PydanticCustomError("filter_number_type", "A range bound must be a finite number")
-    return float(value)
+    return value
 
 
 FilterValue = Annotated[str | int | float, BeforeValidator(_filter_value)]
 FilterNumber = Annotated[float, BeforeValidator(_filter_number)]
-FilterValues = Annotated[list[FilterValue], _at_most("filter_values_max")]
-AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+FilterValues = Annotated[list[FilterValue], FailFast(), _at_most("filter_values_max")]
+AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=ITEM_ID_PATTERN)]
+
+
+def _no_null(value: object) -> object:
+    """An operator given as ``null`` is refused (it is not "no condition": leave the operator out)."""
+    if value is None:
+        raise _NULL_FILTER_VALUE
+    return value
+
+
+NoNull = BeforeValidator(_no_null)
 RANGE_OPS = ("gte", "lte", "gt", "lt")
 
 
-class AttributeCondition(BaseModel):
+class AttributeCondition(_Request):
     """Conditions on one attribute, all of which must hold (an AND).
 
     ``eq`` / ``in`` / ``not_in`` work on both kinds (categorical: text or integers; numeric:
@@ -174,22 +295,22 @@ class AttributeCondition(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=False)
-    eq: FilterValue | None = Field(None, description="The attribute equals this value.")
-    in_: FilterValues | None = Field(
+    eq: Annotated[FilterValue | None, NoNull] = Field(None, description="The attribute equals this value.")
+    in_: Annotated[FilterValues | None, NoNull] = Field(
         None,
         alias="in",
         description="The attribute is one of these values.",
         json_schema_extra=_max_items("filter_values_max"),
     )
-    not_in: FilterValues | None = Field(
+    not_in: Annotated[FilterValues | None, NoNull] = Field(
         None,
         description="The attribute has a value and it is none of these.",
         json_schema_extra=_max_items("filter_values_max"),
     )
-    gte: FilterNumber | None = Field(None, description="Numeric attribute >= this.")
-    lte: FilterNumber | None = Field(None, description="Numeric attribute <= this.")
-    gt: FilterNumber | None = Field(None, description="Numeric attribute > this.")
-    lt: FilterNumber | None = Field(None, description="Numeric attribute < this.")
+    gte: Annotated[FilterNumber | None, NoNull] = Field(None, description="Numeric attribute >= this.")
+    lte: Annotated[FilterNumber | None, NoNull] = Field(None, description="Numeric attribute <= this.")
+    gt: Annotated[FilterNumber | None, NoNull] = Field(None, description="Numeric attribute > this.")
+    lt: Annotated[FilterNumber | None, NoNull] = Field(None, description="Numeric attribute < this.")
 
     @model_validator(mode="after")
     def _some_operator(self) -> AttributeCondition:
@@ -216,19 +337,19 @@ FILTER_DESCRIPTION = (
 # ---------------------------------------------------------------- requests
 
 
-class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RecommendRequest(_Request):
     user_id: UserId
     k: Annotated[JsonInt, AfterValidator(_at_most_k_max)] = Field(
         50, ge=1, description="How many items (1..k_max).", json_schema_extra=_k_schema
     )
-    history: list[ItemId] | None = Field(
+    history: Annotated[list[ItemId], FailFast(), _at_most("history_items_max")] | None = Field(
         None,
         description=(
-            "Raw item ids, oldest first. Appended after the stored history (as the most recent "
-            "items) unless use_stored_history is false, in which case they replace it. Longer "
-            "lists are truncated to their most recent items, never rejected."
+            "Raw item ids, oldest first (at most history_items_max). Appended after the stored history "
+            "(as the most recent items) unless use_stored_history is false, in which case they replace it. "
+            "The model reads the most recent REMI_HISTORY_MAX_LEN of them."
         ),
+        json_schema_extra=_max_items("history_items_max"),
     )
     use_stored_history: StrictBool = Field(True, description="Read the user's stored history.")
     exclude_seen: StrictBool = Field(True, description="Never recommend an item of the history.")
@@ -237,7 +358,7 @@ class RecommendRequest(BaseModel):
         description="score: global by score; quota: each interest a share by its weight; round_robin.",
     )
     filter: RequestFilter | None = Field(None, description=FILTER_DESCRIPTION, json_schema_extra=_max_properties)
-    exclude_items: Annotated[list[ItemId], _at_most("exclude_items_max")] | None = Field(
+    exclude_items: Annotated[list[ItemId], FailFast(), _at_most("exclude_items_max")] | None = Field(
         None,
         description="Raw item ids never to return (e.g. already shown); unknown ids are ignored.",
         json_schema_extra=_max_items("exclude_items_max"),
@@ -249,24 +370,23 @@ class RecommendRequest(BaseModel):
         return self.filter is not None or self.exclude_items is not None
 
 
-class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    requests: Annotated[list[RecommendRequest], _at_most("batch_max")] = Field(
+class BatchRequest(_Request):
+    requests: Annotated[list[RecommendRequest], FailFast(), _at_most("batch_max")] = Field(
         min_length=1, json_schema_extra=_max_items("batch_max")
     )
 
 
-class EventIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EventIn(_Request):
     item_id: ItemId
-    timestamp: Annotated[int, Ge(0), BeforeValidator(_json_integer)] | None = Field(
-        None, description="Unix seconds; optional."
+    timestamp: Annotated[Int64, Ge(0), AfterValidator(_not_in_future)] | None = Field(
+        None,
+        description="Unix seconds; optional. At most REMI_EVENT_MAX_FUTURE_S (default a day) ahead of the "
+        "server's clock.",
     )
 
 
-class EventsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    events: Annotated[list[EventIn], _at_most("events_max")] = Field(
+class EventsRequest(_Request):
+    events: Annotated[list[EventIn], FailFast(), _at_most("events_max")] = Field(
         min_length=1, json_schema_extra=_max_items("events_max")
     )
 
@@ -405,9 +525,22 @@ BLOCK_MAX = 1000  # ids per block/unblock call: one Redis transaction stays shor
 BLOCKED_PAGE_MAX = 1000
 
 
-class BlockRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    item_ids: list[ItemId] = Field(
+def _block_max(value: object) -> object:
+    """``max_length`` checked on the raw list before its items (pydantic's checks it as it goes)."""
+    if isinstance(value, list) and len(value) > BLOCK_MAX:
+        raise PydanticCustomError(
+            "too_long",
+            "List should have at most {max_length} items after validation, not {actual_length}",
+            {"field_type": "List", "max_length": BLOCK_MAX, "actual_length": len(value)},
+        )
+    return value
+
+
+_at_most_block = BeforeValidator(_block_max)
+
+
+class BlockRequest(_Request):
+    item_ids: Annotated[list[ItemId], FailFast(), _at_most_block] = Field(
         min_length=1,
         max_length=BLOCK_MAX,
         description=f"Raw item ids (1..{BLOCK_MAX} per call); ids the serving model does not know are kept too "
@@ -468,12 +601,12 @@ TOO_LARGE_413 = {"model": Reason, "description": "Request body over REMI_MAX_BOD
 
 UserPath = Annotated[
     str,
-    AfterValidator(check_user_id),
+    AfterValidator(check_id),
     Path(
         min_length=1,
         max_length=256,
-        description="Opaque user id (printable UTF-8; see the body's user_id).",
-        json_schema_extra={"pattern": USER_ID_PATTERN},
+        description="Opaque user id, the body's user_id grammar; escape reserved characters (a / as %2F).",
+        json_schema_extra={"pattern": ID_PATTERN},
     ),
 ]
 TopN = Annotated[int, Query(ge=1, le=100, description="Candidates shown per interest.")]

@@ -101,6 +101,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"
+            # path_format: the template without convertors ("/users/{user_id}/events", not "{user_id:path}")
+            label = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
             REQUESTS.labels(label, scope["method"], str(status["code"])).inc()
             LATENCY.labels(label).observe(time.perf_counter() - start)

@@ -31,11 +31,13 @@ from service.schemas import (
     UserPath,
 )
 
+# {user_id:path}: the id is the rest of the path before the route's suffix, so an id holding "/"
+# (sent as %2F, which the server decodes before routing) reaches its user (README, ids).
 router = APIRouter(route_class=SafeJsonRoute)
 
 
 @router.post(
-    "/users/{user_id}/events",
+    "/users/{user_id:path}/events",
     response_model=EventsResponse,
     responses={
         413: TOO_LARGE_413,
@@ -71,7 +73,7 @@ async def add_events(
 
 
 @router.get(
-    "/users/{user_id}/history",
+    "/users/{user_id:path}/history",
     response_model=HistoryResponse,
     responses={503: {"description": "History store unavailable"}, 422: BAD_INPUT_422},
     summary="A user's stored history, oldest first",
@@ -92,7 +94,7 @@ async def get_history(
 
 
 @router.get(
-    "/users/{user_id}/interests",
+    "/users/{user_id:path}/interests",
     response_model=InterestsResponse,
     responses={503: {"description": "No model loaded, or history store unavailable"}, 422: BAD_INPUT_422},
     summary="Explain: what each interest draws on and retrieves",

@@ -176,3 +176,135 @@ def test_docs_load_only_local_assets(client: TestClient) -> None:
         for url in urls:
             assert client.get(url).status_code == 200, url
     assert "swagger-ui-bundle.js" in client.get("/docs").text
+
+
+# ---------------------------------------------------------------- work before refusal is bounded (issue 23 A2)
+
+TOO_LONG = [  # (path, body, token, the field named): every list one over its default limit
+    ("/recommend", {"user_id": "u", "history": ["a"] * 1001}, False, ["body", "history"]),
+    ("/recommend", {"user_id": "u", "exclude_items": ["a"] * 1001}, False, ["body", "exclude_items"]),
+    ("/recommend", {"user_id": "u", "filter": {"c": {"in": ["a"] * 1001}}}, False, ["body", "filter", "c", "in"]),
+    ("/recommend/batch", {"requests": [{"user_id": "u"}] * 257}, False, ["body", "requests"]),
+    ("/recommend/batch", {"requests": [{"user_id": "u"}, {"user_id": "v", "history": [1] * 1001}]}, False,
+     ["body", "requests", 1, "history"]),
+    ("/users/u/events", {"events": [{"item_id": "a"}] * 1001}, False, ["body", "events"]),
+    ("/admin/items/block", {"item_ids": ["a"] * 1001}, True, ["body", "item_ids"]),
+    ("/admin/items/unblock", {"item_ids": ["a"] * 1001}, True, ["body", "item_ids"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "body", "token", "field"), TOO_LONG)
+def test_every_list_over_its_limit_is_a_422_naming_it(
+    client: TestClient, path: str, body: dict, token: bool, field: list
+) -> None:
+    response = client.post(path, json=body, headers=TOKEN if token else {})
+    assert response.status_code == 422, response.text[:300]
+    assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(field, "too_long")]
+
+
+BAD_ITEMS = [  # a list within its limit whose every item is bad: refused at the first one
+    ("/recommend", {"user_id": "u", "history": [True] * 1000}, False, ["body", "history", 0]),
+    ("/recommend", {"user_id": "u", "exclude_items": [None] * 1000}, False, ["body", "exclude_items", 0]),
+    ("/recommend", {"user_id": "u", "filter": {"c": {"in": [True] * 1000}}}, False, ["body", "filter", "c", "in", 0]),
+    ("/recommend/batch", {"requests": [{"user_id": ""}] * 256}, False, ["body", "requests", 0, "user_id"]),
+    ("/users/u/events", {"events": [{"item_id": True}] * 1000}, False, ["body", "events", 0, "item_id"]),
+    ("/admin/items/block", {"item_ids": [[]] * 1000}, True, ["body", "item_ids", 0]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "body", "token", "field"), BAD_ITEMS)
+def test_a_list_of_bad_items_is_refused_at_its_first_bad_item(
+    client: TestClient, path: str, body: dict, token: bool, field: list
+) -> None:
+    """One error per list, not one per item: 1,000 bad items cost what one does (and the 422 stays small)."""
+    response = client.post(path, json=body, headers=TOKEN if token else {})
+    assert response.status_code == 422, response.text[:300]
+    assert {tuple(e["loc"][: len(field)]) for e in response.json()["detail"]} == {tuple(field)}, response.text[:600]
+    assert len(response.content) < 2000
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "where"),
+    [
+        ("/recommend", lambda extra: {"user_id": "u", **extra}, ["body"]),
+        ("/recommend/batch", lambda extra: {"requests": [{"user_id": "u", **extra}]}, ["body", "requests", 0]),
+        ("/users/u/events", lambda extra: {"events": [{"item_id": "a", **extra}]}, ["body", "events", 0]),
+        ("/recommend", lambda extra: {"user_id": "u", "filter": {"c": {"eq": "a", **extra}}}, ["body", "filter", "c"]),
+    ],
+)
+def test_unknown_fields_are_refused_a_few_at_a_time(client: TestClient, path: str, body, where: list) -> None:  # type: ignore[no-untyped-def]
+    """5,000 unknown keys are one short 422 naming the first few, not 5,000 errors."""
+    response = client.post(path, json=body({f"x{i}": i for i in range(5000)}))
+    assert response.status_code == 422, response.text[:300]
+    detail = response.json()["detail"]
+    assert 1 <= len(detail) <= 10 and all(e["loc"][: len(where)] == where for e in detail), response.text[:600]
+    assert detail[0]["type"] == "extra_forbidden" and detail[0]["loc"] == [*where, "x0"]
+    assert len(response.content) < 4000
+
+
+def test_a_non_json_value_behind_a_large_valid_prefix_still_names_its_field(client: TestClient) -> None:
+    """The decoder's strict fallback (NaN, lone surrogates, ...) still names the field in a large body."""
+    prefix = ",".join(f'"item-{i}"' for i in range(990))
+    for value, field in (("NaN", ["body", "k"]), ('"\\udc00"', ["body", "merge"]), ("1e400", ["body", "k"])):
+        body = f'{{"user_id": "u", "history": [{prefix}], "k": 5, "{field[-1]}": {value}}}'
+        response = client.post("/recommend", content=body, headers=JSON)
+        assert response.status_code == 422, response.text[:300]
+        assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(field, "json_invalid")], value
+
+
+# ---------------------------------------------------------------- int64 integers, timestamps within the skew (A11)
+
+INT64_MAX = 2**63 - 1
+
+
+@pytest.mark.parametrize("timestamp", [10**39, 2**63, INT64_MAX, -1])
+def test_event_timestamps_outside_int64_or_far_ahead_are_a_422_naming_the_field(
+    client: TestClient, timestamp: int
+) -> None:
+    events = [{"item_id": "a"}, {"item_id": "b", "timestamp": timestamp}]
+    response = client.post("/users/ts-user/events", json={"events": events})
+    assert response.status_code == 422, response.text
+    assert loc_of(response) == [["body", "events", 1, "timestamp"]]
+
+
+def test_event_timestamps_past_the_allowed_clock_skew_are_refused_and_within_it_stored(
+    tmp_path: Path,
+) -> None:
+    """REMI_EVENT_MAX_FUTURE_S (default one day) bounds how far ahead of the server's clock a timestamp may be."""
+    import time
+
+    app = create_app(ServiceSettings(index_root=tmp_path / "root", poll_seconds=0, event_max_future_s=3600))
+    now = int(time.time())
+    with TestClient(app, raise_server_exceptions=False) as small:
+        ahead = small.post("/users/skew/events", json={"events": [{"item_id": "a", "timestamp": now + 7200}]})
+        assert ahead.status_code == 422 and loc_of(ahead) == [["body", "events", 0, "timestamp"]], ahead.text
+        assert "3600" in ahead.json()["detail"][0]["msg"]
+        near = small.post("/users/skew/events", json={"events": [{"item_id": "a", "timestamp": now + 600}]})
+        assert near.status_code == 200, near.text
+    fields = ServiceSettings.model_fields
+    assert fields["event_max_future_s"].default == 86400 and fields["event_max_future_s"].description
+
+
+@pytest.mark.parametrize("item", [2**63, -(2**63) - 1, 10**30])
+def test_integer_item_ids_outside_int64_are_a_422_naming_the_item(client: TestClient, item: int) -> None:
+    cases = [
+        ("/recommend", {"user_id": "u", "history": ["a", item]}, ["body", "history", 1]),
+        ("/recommend", {"user_id": "u", "exclude_items": [item]}, ["body", "exclude_items", 0]),
+        ("/recommend/batch", {"requests": [{"user_id": "u", "history": [item]}]},
+         ["body", "requests", 0, "history", 0]),
+        ("/users/u/events", {"events": [{"item_id": item}]}, ["body", "events", 0, "item_id"]),
+        ("/admin/items/block", {"item_ids": [item]}, ["body", "item_ids", 0]),
+    ]  # fmt: skip
+    for path, body, field in cases:
+        response = client.post(path, json=body, headers=TOKEN)
+        assert response.status_code == 422, (path, response.text)
+        assert loc_of(response) == [field], (path, response.text)
+
+
+def test_integer_fields_take_every_int64_they_allow(client: TestClient) -> None:
+    stored = client.post("/users/big-ints/events", json={"events": [{"item_id": INT64_MAX}, {"item_id": -(2**63)}]})
+    assert stored.status_code == 200, stored.text
+    items = client.get("/users/big-ints/history").json()["items"]
+    assert [i["item_id"] for i in items] == [str(INT64_MAX), str(-(2**63))]
+    page = client.get("/admin/items/blocked", params={"offset": 2**63}, headers=TOKEN)
+    assert page.status_code == 422 and loc_of(page) == [["query", "offset"]], page.text

@@ -16,6 +16,8 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from service.app import create_app
 from service.config import ServiceSettings
@@ -293,3 +295,101 @@ def test_blocked_items_never_appear_in_filtered_answers_which_still_fill_k(
         assert view.status_code == 200, view.text
         shown = [c["item_id"] for i in view.json()["interests"] for c in i["candidates"]]
         assert shown and not set(shown) & set(blocked) and set(shown) <= allowed_ids(attr_model, spec)
+
+
+# ---------------------------------------------------------------- null and arbitrary JSON values (issue 23 A4)
+
+FILTER_ROUTES = ("recommend", "batch", "interests")
+
+
+def post_filter(client: TestClient, route: str, spec: Any) -> httpx.Response:
+    """One filter sent through one of the three routes that take it."""
+    if route == "recommend":
+        return client.post("/recommend", json={"user_id": "u", "k": 5, "filter": spec})
+    if route == "batch":
+        return client.post("/recommend/batch", json={"requests": [{"user_id": "u", "k": 5, "filter": spec}]})
+    return client.get("/users/u/interests", params={"filter": json.dumps(spec), "top_n": 3})
+
+
+def filter_loc(route: str, *rest: Any) -> list[Any]:
+    head = {"recommend": ["body"], "batch": ["body", "requests", 0], "interests": ["query"]}[route]
+    return [*head, "filter", *rest]
+
+
+@pytest.mark.parametrize("route", FILTER_ROUTES)
+@pytest.mark.parametrize(
+    ("attribute", "op", "value"),
+    [
+        ("price", "gte", None),
+        ("price", "lte", None),
+        ("price", "gt", None),
+        ("price", "lt", None),
+        ("price", "eq", None),
+        ("category", "eq", None),
+        ("category", "in", None),
+        ("category", "not_in", None),
+        ("category", "in", ["shoes", None]),
+        ("price", "not_in", [None]),
+    ],
+)
+def test_a_null_filter_value_is_a_422_naming_the_operator(
+    client: TestClient, route: str, attribute: str, op: str, value: Any
+) -> None:
+    """``null`` is no value: it was a 500 on ranges and matched nothing for ``eq`` on a category."""
+    response = post_filter(client, route, {attribute: {op: value}})
+    assert response.status_code == 422, response.text
+    locs = [e["loc"] for e in response.json()["detail"]]
+    expected = filter_loc(route, attribute, op) + ([value.index(None)] if isinstance(value, list) else [])
+    assert expected in locs, response.text
+
+
+def _published_filter_schema(client: TestClient) -> dict[str, Any]:
+    body = client.get("/openapi.json").json()["components"]["schemas"]["RecommendRequest"]
+    return next(s for s in body["properties"]["filter"]["anyOf"] if s.get("type") == "object")
+
+
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+    | st.sampled_from(CATEGORIES + MARKETS)
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@st.composite
+def filters_of(draw: st.DrawFn, schema: dict[str, Any]) -> dict[str, Any]:
+    """A filter over the published attributes and operators (now and then an unknown one), each
+    operator given an arbitrary JSON value (null, booleans, huge integers, text, lists, objects)."""
+    attributes = list(schema["properties"])
+    unknown_name = st.text(max_size=5)
+    names = draw(st.lists(st.sampled_from(attributes) | unknown_name, min_size=1, max_size=3, unique=True))
+    spec: dict[str, Any] = {}
+    for name in names:
+        ops = list(schema["properties"].get(name, {}).get("properties", {"eq": {}, "gte": {}}))
+        chosen = draw(st.lists(st.sampled_from(ops), min_size=1, max_size=3, unique=True))
+        if draw(st.integers(0, 9)) == 0:
+            chosen.append(draw(st.sampled_from(["like", "IN", ""])))
+        spec[name] = {op: draw(JSON_SCALARS | JSON_SCALARS | JSON_VALUES) for op in chosen}
+    return spec
+
+
+def test_any_filter_built_from_the_published_schema_is_a_200_or_a_422_never_a_500(client: TestClient) -> None:
+    """Property: filters generated from the model's own filter schema, with arbitrary JSON values in
+    every place, on all three routes that take one: 200 or 422, nothing else."""
+    schema = _published_filter_schema(client)
+    assert {"category", "market", "price"} <= set(schema["properties"])
+
+    @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(spec=filters_of(schema), route=st.sampled_from(FILTER_ROUTES))
+    def check(spec: dict[str, Any], route: str) -> None:
+        response = post_filter(client, route, spec)
+        assert response.status_code in (200, 422), (route, spec, response.text)
+
+    check()
