@@ -80,6 +80,17 @@ class ServiceSettings(BaseSettings):
         1000, ge=1, description="Most values in one `in` / `not_in` list of a request filter."
     )
     exclude_items_max: int = Field(1000, ge=1, description="Most item ids in one request's exclude_items.")
+    history_items_max: int = Field(
+        1000,
+        ge=1,
+        description="Most item ids in one request's history (a longer list is a 422; the model reads the most "
+        "recent REMI_HISTORY_MAX_LEN).",
+    )
+    event_max_future_s: int = Field(
+        86400,
+        ge=0,
+        description="How far ahead of the server's clock an event's timestamp may be, in seconds (further is a 422).",
+    )
     filter_exact_max_rows: int = Field(
         20_000,
         ge=0,
