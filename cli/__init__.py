@@ -31,7 +31,6 @@ COMMANDS: dict[str, str] = {
     "history": "cli.history",
     "loadtest": "cli.loadtest",
     "demo": "cli.demo",
-    "auth": "cli.auth",
 }
 TRAIN_ONLY_MODULES = {"torch", "training", "optuna", "onnx", "onnxscript", "matplotlib", "tabulate"}
 

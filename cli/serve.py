@@ -1,4 +1,4 @@
-"""``remi serve``: the HTTP service under uvicorn, one process or SO_REUSEPORT workers.
+"""``remi serve``: the HTTP service under uvicorn, one process or SO_REUSEPORT workers (service/workers.py).
 
 Its flags are generated from :class:`~service.config.ServiceSettings` (secrets only come from
 the environment). The command builds one validated ServiceSettings from the flags and the
@@ -56,32 +56,29 @@ def serve(flags: SettingsFlags, access_log: bool = False) -> None:
     settings.export_env(os.environ)  # what every server process reads: ServiceSettings() == settings
     _check_serve_paths(settings.index_root, settings.artifacts)
 
-    import uvicorn
-
     from remi.logs import setup_logging
+    from service import workers
 
     level = settings.log_level.lower()
     setup_logging(level)
-    if settings.redis_url and settings.seed_history:
-        warning = "--seed-history is ignored with a Redis history store: load it with `remi history load`"
-        logging.getLogger("cli").warning(warning, extra={"path": settings.seed_history})
-        typer.echo(f"warning: {warning}", err=True)
-    if settings.artifacts is not None:
-        _publish_first(settings.artifacts, settings.index_root)
-    if settings.workers > 1:
-        from service.workers import serve_workers
-
-        serve_workers(settings.workers, settings.host, settings.port, level, access_log)
-        return
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        log_level=level,
-        access_log=access_log,
-        log_config=None,
-    )
+    # The port first, before the model or a first index version costs time: a taken port is one
+    # line and exit 2, for one worker as for several (service/workers.py, one server per port).
+    listeners = workers.listen(settings.host, settings.port, settings.workers)
+    try:
+        if settings.redis_url and settings.seed_history:
+            warning = "--seed-history is ignored with a Redis history store: load it with `remi history load`"
+            logging.getLogger("cli").warning(warning, extra={"path": settings.seed_history})
+            typer.echo(f"warning: {warning}", err=True)
+        if settings.artifacts is not None:
+            _publish_first(settings.artifacts, settings.index_root)
+        if settings.workers > 1:
+            workers.serve_workers(
+                settings.workers, settings.host, listeners.port, level, access_log, listeners=listeners
+            )
+        else:
+            workers.serve_one(listeners, level, access_log)
+    finally:
+        listeners.close()
 
 
 def _publish_first(artifacts: Path, root: Path) -> None:

@@ -33,31 +33,7 @@ class ServiceSettings(BaseSettings):
         "workers (off: a private copy per worker).",
     )
     admin_token: SecretStr | None = Field(
-        None,
-        description="Bearer token with the `admin` scope (the /admin/* routes, and every other scope); unset with no "
-        "other credential source = the /admin routes answer 404.",
-    )
-
-    # client authentication (service/auth.py; docs/operations.md "Threat model")
-    auth_required: bool = Field(
-        False,
-        description="Every route but /healthz and /readyz needs a bearer credential with its scope (401 / 403); "
-        "off = only /admin/* checks credentials (local use, `remi demo`).",
-    )
-    api_keys_file: Path | None = Field(
-        None, description="API keys (hashes and scopes; `remi auth add-key`), re-read within a second of a change."
-    )
-    jwt_jwks_file: Path | None = Field(
-        None, description="JWKS of the keys that sign accepted JWTs (scopes from `scope` / `scp`); re-read on change."
-    )
-    jwt_secret: SecretStr | None = Field(None, description="Shared secret of accepted HS256 JWTs (32+ characters).")
-    jwt_audience: str | None = Field(None, description="Required `aud` of accepted JWTs; unset = not checked.")
-    jwt_issuer: str | None = Field(None, description="Required `iss` of accepted JWTs; unset = not checked.")
-    metrics_public: bool = Field(
-        False, description="/metrics answers without credentials when auth is required (else it needs `metrics`)."
-    )
-    docs_enabled: bool = Field(
-        True, description="Serve /docs, /redoc and /openapi.json (behind credentials when auth is required)."
+        None, description="Bearer token of the /admin/* routes (reload, blocklist); unset = those routes answer 404."
     )
     blocklist_poll_ms: float = Field(
         200.0,
@@ -178,6 +154,36 @@ class ServiceSettings(BaseSettings):
     workers: int = Field(1, ge=1, description="uvicorn worker processes.")
     log_level: str = Field("info", description="Log level.")
 
+    # connections (used by `remi serve`; service/transport.py, docs/operations.md "Hostile clients")
+    request_head_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request's line and headers must arrive within this, counted from the connection's start or "
+        "the request's first byte; else 408 and the connection is closed (slow heads, sockets that send nothing).",
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="An idle keep-alive connection is closed after this long without a new request."
+    )
+    request_body_timeout_s: float = Field(
+        20.0, gt=0, description="A request's body must arrive within this after its head; else 408 and close."
+    )
+    max_connections: int = Field(
+        10_000,
+        ge=1,
+        description="Open client connections per worker; more are answered 503 and closed at once. Never more than "
+        "the open-file limit less --fd-headroom.",
+    )
+    fd_headroom: int = Field(
+        256,
+        ge=0,
+        description="File descriptors per worker kept from client connections for its own files (index versions, "
+        "model, Redis pool, metrics); the open-file soft limit is first raised to the hard one.",
+    )
+    max_head_bytes: int = Field(
+        16_384, ge=1024, description="Largest request line + headers in bytes; larger ones get 431 (414 for the line)."
+    )
+    max_headers: int = Field(100, ge=1, description="Most header lines in one request; more get 431.")
+
     def to_env(self) -> dict[str, str]:
         """The REMI_* variables from which ``ServiceSettings()`` rebuilds exactly these settings.
 
@@ -225,20 +231,6 @@ class ServiceSettings(BaseSettings):
     def history_ttl_seconds(self) -> int | None:
         """The Redis expiry of a history, shared by the service and `remi history load`."""
         return int(self.history_ttl_days * 86400) if self.history_ttl_days else None
-
-    @model_validator(mode="after")
-    def _required_auth_has_a_credential_source(self) -> ServiceSettings:
-        sources = (self.api_keys_file, self.jwt_jwks_file, self.jwt_secret, self.admin_token)
-        if self.auth_required and all(s is None for s in sources):
-            raise ValueError(
-                "REMI_AUTH_REQUIRED=true needs a credential source: REMI_API_KEYS_FILE, REMI_JWT_JWKS_FILE, "
-                "REMI_JWT_SECRET or REMI_ADMIN_TOKEN"
-            )
-        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
-            raise ValueError(
-                "REMI_JWT_SECRET must have at least 32 characters (HS256 with a short secret is guessable)"
-            )
-        return self
 
     @model_validator(mode="after")
     def _embedded_store_is_per_process(self) -> ServiceSettings:

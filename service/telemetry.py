@@ -31,6 +31,11 @@ FALLBACKS = Counter("remi_fallbacks_total", "Responses served from a fallback.",
 UNKNOWN_ITEMS = Counter("remi_unknown_items_total", "History item ids the model does not know (skipped).")
 HISTORY_ERRORS = Counter("remi_history_errors_total", "History store calls that failed or timed out.", ["op"])
 RELOADS = Counter("remi_reloads_total", "Model + index reload attempts by result.", ["result"])
+CONNECTIONS_CLOSED = Counter(
+    "remi_connections_closed_total",
+    "Client connections the server refused or closed itself, by reason (service/transport.py).",
+    ["reason"],
+)
 BATCH_SIZE = Histogram("remi_batch_users", "Users per model + index call.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 VERSION = Gauge(
     "remi_version_info",

@@ -1,7 +1,4 @@
-"""Liveness, readiness, what is served, and the Prometheus metrics.
-
-/healthz and /readyz answer without credentials (probes); /version needs a valid credential and
-/metrics the `metrics` scope when REMI_AUTH_REQUIRED is set (service/auth.py)."""
+"""Liveness, readiness, what is served, and the Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -11,7 +8,6 @@ from fastapi.responses import Response
 
 import remi
 from service import telemetry
-from service.auth import require
 from service.deps import HistoryDep, StateDep, VersionsDep
 from service.http_guards import SafeJsonRoute
 from service.schemas import HealthResponse, ReadyResponse, VersionResponse
@@ -53,11 +49,7 @@ async def readyz(versions: VersionsDep, history: HistoryDep, state: StateDep) ->
 
 
 @router.get(
-    "/version",
-    response_model=VersionResponse,
-    response_model_exclude_unset=True,
-    summary="What is being served",
-    dependencies=[require(None)],
+    "/version", response_model=VersionResponse, response_model_exclude_unset=True, summary="What is being served"
 )
 async def version(versions: VersionsDep) -> VersionResponse:
     engine = versions.engine
@@ -80,7 +72,7 @@ async def version(versions: VersionsDep) -> VersionResponse:
     )
 
 
-@router.get("/metrics", include_in_schema=False, response_class=Response, dependencies=[require("metrics")])
+@router.get("/metrics", include_in_schema=False, response_class=Response)
 async def prometheus() -> Response:
     payload, content_type = telemetry.render()
     return Response(payload, media_type=content_type)

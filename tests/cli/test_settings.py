@@ -81,12 +81,14 @@ def test_a_none_that_is_not_the_default_cannot_be_exported() -> None:
 
 @pytest.fixture
 def no_server(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    import uvicorn
-
+    """Records the one-process server's start (service.workers.serve_one) instead of listening and serving."""
     import cli.serve
+    import service.workers
 
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", recorder(calls))
+    listens: list[dict[str, Any]] = []
+    monkeypatch.setattr(service.workers, "listen", recorder(listens, service.workers.Listeners("h", 8000, [])))
+    monkeypatch.setattr(service.workers, "serve_one", recorder(calls))
     monkeypatch.setattr(cli.serve, "_check_serve_paths", lambda root, artifacts: None)
     return calls
 
@@ -97,8 +99,7 @@ def test_serve_flags_win_over_env_and_every_server_process_reads_the_same_settin
     os.environ.update({"REMI_PORT": "9001", "REMI_MICROBATCH": "false", "REMI_K_MAX": "50", "REMI_ARTIFACTS": "/a"})
     result = runner.invoke(app, ["serve", "--index-root", "/srv/index", "--port", "9002", "--batch-max", "8"])
     assert result.exit_code == 0, result.output
-    [call] = no_server
-    assert (call["args"], call["port"], call["factory"]) == (("service.app:create_app",), 9002, True)
+    assert len(no_server) == 1  # one process: the app factory reads the settings back from REMI_*
     served = ServiceSettings()  # what create_app reads in this process, and each worker in its own
     assert (served.port, served.batch_max, served.index_root) == (9002, 8, Path("/srv/index"))  # flags
     assert (served.microbatch, served.k_max, served.artifacts) == (False, 50, Path("/a"))  # environment
