@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "history": "cli.history",
     "loadtest": "cli.loadtest",
     "demo": "cli.demo",
+    "auth": "cli.auth",
 }
 TRAIN_ONLY_MODULES = {"torch", "training", "optuna", "onnx", "onnxscript", "matplotlib", "tabulate"}
 

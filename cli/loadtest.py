@@ -31,6 +31,14 @@ def loadtest_cmd(
         float, Opt(min=0.001, help="Per-request timeout in seconds (a timeout counts as an error).")
     ] = 10.0,
     out: Annotated[Path | None, Opt(help="Also write the result as JSON here.")] = None,
+    api_key: Annotated[
+        str | None,
+        Opt(
+            envvar="REMI_API_KEY",
+            show_envvar=True,
+            help="Bearer credential with the `recommend` scope (a secret: prefer the variable to the flag).",
+        ),
+    ] = None,
 ) -> None:
     """Load-test POST /recommend: prints requests/s, latency percentiles, errors and fallbacks (JSON)."""
     from loadtest.client import run_loadtest, summary_line  # the one import path of the client
@@ -38,7 +46,9 @@ def loadtest_cmd(
     if not users_from.is_file():
         raise RemiError(f"{users_from}: no such file")
     try:
-        result = run_loadtest(url, users_from, concurrency, duration, k=k, warmup=warmup, seed=seed, timeout=timeout)
+        result = run_loadtest(
+            url, users_from, concurrency, duration, k=k, warmup=warmup, seed=seed, timeout=timeout, api_key=api_key
+        )
     except ValueError as exc:
         raise RemiError(str(exc)) from exc
     text = json.dumps(result, indent=2)

@@ -59,8 +59,9 @@ step() {  # step <name> <command...>: runs it with its output in $LOG, prints ok
 }
 trap 'echo "FAIL interrupted"; teardown; exit 130' INT TERM
 
-get() { curl -fsS --max-time 10 "$URL$1"; }
-post() { curl -fsS --max-time 10 -H 'content-type: application/json' -d "$2" "$URL$1"; }
+KEY=""  # an API key made by the `keys` service once the stack is up (the api requires one)
+get() { curl -fsS --max-time 10 -H "authorization: Bearer $KEY" "$URL$1"; }
+post() { curl -fsS --max-time 10 -H "authorization: Bearer $KEY" -H 'content-type: application/json' -d "$2" "$URL$1"; }
 json() { python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"; }
 
 # ---------------------------------------------------------------------------- build
@@ -99,6 +100,12 @@ healthy() {
   done
 }
 step healthy healthy
+KEY=$(compose run --rm -T keys auth add-key --scopes recommend,events:write,history:read --name smoke 2>/dev/null | tail -1)
+[ -n "$KEY" ] || fail api-key "the keys service printed no key"
+unauthorized() {  # the api refuses a request without credentials
+  [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$URL/users/smoke-user/history")" = 401 ]
+}
+step requires-credentials unauthorized
 
 # ---------------------------------------------------------------------------- serve
 ITEMS=$(docker run --rm -v "${PROJECT}_remi-data:/data" --entrypoint sh "$JOBS_IMAGE" -c 'head -3 /data/artifacts/item_ids.txt')

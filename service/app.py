@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 import remi
 from service import fast_recommend, limits, telemetry
+from service.auth import Authenticator, require
 from service.config import ServiceSettings
 from service.docs_ui import mount_offline_docs
 from service.filter_schema import with_attributes
@@ -37,12 +38,19 @@ class RemiAPI(FastAPI):
         super().__init__(**kwargs)
         self.request_limits = request_limits
         self.fast_path_max_body: int | None = None  # set by create_app when REMI_FAST_PATH is on
+        self.auth: Authenticator | None = None  # set by create_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with limits.applied(self.request_limits):
             length = None
             if self.fast_path_max_body is not None:
                 length = fast_recommend.eligible(scope, self.fast_path_max_body)
+                if (
+                    length is not None
+                    and self.auth is not None
+                    and not self.auth.allows_asgi("recommend", scope["headers"])
+                ):
+                    length = None  # the full app answers it: 401 / 403 (service/auth.py)
             if length is None:
                 await super().__call__(scope, receive, send)
             else:  # plain POST /recommend: service/fast_recommend.py
@@ -68,8 +76,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served from packaged assets below, not a CDN
         redoc_url=None,
+        openapi_url=None,  # served by mount_offline_docs, behind the same credentials as the docs
     )
     app.state.remi = State(settings)
+    app.state.auth = app.auth = Authenticator(settings)
     if settings.fast_path:
         app.fast_path_max_body = settings.max_body_bytes
     # Every route decodes JSON strictly and every 422 renders safely (service/http_guards.py).
@@ -77,7 +87,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(telemetry.MetricsMiddleware)  # outermost: 413s are counted too
-    mount_offline_docs(app)
-    for router in (recommend.router, users.router, health.router, admin.router):
+    if settings.docs_enabled:
+        mount_offline_docs(app, require(None))
+    # Each route's scope is declared on the route (users, health, admin) or here for a whole router.
+    app.include_router(recommend.router, dependencies=[require("recommend")])
+    for router in (users.router, health.router, admin.router):
         app.include_router(router)
     return app

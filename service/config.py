@@ -33,7 +33,31 @@ class ServiceSettings(BaseSettings):
         "workers (off: a private copy per worker).",
     )
     admin_token: SecretStr | None = Field(
-        None, description="Bearer token of the /admin/* routes (reload, blocklist); unset = those routes answer 404."
+        None,
+        description="Bearer token with the `admin` scope (the /admin/* routes, and every other scope); unset with no "
+        "other credential source = the /admin routes answer 404.",
+    )
+
+    # client authentication (service/auth.py; docs/operations.md "Threat model")
+    auth_required: bool = Field(
+        False,
+        description="Every route but /healthz and /readyz needs a bearer credential with its scope (401 / 403); "
+        "off = only /admin/* checks credentials (local use, `remi demo`).",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="API keys (hashes and scopes; `remi auth add-key`), re-read within a second of a change."
+    )
+    jwt_jwks_file: Path | None = Field(
+        None, description="JWKS of the keys that sign accepted JWTs (scopes from `scope` / `scp`); re-read on change."
+    )
+    jwt_secret: SecretStr | None = Field(None, description="Shared secret of accepted HS256 JWTs (32+ characters).")
+    jwt_audience: str | None = Field(None, description="Required `aud` of accepted JWTs; unset = not checked.")
+    jwt_issuer: str | None = Field(None, description="Required `iss` of accepted JWTs; unset = not checked.")
+    metrics_public: bool = Field(
+        False, description="/metrics answers without credentials when auth is required (else it needs `metrics`)."
+    )
+    docs_enabled: bool = Field(
+        True, description="Serve /docs, /redoc and /openapi.json (behind credentials when auth is required)."
     )
     blocklist_poll_ms: float = Field(
         200.0,
@@ -231,6 +255,20 @@ class ServiceSettings(BaseSettings):
     def history_ttl_seconds(self) -> int | None:
         """The Redis expiry of a history, shared by the service and `remi history load`."""
         return int(self.history_ttl_days * 86400) if self.history_ttl_days else None
+
+    @model_validator(mode="after")
+    def _required_auth_has_a_credential_source(self) -> ServiceSettings:
+        sources = (self.api_keys_file, self.jwt_jwks_file, self.jwt_secret, self.admin_token)
+        if self.auth_required and all(s is None for s in sources):
+            raise ValueError(
+                "REMI_AUTH_REQUIRED=true needs a credential source: REMI_API_KEYS_FILE, REMI_JWT_JWKS_FILE, "
+                "REMI_JWT_SECRET or REMI_ADMIN_TOKEN"
+            )
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError(
+                "REMI_JWT_SECRET must have at least 32 characters (HS256 with a short secret is guessable)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _embedded_store_is_per_process(self) -> ServiceSettings:

@@ -9,11 +9,11 @@ validation instead.
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 
+from service.auth import ADMIN, scope_check
 from service.config import ServiceSettings
 from service.engine import Engine
 from service.history import HistoryStore
@@ -54,13 +54,6 @@ def serving_engine(versions: Versions) -> Engine:
     return engine
 
 
-async def require_admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    """A dependency, so FastAPI runs it before it validates the body's fields: a caller without
-    the token learns nothing about the body (only text that is not JSON at all is refused
-    earlier, with a 422 json_invalid, as the body is decoded before any check)."""
-    token = settings.admin_token.get_secret_value() if settings.admin_token else None
-    if not token:
-        raise HTTPException(404, "admin endpoints are disabled (set REMI_ADMIN_TOKEN)")
-    given = (authorization or "").removeprefix("Bearer ").strip()
-    if not secrets.compare_digest(given.encode(), token.encode()):
-        raise HTTPException(401, "bad or missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+require_admin = scope_check(ADMIN)
+"""The /admin routes' check (service/auth.py): the ``admin`` scope, from REMI_ADMIN_TOKEN, an API
+key or a JWT, whether or not REMI_AUTH_REQUIRED is set; 404 when no credential source is configured."""

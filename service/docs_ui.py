@@ -10,18 +10,28 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.params import Depends
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.auth import Authenticator
 
 ASSETS = "/docs-assets"
 
 
-def mount_offline_docs(app: FastAPI, openapi_url: str = "/openapi.json") -> None:
-    """Adds /docs, /redoc and the asset mount; the app must be built with docs_url=None, redoc_url=None."""
-    app.mount(ASSETS, StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets")
+def mount_offline_docs(app: FastAPI, guard: Depends, openapi_url: str = "/openapi.json") -> None:
+    """Adds /openapi.json, /docs, /redoc and the asset mount, each behind ``guard`` (service/auth.py);
+    the app must be built with docs_url=None, redoc_url=None, openapi_url=None."""
+    assets = StaticFiles(packages=[("fastapi_offline", "static")])
+    app.mount(ASSETS, _Guarded(assets, app), name="docs-assets")
     title = f"{app.title} - API docs"
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get(openapi_url, include_in_schema=False, dependencies=[guard])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[guard])
     async def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(
             openapi_url=openapi_url,
@@ -31,7 +41,7 @@ def mount_offline_docs(app: FastAPI, openapi_url: str = "/openapi.json") -> None
             swagger_favicon_url=f"{ASSETS}/favicon.png",
         )
 
-    @app.get("/redoc", include_in_schema=False)
+    @app.get("/redoc", include_in_schema=False, dependencies=[guard])
     async def redoc() -> HTMLResponse:
         return get_redoc_html(
             openapi_url=openapi_url,
@@ -40,3 +50,16 @@ def mount_offline_docs(app: FastAPI, openapi_url: str = "/openapi.json") -> None
             redoc_favicon_url=f"{ASSETS}/favicon.png",
             with_google_fonts=False,
         )
+
+
+class _Guarded:
+    """The asset mount behind the same check as the pages (a mount has no dependencies)."""
+
+    def __init__(self, inner: ASGIApp, app: FastAPI) -> None:
+        self.inner, self.app = inner, app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        auth: Authenticator = self.app.state.auth
+        if scope["type"] == "http":
+            auth.check_asgi(None, scope["headers"])  # its HTTPException is rendered by the app's handler
+        await self.inner(scope, receive, send)

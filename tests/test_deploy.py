@@ -46,7 +46,7 @@ BASE_IMAGE = "python:3.11-slim-bookworm"
 COMPOSE_REDIS_URL = "redis://redis:6379/0"
 TORCH_DEFAULTS = {"TORCH_SPEC": "torch==2.13.0", "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu"}
 UP_SERVICES = ("redis", "init", "api")  # what a plain `docker compose up` starts
-PROFILED = ("train", "export", "reindex", "loadtest")
+PROFILED = ("train", "export", "reindex", "loadtest", "keys")
 # tqdm is not here: `remi history load` (service/history_load.py) shows its progress with it, in the API image too
 TRAIN_ONLY = ("torch", "training", "optuna", "matplotlib", "tabulate", "onnx", "onnxscript")
 # small sizes for the compose commands run here (the compose defaults are the real ones)
@@ -117,15 +117,17 @@ def service_dockerfile(service: dict[str, Any]) -> Path | None:
     return REPO / build["dockerfile"] if isinstance(build, dict) else None
 
 
-def service_argv(name: str, service: dict[str, Any]) -> list[str]:
-    """What the container runs: the service's entrypoint/command over the image's ENTRYPOINT/CMD."""
+def service_argv(name: str, service: dict[str, Any], command: list[str] | None = None) -> list[str]:
+    """What the container runs: the service's entrypoint/command over the image's ENTRYPOINT/CMD
+    (``command``: the arguments of `docker compose run SERVICE ARGS...`, which replace the command)."""
     dockerfile = service_dockerfile(service)
     assert dockerfile is not None, f"{name}: not built from a Dockerfile here"
     entry = service.get("entrypoint")
     if entry is None:
         names = {n for n, _ in instructions(dockerfile)}
         entry = exec_form(dockerfile, "ENTRYPOINT") if "ENTRYPOINT" in names else []
-    command = service.get("command", exec_form(dockerfile, "CMD") if "entrypoint" not in service else [])
+    if command is None:
+        command = service.get("command", exec_form(dockerfile, "CMD") if "entrypoint" not in service else [])
     assert isinstance(entry, list) and isinstance(command, list), f"{name}: use the list form"
     return [*entry, *command]
 
@@ -243,6 +245,25 @@ def test_compose_services_profiles_and_start_order() -> None:
         assert "remi-data:/data" in services[name]["volumes"], name
     assert "./data:/input:ro" in services["train"]["volumes"]
     assert services["loadtest"]["depends_on"]["api"]["condition"] == "service_healthy"
+
+
+def test_compose_api_requires_credentials_and_listens_on_loopback_only() -> None:
+    """A plain `up` must not publish an open API on every interface (issue 23, A7): the port is
+    bound to 127.0.0.1 unless REMI_BIND says otherwise, and every route but the probes needs a key
+    from the keys file that the `keys` service writes (the same path in both)."""
+    services = load_compose()["services"]
+    api, keys = services["api"], services["keys"]
+    env = api["environment"]
+    assert env["REMI_AUTH_REQUIRED"] == "true" and env["REMI_METRICS_PUBLIC"] == "false"
+    assert env["REMI_API_KEYS_FILE"] == keys["environment"]["REMI_API_KEYS_FILE"]
+    assert env["REMI_API_KEYS_FILE"].startswith("/data/"), "on the volume both services mount"
+    for port in api["ports"]:
+        assert interpolate(str(port), {}) == "127.0.0.1:8000:8000", port
+        assert interpolate(str(port), {"REMI_BIND": "0.0.0.0"}).startswith("0.0.0.0:")
+    assert subcommand(["remi", *keys["command"]]) == ("auth", "list-keys")
+    # the probes the health checks use answer without credentials
+    assert any("/readyz" in part for part in api["healthcheck"]["test"])
+    assert services["loadtest"]["environment"]["REMI_API_KEY"] == "${LOADTEST_API_KEY:-}"
 
 
 def test_init_loads_the_training_histories_into_the_apis_redis() -> None:
@@ -446,6 +467,11 @@ class Stack:
     services: dict[str, Any]
     redis_url: str
     url: str = ""
+    api_key: str = ""  # made with the `keys` service: every scope but admin
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"}
 
     def service_env(self, name: str, **env: str) -> dict[str, str]:
         """This env plus the service's `environment` (interpolated and localized; a name without a
@@ -456,10 +482,13 @@ class Stack:
                 full_env[key] = localize(interpolate(str(value), full_env), self.data, self.url, self.redis_url)
         return full_env
 
-    def run(self, name: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess[str]:
-        """Runs a jobs service's command (compose-interpolated with this env, paths localized)."""
+    def run(
+        self, name: str, timeout: float = 180, command: list[str] | None = None, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs a jobs service's command, or ``command`` as `docker compose run` would (compose-interpolated
+        with this env, paths localized)."""
         full_env = self.service_env(name, **env)
-        argv = service_argv(name, self.services[name])
+        argv = service_argv(name, self.services[name], command)
         argv = [localize(interpolate(a, full_env), self.data, self.url, self.redis_url) for a in argv]
         proc = subprocess.run(argv, cwd=self.base, env=full_env, capture_output=True, text=True, timeout=timeout)
         assert proc.returncode == 0, f"{name}: {proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
@@ -509,6 +538,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, own_redis: str) -> Iterator[
     env |= SMALL | {"PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
     stack = Stack(base, data, env, load_compose()["services"], own_redis)
     stack.run("init")
+    scopes = "recommend,events:write,history:read,metrics"
+    stack.api_key = stack.run("keys", command=["auth", "add-key", "--scopes", scopes]).stdout.strip()
 
     # the api: the image's CMD with the compose environment (its Redis: ours)
     port = free_port()
@@ -537,7 +568,7 @@ def test_training_users_are_personalised_from_the_start(stack: Stack) -> None:
     with gzip.open(stack.data / "synth" / "interactions.csv.gz", "rt") as f:
         users = list(dict.fromkeys(line.split(",", 1)[0] for line in itertools.islice(f, 1, 2000)))[:5]
     for user in users:
-        r = httpx.post(stack.url + "/recommend", json={"user_id": user, "k": 10}, timeout=10)
+        r = httpx.post(stack.url + "/recommend", json={"user_id": user, "k": 10}, headers=stack.auth, timeout=10)
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["fallback"] is None and body["history_len"] > 0, (user, body)
@@ -546,12 +577,14 @@ def test_training_users_are_personalised_from_the_start(stack: Stack) -> None:
 def test_api_command_serves_and_its_health_checks_pass(stack: Stack) -> None:
     manifest = json.loads((stack.data / "artifacts" / "manifest.json").read_text())
     history = (stack.data / "artifacts" / "item_ids.txt").read_text().split()[:5]
-    r = httpx.post(stack.url + "/recommend", json={"user_id": "u-deploy", "k": 10, "history": history}, timeout=10)
+    body = {"user_id": "u-deploy", "k": 10, "history": history}
+    assert httpx.post(stack.url + "/recommend", json=body, timeout=10).status_code == 401, "credentials required"
+    r = httpx.post(stack.url + "/recommend", json=body, headers=stack.auth, timeout=10)
     assert r.status_code == 200, r.text
     body = r.json()
     assert len(body["items"]) == 10 and body["fallback"] is None
     assert body["model_version"] == manifest["model_version"] and body["index_version"] == stack.current()
-    metrics = httpx.get(stack.url + "/metrics", timeout=5).text
+    metrics = httpx.get(stack.url + "/metrics", headers=stack.auth, timeout=5).text
     assert any(
         line.startswith("remi_requests_total{") and 'route="/recommend"' in line and 'status="200"' in line
         for line in metrics.splitlines()
@@ -571,12 +604,12 @@ def test_train_export_reindex_are_picked_up_by_the_running_api(stack: Stack) -> 
     after = stack.current()
     assert after is not None and after != before
     deadline = time.monotonic() + 30
-    while httpx.get(stack.url + "/version", timeout=5).json()["index_version"] != after:
+    while httpx.get(stack.url + "/version", headers=stack.auth, timeout=5).json()["index_version"] != after:
         assert time.monotonic() < deadline, "the running api did not load the new `current`"
         time.sleep(0.2)
 
 
 def test_loadtest_command_measures_the_api(stack: Stack) -> None:
-    stack.run("loadtest", timeout=120)
+    stack.run("loadtest", timeout=120, LOADTEST_API_KEY=stack.api_key)
     result = json.loads((stack.data / "loadtest.json").read_text())
     assert result["requests"] > 0 and result["errors"] == 0, result

@@ -1,4 +1,7 @@
-"""Liveness, readiness, what is served, and the Prometheus metrics."""
+"""Liveness, readiness, what is served, and the Prometheus metrics.
+
+/healthz and /readyz answer without credentials (probes); /version needs a valid credential and
+/metrics the `metrics` scope when REMI_AUTH_REQUIRED is set (service/auth.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from fastapi.responses import Response
 
 import remi
 from service import telemetry
+from service.auth import require
 from service.deps import HistoryDep, StateDep, VersionsDep
 from service.http_guards import SafeJsonRoute
 from service.schemas import HealthResponse, ReadyResponse, VersionResponse
@@ -49,7 +53,11 @@ async def readyz(versions: VersionsDep, history: HistoryDep, state: StateDep) ->
 
 
 @router.get(
-    "/version", response_model=VersionResponse, response_model_exclude_unset=True, summary="What is being served"
+    "/version",
+    response_model=VersionResponse,
+    response_model_exclude_unset=True,
+    summary="What is being served",
+    dependencies=[require(None)],
 )
 async def version(versions: VersionsDep) -> VersionResponse:
     engine = versions.engine
@@ -72,7 +80,7 @@ async def version(versions: VersionsDep) -> VersionResponse:
     )
 
 
-@router.get("/metrics", include_in_schema=False, response_class=Response)
+@router.get("/metrics", include_in_schema=False, response_class=Response, dependencies=[require("metrics")])
 async def prometheus() -> Response:
     payload, content_type = telemetry.render()
     return Response(payload, media_type=content_type)

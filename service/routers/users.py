@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 
 from service import telemetry
+from service.auth import require
 from service.deps import HistoryDep, SettingsDep, StateDep, VersionsDep, serving_engine
 from service.engine import Query
 from service.filters import compile_filter, parse_filter_query, raise_if_invalid
@@ -49,6 +50,7 @@ router = APIRouter(route_class=SafeJsonRoute)
         },
     },
     summary="Append interactions to a user's history (at most once per Idempotency-Key)",
+    dependencies=[require("events:write")],
 )
 async def add_events(
     user_id: UserPath, body: EventsRequest, history: HistoryDep, idempotency_key: IdempotencyKey = None
@@ -77,6 +79,7 @@ async def add_events(
     response_model=HistoryResponse,
     responses={503: {"description": "History store unavailable"}, 422: BAD_INPUT_422},
     summary="A user's stored history, oldest first",
+    dependencies=[require("history:read")],
 )
 async def get_history(
     user_id: UserPath, history: HistoryDep, versions: VersionsDep, settings: SettingsDep
@@ -98,6 +101,7 @@ async def get_history(
     response_model=InterestsResponse,
     responses={503: {"description": "No model loaded, or history store unavailable"}, 422: BAD_INPUT_422},
     summary="Explain: what each interest draws on and retrieves",
+    dependencies=[require("history:read")],
 )
 async def interests(user_id: UserPath, state: StateDep, top_n: TopN = 10, filter: FilterQuery = None) -> dict[str, Any]:
     spec = parse_filter_query(filter)

@@ -28,7 +28,7 @@ DEFAULT_IN_HELP = re.compile(r"\(default:? (?:REMI_\w+ or )?([^\s),;]+)|\[defaul
 WIDE = {**os.environ, "COLUMNS": "250", "TERMINAL_WIDTH": "250", "NO_COLOR": "1"}
 GENERATED: dict[str, tuple[type[BaseModel], set[str]]] = {  # command -> settings class, fields without a flag
     "train": (TrainConfig, set()),
-    "serve": (ServiceSettings, {"admin_token"}),  # a secret: from the environment only
+    "serve": (ServiceSettings, {"admin_token", "jwt_secret"}),  # secrets: from the environment only
     "index build": (IndexSettings, {"keep"}),
     "reindex": (IndexSettings, set()),
 }
@@ -184,8 +184,9 @@ def test_every_default_stated_in_any_commands_help_is_the_real_default() -> None
 
 def test_secrets_are_never_flags() -> None:
     secret = [n for n, f in ServiceSettings.model_fields.items() if SecretStr in getattr(f.annotation, "__args__", ())]
-    assert secret == ["admin_token"]
-    assert "--admin-token" not in rendered_help("serve")
+    assert secret == ["admin_token", "jwt_secret"]
+    help_text = rendered_help("serve")
+    assert "--admin-token" not in help_text and "--jwt-secret" not in help_text
 
 
 @pytest.mark.parametrize("model", [TrainConfig, ServiceSettings, IndexSettings], ids=lambda m: m.__name__)

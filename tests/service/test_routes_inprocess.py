@@ -380,7 +380,7 @@ def test_metrics_count_requests_by_route_and_time_each_stage(client: TestClient)
 def test_admin_reload_needs_the_bearer_token(client: TestClient) -> None:
     for headers in ({}, {"authorization": "Bearer wrong"}):
         refused = client.post("/admin/reload", headers=headers)
-        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
     ok = client.post("/admin/reload", headers=TOKEN)
     assert ok.status_code == 200 and ok.json() == {"changed": False, "version": client.get("/readyz").json()["index"],
                                                    "error": None}  # fmt: skip
