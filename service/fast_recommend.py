@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
 from service import telemetry
-from service.http_guards import _is_json, decode_json
+from service.http_guards import DECODED, _is_json, decode_json
 from service.recommender import recommend_many
 from service.schemas import RecommendRequest
 from service.state import State
@@ -75,7 +75,7 @@ async def handle(app: App, state: State, scope: Scope, receive: Receive, send: S
     body, tail = await _read_body(receive, length)
     answer = None
     if tail is None:
-        answer = await _answer(state, body)
+        answer = await _answer(state, body, scope)
     if answer is None:
         await app(scope, _replay(body, tail, receive), send)
         return
@@ -127,14 +127,20 @@ def _replay(body: bytes, tail: Message | None, receive: Receive) -> Receive:
     return replayed
 
 
-async def _answer(state: State, body: bytes) -> bytes | None:
-    """The answer's bytes, or None to leave the request to the full app."""
+async def _answer(state: State, body: bytes, scope: Scope) -> bytes | None:
+    """The answer's bytes, or None to leave the request to the full app (which is handed the
+    decoded body of a request that failed validation, so a large bad body is decoded once)."""
     engine = state.versions.engine
     if engine is None:
         return None
     try:
-        request = RecommendRequest.model_validate(decode_json(body))
-    except (ValueError, ValidationError):  # json.JSONDecodeError is a ValueError
+        value = decode_json(body)
+    except ValueError:  # json.JSONDecodeError is a ValueError
+        return None
+    try:
+        request = RecommendRequest.model_validate(value)
+    except ValidationError:
+        scope[DECODED] = (body, value)
         return None
     try:
         answers = await recommend_many(state, engine, [request])

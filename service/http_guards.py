@@ -137,12 +137,14 @@ def decode_json(body: bytes) -> Any:
     length-checked before its items and stops at its first bad item (service/schemas.py)."""
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
+    except orjson.JSONDecodeError as exc:
+        refused = exc
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise json.JSONDecodeError(f"body is not valid UTF-8 (byte {exc.start})", "", exc.start) from exc
+    if not _names_a_value(refused, text):
+        raise refused  # malformed text: one scan, not two (its pos is a character offset, as the stdlib's)
     try:
         return json.loads(text, parse_constant=float)  # NaN / Infinity -> float: refused at their field
     except json.JSONDecodeError:
@@ -151,6 +153,14 @@ def decode_json(body: bytes) -> Any:
         raise json.JSONDecodeError("JSON nested too deeply", "", 0) from exc
     except ValueError as exc:  # int(): a literal over sys.get_int_max_str_digits() digits
         raise json.JSONDecodeError(f"an integer literal too long to read ({exc})"[:200], "", 0) from exc
+
+
+def _names_a_value(exc: orjson.JSONDecodeError, text: str) -> bool:
+    """Whether orjson refused a value the stdlib decoder keeps (NaN, +-Infinity, a number outside a
+    double, a lone surrogate), rather than malformed text."""
+    if "infinity" in exc.msg or "surrogate" in exc.msg:
+        return True
+    return text[exc.pos : exc.pos + 1] in ("N", "I")  # NaN, Infinity; -Infinity: pos is after the sign
 
 
 def _non_json_reason(value: Any) -> str | None:
@@ -162,10 +172,18 @@ def _non_json_reason(value: Any) -> str | None:
     return None
 
 
+DECODED = "remi.decoded_json"  # scope key: (body, value) already decoded by the fast path (fast_recommend.py)
+
+
 class _SafeJsonRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = decode_json(await self.body())
+            body = await self.body()
+            decoded = self.scope.get(DECODED)
+            if decoded is not None and decoded[0] == body:  # the fast path's refusal: not decoded twice
+                self._json = decoded[1]
+            else:
+                self._json = decode_json(body)
         return self._json
 
 

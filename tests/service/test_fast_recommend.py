@@ -179,3 +179,25 @@ PLAIN = {"content_length": "20", "content_type": "application/json"}
 )
 def test_only_plain_json_posts_within_the_body_limit_are_eligible(scope: dict[str, Any], eligible: int | None) -> None:
     assert fast_recommend.eligible(scope, max_body_bytes=1000) == eligible
+
+
+def test_a_body_the_fast_path_refuses_is_decoded_once(
+    pair: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A valid JSON body that fails validation is handed to the full app already decoded: a 1 MiB
+    bad body costs one decode, not two (issue 23 A2)."""
+    from service import http_guards
+
+    calls: list[int] = []
+    real = http_guards.decode_json
+
+    def counting(body: bytes) -> Any:
+        calls.append(len(body))
+        return real(body)
+
+    monkeypatch.setattr(fast_recommend, "decode_json", counting)
+    monkeypatch.setattr(http_guards, "decode_json", counting)
+    fast, _ = pair
+    response = fast.post("/recommend", json={"user_id": "u", "history": [1] * 1500})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "history"]
+    assert len(calls) == 1, calls
