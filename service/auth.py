@@ -65,6 +65,7 @@ ADMIN = "admin"
 KEY_PREFIX = "remi"
 RELOAD_CHECK_S = 1.0  # how stale a worker's view of the keys file may be
 ADMIN_TOKEN_ID = "admin-token"
+JWT_CACHE_MAX = 4096  # valid tokens remembered until their exp (JwtVerifier)
 
 _bearer = HTTPBearer(auto_error=False, description="An API key (`remi auth add-key`) or a JWT.")
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
@@ -212,21 +213,45 @@ def _read_jwks(path: Path) -> jwt.PyJWKSet:
 
 class JwtVerifier:
     """Checks a JWT's signature (a key of the JWKS file by its ``kid``, or the HS256 secret), its
-    ``exp`` (required), and ``aud`` / ``iss`` when configured; returns its subject and scopes."""
+    ``exp`` (required), and ``aud`` / ``iss`` when configured; returns its subject and scopes.
+
+    A client sends the same token until it expires, and checking one costs tens to hundreds of
+    microseconds (PyJWT; an RSA signature more), so valid tokens are remembered until their
+    ``exp`` (at most :data:`JWT_CACHE_MAX`, forgotten all at once when full or when the key set
+    changes). Only valid tokens are kept: garbage cannot fill it.
+    """
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.jwks = WatchedFile(settings.jwt_jwks_file, _read_jwks, None) if settings.jwt_jwks_file else None
         self.secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self.audience, self.issuer = settings.jwt_audience, settings.jwt_issuer
+        self._valid: dict[str, tuple[Principal, float]] = {}  # token -> (its principal, its exp)
+        self._valid_for: jwt.PyJWKSet | None = None  # the key set the cached tokens were checked with
 
     def verify(self, token: str) -> Principal | None:
+        jwks: jwt.PyJWKSet | None = self.jwks.get() if self.jwks else None
+        if jwks is not self._valid_for:
+            self._valid.clear()
+            self._valid_for = jwks
+        hit = self._valid.pop(token, None)
+        if hit is not None and hit[1] > time.time():
+            self._valid[token] = hit
+            return hit[0]
+        checked = self._check(token, jwks)
+        if checked is None:
+            return None
+        if len(self._valid) >= JWT_CACHE_MAX:
+            self._valid.clear()
+        self._valid[token] = checked
+        return checked[0]
+
+    def _check(self, token: str, jwks: jwt.PyJWKSet | None) -> tuple[Principal, float] | None:
         try:
             header = jwt.get_unverified_header(token)
             key: Any
             if header.get("alg") == "HS256" and self.secret:
                 key, algorithms = self.secret, ["HS256"]
             else:  # the key set's key by kid; PyJWT refuses a token whose alg is not that key's own
-                jwks: jwt.PyJWKSet | None = self.jwks.get() if self.jwks else None
                 if jwks is None:
                     return None
                 key = jwks[str(header.get("kid"))]
@@ -240,9 +265,10 @@ class JwtVerifier:
                 options={"require": ["exp", *(["aud"] if self.audience else []), *(["iss"] if self.issuer else [])]},
             )
         except (jwt.PyJWTError, KeyError) as exc:
-            log.info("JWT refused", extra={"error": str(exc)})
+            log.debug("JWT refused", extra={"error": str(exc)})  # debug: one line per bad request would flood
             return None
-        return Principal(f"jwt:{claims.get('sub', '?')}", frozenset(_claim_scopes(claims)))
+        principal = Principal(f"jwt:{claims.get('sub', '?')}", frozenset(_claim_scopes(claims)))
+        return principal, float(claims["exp"])
 
 
 def _claim_scopes(claims: Mapping[str, Any]) -> list[str]:

@@ -3,6 +3,7 @@ around it, and the keys file read again on change. The scopes against a real ser
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -10,7 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from starlette.routing import Mount
@@ -158,3 +161,32 @@ def test_a_broken_keys_file_grants_nothing_until_fixed(tmp_path: Path, keys: tup
     while auth.authenticate(key) is not None:  # a removed file: no keys
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_a_remembered_jwt_still_expires_and_a_changed_key_set_forgets_it(tmp_path: Path) -> None:
+    """Valid JWTs are remembered (service/auth.py JwtVerifier): never past their exp, nor past the
+    key set that checked them."""
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key()))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "RS256"}]}))
+    auth = Authenticator(ServiceSettings(index_root=tmp_path, auth_required=True, jwt_jwks_file=jwks))
+
+    def token(lifetime: float) -> str:
+        claims = {"scope": "recommend", "exp": int(time.time() + lifetime)}
+        return jwt.encode(claims, rsa_key, "RS256", headers={"kid": "k1"})
+
+    short = token(2)
+    assert auth.authenticate(short) is not None and auth.authenticate(short) is not None  # checked, then remembered
+    deadline = time.monotonic() + 10
+    while auth.authenticate(short) is not None:
+        assert time.monotonic() < deadline, "a remembered token outlived its exp"
+        time.sleep(0.1)
+    long = token(300)
+    assert auth.authenticate(long) is not None
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rotated = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(other.public_key()))
+    jwks.write_text(json.dumps({"keys": [{**rotated, "kid": "k2", "alg": "RS256"}]}))  # k1 withdrawn
+    while auth.authenticate(long) is not None:
+        assert time.monotonic() < deadline, "a token of a withdrawn key is still accepted"
+        time.sleep(0.1)
