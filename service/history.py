@@ -8,6 +8,7 @@ expiring per user) and `MemoryHistory` for the quick start with no Redis. Both k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -370,6 +371,49 @@ return {0, n}
 """
 
 
+# Client-side socket timeouts are only a backstop (a Redis call's deadline is `_within`'s), so
+# a loop that comes back late still finds the reply or the connection that waits in its socket.
+_BACKSTOP_TIMEOUT_S = 1.0
+_GRACE_TURNS = 3  # loop turns after a missed deadline: enough to read a reply already received
+
+
+async def _within(op: Callable[[], Awaitable[T]], timeout_s: float) -> T:
+    """``op()`` with a deadline of ``timeout_s`` that a busy or descheduled event loop does not eat.
+
+    A plain timer (redis-py's socket timeout) fires whenever the loop comes back after it is
+    due, even with the reply (or the new connection) already waiting in the socket: on a loaded
+    2-core box with two workers a few answers in 10k fell back with a healthy Redis (issue 23
+    A13). Here a missed deadline first lets the loop turn a few times (a reply already received
+    is read), and if the timer itself fired late by half the timeout or more (the loop, not
+    Redis, was slow) the call gets one more window. A server that does not answer still fails
+    the call within about twice the timeout; then ``redis.exceptions.TimeoutError`` (the call is
+    cancelled, and redis-py drops its connection).
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(op())
+    deadline = loop.time() + timeout_s
+    extended = False
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
+            if done:
+                return task.result()
+            late = loop.time() - deadline
+            for _ in range(_GRACE_TURNS):
+                await asyncio.sleep(0)
+                if task.done():
+                    return task.result()
+            if extended or late < timeout_s / 2:
+                raise redis_exceptions.TimeoutError(f"Timeout: no reply within {timeout_s * 1000:.0f} ms")
+            extended = True
+            deadline = loop.time() + timeout_s
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
 class RedisHistory:
     """Histories as Redis lists, newest first, capped at `max_len` and expiring after `ttl_seconds`.
 
@@ -420,11 +464,14 @@ class RedisHistory:
             open_s=retry_after_s,
             clock=clock,
         )
+        self.timeout_s = timeout_s
+        self.max_connections = max_connections
+        backstop = max(_BACKSTOP_TIMEOUT_S, 4 * timeout_s)  # the deadline is _within's
         self._client = _client_for(
             url,
             max_connections=max_connections,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
+            socket_timeout=backstop,
+            socket_connect_timeout=backstop,
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
         )
@@ -480,7 +527,7 @@ class RedisHistory:
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
         self._admit()
         try:
-            result = await op()
+            result = await _within(op, self.timeout_s)
         except MaxConnectionsError as err:
             # The pool is saturated, Redis itself is fine: fall back for this call only.
             self.failures += 1
@@ -541,10 +588,28 @@ class RedisHistory:
             raise IdempotencyConflict("this Idempotency-Key was already used for different events")
         return Appended(int(stored), int(length), replayed=True)
 
+    async def warm_up(self, connections: int) -> int:
+        """Opens up to ``connections`` pooled connections now (at start), so the first requests of
+        a burst do not each pay for a connection (connect and handshake) out of their deadline.
+        Returns how many are open; never raises (a store that is down is found by the requests)."""
+        pool = getattr(self._client, "connection_pool", None)  # a Cluster client has one per node
+        if pool is None:
+            return 0
+        opened: list[Any] = []
+        try:
+            for _ in range(min(connections, self.max_connections)):
+                opened.append(await asyncio.wait_for(pool.get_connection(), _BACKSTOP_TIMEOUT_S))
+        except Exception as err:  # best effort
+            log.warning("history store %s: could not open the connection pool (%s)", self.url, err)
+        finally:
+            for connection in opened:
+                await pool.release(connection)
+        return len(opened)
+
     async def health(self) -> tuple[str, str | None]:
         # Always tries, even while the breaker is open: readiness has to be able to see a recovery.
         try:
-            await self._client.ping()
+            await _within(self._client.ping, self.timeout_s)
         except MaxConnectionsError:
             return "unavailable", "connection pool exhausted"
         except Exception as err:  # readiness must never raise

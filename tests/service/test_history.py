@@ -403,6 +403,70 @@ def test_a_server_that_never_answers_times_out_into_history_unavailable() -> Non
         asyncio.run(go())
 
 
+# --- a busy event loop is not a slow Redis (issue 23 A13) -------------------------------------------
+
+
+async def _stalled_while_in_flight(call: object, turns: int, stall_s: float = 0.3) -> object:
+    """Starts ``call``, lets the event loop turn ``turns`` times (connecting, handshaking, sending:
+    where it is then depends on ``turns``), then holds the loop for ``stall_s``, as a worker
+    descheduled on a busy 2-core box or a long callback does; Redis answers meanwhile."""
+    task = asyncio.ensure_future(call)  # type: ignore[arg-type]
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    time.sleep(stall_s)
+    return await task
+
+
+@needs_redis
+@pytest.mark.parametrize("pooled", [False, True], ids=["new-connection", "pooled-connection"])
+def test_a_stalled_event_loop_is_not_a_slow_redis(prefix: str, pooled: bool) -> None:
+    """With 2 workers on 2 cores a few answers in 10k fell back with a healthy Redis (issue 23 A13):
+    the loop came back after the deadline with the reply (or the connection) waiting in the socket,
+    and the timer fired first: a timeout, or "unreachable" (which counts for the breaker). Stalled
+    at every step of a call (connect, handshake, send, read), it must still get its answer."""
+
+    async def go() -> None:
+        for turns in range(1, 13):
+            store = RedisHistory(REDIS_URL, prefix=prefix, timeout_s=0.05)
+            try:
+                user = f"u{turns}"
+                if pooled:
+                    await store.append(user, [Event("a", 1)])
+                    assert await _stalled_while_in_flight(store.get(user, 10), turns) == [Event("a", 1)]
+                    both = await _stalled_while_in_flight(store.get_many([user, "nobody"], 10), turns)
+                    assert both == [[Event("a", 1)], []]
+                else:
+                    assert await _stalled_while_in_flight(store.get(user, 10), turns) == []
+                assert store.failures == 0, (turns, store.last_error)
+            finally:
+                await store.close()
+
+    asyncio.run(go())
+
+
+@needs_server
+def test_the_pool_is_opened_before_the_first_request(private_redis: tuple[int, list]) -> None:
+    """Connections made at start, not by the first requests of a burst (whose deadline they would eat)."""
+    port, _ = private_redis
+    admin = redis.Redis(port=port)
+    before = {c["id"] for c in admin.client_list()}
+
+    def opened() -> int:
+        return len({c["id"] for c in admin.client_list()} - before)
+
+    async def go() -> None:
+        store = RedisHistory(f"redis://127.0.0.1:{port}/0", timeout_s=0.05, max_connections=64)
+        try:
+            await store.warm_up(8)
+            assert opened() == 8
+            await asyncio.gather(*(store.get(f"u{n}", 5) for n in range(8)))
+            assert opened() == 8  # the burst used them, and opened none
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError):
         RedisHistory(REDIS_URL, max_len=0)

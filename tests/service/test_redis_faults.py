@@ -322,9 +322,11 @@ def test_connection_refused_write_says_not_stored() -> None:
 # --- through a real `remi serve` -----------------------------------------------------------------------
 
 
-def test_serve_with_a_denied_redis_falls_back_answers_503_and_warns_at_start(
+def test_serve_with_a_denied_redis_fails_closed_answers_503_and_warns_at_start(
     artifacts_dir: Path, servers: list[Own], tmp_path: Path
 ) -> None:
+    """Redis refuses every command from the start: the worker cannot read the blocklist and has no
+    copy on disk, so it gives no answer that could hold a blocked item (issue 23 A6) and says why."""
     ip = outward_ip()
     if ip is None:
         pytest.skip("no non-loopback address")
@@ -332,14 +334,17 @@ def test_serve_with_a_denied_redis_falls_back_answers_503_and_warns_at_start(
     server = start_server(tmp_path / "root", artifacts_dir, REMI_REDIS_URL=own.url(ip))
     try:
         body = httpx.post(f"{server.url}/recommend", json={"user_id": "alice"}, timeout=10)
-        assert body.status_code == 200 and body.json()["fallback"] == "history_unavailable"
+        assert body.status_code == 503 and "no blocklist yet" in body.json()["detail"], body.text
         write = httpx.post(f"{server.url}/users/alice/events", json={"events": [{"item_id": "x"}]}, timeout=10)
         assert write.status_code == 503
         assert "denied" in write.json()["detail"] and "not stored" in write.json()["detail"]
-        ready = httpx.get(f"{server.url}/readyz", timeout=10).json()
-        assert ready["history_store"] == "unavailable" and "DENIED" in ready["history_error"]
+        ready = httpx.get(f"{server.url}/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.json()["blocklist"] == "unavailable"
+        assert ready.json()["history_store"] == "unavailable" and "DENIED" in ready.json()["history_error"]
+        assert "DENIED" in ready.json()["blocklist_error"]
         log = server.log.read_text()
         assert any('"level": "warning"' in line and "not usable at start" in line for line in log.splitlines())
+        assert any('"level": "warning"' in line and "blocklist not readable" in line for line in log.splitlines())
     finally:
         server.stop()
 
