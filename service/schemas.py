@@ -63,11 +63,13 @@ Int64 = Annotated[int, Ge(INT64_MIN), Le(INT64_MAX), BeforeValidator(_json_integ
 # The same pattern (escapes only, so the document stays ASCII) is published in the OpenAPI schema.
 _ASTRAL_NONCHARACTERS = "".join(f"\\U{plane:04x}fffe-\\U{plane:04x}ffff" for plane in range(1, 17))
 _ID_CHARACTER = r"[^\u0000-\u001f\u007f-\u009f\ufdd0-\ufdef\ufffd-\uffff" + _ASTRAL_NONCHARACTERS + "]"
-# Item ids: checked by pydantic-core's own regex (no Python call per item of a history); it has no
-# lookahead and no surrogates, which it refuses anyway (a lone surrogate is no UTF-8: string_unicode).
+# Lone surrogates are not in the patterns (Rust regex engines, pydantic-core's and the OpenAPI
+# validators', cannot name them): every id type has a length constraint, which pydantic-core checks
+# on the UTF-8 text, so a string holding one is refused before the pattern (string_unicode).
+# Item ids: checked by pydantic-core's own regex (no Python call per item of a history; no lookahead).
 ITEM_ID_PATTERN = f"^{_ID_CHARACTER}+$"
 # User ids (one per request, checked in Python): the same characters, and neither "." nor "..".
-ID_PATTERN = r"^(?!\.\.?$)" + _ID_CHARACTER.replace(r"\ufdd0", r"\ud800-\udfff\ufdd0") + "+$"
+ID_PATTERN = r"^(?!\.\.?$)" + _ID_CHARACTER + "+$"
 _ID_RE = re.compile(ID_PATTERN)
 
 
