@@ -523,6 +523,10 @@ class ReloadResponse(BaseModel):
     error: str | None
 
 
+class ReloadRequest(_Request):
+    force: StrictBool = Field(False, description="Reload even the version being served.")
+
+
 BLOCK_MAX = 1000  # ids per block/unblock call: one Redis transaction stays short, a body stays small
 BLOCKED_PAGE_MAX = 1000
 

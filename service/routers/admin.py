@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query
-from pydantic import StrictBool
 
 from service.blocklist import BlocklistUnavailable, Change
 from service.deps import StateDep, VersionsDep, require_admin
@@ -19,6 +18,7 @@ from service.schemas import (
     BlockedResponse,
     BlockRequest,
     BlockResponse,
+    ReloadRequest,
     ReloadResponse,
 )
 
@@ -39,11 +39,9 @@ STORE_503: dict[int | str, dict[str, Any]] = {
     responses={**ADMIN_ERRORS, 413: TOO_LARGE_413, 422: BAD_INPUT_422},
     summary="Load the version `current` points to now (bearer token)",
 )
-async def admin_reload(
-    versions: VersionsDep,
-    force: Annotated[StrictBool, Body(embed=True, description="Reload even the version being served.")] = False,
-) -> dict[str, Any]:
-    return await versions.refresh(force=force)
+async def admin_reload(versions: VersionsDep, body: Annotated[ReloadRequest | None, Body()] = None) -> dict[str, Any]:
+    # A model, not an embedded field: unknown keys are refused (a few reported), not decoded and ignored.
+    return await versions.refresh(force=body is not None and body.force)
 
 
 @router.post(
