@@ -235,8 +235,8 @@ What changed (service/http_guards.py, service/schemas.py, service/fast_recommend
 
 What is left is the decode itself, proportional to the body and bounded by REMI_MAX_BODY_BYTES
 (orjson: ~5-30 ms for the worst 1 MiB on this machine under load; the fallback's second scan for a
-NaN at the end of 1 MiB doubles it). /admin/reload still accepts unknown keys (FastAPI's embedded
-body ignores them): a 1 MiB body there costs its decode and answers 200.
+NaN at the end of 1 MiB doubles it). /admin/reload's body is a model now (FastAPI's embedded body
+ignored unknown keys and answered 200); its rows were measured after that change.
 
 The `valid_*` rows moved with the machine's load between the two runs (the after run was the busier
 one). Decoding and validating the same bodies in a loop, best of 15 (`timeit`, both trees, same
