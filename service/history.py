@@ -2,7 +2,9 @@
 
 Two stores share one protocol: `RedisHistory` for deployments (shared by every worker, capped and
 expiring per user) and `MemoryHistory` for the quick start with no Redis. Both keep at most
-`max_len` events per user and answer oldest first, the order the model was trained on.
+`max_len` events per user in timestamp order, oldest first (the order the model was trained on
+and the one `remi history load` writes): an event that arrives late with an older timestamp goes
+where its timestamp puts it, ties keep their arrival order (`merge_by_time` says the whole rule).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -85,7 +87,7 @@ class HistoryStore(Protocol):
         ...
 
     async def append(self, user_id: str, events: list[Event], idempotency_key: str | None = None) -> Appended:
-        """Add events (the last given is the newest), at most once per `idempotency_key`."""
+        """Add events where their timestamps put them (`merge_by_time`), at most once per `idempotency_key`."""
         ...
 
     async def ping(self) -> bool:
@@ -351,17 +353,77 @@ class CircuitBreaker:
 # Check-and-append in one atomic step (a Lua script is atomic, and all its keys share one slot):
 # a marker per idempotency key makes a retried request a replay of the first answer, never a
 # second copy. KEYS[1]: the history (newest first); KEYS[2]: the marker, absent without a key.
-# ARGV: max_len, ttl (0 = none), marker ttl, fingerprint, then the events oldest first. The
-# first write is the LPUSH, so a refused write (READONLY, OOM, NOPERM) leaves nothing behind.
+# ARGV: max_len, ttl (0 = none), marker ttl, fingerprint, then the events as given.
+#
+# The list is kept in timestamp order (see `merge_by_time`, the same rule in Python): events that
+# continue it (the common case) are LPUSHed; a batch with an event older than the newest stored
+# one rewrites the list merged (LRANGE of at most max_len, a sort, LPUSH of the result above the
+# old list, LTRIM). Timestamps compare as text (longer is larger, then lexicographic: exact for
+# any non-negative integer); '' (no timestamp) sorts before every timestamp. Either way the first
+# write is an LPUSH, so a refused write (READONLY, OOM, NOPERM) leaves nothing behind.
 _APPEND_LUA = """
 if #KEYS > 1 then
   local seen = redis.call('GET', KEYS[2])
   if seen then return {1, seen} end
 end
-for i = 5, #ARGV, 1000 do
-  redis.call('LPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+local function stamp(raw)
+  return string.sub(raw, 1, string.find(raw, ':', 1, true) - 1)
 end
-redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local function older(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
+local newest = ''
+local head = redis.call('LINDEX', KEYS[1], 0)
+if head then
+  newest = stamp(head)
+  if newest == '' then
+    local rest = redis.call('LRANGE', KEYS[1], 1, -1)
+    for i = 1, #rest do
+      newest = stamp(rest[i])
+      if newest ~= '' then break end
+    end
+  end
+end
+local in_order, run = true, newest
+for i = 5, #ARGV do
+  local s = stamp(ARGV[i])
+  if s ~= '' then
+    if older(s, run) then in_order = false break end
+    run = s
+  end
+end
+local max_len = tonumber(ARGV[1])
+if in_order then
+  for i = 5, #ARGV, 1000 do
+    redis.call('LPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+  redis.call('LTRIM', KEYS[1], 0, max_len - 1)
+else
+  local stored = redis.call('LRANGE', KEYS[1], 0, -1)
+  local events, keys, order = {}, {}, {}
+  run = ''
+  local function add(raw)
+    local s = stamp(raw)
+    local eff = s
+    if s == '' then eff = run elseif older(run, s) then run = s end
+    events[#events + 1] = raw
+    keys[#keys + 1] = eff
+    order[#order + 1] = #events
+  end
+  for i = #stored, 1, -1 do add(stored[i]) end
+  for i = 5, #ARGV do add(ARGV[i]) end
+  table.sort(order, function(a, b)
+    if keys[a] ~= keys[b] then return older(keys[a], keys[b]) end
+    return a < b
+  end)
+  local kept = {}
+  for i = math.max(1, #order - max_len + 1), #order do kept[#kept + 1] = events[order[i]] end
+  for i = 1, #kept, 1000 do
+    redis.call('LPUSH', KEYS[1], unpack(kept, i, math.min(i + 999, #kept)))
+  end
+  redis.call('LTRIM', KEYS[1], 0, #kept - 1)
+end
 if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 local n = redis.call('LLEN', KEYS[1])
 if #KEYS > 1 then
@@ -631,6 +693,36 @@ class RedisHistory:
         await self._client.aclose()
 
 
+def merge_by_time(stored: Sequence[Event], new: Sequence[Event], max_len: int) -> list[Event]:
+    """The one order of a history (both stores, and what `remi history load` writes): by timestamp,
+    oldest first, the newest ``max_len`` kept. Equal timestamps keep their arrival order (stored
+    before new, a batch in its own order). An event without a timestamp takes the newest time
+    known when it arrives (the latest timestamp stored or earlier in its batch), so it goes after
+    everything there and an event with an older timestamp that comes later goes before it; at the
+    start of a history it counts as older than any timestamp. ``stored`` is in this order already.
+    """
+    events = [*stored, *new]
+    keys: list[tuple[int, int]] = []  # (has a time, effective time)
+    latest: int | None = None
+    for event in events:
+        if event.timestamp is not None and (latest is None or event.timestamp > latest):
+            latest = event.timestamp
+        effective = event.timestamp if event.timestamp is not None else latest
+        keys.append((0, 0) if effective is None else (1, effective))
+    order = sorted(range(len(events)), key=lambda n: (keys[n], n))
+    return [events[n] for n in order[max(0, len(order) - max_len) :]]
+
+
+def continues(newest: int | None, events: Sequence[Event]) -> bool:
+    """Whether ``events`` can go after a history whose newest effective time is ``newest`` as they are."""
+    for event in events:
+        if event.timestamp is not None:
+            if newest is not None and event.timestamp < newest:
+                return False
+            newest = event.timestamp
+    return True
+
+
 class MemoryHistory:
     """In-process histories for the quick start: no Redis, nothing shared between workers, lost on restart."""
 
@@ -673,7 +765,13 @@ class MemoryHistory:
                     raise IdempotencyConflict("this Idempotency-Key was already used for different events")
                 return Appended(seen[1], seen[2], replayed=True)
         stored = self._data.setdefault(user_id, deque(maxlen=self.max_len))
-        stored.extend(events)
+        newest = next((e.timestamp for e in reversed(stored) if e.timestamp is not None), None)
+        if continues(newest, events):
+            stored.extend(events)
+        else:  # an event older than the newest stored one: merged in timestamp order (rare, <= max_len)
+            merged = merge_by_time(stored, events, self.max_len)
+            stored.clear()
+            stored.extend(merged)
         if idempotency_key is not None:
             self._seen[(user_id, idempotency_key)] = (
                 fingerprint,

@@ -3,7 +3,8 @@
 Without it a Redis-backed service answers ``cold_start`` for every user of the training data.
 The loader writes exactly what the service would hold after seeing those events: the last
 ``max_len`` events per user in time order (equal timestamps keep their file order, as training
-does), under the service's own key scheme (:func:`service.history.history_key`), encoding and
+does; the rule of :func:`service.history.merge_by_time`, which later appends follow), under the
+service's own key scheme (:func:`service.history.history_key`), encoding and
 expiry, so the two cannot drift.
 
 Memory stays bounded whatever the file size: pass 1 streams the file in Arrow batches and splits

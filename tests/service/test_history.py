@@ -16,6 +16,8 @@ from uuid import uuid4
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from loadtest.server import free_port
 from service.history import (
@@ -401,6 +403,93 @@ def test_a_server_that_never_answers_times_out_into_history_unavailable() -> Non
                 await store.close()
 
         asyncio.run(go())
+
+
+# --- one order: timestamps (issue 23 A12) -----------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "redis" and not _redis_up():
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    return str(request.param)
+
+
+def _make_store(kind: str, prefix: str, max_len: int = 200) -> MemoryHistory | RedisHistory:
+    return (
+        MemoryHistory(max_len=max_len) if kind == "memory" else RedisHistory(REDIS_URL, prefix=prefix, max_len=max_len)
+    )
+
+
+def _appended(kind: str, prefix: str, batches: list[list[Event]], max_len: int = 200, user: str = "u1") -> list[Event]:
+    """What ``get`` answers after appending ``batches`` one call each."""
+
+    async def go() -> list[Event]:
+        store = _make_store(kind, prefix, max_len)
+        try:
+            for batch in batches:
+                await store.append(user, batch)
+            return await store.get(user, max_len)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def test_events_posted_with_older_timestamps_end_up_in_timestamp_order(store_kind: str, prefix: str) -> None:
+    """Histories were kept in arrival order although they answer "oldest first" and `remi history
+    load` sorts by timestamp: a late event (an offline client's batch) went after newer ones."""
+    got = _appended(
+        store_kind, prefix, [[Event("a", 10), Event("b", 20)], [Event("c", 15)], [Event("e", 30), Event("d", 5)]]
+    )
+    assert got == [Event("d", 5), Event("a", 10), Event("c", 15), Event("b", 20), Event("e", 30)]
+
+
+def test_equal_timestamps_keep_their_arrival_order(store_kind: str, prefix: str) -> None:
+    got = _appended(
+        store_kind, prefix, [[Event("a", 10), Event("b", 20)], [Event("x", 10), Event("y", 10)], [Event("z", 10)]]
+    )
+    assert got == [Event("a", 10), Event("x", 10), Event("y", 10), Event("z", 10), Event("b", 20)]
+
+
+def test_an_event_without_a_timestamp_counts_as_newest_when_it_arrives(store_kind: str, prefix: str) -> None:
+    """It takes the time of the event before it: later events with older timestamps go before both."""
+    batches = [[Event("a", 10), Event("n1")], [Event("b", 5)], [Event("c", 10)], [Event("n2"), Event("d", 7)]]
+    got = _appended(store_kind, prefix, batches)
+    assert got == [Event("b", 5), Event("d", 7), Event("a", 10), Event("n1"), Event("c", 10), Event("n2")]
+
+
+def test_the_cap_keeps_the_newest_by_timestamp_not_the_last_to_arrive(store_kind: str, prefix: str) -> None:
+    got = _appended(
+        store_kind, prefix, [[Event(f"i{t}", t) for t in (10, 20, 30)], [Event("old", 1), Event("mid", 25)]], max_len=3
+    )
+    assert got == [Event("i20", 20), Event("mid", 25), Event("i30", 30)]  # "old" arrived last but is the oldest
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batches=st.lists(
+        st.lists(st.tuples(st.sampled_from("abcdefgh"), st.one_of(st.none(), st.integers(0, 6))), max_size=5),
+        min_size=1,
+        max_size=6,
+    ),
+    max_len=st.integers(1, 6),
+)
+def test_both_stores_keep_the_same_order_and_it_is_the_timestamp_order(
+    prefix: str, batches: list[list[tuple[str, int | None]]], max_len: int
+) -> None:
+    """Embedded and Redis answer the same for any appends; with timestamps on every event that is
+    the newest ``max_len`` of all events ever appended, by timestamp, ties in arrival order."""
+    if not _redis_up():
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    events = [[Event(item, stamp) for item, stamp in batch] for batch in batches]
+    user = f"u-{uuid4().hex[:8]}"
+    memory = _appended("memory", prefix, events, max_len, user)
+    assert _appended("redis", prefix, events, max_len, user) == memory
+    if all(e.timestamp is not None for batch in events for e in batch):
+        arrived = [e for batch in events for e in batch]
+        order = sorted(range(len(arrived)), key=lambda n: (arrived[n].timestamp, n))
+        assert memory == [arrived[n] for n in order[max(0, len(order) - max_len) :]]
 
 
 # --- a busy event loop is not a slow Redis (issue 23 A13) -------------------------------------------

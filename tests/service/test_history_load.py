@@ -98,6 +98,36 @@ def test_load_keeps_the_last_max_len_in_training_order_and_a_rerun_changes_nothi
     client.close()
 
 
+def test_events_posted_after_a_load_join_the_loaded_history_in_timestamp_order(
+    tmp_path: Path, redis_prefix: str
+) -> None:
+    """One rule for both paths (issue 23 A12): the loader sorts by timestamp (file order on ties),
+    and an event posted later with an older timestamp goes where its timestamp puts it."""
+    path = tmp_path / "interactions.csv"
+    pd.DataFrame({"user_id": ["u1"] * 4, "item_id": ["c", "a", "tie-1", "b"], "timestamp": [30, 10, 20, 20]}).to_csv(
+        path, index=False
+    )
+    load(path, redis_prefix)
+
+    async def go() -> list[Event]:
+        store = RedisHistory(SHARED_REDIS, prefix=redis_prefix, max_len=25)
+        try:
+            await store.append("u1", [Event("late", 15), Event("tie-2", 20)])
+            return await store.get("u1", 25)
+        finally:
+            await store.close()
+
+    got = asyncio.run(go())
+    assert got == [
+        Event("a", 10),
+        Event("late", 15),
+        Event("tie-1", 20),
+        Event("b", 20),
+        Event("tie-2", 20),
+        Event("c", 30),
+    ]
+
+
 def test_a_loaded_user_is_replaced_and_other_users_are_untouched(tmp_path: Path, redis_prefix: str) -> None:
     async def append(user: str) -> None:
         store = RedisHistory(SHARED_REDIS, prefix=redis_prefix, timeout_s=5)
