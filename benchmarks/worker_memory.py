@@ -1,6 +1,6 @@
 """Memory of the service's worker processes, 1 vs 2 workers, mapped vs copied versions, and req/s.
 
-For each mode (``mmap``: versions mapped from their files, the default; ``copy``: each worker
+For each mode (``mmap``: versions mapped from their files, REMI_MMAP=true; ``copy``: each worker
 reads its own copy, as before) and worker count it starts ``remi serve`` on an index root with
 Redis histories, drives it with wrk (POST /recommend at concurrency ``--concurrency`` for
 ``--seconds``: real requests, so the index pages searches touch are resident), then reads every

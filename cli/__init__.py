@@ -3,7 +3,7 @@
 Each command (or group) lives in its own module under ``cli/``, imported only when it runs
 or ``--help`` lists it: ``remi serve`` loads neither torch nor the training package, and an
 installation without the training components (the API image) still runs the service commands.
-User errors (:class:`RemiError`) print one line on stderr and exit with status 2.
+User errors (:class:`RemiError`) and a full disk print one line on stderr and exit with status 2.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from remi.errors import RemiError
+from remi.errors import RemiError, disk_full
 
 # command name -> the module whose `app` defines it (a command, or a group of sub-commands)
 COMMANDS: dict[str, str] = {
@@ -96,6 +96,11 @@ def main() -> None:
         app()
     except RemiError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (OSError, RuntimeError) as exc:  # a full disk is the environment, not a bug: one line too
+        if (line := disk_full(exc)) is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     except ModuleNotFoundError as exc:  # e.g. `remi train` in the serving image, which has no torch
         if (exc.name or "").split(".")[0] not in TRAIN_ONLY_MODULES:

@@ -14,7 +14,7 @@ import typer
 from pydantic import ValidationError
 
 from cli.options import SettingsFlags, settings_error, settings_options
-from index.params import IndexSettings
+from index.params import REINDEX_ONLY, IndexSettings
 
 Opt = typer.Option
 PANEL = "Index settings (flag > REMI_INDEX_* > default)"
@@ -32,7 +32,7 @@ def index_settings(flags: SettingsFlags) -> IndexSettings:
 
 
 @index_app.command("build")
-@settings_options(IndexSettings, exclude={"keep"}, panel=PANEL)
+@settings_options(IndexSettings, exclude=set(REINDEX_ONLY), panel=PANEL)
 def index_build_cmd(
     artifacts: Annotated[Path, Opt(help="Artifact folder written by `remi export`.")],
     out: Annotated[Path, Opt(help="Index folder to create (index.faiss + manifest.json).")],
@@ -65,7 +65,14 @@ def index_build_cmd(
 def reindex_cmd(
     artifacts: Annotated[Path, Opt(help="Artifact folder written by `remi export`.")],
     root: Annotated[Path, Opt(help="Index root: versions/<version>/ and the `current` pointer.")],
-    force: Annotated[bool, Opt(help="Build even if current already holds these artifacts and settings.")] = False,
+    force: Annotated[
+        bool,
+        Opt(
+            help="Build even if current already holds these artifacts and settings, and replace the serving model "
+            "even when the new one fails the replacement check (--min-catalogue-overlap, --min-history-coverage, "
+            "item attributes dropped)."
+        ),
+    ] = False,
     *,
     flags: SettingsFlags,
 ) -> None:
@@ -82,6 +89,8 @@ def reindex_cmd(
         recall_of=settings.recall_of,
         keep=settings.keep,
         force=force,
+        min_catalogue_overlap=settings.min_catalogue_overlap,
+        min_history_coverage=settings.min_history_coverage,
     )
     summary = {
         "current": result.index_version,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,19 @@ def calibrate(
     return best, recall, tried
 
 
+def write_faiss(index: faiss.Index, path: Path) -> None:
+    """Writes ``index`` through a Python file: a write error (a full disk) is then an OSError naming
+    the file, as any other write of the job; FAISS's own file writer prints its errors on stderr
+    and raises a RuntimeError that hides the errno."""
+    try:
+        with path.open("wb") as fh:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))  # type: ignore[attr-defined]
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from exc
+        raise
+
+
 def build_index_folder(
     vectors: np.ndarray,
     out: Path,
@@ -242,7 +256,7 @@ def build_index_folder(
             f"{chosen} index recall@50 is {recall:.4f} against exact search, below the threshold {min_recall}; "
             "raise its parameters (e.g. --hnsw-m, --ef-search, --nprobe, --refine) or lower --min-recall"
         )
-    faiss.write_index(index, str(out / INDEX_FILE))
+    write_faiss(index, out / INDEX_FILE)
     manifest = IndexManifest(
         format_version=FORMAT_VERSION,
         kind=chosen,

@@ -1,4 +1,5 @@
-"""The index builder's settings: kind, build and search parameters, recall gate, versions kept.
+"""The index builder's settings: kind, build and search parameters, recall gate, versions kept, and the
+limits of the replacement check (index/compat.py).
 
 In a module of its own (no FAISS or numpy import) so the CLI can generate its flags and show the
 defaults in ``--help`` without loading FAISS: the help text and the builder read the same
@@ -41,6 +42,20 @@ class IndexSettings(BaseSettings):
         0.95, ge=0.0, le=1.0, description="Fail the build if recall@50 against exact search is below this."
     )
     keep: int = Field(3, ge=1, description="Complete versions kept by reindex (current is never removed).")
+    min_catalogue_overlap: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Reindex: refuse (unless --force) a model that knows less than this share of the serving "
+        "catalogue's items.",
+    )
+    min_history_coverage: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="Reindex: refuse (unless --force) a model that can read less than this share of the serving "
+        "model's sample histories (the others would get cold-start answers).",
+    )
     recall_of: RecallOf = Field(
         "answers",
         description="What --min-recall measures: each user's merged top-50, which is what the service returns "
@@ -95,3 +110,7 @@ DEFAULTS: Final[dict[str, dict[str, Any]]] = kind_defaults()  # the builder's vi
 MIN_RECALL: Final[float] = IndexSettings.model_fields["min_recall"].default
 KEEP: Final[int] = IndexSettings.model_fields["keep"].default
 RECALL_OF: Final[str] = IndexSettings.model_fields["recall_of"].default
+MIN_CATALOGUE_OVERLAP: Final[float] = IndexSettings.model_fields["min_catalogue_overlap"].default
+MIN_HISTORY_COVERAGE: Final[float] = IndexSettings.model_fields["min_history_coverage"].default
+# Settings of `remi reindex` only (the replacement check, the versions kept): not flags of `remi index build`.
+REINDEX_ONLY: Final[frozenset[str]] = frozenset({"keep", "min_catalogue_overlap", "min_history_coverage"})

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from index.build import TUNED, build_index_folder, choose_kind, resolve_params
-from index.params import KEEP, MIN_RECALL, RECALL_OF
+from index.compat import check_replacement
+from index.params import KEEP, MIN_CATALOGUE_OVERLAP, MIN_HISTORY_COVERAGE, MIN_RECALL, RECALL_OF
 from index.probe import interest_queries, smoke_query
 from remi.artifacts import load_artifacts
 from remi.contract import (
@@ -42,6 +43,7 @@ from remi.contract import (
     ArtifactError,
     IndexManifest,
     atomic_folder,
+    check_real_folder,
     list_versions,
     read_artifact_manifest,
     read_current,
@@ -155,6 +157,29 @@ def _same_build(old: IndexManifest, wanted: dict[str, Any], given: dict[str, Any
     return {k: v for k, v in old.params.items() if k not in skip} == {k: v for k, v in wanted.items() if k not in skip}
 
 
+def _check_replacement(
+    root: Path, previous: str, artifacts_dir: str | Path, min_overlap: float, min_coverage: float
+) -> None:
+    """The replacement check against the serving version; skipped (logged) when that one is unreadable,
+    since replacing a broken version is a repair, and when the model is the same."""
+    try:
+        serving = check_real_folder(version_dir(root, previous), "version")
+        old_manifest = read_artifact_manifest(serving / VERSION_ARTIFACTS, check_hash=False)
+    except ArtifactError as exc:
+        log.warning("serving version unreadable: replacement check skipped", extra={"error": str(exc)})
+        return
+    if old_manifest.model_version == read_artifact_manifest(artifacts_dir, check_hash=False).model_version:
+        return
+    figures = check_replacement(serving / VERSION_ARTIFACTS, artifacts_dir, min_overlap, min_coverage)
+    log.info(
+        "replacement check passed",
+        extra={
+            "catalogue_overlap": round(figures.catalogue_overlap, 4),
+            "history_coverage": round(figures.history_coverage, 4),
+        },
+    )
+
+
 @dataclass(frozen=True)
 class ReindexResult:
     index_version: str
@@ -174,8 +199,15 @@ def reindex(
     keep: int = KEEP,
     force: bool = False,
     recall_of: str = RECALL_OF,
+    min_catalogue_overlap: float = MIN_CATALOGUE_OVERLAP,
+    min_history_coverage: float = MIN_HISTORY_COVERAGE,
 ) -> ReindexResult:
-    """Builds, validates and activates a new index version under ``root``."""
+    """Builds, validates and activates a new index version under ``root``.
+
+    A model that would drastically change what the serving one answers (another catalogue, the
+    users' histories unreadable, item attributes dropped) is refused before anything is built
+    unless ``force`` (index/compat.py).
+    """
     if keep < 1:
         raise RemiError("--keep must be at least 1 (the version being activated)")
     t0 = time.perf_counter()
@@ -191,7 +223,8 @@ def reindex(
         wanted = resolve_params(chosen, source.n_items, source.dim, params)
         if previous and not force:
             try:
-                old: IndexManifest | None = read_index_manifest(version_dir(root, previous), check_hash=False)
+                folder = check_real_folder(version_dir(root, previous), "version")  # never "up to date" via a link
+                old: IndexManifest | None = read_index_manifest(folder, check_hash=False)
             except ArtifactError:
                 old = None
             if (
@@ -203,6 +236,8 @@ def reindex(
             ):
                 log.info("index up to date", extra={"version": previous})
                 return ReindexResult(previous, previous, False, old, [], time.perf_counter() - t0)
+        if previous and not force:
+            _check_replacement(root, previous, artifacts_dir, min_catalogue_overlap, min_history_coverage)
 
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         index_version = f"{stamp}-{source.model_version[:8]}-{chosen}"
@@ -227,7 +262,13 @@ def reindex(
             )
             smoke_query(arts, tmp)
             _seal(tmp)
-        write_current(root, index_version)
+        try:
+            write_current(root, index_version)
+        except BaseException:
+            # Never activated (a full disk, say): not left behind, where a worker with nothing loaded
+            # would take it for the newest good version (service/versions.py, fallback_order).
+            shutil.rmtree(version_dir(root, index_version), ignore_errors=True)
+            raise
         pruned = _prune(root, keep, index_version)
     seconds = time.perf_counter() - t0
     log.info(

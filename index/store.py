@@ -5,11 +5,14 @@ under ``versions/``, and a version folder loads as one unit, its model artifacts
 index, hash-checked and refused unless they were built from each other (the artifact contract
 in ``remi/contract.py``; operations in docs/operations.md). Writing versions is :mod:`index.publish`.
 
-Versions load memory-mapped (:data:`MMAP_FLAGS`, ``np.load(mmap_mode="r")``): the index, the item
-vectors and popularity are read-only views of the version's files, so every worker process that
-serves the same version shares one copy of them in the page cache instead of holding its own
-(docs/operations.md, "Memory per worker"). A version's files never change after publishing
-(sealed read-only, replaced by new folders, never rewritten), which is what makes mapping safe.
+Versions load as private copies by default: nothing done to a version's files after the load
+(an in-place edit, a truncation by root, who ignores the read-only seal) reaches a serving worker.
+Memory-mapped (``mmap=True``, ``REMI_MMAP=true``: :data:`MMAP_FLAGS`, ``np.load(mmap_mode="r")``,
+the ONNX external weights) the index, the item vectors and popularity are read-only views of the
+version's files, so every worker process that serves the same version shares one copy of them in
+the page cache instead of holding its own (docs/operations.md, "Memory per worker"); but then a
+truncated file kills every worker that maps it (SIGBUS): for index roots nothing but the reindex
+job can write to. A version folder (and its ``artifacts/``) must be a real folder, not a link.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from remi.contract import (
     ArtifactError,
     IndexManifest,
     check_pair,
+    check_real_folder,
     list_versions,
     read_current,
     read_index_manifest,
@@ -89,19 +93,21 @@ def load_faiss(folder: str | Path, check_hash: bool = True, mmap: bool = False) 
     return manifest, index
 
 
-def load_version(folder: str | Path, threads: int = 1, mmap: bool = True) -> LoadedVersion:
+def load_version(folder: str | Path, threads: int = 1, mmap: bool = False) -> LoadedVersion:
     """Loads a version folder (index + the artifacts it was built from) and checks they pair.
 
-    Memory-mapped by default: this is the service's load, and a version folder is immutable.
+    The service's load: private copies unless ``mmap`` (see the module docstring), item ids packed.
     """
-    folder = Path(folder)
-    arts = load_artifacts(folder / VERSION_ARTIFACTS, threads=threads, mmap=mmap)
+    folder = check_real_folder(Path(folder), "version")
+    arts = load_artifacts(
+        check_real_folder(folder / VERSION_ARTIFACTS, "version artifacts"), threads=threads, mmap=mmap, pack_ids=True
+    )
     manifest, index = load_faiss(folder, mmap=mmap)
     check_pair(arts.manifest, manifest)
     return LoadedVersion(folder.name, folder, arts, manifest, index)
 
 
-def load_current(root: str | Path, threads: int = 1, mmap: bool = True) -> LoadedVersion:
+def load_current(root: str | Path, threads: int = 1, mmap: bool = False) -> LoadedVersion:
     """The version ``current`` points to; ArtifactError when there is none or it is broken."""
     name = read_current(root)
     if name is None:

@@ -20,6 +20,7 @@ from remi.contract import (
     ITEM_EMBEDDINGS,
     ITEM_IDS,
     ITEM_POPULARITY,
+    MODEL_DATA,
     MODEL_FILE,
     NPZ_HISTORY,
     NPZ_MASK,
@@ -50,15 +51,31 @@ def pad_histories(histories: Sequence[Sequence[int] | np.ndarray], seq_len: int)
 class UserTower:
     """The exported user tower on onnxruntime: padded histories -> K interests and routing."""
 
-    def __init__(self, path: str | Path, threads: int = 1):
+    def __init__(self, path: str | Path, threads: int = 1, private: bool = False):
+        """Loads the model at ``path``; with ``private``, from bytes read here instead of from the files.
+
+        From a path, onnxruntime maps an external-data file (``user_tower.onnx.data``) and uses
+        its weights in place: shared between processes, but a truncation of the file under a
+        running worker kills it with SIGBUS. ``private`` reads the graph and the weights into
+        memory, hands them over and drops its buffers (onnxruntime copies the initializers;
+        measured: one copy is left), so nothing done to the files afterwards reaches the session.
+        """
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        path = Path(path)
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            if private:
+                weights = path.with_name(MODEL_DATA)
+                if weights.is_file():
+                    data = weights.read_bytes()
+                    options.add_external_initializers_from_files_in_memory([MODEL_DATA], [data], [len(data)])
+                self.session = ort.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
+            else:
+                self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ArtifactError(f"{path}: cannot load the ONNX model ({str(exc).splitlines()[0][:200]})") from exc
         names = {i.name for i in self.session.get_inputs()}
@@ -143,13 +160,17 @@ def check_sample_histories(folder: Path, manifest: ArtifactManifest, history: np
         raise ArtifactError(f"{where}: item indices outside 0..{manifest.n_items}")
 
 
-def load_artifacts(folder: str | Path, threads: int = 1, check_hash: bool = True, mmap: bool = False) -> Artifacts:
+def load_artifacts(
+    folder: str | Path, threads: int = 1, check_hash: bool = True, mmap: bool = False, pack_ids: bool | None = None
+) -> Artifacts:
     """Validates the folder against its manifest, then loads every file; errors are ArtifactError.
 
     With ``mmap`` the item vectors, popularity and item attribute arrays are read-only views of their files
-    (``np.load(mmap_mode="r")``), shared through the page cache by every process that maps them:
-    for immutable folders only (a published version), since a rewrite of a mapped file would
-    change the arrays behind the checks. A large catalogue's ids are then packed too
+    (``np.load(mmap_mode="r")``), and so are the ONNX external weights, shared through the page cache by
+    every process that maps them: for folders nothing writes to only, since a rewrite of a mapped file
+    would change the arrays behind the checks and a truncation kills the process (SIGBUS). Without it
+    every array and the ONNX weights are private copies: the files can change after the load.
+    With ``pack_ids`` (default: with ``mmap``) a large catalogue's ids are packed too
     (:class:`~remi.packed_ids.PackedVocabulary`): no copy to map, but no string per id either.
     """
     folder = Path(folder)
@@ -163,17 +184,18 @@ def load_artifacts(folder: str | Path, threads: int = 1, check_hash: bool = True
     except (OSError, ValueError, KeyError) as exc:
         raise ArtifactError(f"{folder}: cannot read an array file ({str(exc).splitlines()[0]})") from exc
     raw_ids = (folder / ITEM_IDS).read_bytes()
-    # Served (mmap) catalogues keep their ids packed in flat arrays rather than a Python string per id.
+    # Served catalogues (``pack_ids``, default: when mapped) keep their ids packed in flat arrays rather
+    # than a Python string per id.
     vocabulary = (
         PackedVocabulary.from_bytes(raw_ids, manifest.n_items, folder / ITEM_IDS)
-        if mmap
+        if (mmap if pack_ids is None else pack_ids)
         else ItemVocabulary(parse_item_ids(raw_ids, manifest.n_items, folder / ITEM_IDS))
     )
     del raw_ids
     check_item_table(folder, manifest, vectors, popularity)
     check_sample_histories(folder, manifest, sample_history, sample_mask)
     attributes = load_attributes(folder, manifest, mmap)
-    tower = UserTower(folder / MODEL_FILE, threads=threads)
+    tower = UserTower(folder / MODEL_FILE, threads=threads, private=not mmap)
     if tower.seq_len != manifest.seq_len:
         raise ArtifactError(f"{folder / MODEL_FILE}: history length {tower.seq_len}, manifest says {manifest.seq_len}")
     return Artifacts(

@@ -36,6 +36,7 @@ writer copy, outside its own folder.
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
@@ -218,14 +219,64 @@ def write_manifest(folder: Path, manifest: BaseModel) -> None:
 ManifestT = TypeVar("ManifestT", ArtifactManifest, IndexManifest)
 
 
+POINTER_MAX_BYTES = 1024  # `current` / `previous`: one version name and a newline
+MANIFEST_MAX_BYTES = 4 * 2**20  # a manifest is a few KB (names, hashes, metrics, the training config)
+
+
+def read_small_file(path: Path, limit: int) -> bytes | None:
+    """The bytes of a small regular file, or None when it does not exist.
+
+    Refuses (ArtifactError) a symbolic link (``O_NOFOLLOW``: no race between a check and the
+    open), anything but a regular file (a FIFO would block the reader; opened non-blocking) and
+    a file over ``limit`` bytes, without reading it: a pointer or a manifest linked to a 50 MB
+    file, or to ``/etc/passwd``, must not end up in memory, in a log or in an HTTP answer.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ArtifactError(f"{path}: is a symbolic link (refused: the index root holds no links)") from None
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ArtifactError(f"{path}: not a regular file (refused)")
+        if info.st_size > limit:
+            raise ArtifactError(f"{path}: {info.st_size} bytes, more than the {limit} such a file can hold (refused)")
+        data = fh.read(limit + 1)
+    if len(data) > limit:  # grew after the check
+        raise ArtifactError(f"{path}: more than the {limit} bytes such a file can hold (refused)")
+    return data
+
+
+def check_real_folder(folder: Path, what: str) -> Path:
+    """``folder`` is a directory itself, not a symbolic link to one (versions and their parts).
+
+    A linked version would serve whatever the link points to, files that reindex never copied,
+    checked or sealed, and that anyone who can write there can change under a worker.
+    """
+    try:
+        info = folder.lstat()
+    except FileNotFoundError:
+        raise ArtifactError(f"{folder}: no such {what} folder") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise ArtifactError(f"{folder}: is a symbolic link; a {what} folder must be a real folder (refused)")
+    if not stat.S_ISDIR(info.st_mode):
+        raise ArtifactError(f"{folder}: not a {what} folder")
+    return folder
+
+
 def _read_manifest(folder: Path, schema: type[ManifestT], what: str) -> ManifestT:
     path = folder / MANIFEST
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: no such {what} folder")
-    if not path.is_file():
+    data = read_small_file(path, MANIFEST_MAX_BYTES)
+    if data is None:
         raise ArtifactError(f"{folder}: incomplete {what} folder (no {MANIFEST}; was the job interrupted?)")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(data.decode("utf-8"))
         manifest = schema.model_validate(raw)
     except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0]
@@ -399,46 +450,65 @@ def sweep_leftovers(folder: Path, name: str | None = None) -> list[str]:
     return [path.name for path in removed]
 
 
+def _read_pointer(path: Path) -> str | None:
+    """A pointer file's version name (size-capped, never through a link: :func:`read_small_file`)."""
+    data = read_small_file(path, POINTER_MAX_BYTES)
+    if data is None:
+        return None
+    name = data.decode("utf-8", errors="replace").strip()
+    return name or None
+
+
 def read_current(root: str | Path) -> str | None:
     """The version name ``current`` points to, or None before the first reindex."""
-    path = Path(root) / CURRENT
-    if not path.is_file():
-        return None
-    name = path.read_text(errors="replace").strip()
-    return name or None
+    return _read_pointer(Path(root) / CURRENT)
 
 
 def read_previous(root: str | Path) -> str | None:
     """The version ``current`` named before its last flip (the fallback a worker prefers)."""
-    path = Path(root) / PREVIOUS
-    if not path.is_file():
-        return None
-    name = path.read_text(errors="replace").strip()
-    return name or None
+    return _read_pointer(Path(root) / PREVIOUS)
+
+
+def _pointer_temp(root: Path, file: str, version: str) -> Path:
+    """A pointer's new content in a hidden sibling, fsynced; removed again if writing fails (a full disk)."""
+    tmp = temp_sibling(root / file, "tmp")
+    try:
+        with tmp.open("w") as fh:
+            fh.write(version + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def _write_pointer(root: Path, file: str, version: str) -> None:
-    tmp = temp_sibling(root / file, "tmp")
-    with tmp.open("w") as fh:
-        fh.write(version + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, root / file)
+    os.replace(_pointer_temp(root, file, version), root / file)
 
 
 def write_current(root: str | Path, version: str) -> None:
     """Atomic pointer flip: write a new file, fsync, rename over the old one.
 
-    The old value goes to ``previous`` first: it is the version the running workers serve
-    until they load the new one, so a worker that (re)starts and cannot load the new one falls
-    back to the same version as its siblings.
+    The old value goes to ``previous``: it is the version the running workers serve until they
+    load the new one, so a worker that (re)starts and cannot load the new one falls back to the
+    same version as its siblings. Both new files are written before either is renamed, so a
+    write that fails (a full disk) changes neither pointer.
     """
     root = Path(root)
     check_version_name(version, root / CURRENT)
     old = read_current(root)
-    if old and old != version:
-        _write_pointer(root, PREVIOUS, old)
-    _write_pointer(root, CURRENT, version)
+    pending: list[tuple[Path, str]] = []
+    try:
+        if old and old != version:
+            pending.append((_pointer_temp(root, PREVIOUS, old), PREVIOUS))
+        pending.append((_pointer_temp(root, CURRENT, version), CURRENT))
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, file in pending:
+        os.replace(tmp, root / file)
 
 
 def version_dir(root: str | Path, version: str) -> Path:
@@ -447,14 +517,17 @@ def version_dir(root: str | Path, version: str) -> Path:
 
 
 def list_versions(root: str | Path) -> list[str]:
-    """Complete versions (with a manifest), oldest first (names start with a UTC timestamp)."""
+    """Complete versions (real folders with a manifest), oldest first (names start with a UTC timestamp)."""
     folder = Path(root) / VERSIONS
     if not folder.is_dir():
         return []
     return sorted(
         p.name
         for p in folder.iterdir()
-        if not p.name.startswith(".") and _plain_name_problem(p.name) is None and (p / MANIFEST).is_file()
+        if not p.name.startswith(".")
+        and _plain_name_problem(p.name) is None
+        and not p.is_symlink()  # a linked folder is never a version (check_real_folder)
+        and (p / MANIFEST).is_file()
     )
 
 

@@ -28,9 +28,10 @@ class ServiceSettings(BaseSettings):
     )
     poll_seconds: float = Field(2.0, ge=0, description="How often to check `current` for a new version; 0 = never.")
     mmap: bool = Field(
-        True,
-        description="Map each version's index and item arrays from its files, one copy in the page cache for all "
-        "workers (off: a private copy per worker).",
+        False,
+        description="Map each version's index, item arrays and ONNX weights from its files, one copy in the page "
+        "cache for all workers (off: a private copy per worker). On, a file truncated in place kills the workers "
+        "(SIGBUS): only where nothing but the reindex job can write the index root.",
     )
     admin_token: SecretStr | None = Field(
         None,

@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from index.store import list_versions, load_version, read_current, read_previous, version_dir
-from remi.contract import VERSIONS, read_artifact_manifest
+from remi.contract import CURRENT, VERSIONS, read_artifact_manifest
 from remi.errors import RemiError
 from service import telemetry
 from service.config import ServiceSettings
@@ -34,10 +35,32 @@ log = logging.getLogger("remi.service")
 NO_CURRENT = ""  # the "refused version" while INDEX_ROOT/current is missing or empty
 
 
+ERROR_MAX_CHARS = 1000  # a reload error in /readyz: the version, the file and the reason, not a dump
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s/'\",;:()\[\]]+/)*([^\s/'\",;:()\[\]]+)")
+
+
+def public_error(message: str, root: Path) -> str:
+    """A reload error as HTTP answers show it (/readyz, /admin/reload): names, never paths.
+
+    The loaders' errors name files by path for the operator's log; an answer names the version
+    and the file inside it (``<version>/index.faiss: 0 bytes, ...``), any other path (the root,
+    an artifact folder, a link's target) by its last component only, and is capped in length.
+    """
+    for base in sorted({str(root), str(root.absolute()), str(root.resolve())}, key=len, reverse=True):
+        inside = re.compile(rf"(?<![\w.~/-]){re.escape(base.rstrip('/'))}(/{VERSIONS}/|/|(?=[\s:'\",;)\]]|$))")
+        message = inside.sub(lambda match: "" if match.group(1) else "INDEX_ROOT", message)
+    message = _ABSOLUTE_PATH.sub(lambda match: match.group(1), message)
+    return message if len(message) <= ERROR_MAX_CHARS else message[: ERROR_MAX_CHARS - 3] + "..."
+
+
 def fallback_order(root: Path, refused: str | None) -> list[str]:
     """Where a worker with no model looks when ``current`` is refused (see the module docstring)."""
     versions = list_versions(root)
-    previous = read_previous(root)
+    try:
+        previous = read_previous(root)
+    except (RemiError, OSError) as exc:  # a link or an oversized file: refused, the other versions remain
+        log.warning("previous refused", extra={"error": str(exc)})
+        previous = None
     order = [previous] if previous in versions else []
     order += [name for name in reversed(versions) if name not in order]
     return [name for name in order if name != refused]
@@ -64,10 +87,20 @@ class Versions:
         self.settings = settings
         self.root = Path(settings.index_root)
         self.engine: Engine | None = None
-        self.error: str | None = None  # why the last load failed (None after a success)
+        self._error: str | None = None  # why the last load failed (None after a success); see `error`
         self.failed: str | None = None  # version name that failed, not retried by polling
         self.loaded_at: float | None = None
         self._lock = asyncio.Lock()
+
+    @property
+    def error(self) -> str | None:
+        """Why the last load failed, as /readyz shows it (None after a success)."""
+        return self._error
+
+    @error.setter
+    def error(self, message: str | None) -> None:
+        # Every error this object holds reaches HTTP answers: stored without paths (public_error).
+        self._error = None if message is None else public_error(message, self.root)
 
     def no_version_error(self) -> str:
         """Why there is nothing to serve: no ``current``, and why ``--artifacts`` gave none.
@@ -124,7 +157,7 @@ class Versions:
         candidates, found = await asyncio.to_thread(self._fall_back, name)
         if found is None:
             if candidates:
-                self.error = f"{error}; no other version under {self.root / VERSIONS} loads either"
+                self.error = f"{error}; no other version under {VERSIONS}/ loads either"
             return {"changed": False, "version": None, "error": self.error}
         fallback, engine = found
         self._install(engine)
@@ -138,8 +171,9 @@ class Versions:
         async with self._lock:
             try:
                 name = await asyncio.to_thread(read_current, self.root)
-            except OSError as exc:
-                name, self.error = None, f"cannot read {self.root}/current: {exc}"
+            except (RemiError, OSError) as exc:  # a link, a FIFO, an oversized file: refused by name
+                log.error("cannot read current", extra={"error": str(exc)})
+                name, self.error = None, str(exc) if isinstance(exc, RemiError) else f"cannot read {CURRENT}: {exc}"
             if name is None:
                 if self.engine is None and self.failed != NO_CURRENT:
                     error = self.error if self.error else await asyncio.to_thread(self.no_version_error)

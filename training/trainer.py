@@ -190,9 +190,18 @@ class _BestCheckpoint:
 
 
 def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Write-then-rename, so a crash mid-save never leaves a truncated checkpoint behind."""
+    """Write-then-rename, so a crash mid-save never leaves a truncated checkpoint behind.
+
+    Through a Python file: a full disk then raises an OSError (ENOSPC) that the torch error keeps as
+    its context, which the CLI reports as one line; torch's own file writer loses the errno.
+    """
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    try:
+        with tmp.open("wb") as fh:
+            torch.save(state, fh)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
 
 

@@ -15,6 +15,7 @@ from service.auth import require
 from service.deps import HistoryDep, StateDep, VersionsDep
 from service.http_guards import SafeJsonRoute
 from service.schemas import HealthResponse, ReadyResponse, VersionResponse
+from service.versions import public_error
 
 router = APIRouter(route_class=SafeJsonRoute)
 
@@ -42,7 +43,7 @@ async def readyz(versions: VersionsDep, history: HistoryDep, state: StateDep) ->
         "model": engine.model_version if engine else None,
         "index": engine.index_version if engine else None,
         "history_store": history_status,  # ok | unavailable | writes_failing
-        "history_error": history_error,
+        "history_error": public_error(history_error, versions.root) if history_error else None,  # names, not paths
         "last_reload_error": versions.error,
         "blocklist": blocklist_status,  # ok | stale | unavailable
         "blocklist_error": blocklist_error,

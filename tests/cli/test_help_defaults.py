@@ -29,7 +29,7 @@ WIDE = {**os.environ, "COLUMNS": "250", "TERMINAL_WIDTH": "250", "NO_COLOR": "1"
 GENERATED: dict[str, tuple[type[BaseModel], set[str]]] = {  # command -> settings class, fields without a flag
     "train": (TrainConfig, set()),
     "serve": (ServiceSettings, {"admin_token", "jwt_secret"}),  # secrets: from the environment only
-    "index build": (IndexSettings, {"keep"}),
+    "index build": (IndexSettings, {"keep", "min_catalogue_overlap", "min_history_coverage"}),
     "reindex": (IndexSettings, set()),
 }
 

@@ -1,4 +1,4 @@
-"""Versions load memory-mapped: same answers as a private copy, the files are what is mapped, damage is refused."""
+"""Versions load memory-mapped (REMI_MMAP=true): same answers as a private copy, the files mapped, damage refused."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_a_mapped_version_maps_its_index_arrays_and_external_weights(trained_run
     export_run(trained_run, art, external_data=True)
     name = reindex(art, tmp_path / "root", kind="hnsw").index_version
     folder = version_dir(tmp_path / "root", name)
-    loaded = load_current(tmp_path / "root")
+    loaded = load_current(tmp_path / "root", mmap=True)  # REMI_MMAP=true (the default is private copies)
     maps = mapped_files()
     for path in (folder / INDEX_FILE, folder / VERSION_ARTIFACTS / MODEL_DATA):
         assert str(path) in maps, path

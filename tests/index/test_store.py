@@ -19,7 +19,7 @@ WRITE_SIDE = ("index.publish", "index.probe", "index.build", "training")
 def test_current_pointing_at_a_deleted_version_is_a_clear_error(artifacts_dir: Path, tmp_path: Path) -> None:
     index_version = reindex(artifacts_dir, tmp_path, kind="flat").index_version
     shutil.rmtree(version_dir(tmp_path, index_version))
-    with pytest.raises(ArtifactError, match="no such model artifact folder"):
+    with pytest.raises(ArtifactError, match="no such version folder"):
         load_current(tmp_path)
     assert (tmp_path / "current").exists()
 

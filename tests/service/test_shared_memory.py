@@ -1,4 +1,4 @@
-"""Two worker processes serving memory-mapped versions: real processes, real HTTP, real Redis.
+"""Two worker processes serving memory-mapped versions (REMI_MMAP=true): real processes, real HTTP, real Redis.
 
 The workers map the version's files (index, item arrays, ONNX weights) instead of each copying
 them; answers must be those of a server holding private copies, a reindex must still move both
@@ -74,7 +74,7 @@ def test_two_mapped_workers_answer_like_private_copies_and_follow_reindexes(
         expected = answers(copied, bodies)
     finally:
         copied.stop()
-    server = start_server(root, None, REMI_WORKERS="2", **env)
+    server = start_server(root, None, REMI_WORKERS="2", REMI_MMAP="true", **env)  # opt-in since issue 23 A9
     try:
         wait_for(lambda: versions_served(server) == [first, first])
         pids = worker_pids(server)
@@ -107,7 +107,9 @@ def test_a_new_version_whose_index_fails_to_map_is_refused_by_both_workers(
     """Size and hash pass (the manifest was rewritten to match), so the mapping reader itself meets the damage."""
     root = tmp_path / "root"
     good = reindex(external_artifacts, root, kind="hnsw").index_version
-    server = start_server(root, None, REMI_WORKERS="2", REMI_REDIS_URL=SHARED_REDIS, REMI_REDIS_PREFIX=redis_prefix)
+    server = start_server(
+        root, None, REMI_WORKERS="2", REMI_MMAP="true", REMI_REDIS_URL=SHARED_REDIS, REMI_REDIS_PREFIX=redis_prefix
+    )
     try:
         wait_for(lambda: versions_served(server) == [good, good])
         pids = worker_pids(server)
