@@ -62,7 +62,8 @@ class RemiAPI(FastAPI):
         with limits.applied(self.request_limits):
             document = super().openapi()
             engine = self.state.remi.versions.engine if hasattr(self.state, "remi") else None
-            return with_attributes(document, engine.attributes if engine is not None else None)
+            document = with_attributes(document, engine.attributes if engine is not None else None)
+            return self.auth.document(document) if self.auth is not None else document
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:

@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import jwt
 from fastapi import HTTPException, Request, Security
@@ -68,7 +68,6 @@ ADMIN_TOKEN_ID = "admin-token"
 JWT_CACHE_MAX = 4096  # valid tokens remembered until their exp (JwtVerifier)
 
 _bearer = HTTPBearer(auto_error=False, description="An API key (`remi auth add-key`) or a JWT.")
-BearerDep = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 
 
 @dataclass(frozen=True)
@@ -335,6 +334,20 @@ class Authenticator:
             raise HTTPException(403, detail, headers={"WWW-Authenticate": challenge})
         return principal
 
+    def document(self, openapi: dict[str, Any]) -> dict[str, Any]:
+        """The OpenAPI document with a security requirement only on the operations that check
+        credentials in this configuration (with auth off, only /admin): a client, or a schema
+        fuzzer, must not be told a route needs a credential that it does not check."""
+        for operations in openapi.get("paths", {}).values():
+            for operation in operations.values():
+                requirements = operation.get("security") if isinstance(operation, dict) else None
+                if not requirements:
+                    continue
+                scopes = [s for requirement in requirements for listed in requirement.values() for s in listed]
+                if not any(self.checks(s) for s in scopes or [None]):
+                    del operation["security"]
+        return openapi
+
     def check_asgi(self, scope: str | None, headers: Iterable[tuple[bytes, bytes]]) -> Principal | None:
         """:meth:`check` for code that sees the raw ASGI headers (a mount, the /recommend fast path)."""
         return self.check(scope, bearer_credential(headers))
@@ -368,7 +381,10 @@ def scope_check(scope: str | None) -> Callable[..., Awaitable[Principal | None]]
     in the OpenAPI document (Swagger UI's Authorize button).
     """
 
-    async def check(request: Request, credentials: BearerDep = None) -> Principal | None:
+    # the scope rides on the bearer requirement, so the OpenAPI document names it per operation
+    bearer = Security(_bearer, scopes=[scope] if scope else [])
+
+    async def check(request: Request, credentials: HTTPAuthorizationCredentials | None = bearer) -> Principal | None:
         auth: Authenticator = request.app.state.auth
         return auth.check(scope, credentials.credentials if credentials else None)
 

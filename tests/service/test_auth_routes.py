@@ -111,12 +111,31 @@ def test_docs_disabled_are_gone(tiny_root: Path, keys: tuple[Path, dict[str, str
             assert client.get(path, headers=bearer).status_code == 404, path
 
 
-def test_openapi_declares_the_bearer_scheme(tiny_root: Path) -> None:
-    with serving(tiny_root) as client:
-        document = client.get("/openapi.json").json()
-    schemes = document["components"]["securitySchemes"]
-    assert [s["scheme"] for s in schemes.values()] == ["bearer"]
-    assert document["paths"]["/users/{user_id}/history"]["get"]["security"]
+def test_openapi_names_each_operations_scope_where_it_is_checked(
+    tiny_root: Path, keys: tuple[Path, dict[str, str]]
+) -> None:
+    """The document says which scope each operation needs, and declares no credential that the
+    configuration does not check (with auth off, only /admin): clients and schema fuzzers trust it."""
+    bearer = {"authorization": f"Bearer {keys[1]['admin']}"}
+    for required in (False, True):
+        with serving(tiny_root, auth_required=required, api_keys_file=keys[0]) as client:
+            document = client.get("/openapi.json", headers=bearer).json()
+        [scheme] = document["components"]["securitySchemes"].values()
+        assert scheme["scheme"] == "bearer"
+        security = {
+            f"{method.upper()} {path}": operation.get("security")
+            for path, operations in document["paths"].items()
+            for method, operation in operations.items()
+        }
+        [name] = document["components"]["securitySchemes"]
+        assert security["POST /admin/reload"] == [{name: ["admin"]}]
+        assert security["GET /healthz"] is None and security["GET /readyz"] is None
+        if required:
+            assert security["GET /users/{user_id}/history"] == [{name: ["history:read"]}]
+            assert security["POST /recommend"] == [{name: ["recommend"]}]
+            assert security["GET /version"] == [{name: []}]
+        else:
+            assert security["GET /users/{user_id}/history"] is None and security["POST /recommend"] is None
 
 
 def test_fast_path_never_answers_without_the_scope(
