@@ -116,7 +116,8 @@ async def _send_413(send: Send, limit: int) -> None:
 # ---------------------------------------------------------------- strict JSON decode
 
 
-def _has_surrogate(text: str) -> bool:
+def has_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (only a ``\\udXXX`` escape makes one): it is not UTF-8."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -167,7 +168,7 @@ def _non_json_reason(value: Any) -> str | None:
     """Why a decoded value is not one JSON can carry (only the fallback decode keeps such values)."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN, Infinity or a number outside the range of a double"
-    if isinstance(value, str) and _has_surrogate(value):
+    if isinstance(value, str) and has_surrogate(value):
         return "a lone surrogate (\\udXXX escape) is not Unicode text"
     return None
 

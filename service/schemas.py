@@ -34,6 +34,7 @@ from pydantic_core import CoreSchema, PydanticCustomError
 
 from service import limits
 from service.config import ServiceSettings
+from service.http_guards import has_surrogate
 
 MergeName = Literal["score", "quota", "round_robin"]
 Fallback = Literal["cold_start", "history_unavailable"]
@@ -47,10 +48,12 @@ def _json_integer(value: object) -> object:
 
 
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-# Integers are stored and returned as int64 (Redis, numpy, most clients' JSON): nothing outside it
-# is accepted, so nothing outside it can come back.
-Int64 = Annotated[int, Ge(INT64_MIN), Le(INT64_MAX), BeforeValidator(_json_integer)]
+# Integers are within +-(2**53 - 1), the range every JSON parser reads exactly (I-JSON, RFC 7493),
+# well inside int64 (Redis, numpy): nothing outside it is accepted, so nothing outside it can come
+# back, and the bounds the document states read the same as doubles (JSON Schema validators compare
+# numbers as doubles: "<= 9223372036854775807" holds for 2**63 + 100). Larger ids travel as text.
+JSON_INT_MAX = 2**53 - 1
+JsonSafeInt = Annotated[int, Ge(-JSON_INT_MAX), Le(JSON_INT_MAX), BeforeValidator(_json_integer)]
 
 # Ids (users, items, filter attribute names) are opaque printable text, one grammar in bodies and
 # paths. Refused: C0/C1 control characters, lone surrogates (only a \udXXX escape makes one), all 66
@@ -107,11 +110,11 @@ class _OneError:
 
 
 ItemId = Annotated[
-    Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=ITEM_ID_PATTERN)] | Int64,
+    Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=ITEM_ID_PATTERN)] | JsonSafeInt,
     _OneError(
         "item_id_invalid",
         "An item id is text of 1..256 printable characters (no control characters, non-characters or U+FFFD) "
-        "or an integer within int64",
+        "or an integer within +-(2**53 - 1) (larger ones as text)",
     ),
 ]
 
@@ -177,6 +180,15 @@ def _not_in_future(timestamp: int) -> int:
 UNKNOWN_KEYS_REPORTED = 5
 
 
+def _timestamp_schema(schema: dict[str, Any]) -> None:
+    """The document states the bound as of when it was built, which stays within it (clocks move on)."""
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "integer":
+            option.pop("ge", None)  # Ge(0) sits outside JsonSafeInt's validator: stated here as JSON Schema says it
+            option["minimum"] = 0
+            option["maximum"] = min(JSON_INT_MAX, int(time.time()) + limits.current().event_max_future_s)
+
+
 class _Request(BaseModel):
     """A request body object: unknown keys are refused, and a body with thousands of them costs
     what one with a few does (only the first few are reported, pydantic never sees the rest)."""
@@ -229,11 +241,11 @@ def _filter_value(value: object) -> object:
     if isinstance(value, str):
         if len(value) > 256:
             raise PydanticCustomError("string_too_long", "String should have at most 256 characters")
-        if _has_surrogate(value):
+        if has_surrogate(value):
             raise PydanticCustomError("string_unicode", "A lone surrogate (\\udXXX escape) is not Unicode text")
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        return _int64(value)
+        return _json_int(value)
     if isinstance(value, float) and math.isfinite(value):
         return value
     raise PydanticCustomError("filter_value_type", "A filter value must be a string or a finite number")
@@ -244,18 +256,10 @@ _NULL_FILTER_VALUE = PydanticCustomError(
 )
 
 
-def _has_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _int64(value: int) -> int:
-    if not INT64_MIN <= value <= INT64_MAX:
+def _json_int(value: int) -> int:
+    if not -JSON_INT_MAX <= value <= JSON_INT_MAX:
         raise PydanticCustomError(
-            "filter_value_range", "An integer filter value must be within int64 (send larger numbers as floats)"
+            "filter_value_range", "An integer filter value must be within +-(2**53 - 1) (send larger numbers as floats)"
         )
     return value
 
@@ -265,7 +269,7 @@ def _filter_number(value: object) -> object:
     if value is None:
         raise _NULL_FILTER_VALUE
     if isinstance(value, int) and not isinstance(value, bool):
-        return float(_int64(value))
+        return float(_json_int(value))
     if not isinstance(value, float) or not math.isfinite(value):
         raise PydanticCustomError("filter_number_type", "A range bound must be a finite number")
     return value
@@ -380,10 +384,11 @@ class BatchRequest(_Request):
 
 class EventIn(_Request):
     item_id: ItemId
-    timestamp: Annotated[Int64, Ge(0), AfterValidator(_not_in_future)] | None = Field(
+    timestamp: Annotated[JsonSafeInt, Ge(0), AfterValidator(_not_in_future)] | None = Field(
         None,
         description="Unix seconds; optional. At most REMI_EVENT_MAX_FUTURE_S (default a day) ahead of the "
-        "server's clock.",
+        "server's clock (the maximum stated here: that bound when this document was built).",
+        json_schema_extra=_timestamp_schema,
     )
 
 

@@ -12,7 +12,7 @@ from service.http_guards import SafeJsonRoute
 from service.schemas import (
     BAD_INPUT_422,
     BLOCKED_PAGE_MAX,
-    INT64_MAX,
+    JSON_INT_MAX,
     TOO_LARGE_413,
     BlockedItem,
     BlockedResponse,
@@ -85,7 +85,7 @@ async def _change(state: StateDep, op: str, body: BlockRequest) -> BlockResponse
 )
 async def blocked_items(
     state: StateDep,
-    offset: Annotated[int, Query(ge=0, le=INT64_MAX, description="Ids to skip.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=JSON_INT_MAX, description="Ids to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=BLOCKED_PAGE_MAX, description="Ids per page.")] = 100,
 ) -> BlockedResponse:
     try:

@@ -252,13 +252,13 @@ def test_a_non_json_value_behind_a_large_valid_prefix_still_names_its_field(clie
         assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(field, "json_invalid")], value
 
 
-# ---------------------------------------------------------------- int64 integers, timestamps within the skew (A11)
+# ---------------------------------------------------------------- exact JSON integers, timestamps within the skew (A11)
 
-INT64_MAX = 2**63 - 1
+JSON_INT_MAX = 2**53 - 1  # I-JSON: the integers every JSON parser reads exactly (inside int64)
 
 
-@pytest.mark.parametrize("timestamp", [10**39, 2**63, INT64_MAX, -1])
-def test_event_timestamps_outside_int64_or_far_ahead_are_a_422_naming_the_field(
+@pytest.mark.parametrize("timestamp", [10**39, 2**63, 2**63 - 1, 2**53, -1])
+def test_event_timestamps_outside_exact_json_integers_or_far_ahead_are_a_422_naming_the_field(
     client: TestClient, timestamp: int
 ) -> None:
     events = [{"item_id": "a"}, {"item_id": "b", "timestamp": timestamp}]
@@ -285,8 +285,8 @@ def test_event_timestamps_past_the_allowed_clock_skew_are_refused_and_within_it_
     assert fields["event_max_future_s"].default == 86400 and fields["event_max_future_s"].description
 
 
-@pytest.mark.parametrize("item", [2**63, -(2**63) - 1, 10**30])
-def test_integer_item_ids_outside_int64_are_a_422_naming_the_item(client: TestClient, item: int) -> None:
+@pytest.mark.parametrize("item", [2**53, -(2**53), 2**63, -(2**63) - 1, 10**30])
+def test_integer_item_ids_outside_exact_json_integers_are_a_422_naming_the_item(client: TestClient, item: int) -> None:
     cases = [
         ("/recommend", {"user_id": "u", "history": ["a", item]}, ["body", "history", 1]),
         ("/recommend", {"user_id": "u", "exclude_items": [item]}, ["body", "exclude_items", 0]),
@@ -301,12 +301,13 @@ def test_integer_item_ids_outside_int64_are_a_422_naming_the_item(client: TestCl
         assert loc_of(response) == [field], (path, response.text)
 
 
-def test_integer_fields_take_every_int64_they_allow(client: TestClient) -> None:
-    stored = client.post("/users/big-ints/events", json={"events": [{"item_id": INT64_MAX}, {"item_id": -(2**63)}]})
+def test_integer_fields_take_every_exact_json_integer_and_larger_ids_as_text(client: TestClient) -> None:
+    events = [{"item_id": JSON_INT_MAX}, {"item_id": -JSON_INT_MAX}, {"item_id": str(2**63)}]
+    stored = client.post("/users/big-ints/events", json={"events": events})
     assert stored.status_code == 200, stored.text
     items = client.get("/users/big-ints/history").json()["items"]
-    assert [i["item_id"] for i in items] == [str(INT64_MAX), str(-(2**63))]
-    page = client.get("/admin/items/blocked", params={"offset": 2**63}, headers=TOKEN)
+    assert [i["item_id"] for i in items] == [str(JSON_INT_MAX), str(-JSON_INT_MAX), str(2**63)]
+    page = client.get("/admin/items/blocked", params={"offset": 2**53}, headers=TOKEN)
     assert page.status_code == 422 and loc_of(page) == [["query", "offset"]], page.text
 
 
