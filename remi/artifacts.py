@@ -6,6 +6,7 @@ and numpy only, never torch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from remi.contract import (
     MODEL_FILE,
     NPZ_HISTORY,
     NPZ_MASK,
+    OUTPUT_INTEREST_MASK,
     OUTPUT_INTERESTS,
     OUTPUT_ROUTING,
     SAMPLE_HISTORIES,
@@ -89,6 +91,21 @@ class UserTower:
             [OUTPUT_INTERESTS, OUTPUT_ROUTING], {INPUT_ITEMS: item_ids, INPUT_MASK: mask}
         )
         return interests, routing
+
+    @functools.cached_property
+    def has_interest_mask(self) -> bool:
+        """Whether the model says per user which interests it has (exported since adaptive interests)."""
+        return OUTPUT_INTEREST_MASK in {o.name for o in self.session.get_outputs()}
+
+    def run_with_mask(self, item_ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As :meth:`run`, plus the (B, K) bool interest mask (all True for a model exported without one)."""
+        if not self.has_interest_mask:
+            interests, routing = self.run(item_ids, mask)
+            return interests, routing, np.ones(interests.shape[:2], dtype=bool)
+        interests, routing, active = self.session.run(
+            [OUTPUT_INTERESTS, OUTPUT_ROUTING, OUTPUT_INTEREST_MASK], {INPUT_ITEMS: item_ids, INPUT_MASK: mask}
+        )
+        return interests, routing, active.astype(bool, copy=False)
 
 
 @dataclass

@@ -94,6 +94,8 @@ VERSION_ARTIFACTS = "artifacts"
 # ONNX tensor names; the service and the index build feed and read these.
 INPUT_ITEMS, INPUT_MASK = "item_ids", "mask"
 OUTPUT_INTERESTS, OUTPUT_ROUTING = "interests", "routing"
+# (B, K) bool: the interests a user has (docs/remi.md A.13); a model exported without it has all K
+OUTPUT_INTEREST_MASK = "interest_mask"
 
 IndexKind = Literal["flat", "hnsw", "ivfpq"]
 

@@ -23,6 +23,7 @@ RrNorm = Literal["authors", "valid"]
 RrScope = Literal["interest", "mean"]
 DivGrad = Literal["all", "tower"]
 AdaptiveRule = Literal["off", "log2"]
+SeqTargets = Literal["last", "all"]
 OptimizerName = Literal["adam", "sparse-adam", "rowwise-adagrad"]
 LrSchedule = Literal["constant", "cosine"]
 # what `--scheme sampled` uses for the recommended model's regularisers unless they are set
@@ -93,6 +94,13 @@ class TrainConfig(BaseSettings):
         description=(
             "Self-attention blocks over the history: under ComiRec-SA's interest heads (0 = none, the paper's "
             "model); SASRec's own encoder (2 unless set)."
+        ),
+    )
+    seq_targets: SeqTargets = Field(
+        "last",
+        description=(
+            "sasrec: the next item of the newest position only (last, every backbone's objective) or of every "
+            "position of the history (all, SASRec's own: one example per position, same negatives)."
         ),
     )
     encoder_heads: int = Field(1, ge=1, description="Attention heads per self-attention block (must divide dim).")
@@ -229,6 +237,8 @@ class TrainConfig(BaseSettings):
             )
         if self.encoder_blocks and self.model not in ENCODER_MODELS:
             raise ValueError(f"encoder_blocks applies to {' and '.join(ENCODER_MODELS)}, not {self.model}")
+        if self.seq_targets == "all" and self.model != "sasrec":
+            raise ValueError("seq_targets all needs a causal encoder: --model sasrec")
         if self.model == "sasrec" and self.encoder_blocks < 1:
             raise ValueError("sasrec needs encoder_blocks >= 1")
         if self.encoder_blocks and self.dim % self.encoder_heads:

@@ -323,12 +323,18 @@ class SASRec(MultiInterestModel):
         self.encoder = SelfAttentionEncoder(dim, seq_len, encoder, causal=True)
 
     def from_embeddings(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        user, routing, _ = self.with_sequence(h, mask)
+        return user, routing
+
+    def with_sequence(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`from_embeddings`, plus every position's output (B, L, d): position i is the
+        user after the first i + 1 items, what SASRec's own objective trains (``seq_targets`` all)."""
         out, attn = self.encoder(h, mask)  # (B, L, d), (B, L, L)
         last = (mask.sum(-1) - 1).clamp(min=0)  # (B,) the most recent item's slot
         pick = last.view(-1, 1, 1)
         user = out.gather(1, pick.expand(-1, 1, out.shape[-1]))  # (B, 1, d)
         routing = attn.gather(1, pick.expand(-1, 1, attn.shape[-1])) * mask.unsqueeze(1)  # (B, 1, L)
-        return user, routing
+        return user, routing, out
 
 
 def build_model(

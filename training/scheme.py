@@ -59,6 +59,11 @@ class ModelOutput:
     active: torch.Tensor  # (B, K) bool: the interests the user has (models.active_interests)
     target_emb: torch.Tensor  # (B, d)
     negative_emb: torch.Tensor  # (M, d)
+    # seq_targets all (SASRec's own objective): every valid position of every history as one example,
+    # its output (N, d) and the next item's vector and index (N, d), (N,); None otherwise
+    seq_users: torch.Tensor | None = None
+    seq_target_emb: torch.Tensor | None = None
+    seq_targets: torch.Tensor | None = None
     # what interest_div measures: the interests themselves, or (interest_div_grad = tower) the same
     # interests recomputed from the detached history embeddings, so the penalty's gradient stops at
     # the tower; None when interest_div is off
@@ -106,6 +111,7 @@ class TrainingScheme:
     interest_div_margin: float = 0.0
     interest_div_grad: str = "all"  # all | tower (A.11)
     rr_skips_first: bool = False  # shared_interest: row 0 is the fixed uniform row, RR only the others (A.11)
+    all_positions: bool = False  # seq_targets all: every position predicts its next item (SASRec, A.12)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> TrainingScheme:
@@ -123,6 +129,7 @@ class TrainingScheme:
             interest_div_margin=cfg.interest_div_margin,
             interest_div_grad=cfg.interest_div_grad,
             rr_skips_first=cfg.shared_interest,
+            all_positions=cfg.seq_targets == "all",
         )
 
     def beta_at(self, step: int) -> float:
@@ -138,6 +145,8 @@ class TrainingScheme:
         h = emb[: b_sz * length].view(b_sz, length, -1) * batch.mask.unsqueeze(-1).to(emb.dtype)  # (B, L, d)
         target_emb = emb[b_sz * length : b_sz * (length + 1)]  # (B, d)
         negative_emb = emb[b_sz * (length + 1) :]  # (M, d)
+        if self.all_positions:
+            return self._forward_all_positions(model, batch, emb, h, target_emb, negative_emb)
         interest_vectors, routing = model.from_embeddings(h, batch.mask)  # (B, K, d), (B, K, L)
         div_vectors = None
         if self.interest_div > 0:
@@ -147,7 +156,38 @@ class TrainingScheme:
             tower = self.interest_div_grad == "tower"
             div_vectors = model.from_embeddings(h.detach(), batch.mask)[0] if tower else interest_vectors
         active = model.interest_mask(batch.mask)
-        return ModelOutput(emb, b_sz, length, interest_vectors, routing, active, target_emb, negative_emb, div_vectors)
+        return ModelOutput(
+            emb, b_sz, length, interest_vectors, routing, active, target_emb, negative_emb, div_vectors=div_vectors
+        )
+
+    def _forward_all_positions(
+        self,
+        model: MultiInterestModel,
+        batch: TrainBatch,
+        emb: torch.Tensor,
+        h: torch.Tensor,
+        target_emb: torch.Tensor,
+        negative_emb: torch.Tensor,
+    ) -> ModelOutput:
+        """SASRec's objective: the output after items 1..i predicts item i + 1, for every valid i; the
+        newest position predicts the drawn target. Histories are right-padded, so the next item of
+        position i is history[i + 1], except at the newest position n - 1, where it is the target."""
+        with_sequence = getattr(model, "with_sequence", None)
+        if with_sequence is None:
+            raise ValueError("all-position targets need a causal encoder (--model sasrec)")
+        user, routing, out = with_sequence(h, batch.mask)  # (B, 1, d), (B, 1, L), (B, L, d)
+        b_sz, length, dim = h.shape
+        newest = batch.mask.sum(-1)  # (B,) n: the target goes to slot n of the shifted sequence
+        rows = torch.arange(b_sz, device=h.device)
+        next_emb = torch.cat([h, h.new_zeros(b_sz, 1, dim)], dim=1).index_put((rows, newest), target_emb)[:, 1:]
+        next_ids = torch.cat([batch.history, batch.history.new_zeros(b_sz, 1)], dim=1)
+        next_ids = next_ids.index_put((rows, newest), batch.target)[:, 1:]
+        valid = batch.mask  # position i < n has a next item (history[i + 1] or the target)
+        active = model.interest_mask(batch.mask)
+        return ModelOutput(
+            emb, b_sz, length, user, routing, active, target_emb, negative_emb,
+            seq_users=out[valid], seq_target_emb=next_emb[valid], seq_targets=next_ids[valid],
+        )  # fmt: skip
 
     def loss(
         self,
@@ -163,11 +203,15 @@ class TrainingScheme:
         term scores it against the target and the shared negatives, IHN-weighted when β > 0.
         """
         beta = self.beta_at(step)
-        user = hard_readout(output.interest_vectors, output.target_emb, output.active)  # (B, d)
-        pos_logit = (user * output.target_emb).sum(-1)  # (B,)
+        if output.seq_users is not None and output.seq_target_emb is not None and output.seq_targets is not None:
+            user, target_emb, targets = output.seq_users, output.seq_target_emb, output.seq_targets  # (N, d)
+        else:
+            user = hard_readout(output.interest_vectors, output.target_emb, output.active)  # (B, d)
+            target_emb, targets = output.target_emb, batch.target
+        pos_logit = (user * target_emb).sum(-1)  # (B,)
         neg_logits = user @ output.negative_emb.T  # (B, M)
         weights = None if beta == 0 else weighting_scores(self.weight_scores, user, output.negative_emb, neg_logits)
-        valid = negatives.unsqueeze(0) != batch.target.unsqueeze(1) if self.remove_accidental_hits else None
+        valid = negatives.unsqueeze(0) != targets.unsqueeze(1) if self.remove_accidental_hits else None
         softmax = ihn_loss(pos_logit, neg_logits, beta, weights, valid, self.detach_weights)
         total = softmax
         rr = torch.zeros((), dtype=softmax.dtype)

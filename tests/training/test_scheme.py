@@ -118,3 +118,28 @@ def test_shared_interest_leaves_its_fixed_row_out_of_rr() -> None:
 def test_shared_interest_is_a_comirec_sa_setting(model: str) -> None:
     with pytest.raises(ValueError, match="shared_interest"):
         TrainConfig(model=model, shared_interest=True)
+
+
+def test_sasrec_all_positions_predict_each_next_item_and_the_newest_the_target() -> None:
+    """SASRec's own objective: position i's output is scored against history[i + 1], the newest
+    position against the drawn target; padded slots give no example."""
+    from training.config import TrainConfig
+    from training.models import model_from_config
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(model="sasrec", seq_targets="all", dim=16, seq_len=6, scheme="sampled")
+    model = model_from_config(cfg, 40).eval()  # no dropout, so the two passes compare
+    history = torch.tensor([[3, 4, 5, 0, 0, 0], [7, 8, 9, 10, 11, 12]])
+    batch = TrainBatch(history, history != 0, torch.tensor([6, 13]))
+    scheme = TrainingScheme.from_config(cfg)
+    output = scheme.forward(model, batch, torch.arange(1, 20))
+    assert output.seq_targets is not None and output.seq_users is not None and output.seq_target_emb is not None
+    assert output.seq_targets.tolist() == [4, 5, 6, 8, 9, 10, 11, 12, 13]
+    assert torch.equal(output.seq_target_emb, model.item_emb(output.seq_targets))
+    _, _, every = model.with_sequence(model.embed(history, history != 0), history != 0)  # type: ignore[operator]
+    assert torch.allclose(output.seq_users[2], every[0, 2])  # user 0's newest position
+    assert torch.allclose(output.interest_vectors[0, 0], every[0, 2])  # the served vector is that same one
+    loss = scheme.loss(output, batch, torch.arange(1, 20), step=0)
+    assert torch.isfinite(loss.total)
+    with pytest.raises(ValueError, match="causal encoder"):
+        TrainConfig(model="comirec-sa", seq_targets="all")
