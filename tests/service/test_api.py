@@ -161,11 +161,16 @@ def test_malformed_json_is_a_422(api: Server, raw: bytes) -> None:
     assert response.status_code == 422, response.text
 
 
-def test_huge_history_is_truncated_not_rejected(api: Server, artifacts_dir: Path) -> None:
+def test_a_long_history_is_truncated_and_one_over_the_limit_is_refused(api: Server, artifacts_dir: Path) -> None:
+    """Up to REMI_HISTORY_ITEMS_MAX (1,000) ids the model reads the most recent REMI_HISTORY_MAX_LEN
+    (200); a longer list is a 422 naming it, refused before its items are read (issue 23 A2: a
+    100k-item history used to be read whole)."""
     items = item_ids(artifacts_dir)
-    history = [items[i % len(items)] for i in range(100_000)]
+    history = [items[i % len(items)] for i in range(1000)]
     body = recommend(api, user_id=uid(), history=history, k=5).json()
     assert body["history_len"] == 200 and len(body["items"]) == 5  # REMI_HISTORY_MAX_LEN
+    refused = recommend(api, user_id=uid(), history=history * 100, k=5)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "history"]
 
 
 def test_bad_events_and_path_ids_are_4xx(api: Server) -> None:
