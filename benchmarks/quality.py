@@ -40,6 +40,7 @@ OTHER_STEPS = 20_000
 MODEL_VARIANTS: dict[str, dict[str, Any]] = {
     "comirec-sa-tf": {"model": "comirec-sa", "encoder_blocks": 2},  # two self-attention blocks under the heads
     "comirec-sa-adaptive": {"model": "comirec-sa", "adaptive_interests": "log2"},  # as many interests as the user has
+    "sasrec-last": {"model": "sasrec", "seq_targets": "last"},  # SASRec scored on the newest position only
 }
 
 
