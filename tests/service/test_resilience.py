@@ -61,12 +61,20 @@ def test_redis_outage_falls_back_and_recovers(artifacts_dir: Path, own_redis: Ow
         server.stop()
 
 
-def test_unreachable_redis_from_the_start_still_serves(artifacts_dir: Path, tmp_path: Path) -> None:
+def test_unreachable_redis_from_the_start_fails_closed_until_it_answers(artifacts_dir: Path, tmp_path: Path) -> None:
+    """No blocklist from the store and no copy of it on disk: any answer could hold a blocked item,
+    so none is given (issue 23 A6; it used to serve, blocking nothing); once Redis answers, it serves."""
     dead = OwnRedis()  # a free port nobody listens on
     server = start_server(tmp_path / "root", artifacts_dir, REMI_REDIS_URL=dead.url)
     try:
         response = httpx.post(f"{server.url}/recommend", json={"user_id": "carol"})
-        assert response.status_code == 200 and response.json()["fallback"] == "history_unavailable"
+        assert response.status_code == 503 and "no blocklist yet" in response.json()["detail"], response.text
+        dead.start()
+        try:
+            wait_for(lambda: httpx.post(f"{server.url}/recommend", json={"user_id": "carol"}).status_code == 200)
+            assert httpx.get(f"{server.url}/readyz").json()["blocklist"] == "ok"
+        finally:
+            dead.stop()
     finally:
         server.stop()
 
