@@ -48,13 +48,16 @@ def leaders(vectors: np.ndarray, weights: np.ndarray, cosine: float, min_weight:
     return chosen
 
 
-def rescore(candidates: np.ndarray, item_vectors: np.ndarray, interests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def rescore(
+    candidates: np.ndarray, item_vectors: np.ndarray, interests: np.ndarray, active: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact scores of found items against every interest of their user.
 
     Args:
         candidates: (U, M) FAISS rows, -1 for an empty slot.
         item_vectors: (I, d) float32 item table by FAISS row.
         interests: (U, K, d) the users' interest vectors.
+        active: (U, K) bool, the interests each user has (all when None); the others score nothing.
     Returns:
         (U, M) float32 best score max_k <v_k, e_i> (-inf for empty slots) and the (U, M) interest
         that gives it (-1 for empty slots).
@@ -62,6 +65,8 @@ def rescore(candidates: np.ndarray, item_vectors: np.ndarray, interests: np.ndar
     empty = candidates < 0
     vecs = item_vectors[np.where(empty, 0, candidates)]  # (U, M, d)
     all_scores = np.einsum("umd,ukd->umk", vecs, interests.astype(np.float32, copy=False))
+    if active is not None:
+        all_scores = np.where(active[:, None, :], all_scores, -np.inf)
     best = all_scores.argmax(-1)
     scores = np.take_along_axis(all_scores, best[..., None], -1)[..., 0].astype(np.float32)
     return np.where(empty, -np.inf, scores).astype(np.float32), np.where(empty, -1, best)

@@ -16,14 +16,20 @@ from remi.artifacts import Artifacts
 from remi.contract import ArtifactError, ItemVocabulary, check_pair
 
 
-def interest_queries(arts: Artifacts, max_users: int = 1000) -> np.ndarray:
-    """Real query vectors: the ONNX tower's interest vectors on held-out users' histories, (S * K, d)."""
+def interest_queries(arts: Artifacts, max_users: int = 1000, active_only: bool = True) -> np.ndarray:
+    """Real query vectors: the ONNX tower's interest vectors on held-out users' histories, (<= S * K, d).
+
+    ``active_only``: the interests each user has (all K unless the model is adaptive), what the
+    service searches; off, every user's K in a row, which a gate on merged answers groups by K.
+    """
     history, mask = arts.sample_history[:max_users], arts.sample_mask[:max_users]
     if len(history) == 0:
         return np.zeros((0, arts.manifest.dim), dtype=np.float32)
-    chunks = [arts.tower.run(history[i : i + 256], mask[i : i + 256])[0] for i in range(0, len(history), 256)]
-    interest_vectors = np.concatenate(chunks)
-    return interest_vectors.reshape(-1, interest_vectors.shape[-1])
+    chunks = []
+    for i in range(0, len(history), 256):
+        vectors, _, active = arts.tower.run_with_mask(history[i : i + 256], mask[i : i + 256])
+        chunks.append(vectors[active] if active_only else vectors.reshape(-1, vectors.shape[-1]))
+    return np.concatenate(chunks)
 
 
 def smoke_query(arts: Artifacts, folder: Path) -> None:

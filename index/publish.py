@@ -69,7 +69,7 @@ def build_from_artifacts(
 ) -> IndexManifest:
     """``remi index build``: one index folder from an artifact folder (written atomically)."""
     arts = load_artifacts(artifacts_dir)
-    queries = interest_queries(arts) if use_interests else None
+    queries = interest_queries(arts, active_only=recall_of == "interests") if use_interests else None
     with atomic_folder(Path(out), replace=force) as tmp:
         manifest = build_index_folder(
             arts.item_vectors,
@@ -255,7 +255,7 @@ def reindex(
                 tmp,
                 chosen,
                 arts.model_version,
-                interest_queries(arts),
+                interest_queries(arts, active_only=recall_of == "interests"),
                 params,
                 min_recall,
                 _answers_of(arts, recall_of),

@@ -143,14 +143,17 @@ class Engine:
         if warm:
             t0 = time.perf_counter()
             ids, mask = pad_histories([queries[i].history for i in warm], self.seq_len)
-            interest_vectors, routing = self.arts.tower.run(ids, mask)
+            # active: the interests each user has (a model with adaptive interests says fewer for
+            # short histories, docs/remi.md A.13); the others are never searched nor merged
+            interest_vectors, routing, active = self.arts.tower.run_with_mask(ids, mask)
             t1 = time.perf_counter()
             timings.model = t1 - t0
-            weights = interest_weights(routing, mask)
+            weights = np.where(active, interest_weights(routing, mask), 0.0)
             strategies = np.array([queries[i].merge for i in warm])
-            searched = np.ones(weights.shape, dtype=bool)
+            searched = active.copy()
             if self.dedup:  # only the score merge: quota and round-robin read every interest's own list
-                grouped = leaders(interest_vectors, weights, self.dedup_cosine, self.min_weight)
+                ranked = np.where(active, weights, -np.inf)  # an inactive interest never leads
+                grouped = leaders(interest_vectors, ranked, self.dedup_cosine, self.min_weight) & active
                 searched[strategies == "score"] = grouped[strategies == "score"]
             timings.extra["searched_interests"] = float(searched.sum())
             timings.extra["interests"] = float(searched.size)
@@ -213,7 +216,10 @@ class Engine:
                         # max_k score and interest), then merge the pooled candidates.
                         pool = per_ids[sub].reshape(len(sub), -1)
                         pool_scores, pool_who = rescore(
-                            np.where(pool >= 0, pool - 1, -1), self.item_vectors, interest_vectors[picked]
+                            np.where(pool >= 0, pool - 1, -1),
+                            self.item_vectors,
+                            interest_vectors[picked],
+                            active[picked],
                         )
                         merged, merged_scores, who = merge_flat(pool, pool_scores, pool_who, k)
                     else:
@@ -372,7 +378,9 @@ class Engine:
         if not len(history):
             return []
         ids, mask = pad_histories([history], self.seq_len)
-        interest_vectors, routing = self.arts.tower.run(ids, mask)
+        interest_vectors, routing, active = self.arts.tower.run_with_mask(ids, mask)
+        kept = np.flatnonzero(active[0])  # the interests this user has (all K unless adaptive)
+        interest_vectors, routing = interest_vectors[:, kept], routing[:, kept]
         query = Query(history, top_n, blocked=blocked)
         if allowed is not None:
             searchable = self.search_mask(allowed, query)
@@ -401,7 +409,7 @@ class Engine:
             order = np.argsort(-row, kind="stable")[:top_history]
             out.append(
                 {
-                    "interest": interest,
+                    "interest": int(kept[interest]),
                     "weight": round(float(weights[interest]), 4),
                     "effective_items": round(float(np.exp(entropy)), 3),
                     "norm": round(float(np.linalg.norm(interest_vectors[0, interest])), 4),
