@@ -104,8 +104,9 @@ class TrainConfig(BaseSettings):
     seq_targets: SeqTargets = Field(
         "last",
         description=(
-            "sasrec: the next item of the newest position only (last, every backbone's objective) or of every "
-            "position of the history (all, SASRec's own: one example per position, same negatives)."
+            "The next item of the newest position only (last, every backbone's objective) or of every position "
+            "of the history (all, SASRec's own: one example per prefix, same negatives); all needs sasrec, or "
+            "comirec-sa with encoder_blocks, whose blocks then become causal."
         ),
     )
     encoder_heads: int = Field(1, ge=1, description="Attention heads per self-attention block (must divide dim).")
@@ -242,8 +243,12 @@ class TrainConfig(BaseSettings):
             )
         if self.encoder_blocks and self.model not in ENCODER_MODELS:
             raise ValueError(f"encoder_blocks applies to {' and '.join(ENCODER_MODELS)}, not {self.model}")
-        if self.seq_targets == "all" and self.model != "sasrec":
-            raise ValueError("seq_targets all needs a causal encoder: --model sasrec")
+        if self.seq_targets == "all" and not (
+            self.model == "sasrec" or (self.model == "comirec-sa" and self.encoder_blocks >= 1)
+        ):
+            raise ValueError(
+                "seq_targets all needs a causal encoder: --model sasrec, or comirec-sa with encoder_blocks"
+            )
         if self.model == "sasrec" and self.encoder_blocks < 1:
             raise ValueError("sasrec needs encoder_blocks >= 1")
         if self.encoder_blocks and self.dim % self.encoder_heads:

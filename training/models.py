@@ -48,13 +48,17 @@ def active_interests(mask: torch.Tensor, n_interests: int, rule: str = "off") ->
     is the same integer arithmetic in PyTorch, in the exported ONNX graph and in numpy:
     slot j (0-based) is active iff ceil(log2 n) >= j + 1  <=>  n > 2^j.
     """
-    slots = torch.arange(n_interests, device=mask.device)
+    return active_for_lengths(mask.sum(-1), n_interests, rule)
+
+
+def active_for_lengths(n: torch.Tensor, n_interests: int, rule: str = "off") -> torch.Tensor:
+    """(...) history lengths -> (..., K) bool, the rule of :func:`active_interests`."""
+    slots = torch.arange(n_interests, device=n.device)
     if rule == "off":
-        return torch.ones(mask.shape[0], n_interests, dtype=torch.bool, device=mask.device)
+        return torch.ones(*n.shape, n_interests, dtype=torch.bool, device=n.device)
     if rule != "log2":
         raise ValueError(f"unknown adaptive-interest rule {rule!r}; choose one of {', '.join(ADAPTIVE_RULES)}")
-    n = mask.sum(-1, keepdim=True)  # (B, 1)
-    return (slots == 0) | (n > torch.pow(2, slots))
+    return (slots == 0) | (n.unsqueeze(-1) > torch.pow(2, slots))
 
 
 class MultiInterestModel(nn.Module):
@@ -111,6 +115,7 @@ class EncoderSpec:
     blocks: int = 0
     heads: int = 1
     dropout: float = 0.2
+    causal: bool = False  # under ComiRec-SA: positions read only older items (trained on every prefix)
 
 
 class SelfAttentionBlock(nn.Module):
@@ -198,7 +203,9 @@ class ComiRecSA(MultiInterestModel):
     ):
         super().__init__(n_items, dim, n_interests, seq_len, sparse_items)
         # encoder: transformer blocks whose outputs the K heads read instead of the raw embeddings
-        self.encoder = SelfAttentionEncoder(dim, seq_len, encoder, causal=False) if encoder and encoder.blocks else None
+        self.encoder = (
+            SelfAttentionEncoder(dim, seq_len, encoder, causal=encoder.causal) if encoder and encoder.blocks else None
+        )
         # shared_interest: row 0 of the routing is uniform over the valid positions, so interest 0
         # is the history mean and the other rows are free (docs/remi.md A.11).
         self.shared_interest = shared_interest
@@ -227,6 +234,30 @@ class ComiRecSA(MultiInterestModel):
         logits = logits.masked_fill(~mask.unsqueeze(1), NEG_INF)
         routing = torch.softmax(logits, dim=-1) * mask.unsqueeze(1)  # exact zeros on padding
         return routing @ h, routing  # (B, K, d), (B, K, L)
+
+    def with_sequence(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Over a causal encoder: the K interests after every prefix of the history, (B, L, K, d),
+        beside :meth:`from_embeddings`'s outputs (the full history = the newest prefix).
+
+        Prefix i's interest k reads positions j <= i: softmax_j over the same logits, cut at i.
+        The encoder's outputs at j <= i depend on items <= j only, so prefix i's interests are
+        a function of its own items, as SASRec's position i is (docs/remi.md A.12).
+        """
+        if self.encoder is None or not self.encoder.causal:
+            raise ValueError("interests per prefix need a causal encoder under ComiRec-SA (seq_targets all)")
+        out = self.encoder(h, mask)[0]  # (B, L, d)
+        length = h.shape[1]
+        logits = self.w2(torch.tanh(self.w1(out + self.pos)))  # (B, L, K)
+        if self.shared_interest:
+            logits = torch.cat([torch.zeros_like(logits[..., :1]), logits[..., 1:]], dim=-1)
+        past = torch.ones(length, length, dtype=torch.bool, device=h.device).tril()
+        allowed = (past.unsqueeze(0) & mask.unsqueeze(1)).unsqueeze(2)  # (B, Li, 1, Lj)
+        per_prefix = logits.transpose(1, 2).unsqueeze(1).masked_fill(~allowed, NEG_INF)  # (B, Li, K, Lj)
+        routing_all = torch.softmax(per_prefix, dim=-1) * allowed
+        interests = routing_all @ out.unsqueeze(1)  # (B, Li, K, d)
+        newest = (mask.sum(-1) - 1).clamp(min=0)
+        rows = torch.arange(h.shape[0], device=h.device)
+        return interests[rows, newest], routing_all[rows, newest], interests
 
 
 def squash(s: torch.Tensor) -> torch.Tensor:
@@ -327,14 +358,14 @@ class SASRec(MultiInterestModel):
         return user, routing
 
     def with_sequence(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As :meth:`from_embeddings`, plus every position's output (B, L, d): position i is the
+        """As :meth:`from_embeddings`, plus every position's output (B, L, 1, d): position i is the
         user after the first i + 1 items, what SASRec's own objective trains (``seq_targets`` all)."""
         out, attn = self.encoder(h, mask)  # (B, L, d), (B, L, L)
         last = (mask.sum(-1) - 1).clamp(min=0)  # (B,) the most recent item's slot
         pick = last.view(-1, 1, 1)
         user = out.gather(1, pick.expand(-1, 1, out.shape[-1]))  # (B, 1, d)
         routing = attn.gather(1, pick.expand(-1, 1, attn.shape[-1])) * mask.unsqueeze(1)  # (B, 1, L)
-        return user, routing, out
+        return user, routing, out.unsqueeze(2)
 
 
 def build_model(
@@ -367,7 +398,9 @@ def build_model(
 
 def model_from_config(cfg: TrainConfig, n_items: int, sparse_items: bool = False) -> MultiInterestModel:
     """The backbone a TrainConfig describes (training, ``remi evaluate``/``export`` rebuild it alike)."""
-    encoder = EncoderSpec(cfg.encoder_blocks, cfg.encoder_heads, cfg.dropout)
+    # a multi-interest model trained on every prefix reads a causal encoder (ComiRec-SA's prefixes)
+    causal = cfg.seq_targets == "all"
+    encoder = EncoderSpec(cfg.encoder_blocks, cfg.encoder_heads, cfg.dropout, causal)
     model = build_model(
         cfg.model, n_items, cfg.dim, cfg.interests, cfg.seq_len, sparse_items, cfg.shared_interest, encoder
     )

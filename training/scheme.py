@@ -16,7 +16,7 @@ import torch
 from remi.contract import ItemVocabulary
 from training.config import TrainConfig
 from training.losses import hard_readout, ihn_loss, interest_overlap, routing_regularization, weighting_scores
-from training.models import MultiInterestModel
+from training.models import MultiInterestModel, active_for_lengths
 
 
 @dataclass(frozen=True)
@@ -174,8 +174,8 @@ class TrainingScheme:
         position i is history[i + 1], except at the newest position n - 1, where it is the target."""
         with_sequence = getattr(model, "with_sequence", None)
         if with_sequence is None:
-            raise ValueError("all-position targets need a causal encoder (--model sasrec)")
-        user, routing, out = with_sequence(h, batch.mask)  # (B, 1, d), (B, 1, L), (B, L, d)
+            raise ValueError("all-position targets need a causal encoder (--model sasrec, or comirec-sa with blocks)")
+        user, routing, out = with_sequence(h, batch.mask)  # (B, K, d), (B, K, L), (B, L, K, d)
         b_sz, length, dim = h.shape
         newest = batch.mask.sum(-1)  # (B,) n: the target goes to slot n of the shifted sequence
         rows = torch.arange(b_sz, device=h.device)
@@ -183,10 +183,15 @@ class TrainingScheme:
         next_ids = torch.cat([batch.history, batch.history.new_zeros(b_sz, 1)], dim=1)
         next_ids = next_ids.index_put((rows, newest), batch.target)[:, 1:]
         valid = batch.mask  # position i < n has a next item (history[i + 1] or the target)
+        # prefix i has i + 1 items: its interests are those the rule gives that length
+        prefix_len = torch.arange(1, length + 1, device=h.device).expand(b_sz, -1)
+        prefix_active = active_for_lengths(prefix_len, out.shape[2], model.adaptive)  # (B, L, K)
+        seq_target_emb = next_emb[valid]  # (N, d)
+        seq_users = hard_readout(out[valid], seq_target_emb, prefix_active[valid])  # (N, d)
         active = model.interest_mask(batch.mask)
         return ModelOutput(
             emb, b_sz, length, user, routing, active, target_emb, negative_emb,
-            seq_users=out[valid], seq_target_emb=next_emb[valid], seq_targets=next_ids[valid],
+            seq_users=seq_users, seq_target_emb=seq_target_emb, seq_targets=next_ids[valid],
         )  # fmt: skip
 
     def loss(

@@ -162,3 +162,23 @@ def test_log2_rule_gives_a_user_as_many_interests_as_their_history_supports() ->
     assert active_interests(mask, 4, "off").all()
     with pytest.raises(ValueError, match="unknown adaptive-interest rule"):
         active_interests(mask, 4, "gate")
+
+
+def test_comirec_sa_over_a_causal_encoder_gives_interests_for_every_prefix() -> None:
+    """Prefix i's K interests read items <= i only; the newest prefix is the served model's output."""
+    torch.manual_seed(0)
+    model = build_model(
+        "comirec-sa", n_items=50, dim=16, n_interests=4, seq_len=8, encoder=EncoderSpec(blocks=2, causal=True)
+    ).eval()
+    ids, mask = _batch()
+    h = model.embed(ids, mask)
+    user, routing, every = model.with_sequence(h, mask)  # type: ignore[operator]
+    served, served_routing = model(ids, mask)
+    assert every.shape == (6, 8, 4, 16)
+    assert torch.allclose(user, served, atol=1e-5) and torch.allclose(routing, served_routing, atol=1e-6)
+    changed = ids.clone()
+    changed[:, 4:] = torch.where(mask[:, 4:], (changed[:, 4:] % 49) + 1, changed[:, 4:])
+    _, _, every2 = model.with_sequence(model.embed(changed, mask), mask)  # type: ignore[operator]
+    assert torch.allclose(every[:, :4], every2[:, :4], atol=1e-6)  # older prefixes untouched
+    with pytest.raises(ValueError, match="causal encoder"):
+        build_model("comirec-sa", n_items=50, dim=16, seq_len=8, encoder=EncoderSpec(blocks=1)).with_sequence(h, mask)  # type: ignore[operator]

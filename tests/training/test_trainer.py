@@ -112,10 +112,11 @@ def test_every_backbone_trains_with_remi(model: str, synth_csv: Path, tmp_path: 
 
 
 @pytest.mark.parametrize(
-    ("model", "scheme", "blocks", "steps"), [("sasrec", "ihn", 2, 600), ("comirec-sa", "remi", 1, 200)]
+    ("model", "scheme", "blocks", "steps", "seq_targets"),
+    [("sasrec", "ihn", 2, 300, "all"), ("comirec-sa", "remi", 1, 200, "last"), ("comirec-sa", "remi", 1, 300, "all")],
 )
 def test_self_attention_backbones_train_and_reload(
-    model: str, scheme: str, blocks: int, steps: int, synth_csv: Path, tmp_path: Path
+    model: str, scheme: str, blocks: int, steps: int, seq_targets: str, synth_csv: Path, tmp_path: Path
 ) -> None:
     from training.runs import load_run
 
@@ -124,6 +125,7 @@ def test_self_attention_backbones_train_and_reload(
         model=model,
         scheme=scheme,
         encoder_blocks=blocks,
+        seq_targets=seq_targets,
         **{**SMALL, "max_steps": steps, "eval_every": steps // 2},
     )
     result = _train(cfg, tmp_path)
