@@ -737,6 +737,16 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+FLAGS = ("minutes", "rate_fraction", "redis_restart_every", "redis_down_s", "reindex_every", "blocklist_every",
+         "sample_every", "warmup_minutes", "name")  # fmt: skip
+
+
+def command(args: dict[str, Any]) -> str:
+    """The command line of a run (its main flags) as its results record it."""
+    return "python -m benchmarks.soak " + " ".join(f"--{k.replace('_', '-')} {args[k]:g}" if k != "name"
+                                                   else f"--name {args[k]}" for k in FLAGS)  # fmt: skip
+
+
 def report(result: dict[str, Any]) -> str:
     args = result["meta"]["args"]
     s, g = result["soak"], result["goals"]
@@ -775,6 +785,8 @@ def report(result: dict[str, Any]) -> str:
         f"(nice {args['reindex_nice']}) + POST /admin/reload every {args['reindex_every']:g} s; a blocklist change "
         f"({args['blocklist_ids']} ids) every {args['blocklist_every']:g} s. {result['meta']['cpus']} CPUs; load "
         f"average before {result['meta']['loadavg_before'][0]:.1f}, after {result['meta']['loadavg_after'][0]:.1f}.",
+        "",
+        f"`{command(args)}`",
         "",
         md_table(
             [
