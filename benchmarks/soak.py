@@ -334,6 +334,7 @@ class Soak:
         self.t0 = time.time() + 5.0  # the load process is spawned and imported by then; both start at t0
         self.end = self.t0 + args.minutes * 60
         self.load_pid = 0
+        self.failures: list[dict[str, Any]] = []
 
     def every(self, interval: float, action: Any) -> threading.Thread:
         def loop() -> None:
@@ -341,7 +342,12 @@ class Soak:
             while self.t0 + k * interval < self.end and not self.stop.wait(
                 max(0.0, self.t0 + k * interval - time.time())
             ):
-                action()
+                try:
+                    action()
+                except Exception as exc:  # recorded and reported; the schedule goes on
+                    with self.lock:
+                        self.failures.append({"t": time.time(), "action": action.__name__, "error": repr(exc)[:500]})
+                    print(f"{action.__name__} failed: {exc!r}", flush=True)
                 k += 1
 
         thread = threading.Thread(target=loop, daemon=True)
@@ -547,6 +553,7 @@ def soak(
         "reindexes": ops.reindexes,
         "blocklist": ops.blocklist,
         "samples": ops.samples,
+        "failures": ops.failures,
     }
 
 
@@ -646,6 +653,7 @@ def goals(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         ),
         "admin_blocklist_5xx": len(admin_5xx),
         "admin_blocklist_5xx_outside_windows": len(admin_5xx_outside),
+        "operation_failures": len(s.get("failures", [])),
         "reindex_failures": sum(1 for r in s["reindexes"] if r["rc"] != 0 or r.get("reload_status") != 200),
     }
 
@@ -868,6 +876,8 @@ def report(result: dict[str, Any]) -> str:
             or "none"
         )
         + ".",
+        "",
+        f"Operations that raised: {s.get('failures') or 'none'}.",
         "",
         f"Blocklist changes: {len(blocks)} ({sum(1 for b in blocks if b['op'] == 'block')} blocks), {retried} retried "
         f"after a 503 (Redis down; {g['admin_blocklist_5xx']} 503s in all, {g['admin_blocklist_5xx_outside_windows']} "
