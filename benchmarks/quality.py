@@ -39,6 +39,8 @@ OTHER_STEPS = 20_000
 # names for backbone settings the table compares beside the plain backbones (the model tag = the name)
 MODEL_VARIANTS: dict[str, dict[str, Any]] = {
     "comirec-sa-tf": {"model": "comirec-sa", "encoder_blocks": 2},  # two self-attention blocks under the heads
+    # the same blocks made causal and trained on every prefix's next item (SASRec's objective, K interests)
+    "comirec-sa-causal": {"model": "comirec-sa", "encoder_blocks": 2, "seq_targets": "all"},
     "comirec-sa-adaptive": {"model": "comirec-sa", "adaptive_interests": "log2"},  # as many interests as the user has
     "sasrec-last": {"model": "sasrec", "seq_targets": "last"},  # SASRec scored on the newest position only
 }
