@@ -37,10 +37,14 @@ def test_run_directory_has_checkpoint_config_log_and_metrics(sa_run: tuple[Path,
     assert saved == json.loads(json.dumps(result.to_dict()))  # the typed result is what the file holds
     assert set(saved["test"]) == {"recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50"}
     assert {"effective_items", "collapsed_share", "interest_similarity"} <= set(saved["routing"])
-    lists = {"coverage@50", "diversity@50", "interests_used@50", *(f"interest_share_{k}@50" for k in (1, 2, 3, 4))}
+    lists = {
+        "coverage@50", "diversity@50", "interests_used@50", "interests_searched",
+        *(f"interest_share_{k}@50" for k in (1, 2, 3, 4)),
+    }  # fmt: skip
     assert set(saved["lists"]) == set(saved["valid_lists"]) == lists
     assert 0 < saved["lists"]["coverage@50"] <= 1 and 0 < saved["lists"]["diversity@50"] <= 2
     assert sum(saved["lists"][f"interest_share_{k}@50"] for k in (1, 2, 3, 4)) == pytest.approx(1.0)
+    assert saved["lists"]["interests_searched"] == 4.0  # every interest: the default is not adaptive
     assert saved["steps"] == SMALL["max_steps"] and saved["train_seconds"] > 0
     assert saved["config"]["scheme"] == "remi"
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
