@@ -2,7 +2,7 @@
 
     python -m benchmarks.blocklist [--items 100000] [--sizes 0 100 1000 10000] [--batches 1 64]
 
-The blocked items are one shared exclusion per list version (index/search.py ``SharedExclusion``:
+The blocked items are one shared exclusion per list version (retrieval/search.py ``SharedExclusion``:
 a row mask and the FAISS selector of the whole batch's search; before it, a copy of the list
 joined every request's own exclusion set: benchmarks/results/blocklist_before.md, measured on
 that code): this measures what the list costs on the serving path (model + search + merge, no
@@ -59,9 +59,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     from index.publish import reindex
-    from index.store import load_current
+    from retrieval.engine import Engine, Query
+    from retrieval.store import load_current
     from service.blocklist import map_ids
-    from service.engine import Engine, Query
 
     spec = synthetic_spec(args.items, args.dim, args.clusters, args.seed)
     args.work.mkdir(parents=True, exist_ok=True)

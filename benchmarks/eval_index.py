@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from benchmarks.report import md_table
-from index.merge import merge_by_score
-from index.search import search_interests
 from remi.contract import ItemVocabulary
+from retrieval.merge import merge_by_score
+from retrieval.search import search_interests
 from training.data import EvalSet
 from training.evaluate import evaluate, item_index, user_interest_vectors
 from training.models import build_model

@@ -11,9 +11,9 @@ uniformly per item, filtered with ``in`` on as many values as give the selectivi
 1% / 0.1%), evaluated by the service's own mask code (remi/attributes.py ``allowed_mask``, its time
 is the ``mask ms`` column); the allowed set is therefore independent of the vectors.
 
-Paths (index/filtered.py ``search_filtered``): ``graph`` = the HNSW index with a bitmap ID
+Paths (retrieval/filtered.py ``search_filtered``): ``graph`` = the HNSW index with a bitmap ID
 selector and the served beam max(efSearch, k) (the selector alone); ``graph-wide`` = the same
-with the beam widened as the planner's graph path does (index/filtered.py ``graph_beam``: up to
+with the beam widened as the planner's graph path does (retrieval/filtered.py ``graph_beam``: up to
 4 / selectivity, capped at 2048); ``exact`` = the matrix product over the allowed rows; ``plan`` =
 the planner's choice, with the exact fallback for short graph lists. Ground truth: exact search
 over the allowed rows. Queries go ``--per-call`` at a time (default 4: one user's K interests, as
@@ -43,7 +43,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks.report import md_table, save_results  # noqa: E402
 from index.build import build_faiss  # noqa: E402
-from index.filtered import (  # noqa: E402
+from remi.attributes import Attribute, Condition, ItemAttributes, allowed_mask  # noqa: E402
+from retrieval.filtered import (  # noqa: E402
     EXACT_FALLBACK_ROWS,
     EXACT_MAX_ROWS,
     EXACT_MAX_SHARE,
@@ -52,7 +53,6 @@ from index.filtered import (  # noqa: E402
     search_exact,
     search_filtered,
 )
-from remi.attributes import Attribute, Condition, ItemAttributes, allowed_mask  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 N_VALUES = 1000  # distinct values of the filtered attribute
@@ -241,7 +241,7 @@ def report(rows: list[dict[str, Any]], sizes: list[int], args: argparse.Namespac
         f"`python -m benchmarks.filtered_search {' '.join(argv if argv is not None else sys.argv[1:])}`; "
         f"synthetic clustered unit vectors (d = {args.dim}), random categorical filter (independent of the "
         f"vectors), one thread, {args.per_call} query vectors per call (one user's interests); latency = CPU "
-        f"time of the searching thread per call. {setup}. Planner (index/filtered.py): exact at <= "
+        f"time of the searching thread per call. {setup}. Planner (retrieval/filtered.py): exact at <= "
         f"{EXACT_MAX_ROWS:,} allowed rows or <= {EXACT_MAX_SHARE:.0%} of the catalogue; else the graph with "
         f"the beam widened up to {GRAPH_WIDEN:g} / selectivity while that fits {GRAPH_EF_MAX:,}; past the cap "
         f"exact up to {EXACT_FALLBACK_ROWS:,} allowed rows. `chosen` counts calls; `short` = queries whose "

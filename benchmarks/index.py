@@ -45,7 +45,7 @@ import numpy as np
 
 from benchmarks.report import md_table
 from index.build import DEFAULTS, EF_LADDER, build_faiss, choose_kind, resolve_params
-from index.search import apply_search_params
+from retrieval.search import apply_search_params
 
 RESULTS = Path(__file__).parent / "results"
 K, TOP = 4, 50
@@ -222,8 +222,8 @@ def run_trained(artifacts: Path, root: Path, seconds: float) -> dict[str, Any]:
     import sys
 
     from index.probe import interest_queries
-    from index.store import load_current
     from remi.contract import INDEX_FILE
+    from retrieval.store import load_current
 
     argv = [sys.executable, "-m", "cli", "reindex", "--artifacts", str(artifacts), "--root", str(root)]
     argv += ["--kind", "auto", "--force"]

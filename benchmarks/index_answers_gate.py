@@ -23,9 +23,9 @@ import numpy as np
 
 from index.build import calibrate
 from index.probe import interest_queries
-from index.search import apply_search_params
 from remi.artifacts import load_artifacts
 from remi.contract import read_current
+from retrieval.search import apply_search_params
 
 
 def request_ms(index: faiss.Index, params: dict[str, Any], queries: np.ndarray, k_interests: int, ef: int) -> float:

@@ -2,7 +2,7 @@
 
     python -m benchmarks.search_kinds --root INDEX_ROOT --data INTERACTIONS.csv.gz
 
-In process, one thread, the service's own path (service/engine.py): the users' interest vectors
+In process, one thread, the service's own path (retrieval/engine.py): the users' interest vectors
 from the exported ONNX tower, near-copy interests grouped (``--dedup-cosine``), one search call
 per micro-batch of 16 users with each user's history excluded, re-scoring against all K and the
 score merge. Each index kind is built over the model's item table and scored by the recall@50 of
@@ -71,8 +71,8 @@ def build(spec: str, knobs: dict[str, Any], vectors: np.ndarray) -> tuple[faiss.
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.serving_trained import user_histories
-    from index.store import load_current
-    from service.engine import Engine, Query
+    from retrieval.engine import Engine, Query
+    from retrieval.store import load_current
 
     faiss.omp_set_num_threads(1)
     loaded = load_current(args.root, threads=1)

@@ -5,7 +5,7 @@
 On the model's own interest vectors (the ONNX tower on the held-out histories shipped with the
 artifacts), with exact search so only the dedup is measured: for each cosine threshold and
 minimum weight, the share of the all-K merged top-k that the leader-only search (re-scored
-against every interest, index/dedup.py) keeps, and how many interests per user were searched.
+against every interest, retrieval/dedup.py) keeps, and how many interests per user were searched.
 The service default (``interest_dedup_cosine``) is the lowest threshold whose mean overlap is
 >= --min-overlap. Writes benchmarks/results/<name>.json and .md.
 """
@@ -26,8 +26,8 @@ MIN_WEIGHTS = (0.0, 0.05, 0.1, 0.15)
 
 def interest_data(artifacts: Path, users: int) -> tuple[Any, np.ndarray, np.ndarray, list[np.ndarray]]:
     """The artifacts, (U, K, d) interests, (U, K) routing weights and each user's history (item indices)."""
-    from index.merge import interest_weights
     from remi.artifacts import load_artifacts
+    from retrieval.merge import interest_weights
 
     arts = load_artifacts(artifacts)
     history, mask = arts.sample_history[:users], arts.sample_mask[:users]
@@ -40,9 +40,9 @@ def overlap_table(
     item_vectors: np.ndarray, vectors: np.ndarray, weights: np.ndarray, seen: list[np.ndarray], k: int
 ) -> list[dict[str, Any]]:
     """One row per (threshold, min weight): mean / p5 overlap with all-K and interests searched per user."""
-    from index.dedup import leaders, rescore
-    from index.merge import merge_by_score, merge_flat
-    from index.search import exact_index, search_excluding
+    from retrieval.dedup import leaders, rescore
+    from retrieval.merge import merge_by_score, merge_flat
+    from retrieval.search import exact_index, search_excluding
 
     index = exact_index(item_vectors)
     u, n_interests, _ = vectors.shape

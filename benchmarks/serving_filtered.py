@@ -11,7 +11,7 @@ uniform in 0-100), an index root built by the library's reindex (HNSW, default p
 --users synthetic histories of 20-50 items in Redis under a fresh key prefix (deleted at the end).
 
 Each round starts ``remi serve`` (--workers, micro-batching, the fast path on: the defaults) twice:
-with the filter cache (the default, service/filter_cache.py), measured unfiltered and filtered,
+with the filter cache (the default, retrieval/filter_cache.py), measured unfiltered and filtered,
 and with REMI_FILTER_CACHE_MB=0, measured filtered (every request builds its own mask and gathers
 the allowed rows, as before the cache). Each kind is warmed up, then wrk (loadtest/recommend.lua;
 the filter is appended to every body with RECOMMEND_EXTRA) runs at C = 32 for --duration seconds

@@ -91,7 +91,7 @@ def build_root(root: Path, artifacts: Path, code: Path, args: list[str]) -> dict
         t0 = time.perf_counter()
         subprocess.run([*cmd, "--kind", "hnsw", *args], cwd=code, check=True, env=clean_env())
         print(f"built {root.name} in {time.perf_counter() - t0:.0f} s", flush=True)
-    from index.store import read_current
+    from retrieval.store import read_current
 
     name = read_current(root)
     manifest: dict[str, Any] = json.loads((root / "versions" / str(name) / "manifest.json").read_text())
@@ -141,11 +141,11 @@ def merged_recall(
     The interest vectors are the engine's own (same ONNX run); the exact answer searches all K
     of them in a flat index and merges by score. Also: interests searched per user.
     """
-    from index.merge import merge_by_score
-    from index.search import exact_index, search_excluding
-    from index.store import load_current
     from remi.artifacts import pad_histories
-    from service.engine import Engine, Query
+    from retrieval.engine import Engine, Query
+    from retrieval.merge import merge_by_score
+    from retrieval.search import exact_index, search_excluding
+    from retrieval.store import load_current
 
     engine = Engine(load_current(root, threads=1), 1, dedup_cosine, min_weight)
     exact = exact_index(engine.item_vectors)

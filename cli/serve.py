@@ -84,7 +84,7 @@ def serve(flags: SettingsFlags, access_log: bool = False) -> None:
 def _publish_first(artifacts: Path, root: Path) -> None:
     """The first index version from ``--artifacts`` when the root has none, once, before any worker starts.
 
-    The server processes only read versions (index.store); building one is the batch job's side
+    The server processes only read versions (retrieval.store); building one is the batch job's side
     (index.publish). A failure does not stop the command: the workers start, answer 503 and say
     why in /readyz.
     """

@@ -28,10 +28,11 @@ ARG PIP_EXTRA_INDEX_URL
 COPY requirements/service.txt ./requirements/service.txt
 RUN pip install --require-hashes -r requirements/service.txt
 
-# Then the code: the CLI, the artifact contract, the index and the service (--no-deps: every
+# Then the code: the CLI, the artifact contract, the query path, the index and the service (--no-deps: every
 # dependency is already there, from the lock).
 COPY pyproject.toml README.md ./
 COPY remi ./remi
+COPY retrieval ./retrieval
 COPY index ./index
 COPY service ./service
 COPY cli ./cli

@@ -63,6 +63,7 @@ RUN pip install --require-hashes -r requirements/train.txt
 # Then the code and the shipped training settings (configs/default.json for unseen data).
 COPY pyproject.toml README.md ./
 COPY remi ./remi
+COPY retrieval ./retrieval
 COPY index ./index
 COPY service ./service
 COPY cli ./cli

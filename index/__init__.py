@@ -1,8 +1,8 @@
-"""FAISS item index.
+"""FAISS item index: the write side.
 
-Read side (what the service imports): ``store`` (resolve ``current``/``previous``, load a
-version as a checked model + index pair), ``search`` (K interests per user, exact exclusion),
-``merge`` (per-interest lists -> one list). Write side (batch jobs and the CLI): ``build``
-(kinds, recall gate, calibration), ``probe`` (real interest queries, smoke test), ``publish``
-(lock, build, validate, flip ``current``, prune, rollback).
+Building and publishing versions (batch jobs and the CLI): ``params`` (IndexSettings), ``build``
+(kinds, recall gate, calibration), ``probe`` (real interest queries, smoke test), ``compat`` (may a
+model replace the serving one), ``publish`` (lock, build, validate, flip ``current``, prune,
+rollback). Reading versions and searching them is :mod:`retrieval`, which this package imports
+(the gate measures the served search) and which never imports it.
 """

@@ -1,4 +1,4 @@
-"""Building, measuring and saving the FAISS inner-product item index (loading one is index/store.py).
+"""Building, measuring and saving the FAISS inner-product item index (loading one is retrieval/store.py).
 
 Kinds (all inner product, one FAISS row per item; ``remi.contract.ItemVocabulary`` maps rows to items):
 
@@ -24,9 +24,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.merge import merge_by_score
 from index.params import DEFAULTS, MIN_RECALL
-from index.search import apply_search_params, graph_ef, needs_rerank, rerank
 from remi.contract import (
     FORMAT_VERSION,
     INDEX_FILE,
@@ -36,6 +34,8 @@ from remi.contract import (
     write_manifest,
 )
 from remi.errors import RemiError
+from retrieval.merge import merge_by_score
+from retrieval.search import apply_search_params, graph_ef, needs_rerank, rerank
 
 log = logging.getLogger("remi.index")
 
@@ -145,7 +145,7 @@ def recall_at(
     """Mean overlap of the index's top-k with the exact inner-product top-k.
 
     ``group`` > 1: the queries are users' ``group`` interests in a row, and what is compared is
-    each user's merged answer (index/merge.py), the list the service returns.
+    each user's merged answer (retrieval/merge.py), the list the service returns.
     """
     k = min(k, len(vectors))
     truth = exact_top(vectors, queries, k, group) if truth is None else truth

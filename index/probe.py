@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from index.search import search_excluding
-from index.store import load_faiss
 from remi.artifacts import Artifacts
 from remi.contract import ArtifactError, ItemVocabulary, check_pair
+from retrieval.search import search_excluding
+from retrieval.store import load_faiss
 
 
 def interest_queries(arts: Artifacts, max_users: int = 1000, active_only: bool = True) -> np.ndarray:

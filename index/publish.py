@@ -11,7 +11,7 @@ artifacts are copied into it (a reflink clone where the filesystem can, else a r
 a hard link, which ``cp new.npy artifacts/...`` would rewrite in place), the index is built from
 the copy, not the source, and every file is made read-only.
 
-The service never imports this module: it only reads versions (:mod:`index.store`).
+The service never imports this module: it only reads versions (:mod:`retrieval.store`).
 """
 
 from __future__ import annotations

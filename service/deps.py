@@ -13,9 +13,9 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from retrieval.engine import Engine
 from service.auth import ADMIN, scope_check
 from service.config import ServiceSettings
-from service.engine import Engine
 from service.history import HistoryStore
 from service.state import State
 from service.versions import Versions

@@ -20,9 +20,9 @@ import orjson
 from fastapi import HTTPException
 
 from remi.attributes import Condition
+from retrieval.engine import Engine, Query, Result, Timings
 from service import telemetry
 from service.blocklist import BlocklistNotLoaded
-from service.engine import Engine, Query, Result, Timings
 from service.filters import compile_filter, raise_if_invalid
 from service.history import Event, HistoryUnavailable
 from service.schemas import RecommendRequest

@@ -24,12 +24,12 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from index.store import list_versions, load_version, read_current, read_previous, version_dir
 from remi.contract import CURRENT, VERSIONS, read_artifact_manifest
 from remi.errors import RemiError
+from retrieval.engine import Engine
+from retrieval.store import list_versions, load_version, read_current, read_previous, version_dir
 from service import telemetry
 from service.config import ServiceSettings
-from service.engine import Engine
 
 log = logging.getLogger("remi.service")
 

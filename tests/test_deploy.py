@@ -298,6 +298,7 @@ def test_api_image_has_no_training_stack() -> None:
     assert steps[0] == ("FROM", BASE_IMAGE)
     copied = [args.split()[0] for name, args in steps if name == "COPY"]
     assert "training" not in copied, "the API image must not contain the training package"
+    assert {"remi", "retrieval", "index", "service", "cli"} <= set(copied), "every package the API runs"
     runs = [args for name, args in steps if name == "RUN"]
     assert any("pip install --require-hashes -r requirements/service.txt" in r for r in runs), "install from the lock"
     assert ("COPY", "requirements/service.txt ./requirements/service.txt") in steps
@@ -420,8 +421,8 @@ def test_pyproject_splits_service_and_training_dependencies() -> None:
 
 
 def test_serve_path_never_imports_the_training_stack() -> None:
-    """No module of remi/, index/, service/, loadtest/ imports torch or training (cli/ only lazily, per command)."""
-    for package in ("remi", "index", "service", "loadtest"):
+    """No module of remi/, retrieval/, index/, service/, loadtest/ imports torch or training (cli/: lazily)."""
+    for package in ("remi", "retrieval", "index", "service", "loadtest"):
         for path in (REPO / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Import | ast.ImportFrom):
@@ -429,7 +430,7 @@ def test_serve_path_never_imports_the_training_stack() -> None:
                     bad = [m for m in mods if m.split(".")[0] in TRAIN_ONLY]
                     assert not bad, f"{path.relative_to(REPO)} imports {bad}"
     code = (
-        "import sys, cli, service.app, index.publish, index.store, loadtest.client\n"
+        "import sys, cli, service.app, index.publish, retrieval.store, loadtest.client\n"
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {TRAIN_ONLY!r})\n"
         "sys.exit(f'loaded: {bad}' if bad else 0)"
     )

@@ -61,7 +61,7 @@ def interest_shares(interest: np.ndarray, n_interests: int) -> dict[str, float]:
     item. Users with an empty list do not count.
 
     Args:
-        interest: (U, N) index of the interest that produced each merged item (index/merge.py), -1
+        interest: (U, N) index of the interest that produced each merged item (retrieval/merge.py), -1
             for an empty slot.
     """
     counts = np.stack([(interest == k).sum(-1) for k in range(n_interests)], axis=-1).astype(np.float64)

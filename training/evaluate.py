@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from index.build import build_faiss, resolve_params
-from index.merge import merge_by_score
-from index.search import exact_index, search_interests
 from remi.contract import ItemVocabulary
+from retrieval.merge import merge_by_score
+from retrieval.search import exact_index, search_interests
 from training.data import EvalSet
 from training.diagnostics import interest_shares, routing_diagnostics
 from training.models import MultiInterestModel

@@ -10,10 +10,10 @@ import orjson
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 
+from retrieval.engine import Query
 from service import telemetry
 from service.auth import require
 from service.deps import HistoryDep, SettingsDep, StateDep, VersionsDep, serving_engine
-from service.engine import Query
 from service.filters import compile_filter, parse_filter_query, raise_if_invalid
 from service.history import Event, HistoryUnavailable, IdempotencyConflict
 from service.http_guards import SafeJsonRoute

@@ -158,7 +158,7 @@ def test_demo_generates_data_trains_and_prints_metrics(tmp_path: Path) -> None:
     assert "recall@50" in proc.stdout and "popularity" in proc.stdout
     assert (tmp_path / "run" / "metrics.json").is_file()
     assert "curl -s -X POST http://127.0.0.1:8000/recommend" in proc.stdout
-    from index.store import load_current
+    from retrieval.store import load_current
 
     assert load_current(tmp_path / "index").artifacts.manifest.backbone == "comirec-sa"
 

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from index.publish import reindex
-from index.store import load_current, load_version
 from remi.artifacts import load_artifacts
 from remi.contract import (
     INDEX_FILE,
@@ -35,6 +34,7 @@ from remi.contract import (
     read_current,
     version_dir,
 )
+from retrieval.store import load_current, load_version
 
 
 def remi(*args: str) -> subprocess.CompletedProcess[str]:

@@ -12,10 +12,10 @@ import pytest
 
 from index.build import build_index_folder, choose_kind, recall_at, resolve_params
 from index.publish import build_from_artifacts
-from index.search import search_excluding
-from index.store import load_faiss, load_version
 from remi.contract import INDEX_FILE, MANIFEST, VERSION_ARTIFACTS, ArtifactError, file_entries, read_artifact_manifest
 from remi.errors import RemiError
+from retrieval.search import search_excluding
+from retrieval.store import load_faiss, load_version
 
 
 def clustered(n: int = 5000, d: int = 16, clusters: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 from index.publish import reindex
-from index.store import load_current
 from remi.artifacts import load_artifacts
 from remi.attributes import AttributeFileError, Condition, allowed_mask, read_attribute_table
 from remi.contract import (
@@ -26,6 +25,7 @@ from remi.contract import (
     read_current,
     version_dir,
 )
+from retrieval.store import load_current
 from tests.service.attr_model import AttrModel, write_attr_artifacts
 
 IDS = ["a", "b", "c", "d"]

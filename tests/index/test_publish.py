@@ -11,9 +11,9 @@ import pytest
 
 from index import publish as publish_module
 from index.publish import reindex, rollback
-from index.store import list_versions, load_current
 from remi.contract import VERSIONS, ArtifactError, leftover_siblings, read_current, temp_sibling, version_dir
 from remi.errors import RemiError
+from retrieval.store import list_versions, load_current
 
 
 def remi(*args: str) -> subprocess.CompletedProcess[str]:

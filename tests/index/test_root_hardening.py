@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from index.publish import reindex, rollback
-from index.store import load_current, load_version
 from remi.contract import (
     CURRENT,
     MANIFEST,
@@ -30,6 +29,7 @@ from remi.contract import (
     write_current,
 )
 from remi.errors import RemiError
+from retrieval.store import load_current, load_version
 from tests.service.tiny_model import TinyModel, write_tiny_artifacts
 
 LINKED = "99990101T000000000000Z-linked-flat"

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from index.publish import reindex
-from index.store import LoadedVersion, load_current
 from remi.artifacts import pad_histories
-from service.engine import Engine, Query
+from retrieval.engine import Engine, Query
+from retrieval.store import LoadedVersion, load_current
 from training.models import active_interests
 
 

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from retrieval.engine import Query, Result, Timings
 from service.batcher import MicroBatcher
-from service.engine import Query, Result, Timings
 
 
 class RecordingEngine:

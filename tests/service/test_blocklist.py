@@ -26,12 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from index.publish import reindex
-from index.store import load_current
 from remi.contract import ItemVocabulary
+from retrieval.engine import Engine, Query
+from retrieval.store import load_current
 from service.app import create_app
 from service.blocklist import LOG_MAX, LiveBlocklist, MemoryBlocklist, RedisBlocklist, map_ids
 from service.config import ServiceSettings
-from service.engine import Engine, Query
 from service.schemas import BLOCK_MAX
 from tests.service.conftest import SHARED_REDIS, OwnRedis, wait_for
 from tests.service.tiny_model import N_ITEMS, TinyModel

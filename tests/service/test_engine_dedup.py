@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from index.publish import reindex
-from index.store import LoadedVersion, load_current
+from retrieval.engine import Engine, Query
+from retrieval.store import LoadedVersion, load_current
 from service.config import ServiceSettings
-from service.engine import Engine, Query
 
 
 @pytest.fixture(scope="module", params=["flat", "hnsw"])

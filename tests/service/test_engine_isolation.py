@@ -14,11 +14,11 @@ import httpx
 import numpy as np
 import pytest
 
-from index.merge import MERGES
 from index.publish import reindex
-from index.store import load_current
+from retrieval.engine import Engine, Query, Result
+from retrieval.merge import MERGES
+from retrieval.store import load_current
 from service.batcher import MicroBatcher
-from service.engine import Engine, Query, Result
 from tests.service.conftest import start_server
 
 

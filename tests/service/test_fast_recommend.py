@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from retrieval.engine import Engine
 from service import fast_recommend
 from service.app import create_app
 from service.config import ServiceSettings
-from service.engine import Engine
 from tests.service.tiny_model import TinyModel
 
 JSON = {"content-type": "application/json"}

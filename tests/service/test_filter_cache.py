@@ -1,4 +1,4 @@
-"""Repeated filters are served from the per-engine cache (service/filter_cache.py) with the same answers.
+"""Repeated filters are served from the per-engine cache (retrieval/filter_cache.py) with the same answers.
 
 The cache holds a filter's mask and gathered rows read-only; what a request adds on top (its
 exclude_items, seen items, the blocklist) must never stick to the entry for the next request.
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from index.filtered import Gathered, search_exact
 from remi.attributes import Condition
-from service.filter_cache import FilterCache, filter_key
+from retrieval.filter_cache import FilterCache, filter_key
+from retrieval.filtered import Gathered, search_exact
 from tests.service.attr_model import AttrModel
 from tests.service.test_filters import N_ITEMS, _app, allowed_ids, ids
 

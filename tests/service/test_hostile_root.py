@@ -146,7 +146,7 @@ def test_truncating_a_published_file_in_place_never_kills_the_worker(
 
 def test_the_tiny_model_with_external_weights_is_a_valid_version(tiny_model: TinyModel, tmp_path: Path) -> None:
     """The fixture above is what `remi export` writes for a large model (checks the test's own setup)."""
-    from index.store import load_current
+    from retrieval.store import load_current
 
     artifacts = with_external_weights(tiny_model, tmp_path / "artifacts")
     root = tmp_path / "root"

@@ -20,8 +20,8 @@ import pytest
 
 import service.versions
 from index.publish import reindex
+from retrieval.engine import Engine
 from service.config import ServiceSettings
-from service.engine import Engine
 from service.versions import Versions
 from tests.service.tiny_model import TinyModel
 

@@ -188,7 +188,7 @@ def test_weights_outside_the_model_file_export_load_and_are_checked(trained_run:
     v, _ = arts.tower.run(arts.sample_history[:8], arts.sample_mask[:8])
     assert v.shape[0] == 8
     from index.publish import reindex
-    from index.store import load_current
+    from retrieval.store import load_current
 
     reindex(tmp_path / "art", tmp_path / "root", kind="flat")  # the version copies the weights file too
     served = load_current(tmp_path / "root").artifacts

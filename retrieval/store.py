@@ -22,7 +22,6 @@ from pathlib import Path
 
 import faiss
 
-from index.search import apply_search_params
 from remi.artifacts import Artifacts, load_artifacts
 from remi.contract import (
     INDEX_FILE,
@@ -37,6 +36,7 @@ from remi.contract import (
     read_previous,
     version_dir,
 )
+from retrieval.search import apply_search_params
 
 __all__ = [
     "MMAP_FLAGS",

@@ -1,4 +1,4 @@
-"""One FAISS call per micro-batch (index/search.py search_batch): every row is its solo answer."""
+"""One FAISS call per micro-batch (retrieval/search.py search_batch): every row is its solo answer."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from index.build import build_faiss, build_index_folder, recall_at
-from index.merge import merge_by_score, merge_flat
-from index.search import SLACK, SharedExclusion, exact_index, rerank, search_batch, search_excluding
+from retrieval.merge import merge_by_score, merge_flat
+from retrieval.search import SLACK, SharedExclusion, exact_index, rerank, search_batch, search_excluding
 
 
 @pytest.fixture(scope="module")

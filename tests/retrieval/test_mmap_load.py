@@ -11,7 +11,6 @@ import pytest
 
 from index.build import build_index_folder
 from index.publish import reindex
-from index.store import load_current, load_faiss, load_version
 from remi.artifacts import load_artifacts
 from remi.contract import (
     INDEX_FILE,
@@ -24,6 +23,7 @@ from remi.contract import (
     file_entries,
     version_dir,
 )
+from retrieval.store import load_current, load_faiss, load_version
 from tests.index.test_index import clustered
 
 

@@ -35,7 +35,7 @@ def merge_flat(
     Each item is kept once at its best score, equal scores ordered by item index; ``-1`` ids are
     empty slots. :func:`merge_by_score` is this over the K lists laid end to end; the engine calls
     it directly on leader-only searches whose items were re-scored against every interest
-    (index/dedup.py). Whole-batch numpy: two sorts per row, no per-item Python.
+    (retrieval/dedup.py). Whole-batch numpy: two sorts per row, no per-item Python.
     """
     flat_ids = ids
     flat_scores = np.where(flat_ids < 0, -np.inf, scores).astype(np.float64)

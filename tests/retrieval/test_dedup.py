@@ -1,10 +1,10 @@
-"""Interest dedup (index/dedup.py): which interests are searched, and the exact re-scoring after."""
+"""Interest dedup (retrieval/dedup.py): which interests are searched, and the exact re-scoring after."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from index.dedup import leaders, rescore
+from retrieval.dedup import leaders, rescore
 
 
 def unit(v: np.ndarray) -> np.ndarray:

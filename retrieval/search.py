@@ -362,6 +362,6 @@ def _isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     return found
 
 
-# Public names for the filtered search (index/filtered.py), which reuses this module's machinery.
+# Public names for the filtered search (retrieval/filtered.py), which reuses this module's machinery.
 selector_params = _selector_params
 ties_by_item = _ties_by_item

@@ -4,7 +4,7 @@ A request filter (and the request's excluded items) leaves an allowed set of FAI
 as a bool mask. Two ways to search it, as the filterable vector databases do:
 
 * ``graph``: the index itself with an ID selector (a bitmap of the allowed rows) that FAISS
-  applies during the search (HNSW and flat indexes; the exclusion machinery of index/search.py),
+  applies during the search (HNSW and flat indexes; the exclusion machinery of retrieval/search.py),
   its beam widened by 1 / selectivity (:func:`graph_beam`). Fast while many items pass; a graph
   walk loses recall, and can come back short, when few do: most of the nodes it visits are then
   filtered out.
@@ -31,8 +31,8 @@ from typing import Any, Literal, cast
 import faiss
 import numpy as np
 
-from index.search import SearchParametersHNSW, graph_ef, needs_rerank, rerank, selector_params, ties_by_item
 from remi.contract import ItemVocabulary
+from retrieval.search import SearchParametersHNSW, graph_ef, needs_rerank, rerank, selector_params, ties_by_item
 
 Path = Literal["graph", "exact", "graph+exact"]
 
@@ -123,7 +123,7 @@ def exact_cost(n_allowed: int, n_total: int, gathered: bool = False) -> float:
 @dataclass(frozen=True)
 class Gathered:
     """Rows of the item table copied out once, for a filter that many requests repeat
-    (service/filter_cache.py): the exact path then scores them without copying them again, and
+    (retrieval/filter_cache.py): the exact path then scores them without copying them again, and
     masks what a request drops on top of the filter (its seen items, exclude_items, the blocklist)."""
 
     rows: np.ndarray  # sorted FAISS rows
@@ -202,7 +202,7 @@ def search_graph(
 
     On HNSW the beam is :func:`graph_beam` (``widen=False``: the served ``max(efSearch, n)``);
     ``item_vectors`` (for fp16 / SQ8 storage) re-rank the found rows with exact scores, as
-    index/search.py does.
+    retrieval/search.py does.
     """
     params_cls = selector_params(index)
     if params_cls is None:
@@ -255,7 +255,7 @@ def search_filtered(
         widen: widen the HNSW beam (:func:`graph_beam`); off only to measure.
         slot_cost: the planner's cost of one beam slot in exact row scores (:func:`plan`).
         gathered: the allowed rows' table already copied out, a superset of ``allowed`` (a
-            cached filter's, service/filter_cache.py): the exact path scores it in place.
+            cached filter's, retrieval/filter_cache.py): the exact path scores it in place.
     Returns:
         ids (Q, n) with -1 where fewer than n rows are allowed, scores, and the path taken. Every
         list holds ``min(n, allowed.sum())`` items: a short graph answer is redone exactly.

@@ -1,4 +1,4 @@
-"""Filtered search (index/filtered.py) against real FAISS indexes: exact, never leaks, never short."""
+"""Filtered search (retrieval/filtered.py) against real FAISS indexes: exact, never leaks, never short."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
-from index import filtered
-from index.filtered import (
+from retrieval import filtered
+from retrieval.filtered import (
     EXACT_FALLBACK_ROWS,
     GRAPH_EF_MAX,
     GRAPH_WIDEN,
@@ -17,7 +17,7 @@ from index.filtered import (
     search_exact,
     search_filtered,
 )
-from index.search import exact_index
+from retrieval.search import exact_index
 
 N, D = 3000, 16
 

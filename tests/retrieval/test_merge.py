@@ -1,6 +1,6 @@
 import numpy as np
 
-from index.merge import MERGES, interest_weights, merge, merge_by_score, merge_quota, merge_round_robin
+from retrieval.merge import MERGES, interest_weights, merge, merge_by_score, merge_quota, merge_round_robin
 
 
 def test_merge_keeps_each_item_once_at_its_best_score() -> None:

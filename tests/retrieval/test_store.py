@@ -1,4 +1,4 @@
-"""The read side of an index root: loading what ``current`` names, and what the service may import."""
+"""The read side of an index root (retrieval/store.py): loading what ``current`` names; what the service imports."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from index.publish import reindex
-from index.store import load_current
 from remi.contract import ArtifactError, version_dir
+from retrieval.store import load_current
 
-WRITE_SIDE = ("index.publish", "index.probe", "index.build", "training")
+WRITE_SIDE = ("index", "training", "torch")  # top-level packages a serving process never loads
 
 
 def test_current_pointing_at_a_deleted_version_is_a_clear_error(artifacts_dir: Path, tmp_path: Path) -> None:
@@ -31,8 +31,18 @@ def test_no_current_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_the_service_imports_only_the_read_side() -> None:
     code = (
-        "import sys, service.app, service.versions, service.engine\n"
-        f"bad = sorted(m for m in sys.modules if m.startswith({WRITE_SIDE!r}))\n"
+        "import sys, service.app, service.versions, retrieval.engine\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {WRITE_SIDE!r})\n"
+        "sys.exit(f'loaded: {bad}' if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_query_path_loads_no_service_module() -> None:
+    code = (
+        "import sys, retrieval.engine, retrieval.store\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('service', 'index', 'training', 'torch'))\n"
         "sys.exit(f'loaded: {bad}' if bad else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

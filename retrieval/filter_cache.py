@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.filtered import GATHER_MAX_SHARE, Gathered
 from remi.attributes import Condition
+from retrieval.filtered import GATHER_MAX_SHARE, Gathered
 
 Key = tuple[tuple[str, str, tuple[str | float, ...], float | None], ...]
 

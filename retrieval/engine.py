@@ -5,8 +5,8 @@ in-process benchmark, the micro-batcher and the request handlers all run the sam
 Engine is immutable; a reload builds a new one and swaps the reference.
 
 Per batch (issue 11 section 4): the users' near-copy interests are searched once per group
-(index/dedup.py; ``interest_dedup_cosine``), all searched interests of all users with the same k
-go to FAISS in one call (index/search.py ``search_batch``, each row still exactly its solo
+(retrieval/dedup.py; ``interest_dedup_cosine``), all searched interests of all users with the same k
+go to FAISS in one call (retrieval/search.py ``search_batch``, each row still exactly its solo
 answer), the merge is numpy over the whole batch, and each answer's item list is encoded to JSON
 bytes here, in the compute thread, from pre-encoded item ids (no per-item dicts).
 """
@@ -22,15 +22,15 @@ import faiss
 import numpy as np
 import orjson
 
-from index.dedup import leaders, rescore
-from index.filtered import EXACT_MAX_ROWS, SLOT_COST, Gathered, search_filtered
-from index.merge import interest_weights, merge, merge_flat
-from index.search import SharedExclusion, needs_rerank, search_batch, search_excluding
-from index.store import LoadedVersion
 from remi.artifacts import pad_histories
 from remi.attributes import Condition, ItemAttributes, allowed_mask
 from remi.contract import ItemVocabulary
-from service.filter_cache import FilterCache
+from retrieval.dedup import leaders, rescore
+from retrieval.filter_cache import FilterCache
+from retrieval.filtered import EXACT_MAX_ROWS, SLOT_COST, Gathered, search_filtered
+from retrieval.merge import interest_weights, merge, merge_flat
+from retrieval.search import SharedExclusion, needs_rerank, search_batch, search_excluding
+from retrieval.store import LoadedVersion
 
 _NOTHING = np.zeros(0, dtype=np.int64)
 
@@ -103,13 +103,13 @@ class Engine:
         self.popular = ItemVocabulary.rows_to_indices(rows)
         self.popular_scores = self.arts.popularity[rows].astype(np.float32)
         self.dedup_cosine, self.min_weight = dedup_cosine, min_weight
-        self.filter_exact_max_rows = filter_exact_max_rows  # the planner's threshold (index/filtered.py)
+        self.filter_exact_max_rows = filter_exact_max_rows  # the planner's threshold (retrieval/filtered.py)
         self.filter_slot_cost = filter_slot_cost  # and its cost model's calibration
         # The blocklist as one row mask and FAISS selector, built once per list version.
         self._shared: tuple[np.ndarray, SharedExclusion] | None = None
         # Exact re-scoring of found items needs the float item table by FAISS row.
         self.item_vectors = np.ascontiguousarray(self.arts.item_vectors, dtype=np.float32)
-        # Repeated filters' masks and gathered rows (service/filter_cache.py).
+        # Repeated filters' masks and gathered rows (retrieval/filter_cache.py).
         self.filter_cache = FilterCache(int(filter_cache_mb * 2**20), self.item_vectors)
         self.rerank = needs_rerank(self.index)  # fp16 / SQ8 storage: re-rank the beam exactly
         # Every item id JSON-encoded once (fixed-width bytes: numpy strips the padding on the way out).
@@ -129,7 +129,7 @@ class Engine:
 
     @property
     def dedup(self) -> bool:
-        """Whether near-copy interests are grouped or light ones skipped (index/dedup.py)."""
+        """Whether near-copy interests are grouped or light ones skipped (retrieval/dedup.py)."""
         return self.dedup_cosine < 1.0 or self.min_weight > 0.0
 
     def recommend(self, queries: Sequence[Query]) -> tuple[list[Result], Timings]:
