@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
 from service import telemetry
-from service.http_guards import DECODED, _is_json, decode_json
+from service.http_guards import DECODED, decode_json, is_json
 from service.recommender import recommend_many
 from service.schemas import RecommendRequest
 from service.state import State
@@ -64,7 +64,7 @@ def eligible(scope: Scope, max_body_bytes: int) -> int | None:
             content_type = value.decode("latin-1")
         elif name == b"transfer-encoding":
             return None
-    if length is None or length > max_body_bytes or not _is_json(content_type):
+    if length is None or length > max_body_bytes or not is_json(content_type):
         return None
     return length
 

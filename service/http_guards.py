@@ -188,7 +188,7 @@ class _SafeJsonRequest(Request):
         return self._json
 
 
-def _is_json(content_type: str | None) -> bool:
+def is_json(content_type: str | None) -> bool:
     """The test FastAPI applies: application/json or application/<anything>+json."""
     media = (content_type or "").split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
@@ -205,7 +205,7 @@ class SafeJsonRoute(APIRoute):
 
         async def strict_json_handler(request: Request) -> Response:
             strict = _SafeJsonRequest(request.scope, request.receive, request._send)
-            if takes_body and not _is_json(strict.headers.get("content-type")) and await strict.body():
+            if takes_body and not is_json(strict.headers.get("content-type")) and await strict.body():
                 raise RequestValidationError(
                     [
                         {
