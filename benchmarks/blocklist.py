@@ -59,7 +59,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     from index.publish import reindex
-    from retrieval.engine import Engine, Query
+    from retrieval.engine import Engine
+    from retrieval.query import Query
     from retrieval.store import load_current
     from service.blocklist import map_ids
 

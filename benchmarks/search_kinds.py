@@ -71,7 +71,8 @@ def build(spec: str, knobs: dict[str, Any], vectors: np.ndarray) -> tuple[faiss.
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.serving_trained import user_histories
-    from retrieval.engine import Engine, Query
+    from retrieval.engine import Engine
+    from retrieval.query import Query
     from retrieval.store import load_current
 
     faiss.omp_set_num_threads(1)

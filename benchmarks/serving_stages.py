@@ -20,7 +20,8 @@ import numpy as np
 if TYPE_CHECKING:
     from fastapi.responses import Response
 
-    from retrieval.engine import Engine, Query, Result
+    from retrieval.engine import Engine
+    from retrieval.query import Query, Result
     from service.schemas import RecommendRequest
 
 STAGES = ("history", "encode", "model", "search", "merge", "floor", "respond")
@@ -49,7 +50,8 @@ def compute_floor(root: Path, url: str, prefix: str, users: list[str], requests:
     One thread each for onnxruntime and FAISS; the first 100 requests are a warm-up, not recorded.
     Returns the median, p99 and mean of each stage in ms, and the index that was searched.
     """
-    from retrieval.engine import Engine, Query
+    from retrieval.engine import Engine
+    from retrieval.query import Query
     from retrieval.store import load_current
     from service.history import RedisHistory
     from service.schemas import RecommendRequest

@@ -142,8 +142,9 @@ def merged_recall(
     of them in a flat index and merges by score. Also: interests searched per user.
     """
     from remi.artifacts import pad_histories
-    from retrieval.engine import Engine, Query
+    from retrieval.engine import Engine
     from retrieval.merge import merge_by_score
+    from retrieval.query import Query
     from retrieval.search import exact_index, search_excluding
     from retrieval.store import load_current
 

@@ -638,6 +638,19 @@ class ItemVocabulary:
         return np.asarray(indices, dtype=np.int64) - 1
 
     @staticmethod
+    def row_of(index: int | np.integer[Any]) -> int:
+        """The FAISS row of one item index (1..n_items)."""
+        return int(index) - 1
+
+    @staticmethod
+    def results_to_rows(indices: np.ndarray) -> np.ndarray:
+        """Item indices of search results (any shape, -1 = no result) -> FAISS rows, -1 staying -1.
+
+        The inverse of :meth:`rows_to_indices` (``indices_to_rows`` would make -1 row -2)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return np.where(indices >= 0, indices - 1, -1)
+
+    @staticmethod
     def drop_padding(table: np.ndarray) -> np.ndarray:
         """A table indexed by item index (row 0 = padding) -> one indexed by FAISS row."""
         return table[1:]
@@ -649,11 +662,11 @@ class ItemVocabulary:
 
     def raw_id(self, index: int | np.integer[Any]) -> str:
         """Raw id of one item index (1..n_items)."""
-        return self.raw_ids[int(index) - 1]
+        return self.raw_ids[self.row_of(index)]
 
     def raw_ids_of(self, indices: Iterable[int | np.integer[Any]] | np.ndarray) -> list[str]:
         """Raw ids of item indices (1..n_items), in order."""
-        return [self.raw_ids[int(i) - 1] for i in indices]
+        return [self.raw_ids[int(i) - 1] for i in indices]  # the offset inline: per item, on every answer
 
     def index_of(self, raw_id: str) -> int | None:
         """Item index of a raw id, or None for an item the model does not know."""

@@ -112,7 +112,7 @@ class PackedVocabulary(ItemVocabulary):
         """The base class's dict, built on first use: a method added to ItemVocabulary that reads it
         stays correct here (at the plain vocabulary's memory cost); the methods above never use it."""
         if self._dict is None:
-            self._dict = {raw: row + 1 for row, raw in enumerate(self.raw_ids)}
+            self._dict = {raw: index for index, raw in enumerate(self.raw_ids, start=self.first_index())}
         return self._dict
 
     @_index.setter
@@ -120,7 +120,7 @@ class PackedVocabulary(ItemVocabulary):
         raise AttributeError("a PackedVocabulary is read-only")
 
     def raw_id(self, index: int | np.integer[Any]) -> str:
-        return str(self._ids[int(index) - 1].decode())
+        return str(self._ids[self.row_of(index)].decode())
 
     def raw_ids_of(self, indices: Iterable[int | np.integer[Any]] | np.ndarray) -> list[str]:
         array = indices if isinstance(indices, np.ndarray) else np.fromiter(indices, dtype=np.int64)

@@ -1,11 +1,12 @@
 """Which of a user's K interest vectors need a search of their own.
 
 Trained multi-interest towers often return near-copies (mean pairwise cosine 0.92-0.94 on
-amazon_beauty and yelp, issue 11 section 4): searching each of them costs K index searches for
-lists that are mostly the same. Here every user's interests are grouped greedily, heaviest
-first: an interest whose cosine with an earlier *leader* reaches ``cosine`` joins that leader's
-group and is not searched; only leaders are. Interests whose routing weight is below
-``min_weight`` are skipped outright (the heaviest interest never is).
+amazon_beauty and yelp; docs/remi.md A.11, docs/operations.md "Serving cost of a trained model"):
+searching each of them costs K index searches for lists that are mostly the same. Here every
+user's interests are grouped greedily, heaviest first: an interest whose cosine with an earlier
+*leader* reaches ``cosine`` joins that leader's group and is not searched; only leaders are.
+Interests whose routing weight is below ``min_weight`` are skipped outright (the heaviest
+interest never is).
 
 The caller searches the leaders only and then scores the found items against *all* K interests
 (:func:`rescore`), so each item gets its true score max_k <v_k, e_i> and the interest that gives

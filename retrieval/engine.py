@@ -4,18 +4,19 @@ Pure computation over one loaded model + index pair (no HTTP, no history store),
 in-process benchmark, the micro-batcher and the request handlers all run the same code. An
 Engine is immutable; a reload builds a new one and swaps the reference.
 
-Per batch (issue 11 section 4): the users' near-copy interests are searched once per group
-(retrieval/dedup.py; ``interest_dedup_cosine``), all searched interests of all users with the same k
-go to FAISS in one call (retrieval/search.py ``search_batch``, each row still exactly its solo
-answer), the merge is numpy over the whole batch, and each answer's item list is encoded to JSON
-bytes here, in the compute thread, from pre-encoded item ids (no per-item dicts).
+Per batch the engine runs the tower, hands the grouping of the searches and merges to the
+planner (retrieval/planner.py: the users' near-copy interests searched once per group, all
+searched interests of all users with the same k and blocklist version in one FAISS call, each
+row still exactly its solo answer; docs/operations.md, "Serving cost of a trained model"),
+answers the planner's searches (:meth:`Engine.search_plain`, :meth:`Engine.search_allowed`) and
+encodes each answer's item list to JSON bytes here, in the compute thread, from pre-encoded item
+ids (no per-item dicts).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import faiss
@@ -23,59 +24,15 @@ import numpy as np
 import orjson
 
 from remi.artifacts import pad_histories
-from remi.attributes import Condition, ItemAttributes, allowed_mask
+from remi.attributes import ItemAttributes, allowed_mask
 from remi.contract import ItemVocabulary
-from retrieval.dedup import leaders, rescore
 from retrieval.filter_cache import FilterCache
 from retrieval.filtered import EXACT_MAX_ROWS, SLOT_COST, Gathered, search_filtered
-from retrieval.merge import interest_weights, merge, merge_flat
+from retrieval.merge import interest_weights
+from retrieval.planner import Interests, KGroup, interests_to_search, merge_step, plan, search_group
+from retrieval.query import NO_ITEMS, Query, Result, Timings
 from retrieval.search import SharedExclusion, needs_rerank, search_batch, search_excluding
 from retrieval.store import LoadedVersion
-
-_NOTHING = np.zeros(0, dtype=np.int64)
-
-
-@dataclass(frozen=True)
-class Query:
-    """One user's request after the history lookup; ``history`` holds item indices, oldest first."""
-
-    history: np.ndarray
-    k: int
-    exclude_seen: bool = True
-    merge: str = "score"
-    # Item indices no answer may hold (the live blocklist, service/blocklist.py), seen items or not;
-    # one shared read-only array for every query of a blocklist version.
-    blocked: np.ndarray = field(default_factory=lambda: _NOTHING)
-    filtered: bool = False  # a filter or exclude_items was given: search the allowed items only, say how many
-    conditions: tuple[Condition, ...] = ()  # checked against the engine's attributes (service/filters.py)
-    exclude_items: np.ndarray | None = None  # item indices the request excludes
-
-    def seen(self) -> np.ndarray:
-        """The item indices this user's answer must not hold: the history when it excludes seen items.
-
-        The blocked items are not among them: they are the same for every query of a list
-        version and go to the search as one shared exclusion (Engine.shared_exclusion)."""
-        return self.history if self.exclude_seen else _NOTHING
-
-
-@dataclass
-class Result:
-    item_ids: list[str]
-    scores: list[float]
-    interests: list[int | None]
-    cold_start: bool
-    items_json: bytes | None = None  # the answer's "items" array, already JSON (None: build it from the lists)
-    filter: dict[str, Any] | None = None  # FilterInfo of a filtered query (allowed_items, filtered_out, path)
-
-
-@dataclass
-class Timings:
-    """Seconds spent per stage for a whole batch (the caller attributes them to its requests)."""
-
-    model: float = 0.0
-    search: float = 0.0
-    merge: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class Engine:
@@ -136,103 +93,13 @@ class Engine:
         """Results in the order of ``queries``; users without a usable history get popularity."""
         timings = Timings()
         results: list[Result | None] = [None] * len(queries)
-        # Filtered queries: how many items their filter and exclude_items allow. Each mask (1 byte
-        # per item) is built where it is used and dropped after: a batch never holds one per request.
-        n_allowed: dict[int, int] = {}
         warm = [i for i, q in enumerate(queries) if len(q.history)]
         if warm:
-            t0 = time.perf_counter()
-            ids, mask = pad_histories([queries[i].history for i in warm], self.seq_len)
-            # active: the interests each user has (a model with adaptive interests says fewer for
-            # short histories, docs/remi.md A.13); the others are never searched nor merged
-            interest_vectors, routing, active = self.arts.tower.run_with_mask(ids, mask)
-            t1 = time.perf_counter()
-            timings.model = t1 - t0
-            weights = np.where(active, interest_weights(routing, mask), 0.0)
-            strategies = np.array([queries[i].merge for i in warm])
-            searched = active.copy()
-            if self.dedup:  # only the score merge: quota and round-robin read every interest's own list
-                ranked = np.where(active, weights, -np.inf)  # an inactive interest never leads
-                grouped = leaders(interest_vectors, ranked, self.dedup_cosine, self.min_weight) & active
-                searched[strategies == "score"] = grouped[strategies == "score"]
-            timings.extra["searched_interests"] = float(searched.sum())
-            timings.extra["interests"] = float(searched.size)
-            # Each request is searched and merged on its own terms (its k, its exclusions, its
-            # merge): a row's FAISS answer in the shared call is its solo answer (search_batch),
-            # so answers never depend on their neighbours (issue 9 B.5).
-            by_k: dict[int, list[int]] = {}
-            for j, i in enumerate(warm):
-                by_k.setdefault(queries[i].k, []).append(j)
-            for k, rows in by_k.items():
-                s0 = time.perf_counter()
-                per_ids = np.full((len(rows), weights.shape[1], k), -1, dtype=np.int64)
-                per_scores = np.full(per_ids.shape, -np.inf, dtype=np.float32)
-                # Plain rows, one shared call per blocklist version (one per batch but at a change).
-                by_list: dict[int, list[int]] = {}
-                for r, j in enumerate(rows):
-                    if not queries[warm[j]].filtered:
-                        by_list.setdefault(id(queries[warm[j]].blocked), []).append(r)
-                for plain in by_list.values():
-                    exclude = [queries[warm[rows[r]]].seen() for r in plain]
-                    user, interest = np.nonzero(searched[[rows[r] for r in plain]])
-                    found_ids, found_scores = search_batch(
-                        self.index,
-                        interest_vectors[[rows[r] for r in plain]][user, interest],
-                        user,
-                        k,
-                        exclude,
-                        self.item_vectors if self.rerank else None,
-                        self.shared_exclusion(queries[warm[rows[plain[0]]]].blocked),
-                    )
-                    per_ids[np.asarray(plain)[user], interest] = found_ids
-                    per_scores[np.asarray(plain)[user], interest] = found_scores
-                paths: dict[int, str] = {}
-                for r, j in enumerate(rows):
-                    query = queries[warm[j]]
-                    if not query.filtered:
-                        continue
-                    allowed, gathered = self.filtered_items(query)
-                    n_allowed[warm[j]] = int(np.count_nonzero(allowed))
-                    mask = self.search_mask(allowed, query)
-                    del allowed
-                    mine = np.flatnonzero(searched[j])
-                    found_ids, found_scores, paths[r] = search_filtered(
-                        self.index,
-                        self.item_vectors,
-                        interest_vectors[j, mine],
-                        k,
-                        mask,
-                        exact_max_rows=self.filter_exact_max_rows,
-                        slot_cost=self.filter_slot_cost,
-                        gathered=gathered,
-                    )
-                    per_ids[r, mine], per_scores[r, mine] = found_ids, found_scores
-                s1 = time.perf_counter()
-                for strategy in sorted({str(strategies[j]) for j in rows}):
-                    sub = [r for r, j in enumerate(rows) if strategies[j] == strategy]
-                    picked = [rows[r] for r in sub]
-                    if strategy == "score" and not searched[picked].all():
-                        # Leaders only: score every found item against all K interests (its true
-                        # max_k score and interest), then merge the pooled candidates.
-                        pool = per_ids[sub].reshape(len(sub), -1)
-                        pool_scores, pool_who = rescore(
-                            np.where(pool >= 0, pool - 1, -1),
-                            self.item_vectors,
-                            interest_vectors[picked],
-                            active[picked],
-                        )
-                        merged, merged_scores, who = merge_flat(pool, pool_scores, pool_who, k)
-                    else:
-                        # only the quota merge reads the interest weights
-                        w = weights[picked] if strategy == "quota" else None
-                        merged, merged_scores, who = merge(strategy, per_ids[sub], per_scores[sub], k, w)
-                    for r, j in enumerate(picked):
-                        result = self._result(merged[r], merged_scores[r], who[r])
-                        if queries[warm[j]].filtered:
-                            result.filter = self.filter_info(n_allowed[warm[j]], paths[sub[r]])
-                        results[warm[j]] = result
-                timings.search += s1 - s0
-                timings.merge += time.perf_counter() - s1
+            asked = [queries[i] for i in warm]
+            interests = self.interests(asked, timings)
+            for group in plan(asked, interests.searched):
+                for position, result in self.answer_group(group, asked, interests, timings):
+                    results[warm[position]] = result
         answers = [
             result
             if result is not None
@@ -240,6 +107,74 @@ class Engine:
             for result, q in zip(results, queries, strict=True)
         ]
         return answers, timings
+
+    def interests(self, asked: Sequence[Query], timings: Timings) -> Interests:
+        """The tower over the histories of ``asked`` (all non-empty), and which interests are searched."""
+        t0 = time.perf_counter()
+        ids, mask = pad_histories([q.history for q in asked], self.seq_len)
+        # active: the interests each user has (a model with adaptive interests says fewer for
+        # short histories, docs/remi.md A.13); the others are never searched nor merged
+        vectors, routing, active = self.arts.tower.run_with_mask(ids, mask)
+        timings.model = time.perf_counter() - t0
+        weights = np.where(active, interest_weights(routing, mask), 0.0)
+        searched = interests_to_search(
+            vectors, weights, active, [q.merge for q in asked], self.dedup_cosine, self.min_weight
+        )
+        timings.extra["searched_interests"] = float(searched.sum())
+        timings.extra["interests"] = float(searched.size)
+        return Interests(vectors, weights, active, searched)
+
+    def answer_group(
+        self, group: KGroup, asked: Sequence[Query], interests: Interests, timings: Timings
+    ) -> list[tuple[int, Result]]:
+        """(position in ``asked``, answer) of every user of one k group: its searches, then its merges."""
+        s0 = time.perf_counter()
+        found = search_group(group, asked, interests, self)
+        s1 = time.perf_counter()
+        answers = []
+        for step in group.merges:
+            merged, merged_scores, who = merge_step(step, group, found, interests, self.item_vectors)
+            for n, r in enumerate(step.members):
+                result = self._result(merged[n], merged_scores[n], who[n])
+                if asked[group.users[r]].filtered:
+                    result.filter = self.filter_info(found.allowed[r], found.paths[r])
+                answers.append((group.users[r], result))
+        timings.search += s1 - s0
+        timings.merge += time.perf_counter() - s1
+        return answers
+
+    def search_plain(
+        self, vectors: np.ndarray, owner: np.ndarray, k: int, exclude: Sequence[np.ndarray], blocked: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The planner's shared call for one blocklist version (:class:`retrieval.planner.Searcher`)."""
+        rerank_with = self.item_vectors if self.rerank else None
+        return search_batch(self.index, vectors, owner, k, exclude, rerank_with, self.shared_exclusion(blocked))
+
+    def search_allowed(self, query: Query, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, str, int]:
+        """The planner's search of one filtered user (:class:`retrieval.planner.Searcher`). The
+        allowed mask (1 byte per item) is built here and dropped after: a batch never holds one
+        per request."""
+        allowed, gathered = self.filtered_items(query)
+        n_allowed = int(np.count_nonzero(allowed))
+        searchable = self.search_mask(allowed, query)
+        del allowed
+        ids, scores, path = self.search_within(vectors, k, searchable, gathered)
+        return ids, scores, path, n_allowed
+
+    def search_within(
+        self, vectors: np.ndarray, k: int, searchable: np.ndarray, gathered: Gathered | None
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """Top-k of each (n, d) vector over the ``searchable`` rows, the path planned by selectivity."""
+        return search_filtered(
+            self.index,
+            self.item_vectors,
+            vectors,
+            k,
+            searchable,
+            exact_max_rows=self.filter_exact_max_rows,
+            slot_cost=self.filter_slot_cost,
+            gathered=gathered,
+        )
 
     def allowed_items(self, query: Query) -> np.ndarray:
         """(I,) bool by FAISS row: the items a filtered query's filter and exclude_items allow
@@ -314,7 +249,7 @@ class Engine:
         """
         if not len(indices):
             return b"[]"
-        ids = self.id_json[np.asarray(indices) - 1].tolist()
+        ids = self.id_json[ItemVocabulary.indices_to_rows(indices)].tolist()
         score_text = orjson.dumps(np.asarray(scores, dtype=np.float64), option=orjson.OPT_SERIALIZE_NUMPY)
         score_parts = score_text[1:-1].split(b",")
         who = [b"null"] * len(ids) if interests is None else [b"%d" % i for i in np.asarray(interests).tolist()]
@@ -331,7 +266,7 @@ class Engine:
         k: int,
         exclude: Sequence[int] | np.ndarray = (),
         allowed: np.ndarray | None = None,
-        blocked: np.ndarray = _NOTHING,
+        blocked: np.ndarray = NO_ITEMS,
     ) -> Result:
         """The cold-start list: most interacted items in the training data, minus excluded and blocked ones.
 
@@ -366,7 +301,7 @@ class Engine:
         top_n: int = 10,
         top_history: int = 10,
         allowed: np.ndarray | None = None,
-        blocked: np.ndarray = _NOTHING,
+        blocked: np.ndarray = NO_ITEMS,
         gathered: Gathered | None = None,
     ) -> list[dict[str, Any]]:
         """Per interest: the history items it draws on, how many effectively, and its own candidates
@@ -384,17 +319,8 @@ class Engine:
         query = Query(history, top_n, blocked=blocked)
         if allowed is not None:
             searchable = self.search_mask(allowed, query)
-            found_rows, found_scores, _ = search_filtered(
-                self.index,
-                self.item_vectors,
-                interest_vectors[0],
-                top_n,
-                searchable,
-                exact_max_rows=self.filter_exact_max_rows,
-                slot_cost=self.filter_slot_cost,
-                gathered=gathered,
-            )
-            found, scores = found_rows[None], found_scores[None]
+            found_ids, found_scores, _ = self.search_within(interest_vectors[0], top_n, searchable, gathered)
+            found, scores = found_ids[None], found_scores[None]
         else:
             found, scores = search_excluding(
                 self.index, interest_vectors, top_n, [query.seen()], self.shared_exclusion(blocked)

@@ -114,21 +114,21 @@ def search_excluding(
     sets = [np.unique(np.asarray(e, dtype=np.int64)) for e in exclude] if exclude is not None else []
     if exclude is not None and len(sets) != u:
         raise ValueError(f"{len(sets)} exclusion sets for {u} users")
-    selector_params = _selector_params(index)
+    params_cls = selector_params(index)
     ids = np.full((u, n_interests, n), -1, dtype=np.int64)
     scores = np.full((u, n_interests, n), -np.inf, dtype=np.float32)
     blocked = shared if shared is not None and len(shared) else None
     for i in range(u):
         banned = sets[i] if sets else np.zeros(0, dtype=np.int64)
-        if (len(banned) or blocked is not None) and selector_params is not None:
+        if (len(banned) or blocked is not None) and params_cls is not None:
             found, found_scores = _search_with_selector(
-                index, interest_vectors[i], n, banned, selector_params, shared=blocked
+                index, interest_vectors[i], n, banned, params_cls, shared=blocked
             )
         else:  # no selector on this index kind: the shared items join the user's set
             if blocked is not None:
                 banned = np.union1d(banned, blocked.indices)
             found, found_scores = _search_over_fetching(index, interest_vectors[i], n, banned)
-        ids[i], scores[i] = _ties_by_item(found, found_scores)
+        ids[i], scores[i] = ties_by_item(found, found_scores)
     return ids, scores
 
 
@@ -150,7 +150,7 @@ def _search_over_fetching(
     return ids[:, :n], scores[:, :n].astype(np.float32)
 
 
-def _ties_by_item(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ties_by_item(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Orders each (K, n) list by score, equal scores by item index, empty slots last."""
     if not (scores[:, 1:] == scores[:, :-1]).any():  # FAISS lists come sorted: only ties need work
         return ids, scores
@@ -162,7 +162,7 @@ def _ties_by_item(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.n
 SelectorParams = Callable[..., faiss.SearchParameters]
 
 
-def _selector_params(index: faiss.Index) -> SelectorParams | None:
+def selector_params(index: faiss.Index) -> SelectorParams | None:
     """The search-parameter class that takes an ID selector for this index, if it has one.
 
     Graph and flat indexes filter excluded ids during the search itself, so they need no
@@ -284,41 +284,90 @@ def search_batch(
     it is the shared call's own selector, and the argument holds for the rest (a user's seen items).
     Other index kinds are searched user by user (:func:`search_excluding`).
     """
-    q = len(queries)
-    ids = np.full((q, n), -1, dtype=np.int64)
-    scores = np.full((q, n), -np.inf, dtype=np.float32)
-    if q == 0:
-        return ids, scores
+    if len(queries) == 0:
+        return _no_results(0, n)
     ef = graph_ef(index)
     if ef is None:  # no selector-free equivalent: per user, as before
-        for user in np.unique(owner):
-            rows = np.flatnonzero(owner == user)
-            found, found_scores = search_excluding(index, queries[rows][None], n, [exclude[user]], shared)
-            ids[rows], scores[rows] = found[0], found_scores[0]
-        return ids, scores
+        return _search_per_user(index, queries, owner, n, exclude, shared)
     beam = max(ef, n + SLACK)
-    depth = max(1, min(beam, index.ntotal))
     blocked = shared if shared is not None and len(shared) else None
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    found_ids, found_scores = _walk_beam(index, queries, beam, blocked, item_vectors)
+    sets = [np.unique(np.asarray(e, dtype=np.int64)) for e in exclude]
+    drop = (found_ids < 0) | _owned_by(found_ids, owner, sets)
+    ids, scores, kept = _first_allowed(found_ids, found_scores, drop, n)
+    depth = found_ids.shape[1]
+    for row in np.flatnonzero((kept < n) & (depth < index.ntotal)):
+        # too many excluded items among the top of the beam: the selector search, alone
+        ids[row], scores[row] = _search_row_alone(
+            index, queries[row], n, sets[int(owner[row])], beam, blocked, item_vectors
+        )
+    _order_ties(ids, scores)
+    return ids, scores
+
+
+def _no_results(q: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(q, n) item indices (-1: none) and scores (-inf), to be filled."""
+    return np.full((q, n), -1, dtype=np.int64), np.full((q, n), -np.inf, dtype=np.float32)
+
+
+def _search_per_user(
+    index: faiss.Index,
+    queries: np.ndarray,
+    owner: np.ndarray,
+    n: int,
+    exclude: Sequence[Sequence[int] | np.ndarray],
+    shared: SharedExclusion | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """search_batch's answer on an index without a graph: each user's rows in a call of their own."""
+    ids, scores = _no_results(len(queries), n)
+    for user in np.unique(owner):
+        rows = np.flatnonzero(owner == user)
+        found, found_scores = search_excluding(index, queries[rows][None], n, [exclude[user]], shared)
+        ids[rows], scores[rows] = found[0], found_scores[0]
+    return ids, scores
+
+
+def _walk_beam(
+    index: faiss.Index,
+    queries: np.ndarray,
+    beam: int,
+    blocked: SharedExclusion | None,
+    item_vectors: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every (Q, d) query row walked in one FAISS call with the given beam, at depth = beam (at most
+    the catalogue), the shared exclusion as its selector: item indices (-1: none) and scores, best
+    first (re-ranked with the exact ``item_vectors`` when given)."""
+    depth = max(1, min(beam, index.ntotal))
     selector = blocked.selector() if blocked is not None else None  # referenced until the search returns
     params = (
         SearchParametersHNSW(efSearch=beam, sel=selector)
         if selector is not None
         else SearchParametersHNSW(efSearch=beam)
     )
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
     found_scores, found = index.search(queries, depth, params=params)
     del selector
     if item_vectors is not None:
         found, found_scores = rerank(found, found_scores, item_vectors, queries)
-    found_ids = ItemVocabulary.rows_to_indices(found)
-    found_scores = np.where(found >= 0, found_scores, -np.inf).astype(np.float32)
-    # Exclusions: one sorted array of (user, item) keys, looked up for all results at once.
-    sets = [np.unique(np.asarray(e, dtype=np.int64)) for e in exclude]
+    return ItemVocabulary.rows_to_indices(found), np.where(found >= 0, found_scores, -np.inf).astype(np.float32)
+
+
+def _owned_by(found_ids: np.ndarray, owner: np.ndarray, sets: Sequence[np.ndarray]) -> np.ndarray:
+    """(Q, m) bool: the found items in their row owner's exclusion set (``sets``: sorted, unique).
+
+    One sorted array of (user, item) keys, looked up for all results at once."""
     stride = np.int64(max([int(s.max()) for s in sets if len(s)] + [int(found_ids.max()), 0]) + 2)
     banned_keys = np.concatenate([u * stride + s for u, s in enumerate(sets)] + [np.zeros(0, dtype=np.int64)])
     banned_keys.sort()
     keys = owner.astype(np.int64)[:, None] * stride + found_ids
-    drop = (found_ids < 0) | _isin_sorted(keys, banned_keys)
+    return _isin_sorted(keys, banned_keys)
+
+
+def _first_allowed(
+    found_ids: np.ndarray, found_scores: np.ndarray, drop: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's first n results not dropped, in order (-1 padded), and how many it kept in all."""
+    ids, scores = _no_results(len(found_ids), n)
     kept = (~drop).sum(axis=1)
     order = np.argsort(drop, axis=1, kind="stable")[:, :n]  # allowed results first, in order
     take_ids = np.take_along_axis(found_ids, order, 1)
@@ -327,30 +376,33 @@ def search_batch(
     width = take_ids.shape[1]
     ids[:, :width] = np.where(empty, -1, take_ids)
     scores[:, :width] = np.where(empty, -np.inf, take_scores)
-    short = np.flatnonzero((kept < n) & (depth < index.ntotal))
-    for row in short:  # too many excluded items among the top of the beam: the selector search, alone
-        one, one_scores = _search_with_selector(
-            index,
-            queries[row][None],
-            n,
-            np.unique(np.asarray(exclude[int(owner[row])], dtype=np.int64)),
-            SearchParametersHNSW,
-            beam,
-            shared=blocked,
-        )
-        one, one_scores = one[None], one_scores[None]
-        if item_vectors is not None:
-            got = one[0, 0] >= 0
-            one_rows, one_exact = rerank(
-                np.where(got, one[0, 0] - 1, -1)[None], one_scores[0], item_vectors, queries[row][None]
-            )
-            one[0, 0], one_scores[0, 0] = ItemVocabulary.rows_to_indices(one_rows[0]), one_exact[0]
-        ids[row], scores[row] = one[0, 0], one_scores[0, 0]
+    return ids, scores, kept
+
+
+def _search_row_alone(
+    index: faiss.Index,
+    query: np.ndarray,
+    n: int,
+    banned: np.ndarray,
+    beam: int,
+    blocked: SharedExclusion | None,
+    item_vectors: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One (d,) query row's top n: the selector search with the shared call's beam, its own
+    ``banned`` items and the shared ones excluded (re-ranked with the exact ``item_vectors`` when given)."""
+    one, one_scores = _search_with_selector(index, query[None], n, banned, SearchParametersHNSW, beam, shared=blocked)
+    if item_vectors is None:
+        return one[0], one_scores[0]
+    rows, exact = rerank(ItemVocabulary.results_to_rows(one), one_scores, item_vectors, query[None])
+    return ItemVocabulary.rows_to_indices(rows[0]), exact[0]
+
+
+def _order_ties(ids: np.ndarray, scores: np.ndarray) -> None:
+    """In place, as search_excluding: equal scores by item index, in the rows that hold a tie."""
     ties = (scores[:, 1:] == scores[:, :-1]) & np.isfinite(scores[:, 1:])
-    for row in np.flatnonzero(ties.any(axis=1)):  # as search_excluding: equal scores by item index
-        tied_ids, tied_scores = _ties_by_item(ids[row][None], scores[row][None])
+    for row in np.flatnonzero(ties.any(axis=1)):
+        tied_ids, tied_scores = ties_by_item(ids[row][None], scores[row][None])
         ids[row], scores[row] = tied_ids[0], tied_scores[0]
-    return ids, scores
 
 
 def _isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
@@ -360,8 +412,3 @@ def _isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     pos = np.searchsorted(sorted_keys, values)
     found: np.ndarray = sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == values
     return found
-
-
-# Public names for the filtered search (retrieval/filtered.py), which reuses this module's machinery.
-selector_params = _selector_params
-ties_by_item = _ties_by_item

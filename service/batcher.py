@@ -14,7 +14,8 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
 
-from retrieval.engine import Engine, Query, Result, Timings
+from retrieval.engine import Engine
+from retrieval.query import Query, Result, Timings
 from service import telemetry
 
 Pending = tuple[Query, Engine, asyncio.Future[tuple[Result, Timings]]]  # a request waiting for its batch

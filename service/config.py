@@ -127,14 +127,14 @@ class ServiceSettings(BaseSettings):
         ge=0,
         description="The filter planner's cost of one HNSW beam slot (at M = 16) in exact row scores: above the "
         "row threshold a filter is searched on the graph when its widened walk is cheaper than scoring the allowed "
-        "rows exactly (index/filtered.py). Measured on the 2-core reference machine; calibrate with "
+        "rows exactly (retrieval/filtered.py). Measured on the 2-core reference machine; calibrate with "
         "benchmarks/filtered_search.py. 0 = the graph whenever the widened beam fits its cap.",
     )
     filter_cache_mb: float = Field(
         256.0,
         ge=0,
         description="Memory per worker for repeated filters: each distinct filter's allowed-item mask and, when it "
-        "allows under 25% of the items, their embedding rows copied out once (service/filter_cache.py); least "
+        "allows under 25% of the items, their embedding rows copied out once (retrieval/filter_cache.py); least "
         "recently used filters are dropped beyond it. 0 = build every request's mask anew.",
     )
     max_body_bytes: int = Field(

@@ -20,7 +20,8 @@ import orjson
 from fastapi import HTTPException
 
 from remi.attributes import Condition
-from retrieval.engine import Engine, Query, Result, Timings
+from retrieval.engine import Engine
+from retrieval.query import Query, Result, Timings
 from service import telemetry
 from service.blocklist import BlocklistNotLoaded
 from service.filters import compile_filter, raise_if_invalid

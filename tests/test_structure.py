@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 # A package may import its own modules and those of lower layers, never a higher or a sibling one.
 LAYERS = {"remi": 0, "loadtest": 0, "retrieval": 1, "index": 2, "training": 3, "service": 3, "cli": 4}
 HEAVY = {"torch"}  # only training/ (and cli/, lazily, per command) may load it
+PRODUCT = ["remi", "retrieval", "index", "service"]  # the packages a deployment runs
 
 
 def modules(package: str) -> Iterator[tuple[Path, ast.Module]]:
@@ -61,3 +62,68 @@ def test_the_query_path_depends_on_the_contract_alone() -> None:
         if (top := module.split(".")[0]) in HEAVY or (top in LAYERS and top not in allowed_first_party)
     ]
     assert not bad, "\n".join(bad)
+
+
+# ------------------------------------------------------------------------------------ functions
+
+MAX_FUNCTION_LINES = 80  # a function longer than a screen does several things: name them
+
+
+@pytest.mark.parametrize("package", ["service", "retrieval"])
+def test_no_function_is_longer_than_a_screen(package: str) -> None:
+    long = [
+        f"{where(path, node.lineno)} {node.name}: {length} lines"
+        for path, tree in modules(package)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (length := (node.end_lineno or node.lineno) - node.lineno + 1) > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n" + "\n".join(long)
+
+
+# ------------------------------------------------------------------------- the item-row offset
+
+# Item index 0 is the padding, so FAISS row r holds item index r + 1: remi/contract.py's
+# ItemVocabulary is the one place that adds or subtracts that 1 (rows_to_indices, indices_to_rows,
+# results_to_rows for -1-padded search results, row_of for one index). Elsewhere a "+ 1" or "- 1"
+# on something named like an id, an index or a row is the offset done by hand.
+ITEM_NAMES = {"id", "ids", "index", "indices", "row", "rows", "pool", "found", "merged", "items", "one", "popular"}
+TO_ARRAY = {"asarray", "array", "int"}  # np.asarray(indices) - 1, int(index) - 1: still the same value
+
+
+def root_name(node: ast.expr) -> str | None:
+    """The variable an operand is read from: ``pool``, ``one[0, 0]``, ``np.asarray(indices)``."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Subscript | ast.Starred):
+        return root_name(node.value)
+    if isinstance(node, ast.Call) and node.args:
+        func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+        return root_name(node.args[0]) if func in TO_ARRAY else None
+    return None
+
+
+def test_the_item_row_offset_lives_in_the_contract_alone() -> None:
+    by_hand = [
+        f"{where(path, node.lineno)} {ast.unparse(node)}"
+        for package in [*PRODUCT, "training", "cli", "loadtest"]
+        for path, tree in modules(package)
+        if path != REPO / "remi" / "contract.py"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub)
+        for operand, other in ((node.left, node.right), (node.right, node.left))
+        if isinstance(other, ast.Constant) and other.value == 1 and root_name(operand) in ITEM_NAMES
+    ]
+    # np.where(x >= 0, ItemVocabulary.indices_to_rows(x), -1): results_to_rows says it
+    guarded = [
+        f"{where(path, node.lineno)} {ast.unparse(node)}"
+        for package in [*PRODUCT, "training", "cli", "loadtest"]
+        for path, tree in modules(package)
+        if path != REPO / "remi" / "contract.py"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "where"
+        and any(isinstance(a, ast.Call) and getattr(a.func, "attr", None) == "indices_to_rows" for a in node.args)
+    ]
+    assert not by_hand + guarded, "use remi.contract.ItemVocabulary's conversions:\n" + "\n".join(by_hand + guarded)

@@ -113,7 +113,7 @@ def list_metrics(merged: np.ndarray, interest: np.ndarray, items: np.ndarray, n_
         items: (I, d) item vectors by FAISS row.
     """
     n = merged.shape[1]
-    rows = np.where(merged >= 0, ItemVocabulary.indices_to_rows(merged), -1)
+    rows = ItemVocabulary.results_to_rows(merged)
     out = {
         f"coverage@{n}": catalogue_coverage(rows, len(items), n),
         f"diversity@{n}": intra_list_diversity(rows, items, n),

@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 
-from retrieval.engine import Query
+from retrieval.query import Query
 from service import telemetry
 from service.auth import require
 from service.deps import HistoryDep, SettingsDep, StateDep, VersionsDep, serving_engine

@@ -41,7 +41,7 @@ def test_the_service_imports_only_the_read_side() -> None:
 
 def test_the_query_path_loads_no_service_module() -> None:
     code = (
-        "import sys, retrieval.engine, retrieval.store\n"
+        "import sys, retrieval.engine, retrieval.planner, retrieval.store\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('service', 'index', 'training', 'torch'))\n"
         "sys.exit(f'loaded: {bad}' if bad else 0)"
     )

@@ -11,7 +11,8 @@ import torch
 
 from index.publish import reindex
 from remi.artifacts import pad_histories
-from retrieval.engine import Engine, Query
+from retrieval.engine import Engine
+from retrieval.query import Query
 from retrieval.store import LoadedVersion, load_current
 from training.models import active_interests
 

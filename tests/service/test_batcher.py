@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from retrieval.engine import Query, Result, Timings
+from retrieval.query import Query, Result, Timings
 from service.batcher import MicroBatcher
 
 

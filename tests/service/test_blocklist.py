@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 
 from index.publish import reindex
 from remi.contract import ItemVocabulary
-from retrieval.engine import Engine, Query
+from retrieval.engine import Engine
+from retrieval.query import Query
 from retrieval.store import load_current
 from service.app import create_app
 from service.blocklist import LOG_MAX, LiveBlocklist, MemoryBlocklist, RedisBlocklist, map_ids

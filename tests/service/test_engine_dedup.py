@@ -10,7 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from index.publish import reindex
-from retrieval.engine import Engine, Query
+from retrieval.engine import Engine
+from retrieval.query import Query
 from retrieval.store import LoadedVersion, load_current
 from service.config import ServiceSettings
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from index.publish import reindex
-from retrieval.engine import Engine, Query, Result
+from retrieval.engine import Engine
 from retrieval.merge import MERGES
+from retrieval.query import Query, Result
 from retrieval.store import load_current
 from service.batcher import MicroBatcher
 from tests.service.conftest import start_server
