@@ -56,7 +56,7 @@ from redis.backoff import NoBackoff
 from remi.contract import ItemVocabulary
 from service import telemetry
 from service.config import ServiceSettings
-from service.history import _client_for, _public_url
+from service.redis_client import client_for, public_url
 
 log = logging.getLogger("remi.blocklist")
 
@@ -185,9 +185,9 @@ class RedisBlocklist:
     def __init__(self, url: str, prefix: str, timeout_s: float, log_max: int = LOG_MAX) -> None:
         self.items_key, self.version_key, self.epoch_key, self.log_key = blocklist_keys(prefix)
         self.log_max = log_max
-        self.url = _public_url(url)
+        self.url = public_url(url)
         timeout = max(timeout_s, MIN_TIMEOUT_S)
-        self._client = _client_for(
+        self._client = client_for(
             url,
             max_connections=4,
             socket_timeout=timeout,

@@ -5,12 +5,14 @@ expiring per user) and `MemoryHistory` for the quick start with no Redis. Both k
 `max_len` events per user in timestamp order, oldest first (the order the model was trained on
 and the one `remi history load` writes): an event that arrives late with an older timestamp goes
 where its timestamp puts it, ties keep their arrival order (`merge_by_time` says the whole rule).
+The Redis plumbing under `RedisHistory` (the client for every topology, what a failure means, the
+deadline of a call, the circuit breaker) is service/redis_client.py, shared with the blocklist
+and the bulk loader.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import re
@@ -23,15 +25,14 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
-import redis.asyncio as aioredis
-import redis.exceptions as redis_exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import AuthenticationError, BusyLoadingError, MaxConnectionsError, RedisError
+from redis.exceptions import MaxConnectionsError
 
 from remi.contract import INTERACTION_COLUMNS
 from service.config import ServiceSettings
+from service.redis_client import BACKSTOP_TIMEOUT_S, CircuitBreaker, Failure, classify, client_for, public_url, within
 
 log = logging.getLogger("remi.history")
 
@@ -156,200 +157,6 @@ def _decode(raw: str) -> Event:
     return Event(item_id, int(stamp) if stamp else None)
 
 
-def _public_url(url: str) -> str:
-    """The URL without credentials or query (which may carry `password=`), for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "<redis>"
-    netloc, slash, path = rest.partition("/")
-    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path.partition('?')[0]}"
-
-
-def _client_for(url: str, **options: Any) -> Any:
-    """A client for a plain, Cluster or Sentinel URL.
-
-    * ``redis://`` / ``rediss://`` / ``unix://`` — one server (redis-py's own URL format).
-    * ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` for TLS) — Redis
-      Cluster; one seed node is enough, the client discovers the rest. A user's history is one
-      key, so every write stays a single-slot transaction.
-    * ``redis+sentinel://host:port[,host:port...]/service_name[/db]`` — Sentinel; the client
-      asks the sentinels for the current master of ``service_name`` and follows failovers.
-    """
-    scheme, _, rest = url.partition("://")
-    if scheme in ("redis+cluster", "rediss+cluster"):
-        seeds = rest.split("/")[0].split(",")
-        base = scheme.replace("+cluster", "")
-        options.pop("max_connections", None)  # per node in cluster mode; redis-py sizes it itself
-        return aioredis.RedisCluster.from_url(f"{base}://{seeds[0]}", **options)
-    if scheme in ("redis+sentinel", "rediss+sentinel"):
-        hosts, _, path = rest.partition("/")
-        parts = [p for p in path.split("/") if p]
-        if not parts:
-            raise ValueError("a sentinel URL needs the service name: redis+sentinel://host:port/service_name[/db]")
-        sentinels = []
-        for host in hosts.split(","):
-            name, _, port = host.rpartition(":")
-            sentinels.append((name or host, int(port or 26379)))
-        db = int(parts[1]) if len(parts) > 1 else 0
-        from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-
-        timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
-        unannotated_sentinel: Any = Sentinel  # redis-py declares no types for its constructor
-        sentinel = unannotated_sentinel(sentinels, sentinel_kwargs=timeouts, ssl=scheme.startswith("rediss"), **options)
-        return sentinel.master_for(parts[0], connection_pool_class=SentinelConnectionPool, db=db)
-    return aioredis.Redis.from_url(url, **options)
-
-
-@dataclass(frozen=True)
-class _Failure:
-    reason: str
-    applied: bool | None  # False: the command never ran; None: unknown
-    server_wide: bool  # the server as a whole is unusable (counts for the breaker), not this one command
-
-
-# Error replies that mean "this server cannot serve anyone now", whatever the command.
-_SERVER_WIDE_REPLIES = {
-    "DENIED": "denied",
-    "NOAUTH": "auth",
-    "WRONGPASS": "auth",
-    "LOADING": "loading",
-    "MASTERDOWN": "master_down",
-    "CLUSTERDOWN": "cluster_down",
-    "TRYAGAIN": "try_again",
-}
-# Error replies refusing one command on a reachable server: reads may still work, no breaker.
-_COMMAND_REPLIES = {"READONLY": "read_only", "OOM": "out_of_memory", "NOPERM": "no_permission"}
-
-
-_NETWORK = (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError, OSError, asyncio.TimeoutError)
-_CONNECT_FAILED = re.compile(r"(Error [-\w]+|Timeout) connecting to ")  # redis-py's wording for connect()
-
-
-def _classify(err: BaseException) -> _Failure | None:
-    """What a failed Redis call means for fallbacks, the breaker and the client; None = not a store failure.
-
-    Every redis-py exception is a store failure (a handshake refused with DENIED arrives as a plain
-    ResponseError), so none of them can turn a read into a 500.
-    """
-    if isinstance(err, BusyLoadingError):
-        return _Failure("loading", False, True)
-    if isinstance(err, AuthenticationError):
-        return _Failure("auth", False, True)
-    text = str(err)
-    if isinstance(err, _NETWORK) and _CONNECT_FAILED.match(text):
-        # "Error 111 connecting to host:port", "Timeout connecting to server": nothing was sent.
-        return _Failure("unreachable", False, True)
-    if isinstance(err, (redis_exceptions.TimeoutError, asyncio.TimeoutError)):
-        return _Failure("timeout", None, True)
-    if isinstance(err, (redis_exceptions.ConnectionError, OSError)):
-        return _Failure("connection_lost", None, True)
-    if isinstance(err, redis_exceptions.ResponseError):
-        code = text.split(" ", 1)[0].upper()
-        if code in _SERVER_WIDE_REPLIES:
-            return _Failure(_SERVER_WIDE_REPLIES[code], False, True)
-        if code in _COMMAND_REPLIES:
-            return _Failure(_COMMAND_REPLIES[code], False, False)
-        # ReadOnlyError & co. are subclasses whose message no longer starts with the code.
-        for cls, reason in ((redis_exceptions.ReadOnlyError, "read_only"),
-                            (redis_exceptions.OutOfMemoryError, "out_of_memory"),
-                            (redis_exceptions.NoPermissionError, "no_permission")):  # fmt: skip
-            if isinstance(err, cls):
-                return _Failure(reason, False, False)
-        return _Failure("error_reply", False, False)
-    if isinstance(err, RedisError):
-        return _Failure("redis_error", None, True)
-    return None
-
-
-class CircuitBreaker:
-    """Opens on a sustained failure rate, not on one late reply.
-
-    Calls and failures are counted in a rolling window of `window_s` (ten buckets). The breaker
-    opens when the window holds at least `min_failures` failures AND they are at least
-    `failure_rate` of its calls: a down server (every call fails) opens it after `min_failures`
-    calls, while a few slow replies among hundreds on a busy event loop never do. Open, it fails
-    calls fast for `open_s`; then one call probes: success closes it (and clears the window),
-    failure reopens it. `clock` is injectable so the policy is testable without sleeping.
-    """
-
-    def __init__(
-        self,
-        *,
-        window_s: float = 10.0,
-        min_failures: int = 5,
-        failure_rate: float = 0.5,
-        open_s: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if window_s <= 0 or min_failures < 1 or not 0 < failure_rate <= 1 or open_s < 0:
-            raise ValueError("breaker: window_s > 0, min_failures >= 1, 0 < failure_rate <= 1, open_s >= 0")
-        self.window_s, self.min_failures, self.failure_rate, self.open_s = window_s, min_failures, failure_rate, open_s
-        self.clock = clock
-        self._bucket_s = window_s / 10
-        self._buckets: deque[list[float]] = deque()  # [bucket start, calls, failures], oldest first
-        self.open_until: float | None = None  # None: closed
-        self.probing = False
-        self.trips = 0
-
-    def _bucket(self, now: float) -> list[float]:
-        while self._buckets and self._buckets[0][0] <= now - self.window_s:
-            self._buckets.popleft()
-        start = now - now % self._bucket_s
-        if not self._buckets or self._buckets[-1][0] != start:
-            self._buckets.append([start, 0, 0])
-        return self._buckets[-1]
-
-    def counts(self) -> tuple[int, int]:
-        """(calls, failures) in the window now."""
-        self._bucket(self.clock())
-        return int(sum(b[1] for b in self._buckets)), int(sum(b[2] for b in self._buckets))
-
-    @property
-    def is_open(self) -> bool:
-        return self.open_until is not None
-
-    def admit(self) -> tuple[bool, float]:
-        """(allowed, seconds left open); allowed with the breaker open means this call is the probe."""
-        if self.open_until is None:
-            return True, 0.0
-        left = self.open_until - self.clock()
-        if left > 0 or self.probing:
-            return False, max(left, 0.0)
-        self.probing = True
-        return True, 0.0
-
-    def success(self) -> bool:
-        """Records a call the server answered; True if this closed an open breaker."""
-        self.probing = False
-        closed = self.open_until is not None
-        if closed:  # a fresh start: the outage's failures must not re-open it
-            self.open_until = None
-            self._buckets.clear()
-        self._bucket(self.clock())[1] += 1
-        return closed
-
-    def failure(self) -> bool:
-        """Records a server-wide failure; True if this opened the breaker (it was closed)."""
-        now = self.clock()
-        bucket = self._bucket(now)
-        bucket[1] += 1
-        bucket[2] += 1
-        if self.open_until is not None:  # a failed probe (or a call admitted before the trip)
-            self.probing = False
-            self.open_until = now + self.open_s
-            return False
-        calls, failures = self.counts()
-        if failures >= self.min_failures and failures >= self.failure_rate * calls:
-            self.open_until = now + self.open_s
-            self.trips += 1
-            return True
-        return False
-
-    def release(self) -> None:
-        """A probe ended with neither verdict (e.g. the pool was busy): let the next call probe."""
-        self.probing = False
-
-
 # Check-and-append in one atomic step (a Lua script is atomic, and all its keys share one slot):
 # a marker per idempotency key makes a retried request a replay of the first answer, never a
 # second copy. KEYS[1]: the history (newest first); KEYS[2]: the marker, absent without a key.
@@ -433,49 +240,6 @@ return {0, n}
 """
 
 
-# Client-side socket timeouts are only a backstop (a Redis call's deadline is `_within`'s), so
-# a loop that comes back late still finds the reply or the connection that waits in its socket.
-_BACKSTOP_TIMEOUT_S = 1.0
-_GRACE_TURNS = 3  # loop turns after a missed deadline: enough to read a reply already received
-
-
-async def _within(op: Callable[[], Awaitable[T]], timeout_s: float) -> T:
-    """``op()`` with a deadline of ``timeout_s`` that a busy or descheduled event loop does not eat.
-
-    A plain timer (redis-py's socket timeout) fires whenever the loop comes back after it is
-    due, even with the reply (or the new connection) already waiting in the socket: on a loaded
-    2-core box with two workers a few answers in 10k fell back with a healthy Redis (issue 23
-    A13). Here a missed deadline first lets the loop turn a few times (a reply already received
-    is read), and if the timer itself fired late by half the timeout or more (the loop, not
-    Redis, was slow) the call gets one more window. A server that does not answer still fails
-    the call within about twice the timeout; then ``redis.exceptions.TimeoutError`` (the call is
-    cancelled, and redis-py drops its connection).
-    """
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(op())
-    deadline = loop.time() + timeout_s
-    extended = False
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
-            if done:
-                return task.result()
-            late = loop.time() - deadline
-            for _ in range(_GRACE_TURNS):
-                await asyncio.sleep(0)
-                if task.done():
-                    return task.result()
-            if extended or late < timeout_s / 2:
-                raise redis_exceptions.TimeoutError(f"Timeout: no reply within {timeout_s * 1000:.0f} ms")
-            extended = True
-            deadline = loop.time() + timeout_s
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-
 class RedisHistory:
     """Histories as Redis lists, newest first, capped at `max_len` and expiring after `ttl_seconds`.
 
@@ -515,7 +279,7 @@ class RedisHistory:
         self.ttl_seconds = ttl_seconds
         self.retry_after_s = retry_after_s
         self.idempotency_ttl_s = idempotency_ttl_s
-        self.url = _public_url(url)
+        self.url = public_url(url)
         self.failures = 0
         self.last_error: str | None = None  # the latest failure, for /readyz
         self._write_error: str | None = None  # a refused write (READONLY, OOM, ...) not yet followed by a success
@@ -528,8 +292,8 @@ class RedisHistory:
         )
         self.timeout_s = timeout_s
         self.max_connections = max_connections
-        backstop = max(_BACKSTOP_TIMEOUT_S, 4 * timeout_s)  # the deadline is _within's
-        self._client = _client_for(
+        backstop = max(BACKSTOP_TIMEOUT_S, 4 * timeout_s)  # the deadline is within's
+        self._client = client_for(
             url,
             max_connections=max_connections,
             socket_timeout=backstop,
@@ -566,7 +330,7 @@ class RedisHistory:
         except Exception:  # best effort: the caller is already failing
             log.debug("dropping idle history connections failed", exc_info=True)
 
-    async def _failed(self, err: BaseException, failure: _Failure) -> HistoryUnavailable:
+    async def _failed(self, err: BaseException, failure: Failure) -> HistoryUnavailable:
         self.failures += 1
         text = str(err)  # a DENIED reply is a 1 kB essay: the first sentence says it
         message = f"{failure.reason}: {type(err).__name__}: {text if len(text) <= 200 else text[:200] + '...'}"
@@ -589,14 +353,14 @@ class RedisHistory:
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
         self._admit()
         try:
-            result = await _within(op, self.timeout_s)
+            result = await within(op, self.timeout_s)
         except MaxConnectionsError as err:
             # The pool is saturated, Redis itself is fine: fall back for this call only.
             self.failures += 1
             self.breaker.release()
             raise HistoryUnavailable(f"history store busy ({err}) at {self.url}", "pool_exhausted", False) from err
         except BaseException as err:
-            failure = _classify(err)
+            failure = classify(err)
             if failure is None:  # a bug or a cancellation, not the store
                 self.breaker.release()
                 raise
@@ -660,7 +424,7 @@ class RedisHistory:
         opened: list[Any] = []
         try:
             for _ in range(min(connections, self.max_connections)):
-                opened.append(await asyncio.wait_for(pool.get_connection(), _BACKSTOP_TIMEOUT_S))
+                opened.append(await asyncio.wait_for(pool.get_connection(), BACKSTOP_TIMEOUT_S))
         except Exception as err:  # best effort
             log.warning("history store %s: could not open the connection pool (%s)", self.url, err)
         finally:
@@ -671,11 +435,11 @@ class RedisHistory:
     async def health(self) -> tuple[str, str | None]:
         # Always tries, even while the breaker is open: readiness has to be able to see a recovery.
         try:
-            await _within(self._client.ping, self.timeout_s)
+            await within(self._client.ping, self.timeout_s)
         except MaxConnectionsError:
             return "unavailable", "connection pool exhausted"
         except Exception as err:  # readiness must never raise
-            failure = _classify(err)
+            failure = classify(err)
             if failure is None:
                 log.exception("history store %s ping failed", self.url)
                 return "unavailable", f"{type(err).__name__}: {err}"

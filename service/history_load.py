@@ -39,7 +39,8 @@ import pyarrow.parquet as pq
 from remi.contract import INTERACTION_COLUMNS
 from remi.datafiles import interaction_files, is_parquet_file
 from remi.errors import RemiError
-from service.history import _classify, _client_for, _public_url, encode_many, history_key
+from service.history import encode_many, history_key
+from service.redis_client import classify, client_for, public_url
 
 _SCHEMA = pa.schema(
     [("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()), ("row", pa.int64())]
@@ -226,18 +227,18 @@ def _last_events(table: pa.Table, max_len: int) -> Iterator[tuple[str, list[str]
 def _connect(url: str, timeout_s: float) -> Any:
     """The service's own client factory, with a bad URL turned into the one-line error."""
     try:
-        return _client_for(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        return client_for(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     except (ValueError, TypeError) as exc:
-        raise RemiError(f"bad Redis URL {_public_url(url)}: {exc}") from exc
+        raise RemiError(f"bad Redis URL {public_url(url)}: {exc}") from exc
 
 
 def _redis_failure(exc: BaseException, url: str, what: str) -> RemiError | None:
     """A Redis failure the service classifies (denied, auth, OOM...) as a one-line RemiError;
     None for anything else, which the caller re-raises as the bug it is."""
-    failure = _classify(exc)
+    failure = classify(exc)
     if failure is None:
         return None
-    return RemiError(f"{what} at {_public_url(url)} ({failure.reason}: {exc})")
+    return RemiError(f"{what} at {public_url(url)} ({failure.reason}: {exc})")
 
 
 async def _write(

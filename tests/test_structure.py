@@ -81,6 +81,23 @@ def test_no_function_is_longer_than_a_screen(package: str) -> None:
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n" + "\n".join(long)
 
 
+# ------------------------------------------------------------------------------ private names
+
+
+@pytest.mark.parametrize("package", PRODUCT)
+def test_no_module_imports_another_modules_private_names(package: str) -> None:
+    """``from x import _name`` across modules: what another module needs is public, or it is in the wrong place."""
+    private = [
+        f"{where(path, node.lineno)} takes {alias.name} from {node.module}"
+        for path, tree in modules(package)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+    assert not private, "\n".join(private)
+
+
 # ------------------------------------------------------------------------- the item-row offset
 
 # Item index 0 is the padding, so FAISS row r holds item index r + 1: remi/contract.py's

@@ -1,10 +1,10 @@
-"""The history store's circuit breaker policy, deterministically (an injected clock, no network)."""
+"""The Redis circuit breaker policy (service/redis_client.py), deterministically (an injected clock, no network)."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.history import CircuitBreaker
+from service.redis_client import CircuitBreaker
 
 
 class Clock:
