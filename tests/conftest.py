@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from tests import markers
 from training.synth import SynthConfig, write
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    markers.register(config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    markers.apply(items)  # trains / server / redis, read from the code each test runs (tests/markers.py)
 
 
 @pytest.fixture(scope="session")
