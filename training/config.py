@@ -22,7 +22,7 @@ IhnScores = Literal["raw", "cosine", "standardized"]
 RrNorm = Literal["authors", "valid"]
 RrScope = Literal["interest", "mean"]
 DivGrad = Literal["all", "tower"]
-AdaptiveRule = Literal["off", "log2"]
+AdaptiveRule = Literal["off", "log2", "log3", "log4"]
 SeqTargets = Literal["last", "all"]
 OptimizerName = Literal["adam", "sparse-adam", "rowwise-adagrad"]
 LrSchedule = Literal["constant", "cosine"]
@@ -90,7 +90,8 @@ class TrainConfig(BaseSettings):
         "off",
         description=(
             "How many of the K interests a user gets: off = all K; log2 = max(1, min(K, ceil(log2 n))) for n "
-            "history items (MIND's rule), in training, evaluation, the exported interest mask and serving."
+            "history items (MIND's rule); log3 / log4 the same with base 3 / 4 (fewer interests for short histories); "
+            "in training, evaluation, the exported interest mask and serving."
         ),
     )
     encoder_blocks: int = Field(

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from training.config import TrainConfig
 
 MODELS = ("comirec-sa", "comirec-dr", "mind", "dnn", "sasrec")
-ADAPTIVE_RULES = ("off", "log2")  # how many of the K interests a user gets (active_interests)
+ADAPTIVE_RULES = ("off", "log2", "log3", "log4")  # how many of the K interests a user gets (active_interests)
 NEG_INF = -1e9  # finite: a fully padded row must not produce NaN
 
 
@@ -44,9 +44,11 @@ def active_interests(mask: torch.Tensor, n_interests: int, rule: str = "off") ->
 
     ``off``: all K. ``log2``: MIND's rule, max(1, min(K, ceil(log2 n))) for a history of n items,
     always the first ones, so interest 0 is every user's and the later ones serve only the
-    longer histories that have more to say. Written with comparisons only (no log), so that it
-    is the same integer arithmetic in PyTorch, in the exported ONNX graph and in numpy:
-    slot j (0-based) is active iff ceil(log2 n) >= j + 1  <=>  n > 2^j.
+    longer histories that have more to say. ``log3`` / ``log4``: the same with base 3 / 4, for
+    short-history catalogues where log2 still gives most users most interests (docs/remi.md
+    A.13). Written with comparisons only (no log), so that it is the same integer arithmetic in
+    PyTorch, in the exported ONNX graph and in numpy: slot j (0-based) is active iff
+    ceil(log_b n) >= j + 1  <=>  n > b^j.
     """
     return active_for_lengths(mask.sum(-1), n_interests, rule)
 
@@ -56,9 +58,9 @@ def active_for_lengths(n: torch.Tensor, n_interests: int, rule: str = "off") -> 
     slots = torch.arange(n_interests, device=n.device)
     if rule == "off":
         return torch.ones(*n.shape, n_interests, dtype=torch.bool, device=n.device)
-    if rule != "log2":
+    if rule not in ADAPTIVE_RULES:
         raise ValueError(f"unknown adaptive-interest rule {rule!r}; choose one of {', '.join(ADAPTIVE_RULES)}")
-    return (slots == 0) | (n.unsqueeze(-1) > torch.pow(2, slots))
+    return (slots == 0) | (n.unsqueeze(-1) > torch.pow(int(rule[3:]), slots))
 
 
 class MultiInterestModel(nn.Module):

@@ -111,7 +111,7 @@ def test_index_build_help_shows_the_hnsw_and_ivfpq_defaults_the_builder_uses() -
 def test_every_allowed_value_of_a_literal_setting_is_offered_in_help() -> None:
     rows = {**rendered_help("train"), **{f"index:{k}": v for k, v in rendered_help("index build").items()}}
     assert "[comirec-sa|comirec-dr|mind|dnn|sasrec]" in rows["--model"]
-    assert "[off|log2]" in rows["--adaptive-interests"] and "[last|all]" in rows["--seq-targets"]
+    assert "[off|log2|log3|log4]" in rows["--adaptive-interests"] and "[last|all]" in rows["--seq-targets"]
     assert "[sampled|ihn|rr|remi]" in rows["--scheme"]
     assert "[raw|cosine|standardized]" in rows["--ihn-scores"]
     assert "[authors|valid]" in rows["--rr-norm"]

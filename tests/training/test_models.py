@@ -1,4 +1,3 @@
-import math
 
 import pytest
 import torch
@@ -151,12 +150,14 @@ def test_encoder_blocks_go_only_under_attention_backbones() -> None:
         build_model("sasrec", n_items=50, dim=15, encoder=EncoderSpec(blocks=1, heads=2))
 
 
-def test_log2_rule_gives_a_user_as_many_interests_as_their_history_supports() -> None:
-    """MIND's rule max(1, min(K, ceil(log2 n))), always the first interests."""
-    lengths = torch.arange(0, 21)
-    mask = torch.arange(20)[None, :] < lengths[:, None]
-    active = active_interests(mask, 4, "log2")
-    expected = [max(1, min(4, math.ceil(math.log2(n)))) if n > 0 else 1 for n in lengths.tolist()]
+@pytest.mark.parametrize("base", [2, 3, 4])
+def test_log_rules_give_a_user_as_many_interests_as_their_history_supports(base: int) -> None:
+    """MIND's rule max(1, min(K, ceil(log_b n))) (b = 2 in MIND), always the first interests."""
+    lengths = torch.arange(0, 80)
+    mask = torch.arange(80)[None, :] < lengths[:, None]
+    active = active_interests(mask, 4, f"log{base}")
+    # ceil(log_b n) by integer powers: the smallest e with b^e >= n
+    expected = [max(1, min(4, next(e for e in range(10) if base**e >= n))) if n > 0 else 1 for n in lengths.tolist()]
     assert active.sum(1).tolist() == expected
     assert all(row[: int(row.sum())].all() for row in active)  # a prefix of the K
     assert active_interests(mask, 4, "off").all()
