@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import md_table, save_results
 from benchmarks.serving_setup import build_artifacts, synthetic_spec, synthetic_users
+from studies.report import md_table, save_results
 
 RESULTS = Path(__file__).parent / "results"
 K = 50

@@ -36,11 +36,11 @@ from typing import Any
 import httpx
 import orjson
 
-from benchmarks.report import md_table, save_results
 from benchmarks.serving_http import real_server
 from benchmarks.serving_setup import build_artifacts, delete_prefix, seed_histories, synthetic_spec, synthetic_users
 from loadtest.wrk import WrkRun, ok_and_errors, wrk_argv
 from remi.contract import ITEM_IDS
+from studies.report import md_table, save_results
 
 RESULTS = Path(__file__).parent / "results"
 TOKEN = "bench-token"

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import md_table
+from studies.report import md_table
 
 RESULTS = Path(__file__).parent / "results"
 GOAL = "100M interactions within 8 GB peak RSS and <= 10 minutes on 2 cores"

@@ -28,10 +28,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import md_table
-from benchmarks.runner import SHARED_DATA
 from loadtest.server import free_port
 from remi.contract import RUN_METRICS
+from studies.report import md_table
+from studies.runner import SHARED_DATA
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.report import md_table
 from remi.contract import ItemVocabulary
 from retrieval.merge import merge_by_score
 from retrieval.search import search_interests
+from studies.report import md_table
 from training.data import EvalSet
 from training.evaluate import evaluate, item_index, user_interest_vectors
 from training.models import build_model

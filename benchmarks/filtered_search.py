@@ -41,7 +41,6 @@ from typing import Any  # noqa: E402
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.report import md_table, save_results  # noqa: E402
 from index.build import build_faiss  # noqa: E402
 from remi.attributes import Attribute, Condition, ItemAttributes, allowed_mask  # noqa: E402
 from retrieval.filtered import (  # noqa: E402
@@ -53,6 +52,7 @@ from retrieval.filtered import (  # noqa: E402
     search_exact,
     search_filtered,
 )
+from studies.report import md_table, save_results  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 N_VALUES = 1000  # distinct values of the filtered attribute

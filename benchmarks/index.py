@@ -43,9 +43,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from benchmarks.report import md_table
 from index.build import DEFAULTS, EF_LADDER, build_faiss, choose_kind, resolve_params
 from retrieval.search import apply_search_params
+from studies.report import md_table
 
 RESULTS = Path(__file__).parent / "results"
 K, TOP = 4, 50

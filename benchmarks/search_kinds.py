@@ -23,7 +23,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from benchmarks.report import save_results
+from studies.report import save_results
 
 RESULTS = Path(__file__).parent / "results"
 KINDS = [  # (label, FAISS factory string, search knobs)

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import save_results
 from benchmarks.serving_trained import RESULTS, seed, serve, user_histories
 from loadtest.cpu import stat_fields
+from studies.report import save_results
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -38,10 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import run_and_save
 from benchmarks.serving_fast_path import SUMMARY as FAST_PATH_SUMMARY
 from benchmarks.serving_fast_path import _median, measure
 from benchmarks.serving_trained import RESULTS, serve
+from studies.report import run_and_save
 
 FILTER = '"filter":{"category":{"eq":"c3"}}'
 N_CATEGORIES = 10

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import save_results
+from studies.report import save_results
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]

@@ -51,11 +51,11 @@ from typing import Any
 
 import httpx
 
-from benchmarks.report import md_table, save_results
 from benchmarks.serving_http import python_loadtest, real_server
 from benchmarks.serving_setup import build_artifacts, seed_histories, synthetic_spec, synthetic_users
 from loadtest.cpu import children_cpu_seconds, machine_busy_seconds, tree_cpu_seconds
 from loadtest.server import free_port
+from studies.report import md_table, save_results
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.report import md_table
 from remi.contract import ItemVocabulary
+from studies.report import md_table
 from training.config import OptimizerName, TrainConfig
 from training.models import MultiInterestModel, build_model
 from training.optimizers import Optimizers, build_optimizers, uses_sparse_items

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 import training.scheme
-from benchmarks.report import md_table
-from benchmarks.runner import SHARED_DATA
+from studies.report import md_table
+from studies.runner import SHARED_DATA
 from training import loss_reference
 from training.config import TrainConfig, load_config
 from training.data import TrainSampler

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.report import md_table
 from index.build import build_faiss, choose_kind, resolve_params
 from remi.artifacts import UserTower, pad_histories
 from remi.contract import ItemVocabulary
+from studies.report import md_table
 from training.export import export_onnx
 from training.models import EncoderSpec, MultiInterestModel, active_interests, build_model
 

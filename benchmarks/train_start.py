@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import md_table
+from studies.report import md_table
 
 RESULTS = Path(__file__).parent / "results"
 

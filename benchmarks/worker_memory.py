@@ -38,11 +38,11 @@ from typing import Any
 
 import httpx
 
-from benchmarks.report import md_table
 from benchmarks.serving_http import history_store_ready
 from loadtest.server import ServerProcess, free_port, remi_serve_argv
 from loadtest.wrk import WrkRun, ok_and_errors, wrk_argv
 from remi.contract import read_current, read_index_manifest, version_dir
+from studies.report import md_table
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

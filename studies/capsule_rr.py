@@ -8,9 +8,9 @@ acting on the last routing update. Reports test metrics, the routing diagnostics
 metrics (coverage, diversity, top interest share; recomputed from the checkpoint for a run
 trained before they existed).
 
-    python -m benchmarks.capsule_rr --steps 8000
+    python -m studies.capsule_rr --steps 8000
 
-Writes benchmarks/results/capsule_rr.json and capsule_rr.md.
+Writes studies/results/capsule_rr.json and capsule_rr.md.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.report import LIST_KEYS, ROUTING_KEYS, md_table
-from benchmarks.runner import SHARED_DATA, Job, run_all
+from studies.report import LIST_KEYS, ROUTING_KEYS, md_table
+from studies.runner import SHARED_DATA, Job, run_all
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "studies" / "results"
 DEFAULT = ROOT / "configs" / "default.json"
 SCHEMES: dict[str, dict] = {
     "sampled": {"scheme": "sampled"},

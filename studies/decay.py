@@ -3,9 +3,9 @@
 Trains ComiRec-SA on amazon_beauty (fixed split file) with REMI variants side by side, same
 seed and step budget, and records valid Recall@50 curves, test metrics and routing diagnostics.
 
-    python benchmarks/decay.py --steps 20000
+    python -m studies.decay --steps 20000
 
-Writes benchmarks/results/decay.json, decay.md and decay.png.
+Writes studies/results/decay.json, decay.md and decay.png.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.report import ROUTING_KEYS, TEST_KEYS, md_table, plot_curves
-from benchmarks.runner import SHARED_DATA, Job, run_all
+from studies.report import ROUTING_KEYS, TEST_KEYS, md_table, plot_curves
+from studies.runner import SHARED_DATA, Job, run_all
 
 RESULTS = Path(__file__).parent / "results"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

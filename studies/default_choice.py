@@ -1,8 +1,8 @@
 """How the default for unseen data is chosen, and what it costs on each dataset (leave-one-dataset-out).
 
-    python -m benchmarks.default_choice CAND=RESULTS.json [CAND=RESULTS.json ...]
+    python -m studies.default_choice CAND=RESULTS.json [CAND=RESULTS.json ...]
 
-Issue 12 section 1. Each candidate default is one ``benchmarks.default_decay`` result: the same
+Issue 12 section 1. Each candidate default is one ``studies.default_decay`` result: the same
 settings trained on the four shared datasets (one seed, 20k steps, early stopping off). For each
 held-out dataset the candidate is picked by the other three only: the highest mean, over those
 three, of its best-checkpoint valid Recall@50 relative to the best candidate on that dataset (so
@@ -10,10 +10,10 @@ no dataset's scale dominates), among the candidates that do not decay there (val
 >= 0.95 of the peak on each of the three: the goal the default must meet). The held-out
 dataset's test Recall@50 with that pick is then set beside (a) the best candidate chosen on the
 held-out dataset's own valid users, and (b) its own tuned setting ``configs/<dataset>.json``
-(the seed-2021 remi run of benchmarks/results/quality.json).
+(the seed-2021 remi run of studies/results/quality.json).
 The decay criterion (valid at the budget / peak >= 0.95) is reported per candidate and dataset.
 
-Writes benchmarks/results/<name>.{json,md}.
+Writes studies/results/<name>.{json,md}.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from benchmarks.report import md_table, save_results
+from studies.report import md_table, save_results
 
 RESULTS = Path(__file__).parent / "results"
 DECAY_GOAL = 0.95
@@ -33,7 +33,7 @@ DECAY_GOAL = 0.95
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("candidates", nargs="+", metavar="NAME=RESULTS.json",
-                    help="a candidate's name and its benchmarks.default_decay JSON (one row per dataset)")  # fmt: skip
+                    help="a candidate's name and its studies.default_decay JSON (one row per dataset)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=2021, help="the seed whose rows are compared")
     ap.add_argument("--quality", type=Path, default=RESULTS / "quality.json",
                     help="quality benchmark JSON holding each dataset's own tuned (scheme remi) run")  # fmt: skip
@@ -112,9 +112,9 @@ def report(cands: dict[str, dict[str, dict[str, Any]]], rows: list[dict[str, Any
     ]  # fmt: skip
     return "\n".join(
         [
-            "# Choosing the default for unseen data: leave one dataset out (`python -m benchmarks.default_choice`)",
+            "# Choosing the default for unseen data: leave one dataset out (`python -m studies.default_choice`)",
             "",
-            f"Candidates: each trained on the four shared datasets with `benchmarks.default_decay` (seed {args.seed}, "
+            f"Candidates: each trained on the four shared datasets with `studies.default_decay` (seed {args.seed}, "
             "20k steps, valid every 1k, early stopping off, one thread per run, two side by side). "
             "Cell: peak valid R@50 / valid at the budget over peak (✗: below 0.95, decay left) / test R@50 of the "
             "best checkpoint.",

@@ -1,6 +1,6 @@
 """Does the default model still decay? `remi train` with no scheme flags, to the end of its budget.
 
-    python -m benchmarks.default_decay --steps 20000
+    python -m studies.default_decay --steps 20000
 
 Issue 12 section 1: with the shipped defaults (configs/default.json = TrainConfig's defaults),
 the validation Recall@50 at the end of the step budget should be within 5% of its peak on every
@@ -8,7 +8,7 @@ shared dataset (no decay left). Each dataset gets one `remi train --data D` with
 the seed and early stopping switched off (patience larger than the run), so the curve is read
 to its end; amazon_beauty uses its fixed user split. Reports peak valid Recall@50 and its step,
 the value at the budget, their ratio, and the test metrics of the best checkpoint (what
-`remi train` keeps). Writes benchmarks/results/<name>.{json,md,png}.
+`remi train` keeps). Writes studies/results/<name>.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import md_table, plot_curves, save_results
-from benchmarks.runner import SHARED_DATA, Job, run_all
+from studies.report import md_table, plot_curves, save_results
+from studies.runner import SHARED_DATA, Job, run_all
 
 RESULTS = Path(__file__).parent / "results"
 DATASETS = ("amazon_beauty", "yelp_2019", "movielens_100k", "gowalla_1k")
@@ -95,7 +95,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     failed = [f"- {r['dataset']}: failed: {r['error']}" for r in rows if "error" in r]
     return "\n".join(
         [
-            f"# The default model to the end of its budget (`python -m benchmarks.default_decay --steps {args.steps}"
+            f"# The default model to the end of its budget (`python -m studies.default_decay --steps {args.steps}"
             f"{' --set ' + ' '.join(args.set) if args.set else ''}`)",
             "",
             f"`remi train --data D` with the shipped defaults (configs/default.json)"

@@ -22,9 +22,9 @@ diagnostics (interest similarity: mean pairwise cosine of a user's interests) an
 metrics (coverage@50, diversity@50, top interest share), and plots interest similarity against
 test Recall@50, one series per option. The goal: >= 95% of the gain kept at similarity <= 0.6.
 
-    python -m benchmarks.interest_distinct --dataset amazon_beauty --steps 8000
+    python -m studies.interest_distinct --dataset amazon_beauty --steps 8000
 
-Writes benchmarks/results/interest_distinct_<dataset>_<steps>.json, .md and .png.
+Writes studies/results/interest_distinct_<dataset>_<steps>.json, .md and .png.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.report import LIST_KEYS, md_table, project_path  # noqa: E402
-from benchmarks.runner import SHARED_DATA, Job, run_all, run_folder  # noqa: E402
+from studies.report import LIST_KEYS, md_table, project_path  # noqa: E402
+from studies.runner import SHARED_DATA, Job, run_all, run_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "studies" / "results"
 CONFIGS = ROOT / "configs"
 GAIN_KEPT_GOAL, SIMILARITY_GOAL = 0.95, 0.6
 
@@ -160,7 +160,7 @@ def main() -> None:
     ap.add_argument("--anatomy", action="store_true", help="also diagnose where each run's copies come from")
     ap.add_argument("--tuned-configs", type=Path, default=CONFIGS,
                     help="folder of the tuned <dataset>.json the options start from (the tables so far: "
-                         "benchmarks/results/tune/v1)")  # fmt: skip
+                         "studies/results/tune/v1)")  # fmt: skip
     ap.add_argument("--merge", type=Path,
                     help="earlier results JSON (same dataset, budget): points not rerun join the report")  # fmt: skip
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""Quality benchmark: `sampled` vs `remi` on the shared datasets, same split, seeds and budget.
+"""Quality study: `sampled` vs `remi` on the shared datasets, same split, seeds and budget.
 
 For each dataset, model, scheme and seed it runs ``remi train`` (resuming finished runs), then
 reports the mean and spread over seeds of the test metrics of the best-valid checkpoint, the
@@ -6,9 +6,9 @@ routing diagnostics, the list metrics (coverage@50, diversity@50, top interest s
 per 1,000 steps. ``remi`` uses ``configs/<dataset>.json`` when it exists (settings chosen by
 ``remi tune`` on the valid users), else ``configs/default.json``.
 
-    python benchmarks/quality.py --datasets amazon_beauty --seeds 2021 2022 2023
+    python -m studies.quality --datasets amazon_beauty --seeds 2021 2022 2023
 
-Writes benchmarks/results/<name>.json, .md and .png (valid Recall@50 curves); --name defaults to quality.
+Writes studies/results/<name>.json, .md and .png (valid Recall@50 curves); --name defaults to quality.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.report import LIST_KEYS, ROUTING_KEYS, TEST_KEYS, list_metric, md_table, project_path  # noqa: E402
-from benchmarks.runner import SHARED_DATA, Job, run_all  # noqa: E402
 from remi.contract import RUN_METRICS  # noqa: E402
+from studies.report import LIST_KEYS, ROUTING_KEYS, TEST_KEYS, list_metric, md_table, project_path  # noqa: E402
+from studies.runner import SHARED_DATA, Job, run_all  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "studies" / "results"
 CONFIGS = ROOT / "configs"
 DATASETS = ("amazon_beauty", "yelp_2019", "movielens_100k", "gowalla_1k")
 # amazon_beauty gets the reference budget (the authors' sampled run peaked at 97k steps); the others
@@ -48,7 +48,7 @@ MODEL_VARIANTS: dict[str, dict[str, Any]] = {
 
 def scheme_settings(dataset: str, scheme: str, tuned: Path = CONFIGS) -> dict[str, Any]:
     """Flags of a scheme: `sampled` has none; `remi` reads the tuned config of the dataset (from
-    ``tuned``: configs/, or an earlier search's folder such as benchmarks/results/tune/v1);
+    ``tuned``: configs/, or an earlier search's folder such as studies/results/tune/v1);
     `remi-default` the shipped default for unseen data, with the scheme it names for the backbone
     (remi; ihn for sasrec, which has no routing for RR)."""
     if scheme == "sampled":
@@ -76,12 +76,12 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=20, help="evaluations without improvement before stopping")
     ap.add_argument("--parallel", type=int, default=2, help="runs side by side (1 thread each)")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "quality", help="where run folders go")
-    ap.add_argument("--name", default="quality", help="results file stem (benchmarks/results/<name>.{json,md,png})")
+    ap.add_argument("--name", default="quality", help="results file stem (studies/results/<name>.{json,md,png})")
     ap.add_argument(
         "--tuned-configs",
         type=Path,
         default=CONFIGS,
-        help="folder of the <dataset>.json files `remi` trains with (benchmarks/results/tune/v1: the configs "
+        help="folder of the <dataset>.json files `remi` trains with (studies/results/tune/v1: the configs "
         "searched before emb_l2 and the schedule, behind the earlier `remi` rows)",
     )
     ap.add_argument("--report-only", action="store_true", help="report the finished runs, start none")

@@ -6,9 +6,9 @@ same steps; the best valid checkpoint of each is scored on the test users. rowwi
 table learning rate (``item_lr``) is not the tuned config's Adam ``lr``: ``--item-lrs`` runs it at
 each given value (one row each; the choice among them is made on valid recall, not test).
 
-    python -m benchmarks.sparse_optimizer_quality --steps 12000 --item-lrs 0.01 0.03 0.05 0.1
+    python -m studies.sparse_optimizer_quality --steps 12000 --item-lrs 0.01 0.03 0.05 0.1
 
-Writes benchmarks/results/sparse_optimizer_quality.json and .md.
+Writes studies/results/sparse_optimizer_quality.json and .md.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from benchmarks.report import md_table
-from benchmarks.runner import SHARED_DATA
+from studies.report import md_table
+from studies.runner import SHARED_DATA
 from training.config import TrainConfig, load_config
 from training.prepare import prepare
 from training.trainer import train

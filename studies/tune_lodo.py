@@ -1,7 +1,7 @@
 """Leave one dataset out over the ``remi tune`` studies: how far a setting chosen without a dataset
 falls from that dataset's own tuned setting.
 
-    python -m benchmarks.tune_lodo DATASET=TUNE_DIR [DATASET=TUNE_DIR ...]
+    python -m studies.tune_lodo DATASET=TUNE_DIR [DATASET=TUNE_DIR ...]
 
 Issue 12 section 1. The studies start from the same points: trial 0 is the base config (the
 shipped default) and the sampler's start-up trials are drawn from the same seed, so the first
@@ -12,7 +12,7 @@ scale dominates). Its valid Recall@50 on the held-out dataset is then set beside
 dataset's own best trial (its tuned setting, from all its trials, TPE's included), as is the
 shipped default's. Scores are the trials' best-checkpoint valid Recall@50 at the study's budget.
 
-Writes benchmarks/results/<name>.{json,md}.
+Writes studies/results/<name>.{json,md}.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks.report import md_table, run_and_save
+from studies.report import md_table, run_and_save
 
 RESULTS = Path(__file__).parent / "results"
 PARAMS = ("params_beta", "params_lam", "params_lr", "params_emb_l2")
@@ -93,7 +93,7 @@ def report(result: dict[str, Any]) -> str:
         for r in result["rows"]
     ]
     head = (
-        "# Leave one dataset out over the remi tune studies (`python -m benchmarks.tune_lodo ...`)\n\n"
+        "# Leave one dataset out over the remi tune studies (`python -m studies.tune_lodo ...`)\n\n"
         f"{result['common_points']} settings were scored on all of {', '.join(result['datasets'])} (the "
         "shipped default and the sampler's shared start-up draws). Per held-out dataset: the setting the "
         "other datasets pick among them, and the shipped default, against the held-out dataset's own best "

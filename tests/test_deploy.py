@@ -383,7 +383,8 @@ def test_dockerignore_keeps_the_context_small_but_not_what_the_images_copy() -> 
     def ignored(path: str) -> bool:
         return any(fnmatch(path, p) or fnmatch(path, p.removeprefix("**/")) for p in patterns)
 
-    for path in (".git", "runs", "demo", "tests", "benchmarks", "__pycache__", ".venv", "remi_match.egg-info"):
+    kept_out = (".git", "runs", "demo", "tests", "benchmarks", "studies", "__pycache__", ".venv", "remi_match.egg-info")
+    for path in kept_out:
         assert ignored(path), f"{path} should not be sent to the docker build"
     for dockerfile in (API_DOCKERFILE, JOBS_DOCKERFILE):
         for name, args in instructions(dockerfile):

@@ -17,7 +17,7 @@ only those rows change: the step cost follows the batch, not the catalogue.
   touched rows is exactly the dense algorithm (a row without gradient does not move in dense
   Adagrad either): nothing lazy about it. Its table learning rate is ``item_lr``.
 
-benchmarks/results/sparse_optimizer_quality.md compares them on amazon_beauty,
+studies/results/sparse_optimizer_quality.md compares them on amazon_beauty,
 benchmarks/results/sparse_optimizer.md their speed and state.
 """
 

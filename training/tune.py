@@ -30,7 +30,7 @@ EMB_L2_RANGE = (1e-3, 0.5)
 
 def search_space(scheme: str, tune_lr: bool) -> dict[str, tuple[float, float]]:
     """The knobs a study searches (each log-uniform over its range): the scheme's own terms, lr when
-    asked, and always emb_l2, the norm penalty that stops the late decay (benchmarks/results/decay_fix.md)."""
+    asked, and always emb_l2, the norm penalty that stops the late decay (studies/results/decay_fix.md)."""
     space = {}
     if scheme in ("ihn", "remi"):
         space["beta"] = BETA_RANGE

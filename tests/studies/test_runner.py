@@ -1,6 +1,6 @@
 """The benchmark runner turns a run's settings into `remi train` flags."""
 
-from benchmarks.runner import _flags
+from studies.runner import _flags
 
 
 def test_true_and_false_strings_from_a_command_line_become_switches() -> None:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmarks.tune_lodo import parser, run
+from studies.tune_lodo import parser, run
 
 BASE = {"params_beta": 0.05, "params_lam": 20000.0, "params_lr": 1e-3, "params_emb_l2": 0.1}
 OTHER = {"params_beta": 0.3, "params_lam": 5000.0, "params_lr": 2e-3, "params_emb_l2": 0.01}
