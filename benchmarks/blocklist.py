@@ -23,24 +23,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks import harness
+from benchmarks.harness import md_table, median, save_results, timed
 from benchmarks.serving_setup import build_artifacts, synthetic_spec, synthetic_users
-from studies.report import md_table, save_results
 
-RESULTS = Path(__file__).parent / "results"
 K = 50
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__, "blocklist")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "remi-serving-bench",
                     help="cache of the synthetic artifacts and index root (as benchmarks.serving)")  # fmt: skip
     ap.add_argument("--items", type=int, default=100_000, help="catalogue size")
@@ -51,8 +49,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--sizes", type=int, nargs="+", default=[0, 100, 1000, 10000], help="blocklist sizes")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="users per Engine.recommend call")
     ap.add_argument("--rounds", type=int, default=3, help="timed passes per cell (the median is reported)")
-    ap.add_argument("--name", default="blocklist", help="results file stem")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the results files")
     return ap
 
 
@@ -87,25 +83,25 @@ def main(argv: list[str] | None = None) -> None:
                 raw = [vocabulary.raw_ids[i] for i in rng.choice(len(vocabulary), size, replace=False)]
             else:
                 raw = answered[:size]
-            t0 = time.perf_counter()
-            blocked = map_ids(vocabulary, raw)
-            map_ms = (time.perf_counter() - t0) * 1000
+            with timed() as mapping:
+                blocked = map_ids(vocabulary, raw)
+            map_ms = mapping.wall_s * 1000
             queries = [Query(s, K, blocked=blocked) for s in seen]
             for batch in args.batches:
                 wall, cpu = [], []
                 for _ in range(args.rounds):
-                    t0, c0 = time.perf_counter(), time.process_time()
                     results = []
-                    for start in range(0, len(queries), batch):
-                        results += engine.recommend(queries[start : start + batch])[0]
-                    cpu.append((time.process_time() - c0) * 1000 / len(queries))
-                    wall.append((time.perf_counter() - t0) * 1000 / len(queries))
+                    with timed() as took:
+                        for start in range(0, len(queries), batch):
+                            results += engine.recommend(queries[start : start + batch])[0]
+                    cpu.append(took.cpu_s * 1000 / len(queries))
+                    wall.append(took.wall_s * 1000 / len(queries))
                 banned = set(raw)
                 assert all(not banned & set(r.item_ids) and len(r.item_ids) == K for r in results), (kind, size)
                 displaced = sum(len(set(p.item_ids) & banned) for p in plain) / len(plain)
                 cells.append({"kind": kind, "size": size, "batch": batch, "map_ms": map_ms,
-                              "cpu_ms_per_request": statistics.median(cpu),
-                              "wall_ms_per_request": statistics.median(wall),
+                              "cpu_ms_per_request": median(cpu),
+                              "wall_ms_per_request": median(wall),
                               "displaced_per_answer": displaced})  # fmt: skip
                 print(cells[-1], flush=True)
 

@@ -36,19 +36,19 @@ from typing import Any
 import httpx
 import orjson
 
+from benchmarks import harness
+from benchmarks.harness import flags, md_table, save_results
 from benchmarks.serving_http import real_server
 from benchmarks.serving_setup import build_artifacts, delete_prefix, seed_histories, synthetic_spec, synthetic_users
 from loadtest.wrk import WrkRun, ok_and_errors, wrk_argv
 from remi.contract import ITEM_IDS
-from studies.report import md_table, save_results
 
-RESULTS = Path(__file__).parent / "results"
 TOKEN = "bench-token"
 K = 50
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__, "blocklist_churn")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "remi-serving-bench",
                     help="cache of the synthetic artifacts and index root (as benchmarks.serving)")  # fmt: skip
     ap.add_argument("--items", type=int, default=100_000, help="catalogue size")
@@ -67,8 +67,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--env", nargs="*", default=[], help="KEY=VALUE server environment (e.g. REMI_REDIS_TIMEOUT_MS=100)"
     )
-    ap.add_argument("--name", default="blocklist_churn", help="results file stem")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the results files")
     return ap
 
 
@@ -243,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         "probe's current top item or unblocking the oldest such. Worst age: send time of a probe request minus "
         "the return of the block call of a blocked id its answer held (0 = none held one).\n\n"
     )
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "cells": cells, "fill_s": fill_s,
+    result = {"args": flags(args), "cells": cells, "fill_s": fill_s,
               "loadavg": loadavg}  # fmt: skip
     save_results(args.results, args.name, result, header + md_table(columns, rows))
 

@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from studies.report import md_table
+from benchmarks.harness import machine, md_table, parser, save_results
 
-RESULTS = Path(__file__).parent / "results"
 GOAL = "100M interactions within 8 GB peak RSS and <= 10 minutes on 2 cores"
 
 
@@ -88,7 +87,7 @@ def _run(*args: str, threads: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "data_prep")
     ap.add_argument("--rows", default="1000000,10000000,100000000", help="comma-separated sizes")
     ap.add_argument("--pandas-rows", default="1000000,10000000", help="sizes also run through the pandas path")
     ap.add_argument("--memory-gb", type=float, default=4.0, help="prep_memory_gb (DuckDB memory limit)")
@@ -137,9 +136,7 @@ def main() -> None:
 
 
 def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    out = {"goal": GOAL, "cpus": os.cpu_count(), "memory_gb": args.memory_gb, "runs": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "data_prep.json").write_text(json.dumps(out, indent=2))
+    out = {"goal": GOAL, **machine(), "memory_gb": args.memory_gb, "runs": rows}
     table = []
     stages: list[str] = []
     for r in rows:
@@ -198,8 +195,7 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         + md_table(["rows", "seconds", "peak RSS (MB)", "Parquet (MB)"], synth)
         + "\n"
     )
-    (RESULTS / "data_prep.md").write_text(text)
-    print(text)
+    save_results(args.results, args.name, out, text)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,8 @@ Writes benchmarks/results/distributed.json and distributed.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,12 +26,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness import SHARED_DATA, machine, md_table, parser, save_results
 from loadtest.server import free_port
 from remi.contract import RUN_METRICS
-from studies.report import md_table
-from studies.runner import SHARED_DATA
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def train_args(data: Path, split: Path | None, steps: int, threads: int, out: Path) -> list[str]:
@@ -81,7 +76,7 @@ def result_row(out: Path, layout: str, nproc: int, threads: int, wall: float) ->
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "distributed")
     ap.add_argument("--dataset", default="amazon_beauty", help="folder of ../shared/data")
     ap.add_argument("--nprocs", type=int, nargs="+", default=[1, 2], help="process counts to compare")
     ap.add_argument("--steps", type=int, default=600, help="training steps per run (global batch 128)")
@@ -92,7 +87,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.report:
         saved = json.loads(args.report.read_text())
-        write_results(saved["meta"], saved["runs"])
+        write_results(saved["meta"], saved["runs"], args.results, args.name)
         return
     data_dir = SHARED_DATA / args.dataset
     data, split = data_dir / "interactions.csv.gz", data_dir / "split.csv.gz"
@@ -110,9 +105,8 @@ def main() -> None:
                 )
                 print(json.dumps(runs[-1]), flush=True)
     load = f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after (1-minute averages)"
-    meta = {"machine": platform.machine(), "cores": args.cores, "dataset": args.dataset, "args": vars(args),
-            "load": load}  # fmt: skip
-    write_results(meta, runs)
+    meta = {**machine(), "cores": args.cores, "dataset": args.dataset, "args": vars(args), "load": load}
+    write_results(meta, runs, args.results, args.name)
 
 
 def best_rounds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -133,10 +127,8 @@ def best_rounds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_results(meta: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+def write_results(meta: dict[str, Any], runs: list[dict[str, Any]], folder: Path, name: str) -> None:
     rows = best_rounds(runs)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "distributed.json").write_text(json.dumps({"meta": meta, "rows": rows, "runs": runs}, indent=2))
     table = md_table(
         ["layout", "processes", "threads each", "steps", "train s", "steps/s", "speedup", "wall s", "valid R@50",
          "steps/s by round", "wall s by round"],
@@ -158,8 +150,7 @@ def write_results(meta: dict[str, Any], runs: list[dict[str, Any]]) -> None:
         f"(two torchrun launchers meeting at a c10d rendezvous on 127.0.0.1): it shows the cost of the multi-node "
         f"launch path against `--nproc 2`, not scaling across machines.\n\n{table}"
     )
-    (RESULTS / "distributed.md").write_text(text)
-    print(text)
+    save_results(folder, name, {"meta": meta, "rows": rows, "runs": runs}, text)
 
 
 if __name__ == "__main__":

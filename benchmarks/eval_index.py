@@ -17,26 +17,19 @@ Writes benchmarks/results/eval_index.json and eval_index.md.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from benchmarks.harness import command, machine, md_table, parser, save_results, timed
 from remi.contract import ItemVocabulary
 from retrieval.merge import merge_by_score
 from retrieval.search import search_interests
-from studies.report import md_table
 from training.data import EvalSet
 from training.evaluate import evaluate, item_index, user_interest_vectors
 from training.models import build_model
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def planted_model_and_users(n_items: int, n_users: int, topics: int, seed: int = 0) -> tuple[Any, EvalSet]:
@@ -80,7 +73,7 @@ def top50(model: Any, data: EvalSet, search: str) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "eval_index")
     ap.add_argument("--items", type=int, default=1_000_000, help="catalogue size")
     ap.add_argument("--users", type=int, default=10_000, help="valid users")
     ap.add_argument("--topics", type=int, default=5_000, help="planted item topics")
@@ -92,9 +85,9 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     lists: dict[str, np.ndarray] = {}
     for search in args.search:
-        t = time.perf_counter()
-        metrics, _, _ = evaluate(model, data, ns=(50,), search=search)
-        seconds = time.perf_counter() - t
+        with timed() as took:
+            metrics, _, _ = evaluate(model, data, ns=(50,), search=search)
+        seconds = took.wall_s
         lists[search] = top50(model, data, search)
         results[search] = {"seconds": round(seconds, 2), **metrics}
         print(search, results[search], flush=True)
@@ -110,12 +103,10 @@ def main() -> None:
         "users": args.users,
         "topics": args.topics,
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "command": "python -m benchmarks.eval_index " + " ".join(sys.argv[1:]),
+        **machine(),
+        "command": command(),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "eval_index.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     base = results.get("exact", {})
     rows = [
         [
@@ -138,8 +129,7 @@ def main() -> None:
         f"merged top-50 that the approximate search also returns.\n\n"
         + md_table(["search", "seconds", "recall@50", "vs exact", "top-50 overlap", "speed-up"], rows)
     )
-    (RESULTS / "eval_index.md").write_text(text)
-    print(text)
+    save_results(args.results, args.name, {"meta": meta, "results": results}, text)
 
 
 if __name__ == "__main__":

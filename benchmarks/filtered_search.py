@@ -35,12 +35,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import harness  # noqa: E402
+from benchmarks.harness import md_table, save_results  # noqa: E402
 from index.build import build_faiss  # noqa: E402
 from remi.attributes import Attribute, Condition, ItemAttributes, allowed_mask  # noqa: E402
 from retrieval.filtered import (  # noqa: E402
@@ -52,16 +53,14 @@ from retrieval.filtered import (  # noqa: E402
     search_exact,
     search_filtered,
 )
-from studies.report import md_table, save_results  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 N_VALUES = 1000  # distinct values of the filtered attribute
 SHARES = (0.5, 0.1, 0.01, 0.001)
 PATHS = (("graph", "graph", False), ("graph-wide", "graph", True), ("exact", "exact", True), ("plan", "plan", True))
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__, "filtered_search")
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="catalogue sizes")
     ap.add_argument("--queries", type=int, nargs="+", default=[100, 30], help="queries per size (same order)")
     ap.add_argument("--dim", type=int, default=64)
@@ -82,8 +81,6 @@ def parser() -> argparse.ArgumentParser:
         help="no HNSW build: only the exact path (the planner's choice at <= 20k allowed rows)",
     )
     ap.add_argument("--shares", type=float, nargs="+", default=list(SHARES), help="selectivities to measure")
-    ap.add_argument("--name", default="filtered_search", help="results file stem")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the results files")
     return ap
 
 

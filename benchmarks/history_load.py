@@ -1,6 +1,6 @@
 """How fast does `remi history load` fill Redis? 1M synthetic interactions into the local Redis.
 
-    python benchmarks/history_load.py [--rows 1000000] [--redis-url redis://127.0.0.1:6379/0]
+    python -m benchmarks.history_load [--rows 1000000] [--redis-url redis://127.0.0.1:6379/0]
 
 Writes a gzipped CSV of `--rows` interactions (uniform users, Zipf items, random timestamps),
 loads it twice under a private key prefix (the second run shows the idempotent re-run costs the
@@ -10,12 +10,7 @@ benchmarks/results/history_load.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -23,10 +18,9 @@ import numpy as np
 import pandas as pd
 import redis
 
+from benchmarks.harness import machine, parser, save_results, timed
 from remi.contract import INTERACTION_COLUMNS
 from service.history_load import load_history
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def synth(path: Path, rows: int, users: int, items: int, seed: int = 0) -> None:
@@ -55,21 +49,21 @@ def delete_prefix(url: str, prefix: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--items", type=int, default=50_000)
-    parser.add_argument("--max-len", type=int, default=200)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    args = parser.parse_args()
+    ap = parser(__doc__, "history_load")
+    ap.add_argument("--rows", type=int, default=1_000_000, help="synthetic interactions")
+    ap.add_argument("--users", type=int, default=100_000, help="distinct users")
+    ap.add_argument("--items", type=int, default=50_000, help="distinct items")
+    ap.add_argument("--max-len", type=int, default=200, help="events kept per user")
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="the Redis to load into")
+    args = ap.parse_args()
 
     prefix = f"remi-bench-load:{uuid.uuid4().hex[:8]}:"
     runs = []
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "interactions.csv.gz"
-        t0 = time.perf_counter()
-        synth(data, args.rows, args.users, args.items)
-        print(f"generated {args.rows:,} rows in {time.perf_counter() - t0:.1f} s ({data.stat().st_size / 1e6:.1f} MB)")
+        with timed() as took:
+            synth(data, args.rows, args.users, args.items)
+        print(f"generated {args.rows:,} rows in {took.wall_s:.1f} s ({data.stat().st_size / 1e6:.1f} MB)")
         try:
             for run in ("first", "re-run"):
                 report = load_history(data, args.redis_url, prefix=prefix, max_len=args.max_len, ttl_seconds=3600)
@@ -86,16 +80,14 @@ def main() -> None:
         "max_len": args.max_len,
         "runs": runs,
         "redis_version": info.get("redis_version"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs)",
-        "python": platform.python_version(),
+        **machine(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "history_load.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# `remi history load` throughput",
         "",
         f"{args.rows:,} synthetic interactions (CSV.gz, {args.users:,} users, {args.items:,} items), "
-        f"max_len {args.max_len}, into a local Redis {result['redis_version']} on {result['machine']}.",
+        f"max_len {args.max_len}, into a local Redis {result['redis_version']} on {result['machine']}, "
+        f"{result['cpus']} cores (shared with other jobs).",
         "",
         "| run | users | events written | rows read | partitions | seconds | events/s | rows/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -106,7 +98,7 @@ def main() -> None:
             f"{r['seconds']:.1f} | {r['events_per_s']:,.0f} | {r['rows'] / r['seconds']:,.0f} |"
         )
     lines += ["", "events/s counts events written over the whole command (read + partition + sort + write)."]
-    (RESULTS / "history_load.md").write_text("\n".join(lines) + "\n")
+    save_results(args.results, args.name, result, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -35,9 +35,9 @@ from typing import Any
 
 import httpx
 
+from benchmarks.harness import md_table, save_results
 from benchmarks.serving_setup import build_artifacts, delete_prefix, seed_histories, synthetic_spec, synthetic_users
 from loadtest.server import ServerProcess, free_port, remi_serve_argv
-from studies.report import md_table, save_results
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from statistics import median
@@ -43,11 +42,10 @@ from typing import Any
 import faiss
 import numpy as np
 
+from benchmarks.harness import machine, md_table, parser, save_results
 from index.build import DEFAULTS, EF_LADDER, build_faiss, choose_kind, resolve_params
 from retrieval.search import apply_search_params
-from studies.report import md_table
 
-RESULTS = Path(__file__).parent / "results"
 K, TOP = 4, 50
 
 
@@ -258,9 +256,8 @@ def run_trained(artifacts: Path, root: Path, seconds: float) -> dict[str, Any]:
     return row
 
 
-def trained_report(row: dict[str, Any], name: str, args: argparse.Namespace) -> None:
-    meta = {"machine": platform.processor() or platform.machine(), "faiss": faiss.__version__, "args": vars(args)}
-    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": [row]}, indent=2, default=str))
+def trained_report(row: dict[str, Any], args: argparse.Namespace) -> None:
+    meta = {**machine(), "faiss": faiss.__version__, "args": vars(args)}
     tried = (row["calibration"] or {}).get("tried", {})
     table = md_table(
         [
@@ -304,32 +301,27 @@ def trained_report(row: dict[str, Any], name: str, args: argparse.Namespace) -> 
         "",
         table,
     ]
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_results(args.results, args.name, {"meta": meta, "rows": [row]}, "\n".join(lines) + "\n")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "index")
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="catalogue sizes")
     ap.add_argument("--dim", type=int, default=64, help="vector dimension d")
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per search setting")
     ap.add_argument("--threads", type=int, default=2, help="FAISS threads for builds and recall batches")
-    ap.add_argument("--name", default="index", help="results file stem under benchmarks/results/")
     ap.add_argument("--artifacts", type=Path, help="trained artifact folder: run `remi reindex --kind auto` on it")
     ap.add_argument("--root", type=Path, help="index root for --artifacts (a new version is published there)")
     args = ap.parse_args()
     if args.artifacts:
         if args.root is None:
             ap.error("--artifacts needs --root")
-        RESULTS.mkdir(exist_ok=True)
-        trained_report(run_trained(args.artifacts, args.root, args.seconds), args.name, args)
+        trained_report(run_trained(args.artifacts, args.root, args.seconds), args)
         return
     rows = []
     for n in args.sizes:
         rows += run_size(n, args.dim, args.seconds, args.threads)
-    RESULTS.mkdir(exist_ok=True)
-    meta = {"machine": platform.processor() or platform.machine(), "faiss": faiss.__version__, "args": vars(args)}
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    meta = {**machine(), "faiss": faiss.__version__, "args": vars(args)}
     table = md_table(
         ["items", "kind", "setting", "build s", "memory MB", "B/item", "requests/s", "x flat", "recall@50", "auto"],
         [
@@ -358,9 +350,8 @@ def main() -> None:
         "",
         table,
     ]
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    plot(rows, RESULTS / f"{args.name}.png")
-    print("\n".join(lines))
+    save_results(args.results, args.name, {"meta": meta, "rows": rows}, "\n".join(lines) + "\n")
+    plot(rows, args.results / f"{args.name}.png")
 
 
 if __name__ == "__main__":

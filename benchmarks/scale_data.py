@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from benchmarks.harness import flags, timed
 
 
 def generate(users: int, items: int, topics: int, mean_len: int, zipf: float, seed: int) -> pd.DataFrame:
@@ -64,16 +65,16 @@ def main() -> None:
     ap.add_argument("--zipf", type=float, default=0.5, help="Zipf exponent of popularity inside a topic")
     ap.add_argument("--seed", type=int, default=0, help="random seed")
     args = ap.parse_args()
-    t0 = time.perf_counter()
-    df = generate(args.users, args.items, args.topics, args.mean_len, args.zipf, args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out / "interactions.csv", index=False)
+    with timed() as took:
+        df = generate(args.users, args.items, args.topics, args.mean_len, args.zipf, args.seed)
+        args.out.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.out / "interactions.csv", index=False)
     info = {
         "rows": len(df),
         "users": int(df.user_id.nunique()),
         "items": int(df.item_id.nunique()),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "args": {k: str(v) for k, v in vars(args).items()},
+        "seconds": round(took.wall_s, 1),
+        "args": flags(args),
     }
     (args.out / "scale_data.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info))

@@ -23,9 +23,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from studies.report import save_results
+from benchmarks import harness
+from benchmarks.harness import save_results, timed
 
-RESULTS = Path(__file__).parent / "results"
 KINDS = [  # (label, FAISS factory string, search knobs)
     ("hnsw M16", "HNSW16", {"efSearch": 48}),
     ("hnsw M32", "HNSW32", {"efSearch": 48}),
@@ -41,13 +41,11 @@ KINDS = [  # (label, FAISS factory string, search knobs)
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__, "search_kinds")
     ap.add_argument("--root", type=Path, required=True, help="index root (`remi reindex` output) of a trained model")
     ap.add_argument("--data", type=Path, required=True, help="interactions CSV the model was trained on")
     ap.add_argument("--users", type=int, default=1600, help="users (their last 50 events) to search for")
     ap.add_argument("--dedup-cosine", type=float, default=0.94, help="REMI_INTEREST_DEDUP_COSINE")
-    ap.add_argument("--name", default="search_kinds", help="results file stem")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the results files")
     return ap
 
 
@@ -111,9 +109,9 @@ def _answers(engine: Any, queries: list[Any]) -> tuple[list[Any], float, float]:
     engine.recommend(queries[:16])  # warm
     results, seconds, searched = [], 0.0, 0.0
     for start in range(0, len(queries), 16):
-        t0 = time.perf_counter()
-        batch, timings = engine.recommend(queries[start : start + 16])
-        seconds += time.perf_counter() - t0
+        with timed() as took:
+            batch, timings = engine.recommend(queries[start : start + 16])
+        seconds += took.wall_s
         searched += timings.extra.get("searched_interests", 0.0)
         results += batch
     return results, seconds, searched / len(queries)

@@ -54,7 +54,6 @@ import asyncio
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -62,17 +61,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import harness
+from benchmarks.harness import flags, machine
 from benchmarks.serving_http import headline, noop_server, python_loadtest, real_server, sweep, tag
 from benchmarks.serving_report import best_of, best_workers, plot, report, targets
 from benchmarks.serving_setup import build_artifacts, delete_prefix, seed_histories, synthetic_spec, synthetic_users
 from benchmarks.serving_stages import compute_floor
 
-RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__, "serving")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "remi-serving-bench",
                     help="cache folder for the artifacts, index root, users files and server logs")  # fmt: skip
     ap.add_argument("--items", type=int, default=100_000, help="catalogue size")
@@ -111,11 +111,9 @@ def parser() -> argparse.ArgumentParser:
         help="KEY=VALUE environment of an extra real-server sweep + headline at every worker count, e.g. "
         "OMP_NUM_THREADS=1 (default: none)",
     )
-    ap.add_argument("--name", default="serving", help="results file stem")
     ap.add_argument(
         "--report-only", action="store_true", help="re-render the .md and .png from the existing .json, measure nothing"
     )
-    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the results files")
     return ap
 
 
@@ -124,8 +122,7 @@ def source_fingerprint() -> dict[str, str]:
     digest = hashlib.sha256()
     for path in sorted(p for d in ("service", "index", "remi") for p in (REPO / d).rglob("*.py")):
         digest.update(path.relative_to(REPO).as_posix().encode() + path.read_bytes())
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    return {"commit": head.stdout.strip() or "unknown", "code_sha256": digest.hexdigest()[:16]}
+    return {"commit": harness.commit(), "code_sha256": digest.hexdigest()[:16]}
 
 
 def all_targets(result: dict[str, Any], variant: dict[str, str]) -> list[list[str]]:
@@ -244,15 +241,13 @@ def main() -> None:
 
     result: dict[str, Any] = {
         "meta": {
-            "cpus": os.cpu_count(),
-            "machine": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
+            **machine(),
             "loadavg_before": loadavg,
             "other_benchmarks_running": bool(others),
             "spec": spec,
             "users": args.users,
             "index_version": built.index_version,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "args": flags(args),
             "source": source_fingerprint(),
             "omp_env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MKL_", "OPENBLAS_"))},
             "wrk": wrk_version(),

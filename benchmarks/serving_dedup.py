@@ -12,14 +12,14 @@ The service default (``interest_dedup_cosine``) is the lowest threshold whose me
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.harness import parser, save_results
+
 THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 1.0)
 MIN_WEIGHTS = (0.0, 0.05, 0.1, 0.15)
 
@@ -86,13 +86,11 @@ def choose(rows: list[dict[str, Any]], min_overlap: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "serving_dedup")
     ap.add_argument("--artifacts", type=Path, required=True, help="exported artifact folder of a trained model")
     ap.add_argument("--users", type=int, default=1000, help="held-out users whose interests are measured")
     ap.add_argument("--k", type=int, default=50, help="merged list length")
     ap.add_argument("--min-overlap", type=float, default=0.98, help="overlap the chosen default must keep")
-    ap.add_argument("--name", default="serving_dedup", help="results file stem")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the results files")
     args = ap.parse_args()
     arts, vectors, weights, seen = interest_data(args.artifacts, args.users)
     rows = overlap_table(arts.item_vectors, vectors, weights, seen, args.k)
@@ -109,8 +107,6 @@ def main() -> None:
         "chosen": best,
         "rows": rows,
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     lines = [
         "# Interest dedup: overlap with searching all K (`python -m benchmarks.serving_dedup`)",
         "",
@@ -133,8 +129,7 @@ def main() -> None:
         f"{best['overlap_mean']:.4f}).",
         "",
     ]
-    (args.results / f"{args.name}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    save_results(args.results, args.name, result, "\n".join(lines))
 
 
 if __name__ == "__main__":

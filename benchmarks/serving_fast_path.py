@@ -24,15 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.serving_trained import RESULTS, seed, serve, user_histories
+from benchmarks import harness
+from benchmarks.harness import flags, machine, save_results
+from benchmarks.serving_trained import seed, serve, user_histories
 from loadtest.cpu import stat_fields
-from studies.report import save_results
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__, "serving_fast_path")
     ap.add_argument("--root", type=Path, required=True, help="index root (`remi reindex` output) of a trained model")
     ap.add_argument("--data", type=Path, required=True, help="interactions CSV the model was trained on")
     ap.add_argument("--users", type=int, default=10_000, help="users with a stored history in Redis")
@@ -46,8 +47,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--wrk-threads", type=int, default=2, help="wrk threads at C = 32")
     ap.add_argument("--dedup-cosine", type=float, default=0.94, help="REMI_INTEREST_DEDUP_COSINE")
     ap.add_argument("--work", type=Path, default=Path("/tmp/remi-serving-fast-path"), help="logs and users file")
-    ap.add_argument("--name", default="serving_fast_path", help="results file stem")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the results files")
     return ap
 
 
@@ -100,8 +99,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prefix = f"remi-bench-fast-{os.getpid()}-{int(time.time())}:"
     rows: list[dict[str, Any]] = []
     code = Path(__file__).resolve().parents[1]
-    meta = {"cpus": os.cpu_count(), "loadavg_before": list(os.getloadavg()), "users": len(users),
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    meta = {**machine(), "loadavg_before": list(os.getloadavg()), "users": len(users),
+            "args": flags(args),
             "source": source_fingerprint()}  # fmt: skip
     try:
         asyncio.run(seed(args.redis_url, prefix, users, histories))

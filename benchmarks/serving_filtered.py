@@ -38,17 +38,18 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import harness
+from benchmarks.harness import flags, machine, run_and_save
 from benchmarks.serving_fast_path import SUMMARY as FAST_PATH_SUMMARY
 from benchmarks.serving_fast_path import _median, measure
-from benchmarks.serving_trained import RESULTS, serve
-from studies.report import run_and_save
+from benchmarks.serving_trained import serve
 
 FILTER = '"filter":{"category":{"eq":"c3"}}'
 N_CATEGORIES = 10
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__, "serving_filtered")
     ap.add_argument("--items", type=int, default=100_000, help="catalogue size of the synthetic model")
     ap.add_argument("--dim", type=int, default=64, help="embedding size d")
     ap.add_argument("--clusters", type=int, default=2000, help="topic clusters of the synthetic catalogue")
@@ -65,8 +66,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--work", type=Path, default=Path(tempfile.gettempdir()) / "remi-serving-bench", help="cache and logs"
     )
-    ap.add_argument("--name", default="serving_filtered", help="results file stem")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the results files")
     return ap
 
 
@@ -132,9 +131,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     users_file.write_text("\n".join(users) + "\n")
     prefix = f"remi-bench-filtered-{os.getpid()}-{int(time.time())}:"
     code = Path(__file__).resolve().parents[1]
-    meta: dict[str, Any] = {"cpus": os.cpu_count(), "loadavg_before": list(os.getloadavg()), "users": len(users),
+    meta: dict[str, Any] = {**machine(), "loadavg_before": list(os.getloadavg()), "users": len(users),
             "index_version": built.index_version,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "args": flags(args),
             "source": source_fingerprint()}  # fmt: skip
     rows: list[dict[str, Any]] = []
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from studies.report import md_table
+from benchmarks.harness import md_table
 
 # What the floor's `respond` stage timed: results before the stage followed the app's encoding
 # have no "respond_stage" and timed pydantic models.

@@ -40,14 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from studies.report import save_results
+from benchmarks import harness
+from benchmarks.harness import flags, machine, save_results
 
-RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__, "serving_trained")
     ap.add_argument("--trained", type=Path, required=True, help="exported artifact folder of a trained model")
     ap.add_argument("--data", type=Path, required=True, help="interactions CSV the model was trained on")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "remi-serving-trained",
@@ -68,8 +68,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--configs", nargs="*", default=None, help="only these configuration labels (default: all)")
     ap.add_argument("--recall-users", type=int, default=1000, help="users whose answers are checked against exact")
     ap.add_argument("--build-only", action="store_true", help="build the index roots (and base code), measure nothing")
-    ap.add_argument("--name", default="serving_trained", help="results file stem")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the results files")
     return ap
 
 
@@ -261,12 +259,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prefix = f"remi-bench-trained-{os.getpid()}-{int(time.time())}:"
     result: dict[str, Any] = {
         "meta": {
-            "cpus": os.cpu_count(),
+            **machine(),
             "loadavg_before": list(os.getloadavg()),
             "artifacts": str(args.trained),
             "data": str(args.data),
             "users": len(users),
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "args": flags(args),
             "source": source_fingerprint(),
             "base": {"ref": args.base_ref, "folder": str(base)},
         },

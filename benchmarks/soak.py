@@ -38,7 +38,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import platform
 import random
 import shutil
 import signal
@@ -51,13 +50,13 @@ from typing import Any
 
 import httpx
 
+from benchmarks import harness
+from benchmarks.harness import flags, machine, md_table, save_results
 from benchmarks.serving_http import python_loadtest, real_server
 from benchmarks.serving_setup import build_artifacts, seed_histories, synthetic_spec, synthetic_users
 from loadtest.cpu import children_cpu_seconds, machine_busy_seconds, tree_cpu_seconds
 from loadtest.server import free_port
-from studies.report import md_table, save_results
 
-RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "soak-token"
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
@@ -65,7 +64,7 @@ K = 50
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__, "soak")
     ap.add_argument("--minutes", type=float, default=30.0, help="length of the fixed-rate load (the soak)")
     ap.add_argument(
         "--rate-fraction",
@@ -117,8 +116,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--kind", default="hnsw", help="index kind of the index root and of every reindex")
     ap.add_argument("--users", type=int, default=2000, help="users with a stored history")
     ap.add_argument("--workers", type=int, default=2, help="server worker processes")
-    ap.add_argument("--name", default="soak", help="results file stem")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the results files")
     return ap
 
 
@@ -480,10 +477,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     random.Random(0).shuffle(bodies)
     result: dict[str, Any] = {
         "meta": {
-            "cpus": os.cpu_count(),
-            "machine": platform.processor() or platform.machine(),
+            **machine(),
             "loadavg_before": list(os.getloadavg()),
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "args": flags(args),
             "spec": spec,
         }
     }

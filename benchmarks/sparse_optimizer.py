@@ -18,8 +18,6 @@ Writes benchmarks/results/sparse_optimizer.json and sparse_optimizer.md.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import subprocess
 import sys
 import time
@@ -29,14 +27,13 @@ from typing import Any
 
 import torch
 
+from benchmarks.harness import command, machine, md_table, parser, save_results
 from remi.contract import ItemVocabulary
-from studies.report import md_table
 from training.config import OptimizerName, TrainConfig
 from training.models import MultiInterestModel, build_model
 from training.optimizers import Optimizers, build_optimizers, uses_sparse_items
 from training.scheme import TrainBatch, TrainingScheme
 
-RESULTS = Path(__file__).parent / "results"
 OPTIMIZERS: tuple[OptimizerName, ...] = ("adam", "sparse-adam", "rowwise-adagrad")
 
 
@@ -145,7 +142,7 @@ def mib(n: int) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "sparse_optimizer")
     ap.add_argument(
         "--items", type=int, nargs="+", default=[12_000, 120_000, 1_000_000, 4_000_000], help="catalogue sizes"
     )
@@ -172,7 +169,7 @@ def main() -> None:
         r["peak_rss_bytes"] = rss[r["items"]]
     print(f"peak RSS: {rss} ({time.perf_counter() - t0:.0f} s)", flush=True)
     meta = {
-        "cpu": platform.processor() or platform.machine(),
+        **machine(),
         "torch": torch.__version__,
         "default_threads": default_threads,
         "model": cfg.model,
@@ -183,14 +180,10 @@ def main() -> None:
         "K": cfg.interests,
         "L": cfg.seq_len,
         "rounds": args.rounds,
-        "command": "python -m benchmarks.sparse_optimizer " + " ".join(sys.argv[1:]),
+        "command": command(),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sparse_optimizer.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    text = report(results, meta, min(args.items))
-    (RESULTS / "sparse_optimizer.md").write_text(text)
-    print(text)
+    save_results(args.results, args.name, {"meta": meta, "results": results}, report(results, meta, min(args.items)))
 
 
 def report(results: list[dict[str, Any]], meta: dict[str, Any], smallest_items: int) -> str:

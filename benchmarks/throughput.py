@@ -20,10 +20,7 @@ Writes benchmarks/results/throughput.json and throughput.md.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
-import platform
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,8 +30,7 @@ from typing import Any
 import torch
 
 import training.scheme
-from studies.report import md_table
-from studies.runner import SHARED_DATA
+from benchmarks.harness import SHARED_DATA, machine, md_table, parser, save_results
 from training import loss_reference
 from training.config import TrainConfig, load_config
 from training.data import TrainSampler
@@ -42,7 +38,6 @@ from training.models import build_model
 from training.prepare import prepare
 from training.scheme import TrainBatch, TrainingScheme
 
-RESULTS = Path(__file__).parent / "results"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.json"
 BEFORE = "-before"
 
@@ -129,7 +124,7 @@ def measure(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "throughput")
     ap.add_argument("--dataset", default="amazon_beauty", help="folder of ../shared/data")
     ap.add_argument("--models", nargs="+", default=["comirec-sa"], help="backbones to time")
     ap.add_argument(
@@ -165,13 +160,12 @@ def main() -> None:
                         f"**{shown}**" if name in ("remi", "remi-default") else shown,
                     ]
                 )
-    RESULTS.mkdir(exist_ok=True)
     settings = out[0]["settings"]
     meta = {
         "dataset": args.dataset,
         "threads": thread_settings,
         "default_threads": default_threads,
-        "cpu": platform.processor() or platform.machine(),
+        **machine(),
         "torch": torch.__version__,
         "batch": base.batch_size,
         "negatives": base.negatives,
@@ -182,7 +176,6 @@ def main() -> None:
         "rounds": args.rounds,
         "settings": settings,
     }
-    (RESULTS / "throughput.json").write_text(json.dumps({"meta": meta, "results": out}, indent=2))
     default = settings["remi-default"]
     text = (
         f"# Training throughput on {args.dataset}: sampled vs remi\n\n"
@@ -200,8 +193,7 @@ def main() -> None:
         f"(the issue's goal: <= 10% at the default threads).\n\n"
         + md_table(["model", "threads", "variant", "steps/s", "ms/step", "overhead vs sampled"], rows)
     )
-    (RESULTS / "throughput.md").write_text(text)
-    print(text)
+    save_results(args.results, args.name, {"meta": meta, "results": out}, text)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ Writes benchmarks/results/tower_cost.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -31,14 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.harness import flags, machine, md_table, parser, save_results
 from index.build import build_faiss, choose_kind, resolve_params
 from remi.artifacts import UserTower, pad_histories
 from remi.contract import ItemVocabulary
-from studies.report import md_table
 from training.export import export_onnx
 from training.models import EncoderSpec, MultiInterestModel, active_interests, build_model
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # label -> (backbone, encoder blocks, adaptive rule): the rows of the quality table
 BACKBONES: dict[str, tuple[str, int, str]] = {
     "comirec-sa": ("comirec-sa", 0, "off"),
@@ -84,7 +81,7 @@ def time_round(tower: UserTower, batches: list[tuple[np.ndarray, np.ndarray]], i
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "tower_cost")
     ap.add_argument("--items", type=int, default=12_101, help="catalogue size (default: amazon_beauty's)")
     ap.add_argument("--dim", type=int, default=64, help="embedding size d")
     ap.add_argument("--seq-len", type=int, default=20, help="history length L")
@@ -94,7 +91,6 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="batch sizes to time")
     ap.add_argument("--rounds", type=int, default=7, help="timing rounds per model and batch size")
     ap.add_argument("--models", nargs="+", default=list(BACKBONES), help=f"of: {', '.join(BACKBONES)}")
-    ap.add_argument("--name", default="tower_cost", help="results file stem")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -178,11 +174,8 @@ def main() -> None:
         "for this catalogue (default parameters, random item vectors). Interests searched per user: what the "
         "service sends to the index (one search each).\n\n" + md_table(headers, rows)
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"args": {k: str(v) for k, v in vars(args).items()}, "results": summary}
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=1))
-    (RESULTS / f"{args.name}.md").write_text(text)
-    print(text)
+    payload = {"args": flags(args), "machine": machine(), "results": summary}
+    save_results(args.results, args.name, payload, text)
 
 
 if __name__ == "__main__":

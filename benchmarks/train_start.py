@@ -13,8 +13,6 @@ benchmarks/results/train_start.json and train_start.md.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import shutil
@@ -25,9 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from studies.report import md_table
-
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.harness import machine, md_table, parser, save_results
 
 
 def _rss_mb(pid: int, field: str = "VmRSS") -> int | None:
@@ -40,8 +36,8 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> int | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
+    ap = parser(__doc__, "train_start")
+    ap.add_argument("--data", required=True, help="interactions file (CSV.gz or Parquet)")
     ap.add_argument("--limit-s", type=float, default=600, help="give up after this many seconds")
     ap.add_argument("extra", nargs="*", help="more `remi train` flags (after --)")
     args = ap.parse_args()
@@ -82,9 +78,8 @@ def main() -> None:
         "vm_hwm_mb": hwm,
         "returncode": proc.returncode,
         "stderr": lines,
+        "machine": machine(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "train_start.json").write_text(json.dumps(result, indent=2))
     text = (
         f"# `remi train` on {args.data}: through prep into training\n\n`{result['command']}`\n\n"
         + md_table(
@@ -100,8 +95,7 @@ def main() -> None:
         )
         + "\n"
     )
-    (RESULTS / "train_start.md").write_text(text)
-    print(text)
+    save_results(args.results, args.name, result, text)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -38,14 +37,13 @@ from typing import Any
 
 import httpx
 
+from benchmarks.harness import flags, machine, md_table, parser, save_results
 from benchmarks.serving_http import history_store_ready
 from loadtest.server import ServerProcess, free_port, remi_serve_argv
 from loadtest.wrk import WrkRun, ok_and_errors, wrk_argv
 from remi.contract import read_current, read_index_manifest, version_dir
-from studies.report import md_table
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 FIELDS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Shared_Clean", "Private_Clean", "Private_Dirty", "Anonymous")
 
 
@@ -161,7 +159,7 @@ def measure(args: argparse.Namespace, mode: str, workers: int, log: Path) -> dic
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "worker_memory")
     ap.add_argument("--root", type=Path, required=True, help="index root with a current version")
     ap.add_argument("--users-file", type=Path, help="wrk driver: user ids with histories in Redis")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis of the histories")
@@ -173,7 +171,6 @@ def main() -> None:
     ap.add_argument("--driver", choices=["wrk", "sequential"], default="wrk", help="load: wrk, or one at a time")
     ap.add_argument("--bodies", type=Path, help="sequential driver: JSON lines of /recommend bodies")
     ap.add_argument("--requests", type=int, default=2000, help="sequential driver: requests per run")
-    ap.add_argument("--name", default="worker_memory", help="results file stem under benchmarks/results/")
     ap.add_argument("--log-dir", type=Path, default=Path("/tmp/worker_memory"), help="server logs")
     args = ap.parse_args()
     args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -199,15 +196,12 @@ def main() -> None:
                 row["rss_ratio"] = round(row["total"]["Rss"] / one["total"]["Rss"], 3)
                 row["pss_ratio"] = round(row["total"]["Pss"] / one["total"]["Pss"], 3)
     meta = {
-        "machine": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
+        **machine(),
         "version": version,
         "index": {"kind": manifest.kind, "params": manifest.params, "n_items": manifest.n_items, "dim": manifest.dim},
         "version_files_mb": files,
-        "args": {k: str(v) for k, v in vars(args).items()},
+        "args": flags(args),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     table = md_table(
         [
             "mode",
@@ -262,8 +256,7 @@ def main() -> None:
         "",
         table,
     ]
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_results(args.results, args.name, {"meta": meta, "rows": rows}, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from studies.report import md_table, save_results
+from benchmarks.harness import md_table, save_results
 
 RESULTS = Path(__file__).parent / "results"
 LIMIT = 1_048_576  # REMI_MAX_BODY_BYTES default

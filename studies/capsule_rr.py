@@ -19,8 +19,9 @@ import argparse
 import json
 from pathlib import Path
 
-from studies.report import LIST_KEYS, ROUTING_KEYS, md_table
-from studies.runner import SHARED_DATA, Job, run_all
+from benchmarks.harness import SHARED_DATA, md_table
+from studies.report import LIST_KEYS, ROUTING_KEYS
+from studies.runner import Job, run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "studies" / "results"

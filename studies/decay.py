@@ -14,8 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from studies.report import ROUTING_KEYS, TEST_KEYS, md_table, plot_curves
-from studies.runner import SHARED_DATA, Job, run_all
+from benchmarks.harness import SHARED_DATA, md_table
+from studies.report import ROUTING_KEYS, TEST_KEYS, plot_curves
+from studies.runner import Job, run_all
 
 RESULTS = Path(__file__).parent / "results"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

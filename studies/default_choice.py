@@ -24,7 +24,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from studies.report import md_table, save_results
+from benchmarks.harness import md_table, save_results
 
 RESULTS = Path(__file__).parent / "results"
 DECAY_GOAL = 0.95

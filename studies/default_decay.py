@@ -17,8 +17,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from studies.report import md_table, plot_curves, save_results
-from studies.runner import SHARED_DATA, Job, run_all
+from benchmarks.harness import SHARED_DATA, md_table, save_results
+from studies.report import plot_curves
+from studies.runner import Job, run_all
 
 RESULTS = Path(__file__).parent / "results"
 DATASETS = ("amazon_beauty", "yelp_2019", "movielens_100k", "gowalla_1k")

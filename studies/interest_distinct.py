@@ -39,8 +39,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from studies.report import LIST_KEYS, md_table, project_path  # noqa: E402
-from studies.runner import SHARED_DATA, Job, run_all, run_folder  # noqa: E402
+from benchmarks.harness import SHARED_DATA, md_table  # noqa: E402
+from studies.report import LIST_KEYS, project_path  # noqa: E402
+from studies.runner import Job, run_all, run_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "studies" / "results"

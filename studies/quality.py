@@ -24,9 +24,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks.harness import SHARED_DATA, md_table  # noqa: E402
 from remi.contract import RUN_METRICS  # noqa: E402
-from studies.report import LIST_KEYS, ROUTING_KEYS, TEST_KEYS, list_metric, md_table, project_path  # noqa: E402
-from studies.runner import SHARED_DATA, Job, run_all  # noqa: E402
+from studies.report import LIST_KEYS, ROUTING_KEYS, TEST_KEYS, list_metric, project_path  # noqa: E402
+from studies.runner import Job, run_all  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "studies" / "results"

@@ -1,10 +1,8 @@
-"""Markdown tables and curve plots for benchmark results."""
+"""What the quality studies report of a run: the test, routing and list metrics they table, and the
+valid Recall@50 curves they plot (tables and result files: benchmarks/harness.py)."""
 
 from __future__ import annotations
 
-import argparse
-import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +31,6 @@ def list_metric(result: dict[str, Any], key: str) -> float:
     return float(result.get("lists", {}).get(key, float("nan")))
 
 
-def md_table(headers: list[str], rows: list[list[Any]]) -> str:
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 100 else f"{v:.0f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: str, ncols: int = 1) -> None:
     """Valid Recall@50 over training steps, one line per label."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
@@ -67,23 +54,3 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: s
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def save_results(folder: Path, name: str, result: dict[str, Any], markdown: str) -> None:
-    """``<name>.json`` (the raw result) and ``<name>.md`` (the table) under ``folder``, and the table printed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
-    (folder / f"{name}.md").write_text(markdown)
-    print(markdown)
-
-
-def run_and_save(
-    ap: argparse.ArgumentParser,
-    run: Callable[[argparse.Namespace], dict[str, Any]],
-    report: Callable[[dict[str, Any]], str],
-    argv: list[str] | None = None,
-) -> None:
-    """A benchmark's main: parse the flags, run it, save ``--results``/``--name`` with its report."""
-    args = ap.parse_args(argv)
-    result = run(args)
-    save_results(args.results, args.name, result, report(result))

@@ -20,8 +20,6 @@ from tqdm import tqdm
 
 from remi.contract import RUN_LOG, RUN_METRICS
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 @dataclass
 class Job:

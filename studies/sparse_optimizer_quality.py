@@ -18,8 +18,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from studies.report import md_table
-from studies.runner import SHARED_DATA
+from benchmarks.harness import SHARED_DATA, md_table
 from training.config import TrainConfig, load_config
 from training.prepare import prepare
 from training.trainer import train

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from studies.report import md_table, run_and_save
+from benchmarks.harness import md_table, run_and_save
 
 RESULTS = Path(__file__).parent / "results"
 PARAMS = ("params_beta", "params_lam", "params_lr", "params_emb_l2")
