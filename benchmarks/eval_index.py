@@ -50,7 +50,8 @@ def planted_model_and_users(n_items: int, n_users: int, topics: int, seed: int =
     def draw(user_topics: np.ndarray, count: int) -> np.ndarray:
         t = user_topics[rng.integers(0, len(user_topics), count)]
         offset = (rng.random(count) * (starts[t + 1] - starts[t])).astype(np.int64)
-        return by_topic[starts[t] + offset] + first
+        picked: np.ndarray = by_topic[starts[t] + offset] + first
+        return picked
 
     history = np.zeros((n_users, seq_len), dtype=np.int64)
     mask = np.zeros((n_users, seq_len), dtype=bool)

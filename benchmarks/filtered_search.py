@@ -35,7 +35,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Literal  # noqa: E402
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
@@ -56,7 +56,13 @@ from retrieval.filtered import (  # noqa: E402
 
 N_VALUES = 1000  # distinct values of the filtered attribute
 SHARES = (0.5, 0.1, 0.01, 0.001)
-PATHS = (("graph", "graph", False), ("graph-wide", "graph", True), ("exact", "exact", True), ("plan", "plan", True))
+# label, the path search_filtered takes, widened beam
+PATHS: tuple[tuple[str, Literal["plan", "graph", "exact"], bool], ...] = (
+    ("graph", "graph", False),
+    ("graph-wide", "graph", True),
+    ("exact", "exact", True),
+    ("plan", "plan", True),
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -89,7 +95,8 @@ def clustered(n: int, dim: int, rng: np.random.Generator, centres: np.ndarray) -
     topic = rng.integers(0, len(centres), size=n)
     x = centres[topic] + 0.6 * rng.normal(size=(n, dim)).astype(np.float32) / np.sqrt(dim)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32)
+    unit: np.ndarray = x.astype(np.float32)
+    return unit
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:

@@ -43,7 +43,8 @@ import faiss
 import numpy as np
 
 from benchmarks.harness import machine, md_table, parser, save_results
-from index.build import DEFAULTS, EF_LADDER, build_faiss, choose_kind, resolve_params
+from index.build import EF_LADDER, build_faiss, choose_kind, resolve_params
+from index.params import DEFAULTS
 from retrieval.search import apply_search_params
 
 K, TOP = 4, 50
@@ -70,7 +71,7 @@ def catalogue(n: int, d: int, seed: int = 0, clusters: int = 2000) -> tuple[np.n
     members = [np.flatnonzero(assign == c) for c in range(clusters)]
     for i in range(len(queries)):
         pool = members[rng.integers(0, clusters)]
-        picked = x[rng.choice(pool, size=min(len(pool), rng.integers(2, 6)), replace=False)]
+        picked = x[rng.choice(pool, size=min(len(pool), int(rng.integers(2, 6))), replace=False)]
         weights = rng.dirichlet(np.ones(len(picked)))
         queries[i] = weights @ picked
     return np.ascontiguousarray(x), queries

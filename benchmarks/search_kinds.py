@@ -18,7 +18,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -53,10 +53,10 @@ def build(spec: str, knobs: dict[str, Any], vectors: np.ndarray) -> tuple[faiss.
     t0 = time.perf_counter()
     index = faiss.index_factory(vectors.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
     if "HNSW" in spec:
-        faiss.downcast_index(index).hnsw.efConstruction = 200
+        cast(faiss.IndexHNSW, faiss.downcast_index(index)).hnsw.efConstruction = 200
     index.train(vectors)
     index.add(vectors)
-    concrete = faiss.downcast_index(index)
+    concrete: Any = faiss.downcast_index(index)  # HNSW, IndexRefine or IVF: the factory string decides
     if "efSearch" in knobs:
         concrete.hnsw.efSearch = knobs["efSearch"]
     if "k_factor" in knobs:

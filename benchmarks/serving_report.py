@@ -67,7 +67,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                 style,
                 marker="o",
                 label=config,
-                color=plt.get_cmap("tab10").colors[i % 10],
+                color=plt.get_cmap("tab10")(i % 10),
             )
             for p in pts:
                 ax.annotate(f"c{p['concurrency']}", (p["qps"], p["latency_ms"][key]), fontsize=7, xytext=(3, 3),

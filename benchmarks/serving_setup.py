@@ -116,7 +116,8 @@ def build_artifacts(folder: Path, spec: dict[str, Any]) -> Path:
         np.save(tmp / ITEM_EMBEDDINGS, vectors)
         (tmp / ITEM_IDS).write_text("\n".join(ITEM_FORMAT.format(row) for row in range(n)) + "\n")
         np.save(tmp / ITEM_POPULARITY, popularity)
-        np.savez(tmp / SAMPLE_HISTORIES, **{NPZ_HISTORY: history, NPZ_MASK: mask})
+        arrays: dict[str, Any] = {NPZ_HISTORY: history, NPZ_MASK: mask}  # numpy's stub reads **kwds as allow_pickle
+        np.savez(tmp / SAMPLE_HISTORIES, **arrays)
         batches = parity_inputs(n, length) + [(history[i : i + 64], mask[i : i + 64]) for i in range(0, 1024, 64)]
         error = parity_error(model, tmp / MODEL_FILE, batches)
         if not error <= PARITY_TOLERANCE:

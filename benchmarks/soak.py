@@ -523,6 +523,7 @@ def soak(
     load_args = {"connections": args.connections, "timeout_s": args.timeout_s, "start_wall": ops.t0}
     proc = ctx.Process(target=load_process, args=(server.url, bodies, rate, seconds, load_args, out))
     proc.start()
+    assert proc.pid is not None  # set by start()
     ops.load_pid = proc.pid
     ops.sample()  # before the load (t < 0)
     threads = [ops.every(args.sample_every, ops.sample)]

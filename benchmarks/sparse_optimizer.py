@@ -73,7 +73,7 @@ class Runner:
             batch, negatives = batches[i % len(batches)]
             loss = self.scheme.step_loss(self.model, batch, negatives, step=i).total
             self.optim.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward has no annotations
             self.optim.step()
         rate = count / (time.perf_counter() - t)
         grad = self.model.item_emb.weight.grad

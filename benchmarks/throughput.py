@@ -73,13 +73,14 @@ def loss_code(variant: str) -> Iterator[None]:
     if not variant.endswith(BEFORE):
         yield
         return
-    saved = training.scheme.ihn_loss, training.scheme.routing_regularization
-    training.scheme.ihn_loss = loss_reference.ihn_loss  # type: ignore[assignment]
-    training.scheme.routing_regularization = loss_reference.routing_regularization
+    # the names training/scheme.py imported from training/losses.py, swapped for the old code (not its exports)
+    saved = training.scheme.ihn_loss, training.scheme.routing_regularization  # type: ignore[attr-defined]
+    training.scheme.ihn_loss = loss_reference.ihn_loss  # type: ignore[attr-defined]
+    training.scheme.routing_regularization = loss_reference.routing_regularization  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        training.scheme.ihn_loss, training.scheme.routing_regularization = saved  # type: ignore[assignment]
+        training.scheme.ihn_loss, training.scheme.routing_regularization = saved  # type: ignore[attr-defined]
 
 
 def measure(
@@ -106,7 +107,7 @@ def measure(
                     batch = TrainBatch(torch.from_numpy(hist), torch.from_numpy(mask), torch.from_numpy(target))
                     loss = scheme.step_loss(model, batch, negatives, step=1).total
                     optim.zero_grad(set_to_none=True)
-                    loss.backward()
+                    loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward has no annotations
                     optim.step()
                 if rnd:
                     rates[name].append(block / (time.perf_counter() - t))

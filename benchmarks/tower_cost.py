@@ -54,7 +54,8 @@ def history_lengths(path: Path | None, seq_len: int, users: int, seed: int) -> n
     import pandas as pd
 
     counts = pd.read_csv(path, usecols=["user_id"])["user_id"].value_counts().to_numpy()
-    return np.minimum(rng.choice(counts, users), seq_len)
+    lengths: np.ndarray = np.minimum(rng.choice(counts, users), seq_len)
+    return lengths
 
 
 def build(label: str, n_items: int, dim: int, seq_len: int, interests: int) -> MultiInterestModel:

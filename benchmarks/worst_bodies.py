@@ -174,6 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 body = build()
                 times, status, size = [], 0, 0
+                assert client.portal is not None  # open while the client's context is
                 for _ in range(args.repeats):
                     status, size, seconds = client.portal.call(call, app, path, body)
                     times.append(seconds)

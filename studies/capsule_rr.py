@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from benchmarks.harness import SHARED_DATA, md_table
 from studies.report import LIST_KEYS, ROUTING_KEYS
@@ -26,7 +27,7 @@ from studies.runner import Job, run_all
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "studies" / "results"
 DEFAULT = ROOT / "configs" / "default.json"
-SCHEMES: dict[str, dict] = {
+SCHEMES: dict[str, dict[str, Any]] = {
     "sampled": {"scheme": "sampled"},
     "remi before (= ihn, RR constant)": {"config": DEFAULT, "scheme": "ihn"},
     "remi (RR on the last routing update)": {"config": DEFAULT, "scheme": "remi"},

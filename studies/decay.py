@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from benchmarks.harness import SHARED_DATA, md_table
 from studies.report import ROUTING_KEYS, TEST_KEYS, plot_curves
@@ -24,7 +25,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # the authors' setting, undetached (explicit since `remi train`'s defaults are configs/default.json)
 PLAIN = {"emb_l2": 0.0, "lr_schedule": "constant"}  # no item-norm penalty, constant rate (pre-issue-12 defaults)
 REMI = {"scheme": "remi", "beta": 1.0, "lam": 12800.0, "ihn_detach": False, **PLAIN}
-VARIANTS: dict[str, dict] = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "sampled": {"scheme": "sampled"},
     "dnn (mean pool) sampled": {"scheme": "sampled", "model": "dnn"},
     "remi raw beta=1 (authors)": REMI,
@@ -44,7 +45,7 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def plot_mechanism(results: list[dict], path: Path) -> None:
+def plot_mechanism(results: list[dict[str, Any]], path: Path) -> None:
     """Spread of the negative logits and the effective number of negatives IHN weights sit on."""
     import matplotlib.pyplot as plt
 

@@ -112,7 +112,8 @@ def anatomy(run_dir: Path) -> dict[str, float]:
     from training.prepare import prepare
     from training.runs import load_run
 
-    cfg, model = load_run(run_dir)
+    cfg, loaded = load_run(run_dir)
+    model: Any = loaded  # ComiRec-SA: its own layers (embed, w1, w2, pos) are not on the base class's type
     test = prepare(cfg).test
     vectors, routing = user_interest_vectors(model, test.history, test.mask)
     n = test.mask.sum(-1)
@@ -121,7 +122,8 @@ def anatomy(run_dir: Path) -> dict[str, float]:
     def pair_cos(x: np.ndarray) -> np.ndarray:  # (U, J, D) -> (U,) mean pairwise cosine
         unit = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
         i, j = np.triu_indices(x.shape[1], 1)
-        return (unit @ unit.transpose(0, 2, 1))[:, i, j].mean(-1)
+        similarity: np.ndarray = (unit @ unit.transpose(0, 2, 1))[:, i, j].mean(-1)
+        return similarity
 
     sim, rows = pair_cos(vectors.astype(np.float64)), pair_cos(routing.astype(np.float64))
     out: dict[str, float] = {}
@@ -252,7 +254,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
 def plot(points: list[dict[str, Any]], names: list[str], base: float, top: float, path: Path, title: str) -> None:
     """Interest similarity (x) against test Recall@50 (y), one series per option (same style in every plot)."""
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    colors, markers = plt.get_cmap("tab10").colors, "os^Dv<>Ph"
+    colors, markers = plt.get_cmap("tab10"), "os^Dv<>Ph"  # colors(i): the i-th of its 10 colours
     for name in dict.fromkeys(p["series"] for p in points):
         style = names.index(name) if name in names else len(names)
         group = sorted((p for p in points if p["series"] == name), key=lambda p: p["x"])
@@ -265,7 +267,7 @@ def plot(points: list[dict[str, Any]], names: list[str], base: float, top: float
             [p["x"] for p in group],
             [p["y"] for p in group],
             marker=markers[style % len(markers)],
-            color=colors[style % len(colors)],
+            color=colors(style % colors.N),
             label=name,
         )
         for p in group:

@@ -34,7 +34,7 @@ def list_metric(result: dict[str, Any], key: str) -> float:
 def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: str, ncols: int = 1) -> None:
     """Valid Recall@50 over training steps, one line per label."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    colors = plt.get_cmap("tab20").colors
+    colors = plt.get_cmap("tab20")  # colors(i): the i-th of its 20 colours
     for i, (label, points) in enumerate(curves.items()):
         if points:
             steps, values = zip(*points, strict=True)
@@ -43,7 +43,7 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: s
                 values,
                 label=label,
                 linewidth=1.4,
-                color=colors[(2 * i) % 20 + (i // 10)],
+                color=colors((2 * i) % 20 + (i // 10)),
                 linestyle="-" if i % 2 == 0 else "--",
             )
     ax.set_xlabel("training step")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -115,7 +116,8 @@ def write_model_folder(
     np.save(out / ITEM_POPULARITY, popularity)
     history = rng.integers(1, n_items + 1, size=(16, SEQ_LEN), dtype=np.int64)
     mask = np.arange(SEQ_LEN)[None, :] < rng.integers(2, SEQ_LEN + 1, size=(16, 1))
-    np.savez(out / SAMPLE_HISTORIES, **{NPZ_HISTORY: np.where(mask, history, 0), NPZ_MASK: mask})
+    arrays: dict[str, Any] = {NPZ_HISTORY: np.where(mask, history, 0), NPZ_MASK: mask}  # numpy's stub: **kwds
+    np.savez(out / SAMPLE_HISTORIES, **arrays)
     files = file_entries(out, list(ARTIFACT_FILES))
     manifest = ArtifactManifest(
         format_version=FORMAT_VERSION,
