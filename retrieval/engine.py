@@ -1,4 +1,4 @@
-"""Candidate generation for a batch of users: one ONNX run -> one FAISS call -> one merge.
+"""Candidate generation for a batch of users: one ONNX run -> one index call -> one merge.
 
 Pure computation over one loaded model + index pair (no HTTP, no history store), so the
 in-process benchmark, the micro-batcher and the request handlers all run the same code. An
@@ -6,11 +6,12 @@ Engine is immutable; a reload builds a new one and swaps the reference.
 
 Per batch the engine runs the tower, hands the grouping of the searches and merges to the
 planner (retrieval/planner.py: the users' near-copy interests searched once per group, all
-searched interests of all users with the same k and blocklist version in one FAISS call, each
+searched interests of all users with the same k and blocklist version in one index call, each
 row still exactly its solo answer; docs/operations.md, "Serving cost of a trained model"),
-answers the planner's searches (:meth:`Engine.search_plain`, :meth:`Engine.search_allowed`) and
-encodes each answer's item list to JSON bytes here, in the compute thread, from pre-encoded item
-ids (no per-item dicts).
+answers the planner's searches (:meth:`Engine.search_plain`, :meth:`Engine.search_allowed`)
+through its retriever (retrieval/retriever.py: the version's FAISS index, or a Milvus
+collection) and encodes each answer's item list to JSON bytes here, in the compute thread, from
+pre-encoded item ids (no per-item dicts).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from remi.artifacts import pad_histories
 from remi.attributes import ItemAttributes, allowed_mask
 from remi.contract import ItemVocabulary
 from retrieval.filter_cache import FilterCache
-from retrieval.filtered import EXACT_MAX_ROWS, SLOT_COST, Gathered, search_filtered
+from retrieval.filtered import EXACT_MAX_ROWS, SLOT_COST, Gathered
 from retrieval.merge import interest_weights
 from retrieval.planner import Interests, KGroup, interests_to_search, merge_step, plan, search_group
 from retrieval.query import NO_ITEMS, Query, Result, Timings
-from retrieval.search import SharedExclusion, needs_rerank, search_batch, search_excluding
+from retrieval.retriever import FaissRetriever, Retriever, ServedVersion, Where
+from retrieval.search import SharedExclusion
 from retrieval.store import LoadedVersion
 
 
@@ -40,19 +42,21 @@ class Engine:
 
     def __init__(
         self,
-        loaded: LoadedVersion,
+        loaded: ServedVersion,
         faiss_threads: int = 1,
         dedup_cosine: float = 1.0,
         min_weight: float = 0.0,
         filter_exact_max_rows: int = EXACT_MAX_ROWS,
         filter_slot_cost: float = SLOT_COST,
         filter_cache_mb: float = 256.0,
+        retriever: Retriever | None = None,
     ):
-        self.loaded = loaded  # the index version (folder, manifest, FAISS index) and its model artifacts
+        """``retriever``: the index that answers the searches; by default the FAISS index of
+        ``loaded`` (a :class:`~retrieval.store.LoadedVersion`)."""
+        self.loaded = loaded  # the index version (folder, manifest) and its model artifacts
         self.arts = loaded.artifacts
         self.vocabulary: ItemVocabulary = self.arts.vocabulary
         self.attributes: ItemAttributes | None = self.arts.attributes
-        self.index = loaded.index
         self.seq_len = self.arts.manifest.seq_len
         faiss.omp_set_num_threads(faiss_threads)
         # cold start: most popular first (ties by item index, i.e. stable)
@@ -68,7 +72,11 @@ class Engine:
         self.item_vectors = np.ascontiguousarray(self.arts.item_vectors, dtype=np.float32)
         # Repeated filters' masks and gathered rows (retrieval/filter_cache.py).
         self.filter_cache = FilterCache(int(filter_cache_mb * 2**20), self.item_vectors)
-        self.rerank = needs_rerank(self.index)  # fp16 / SQ8 storage: re-rank the beam exactly
+        if retriever is None:
+            if not isinstance(loaded, LoadedVersion):
+                raise TypeError("a version without a FAISS index needs its retriever")
+            retriever = FaissRetriever(loaded.index, self.item_vectors, filter_exact_max_rows, filter_slot_cost)
+        self.retriever: Retriever = retriever
         # Every item id JSON-encoded once (fixed-width bytes: numpy strips the padding on the way out).
         self.id_json = np.array([orjson.dumps(raw) for raw in self.vocabulary.raw_ids], dtype=np.bytes_)
 
@@ -147,8 +155,8 @@ class Engine:
         self, vectors: np.ndarray, owner: np.ndarray, k: int, exclude: Sequence[np.ndarray], blocked: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The planner's shared call for one blocklist version (:class:`retrieval.planner.Searcher`)."""
-        rerank_with = self.item_vectors if self.rerank else None
-        return search_batch(self.index, vectors, owner, k, exclude, rerank_with, self.shared_exclusion(blocked))
+        ids, scores, _ = self.retriever.search(vectors, owner, k, exclude, self.shared_exclusion(blocked))
+        return ids, scores
 
     def search_allowed(self, query: Query, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, str, int]:
         """The planner's search of one filtered user (:class:`retrieval.planner.Searcher`). The
@@ -156,25 +164,14 @@ class Engine:
         per request."""
         allowed, gathered = self.filtered_items(query)
         n_allowed = int(np.count_nonzero(allowed))
-        searchable = self.search_mask(allowed, query)
+        exclude_items = query.exclude_items if query.exclude_items is not None else NO_ITEMS
+        where = Where(query.conditions, exclude_items, allowed, gathered)
         del allowed
-        ids, scores, path = self.search_within(vectors, k, searchable, gathered)
-        return ids, scores, path, n_allowed
-
-    def search_within(
-        self, vectors: np.ndarray, k: int, searchable: np.ndarray, gathered: Gathered | None
-    ) -> tuple[np.ndarray, np.ndarray, str]:
-        """Top-k of each (n, d) vector over the ``searchable`` rows, the path planned by selectivity."""
-        return search_filtered(
-            self.index,
-            self.item_vectors,
-            vectors,
-            k,
-            searchable,
-            exact_max_rows=self.filter_exact_max_rows,
-            slot_cost=self.filter_slot_cost,
-            gathered=gathered,
+        owner = np.zeros(len(vectors), dtype=np.int64)
+        ids, scores, path = self.retriever.search(
+            vectors, owner, k, [query.seen()], self.shared_exclusion(query.blocked), where
         )
+        return ids, scores, path or "exact", n_allowed
 
     def allowed_items(self, query: Query) -> np.ndarray:
         """(I,) bool by FAISS row: the items a filtered query's filter and exclude_items allow
@@ -207,21 +204,9 @@ class Engine:
         cached = self._shared
         if cached is not None and cached[0] is blocked:
             return cached[1]
-        shared = SharedExclusion(blocked, self.index.ntotal)
+        shared = SharedExclusion(blocked, self.vocabulary.n_items)
         self._shared = (blocked, shared)
         return shared
-
-    def search_mask(self, allowed: np.ndarray, query: Query) -> np.ndarray:
-        """The allowed items minus the query's history when it excludes seen items and minus the
-        blocked items (the filter's counts stay the filter's: blocking is applied here)."""
-        shared = self.shared_exclusion(query.blocked)
-        seen = query.seen()
-        if shared is None and not len(seen):
-            return allowed
-        mask = allowed & ~shared.mask if shared is not None else allowed.copy()
-        rows = ItemVocabulary.indices_to_rows(seen)
-        mask[rows[rows >= 0]] = False
-        return mask
 
     def filter_info(self, allowed: np.ndarray | int, path: str | None) -> dict[str, Any]:
         """The FilterInfo of an answer: how many items the filter left (a mask or its count) and
@@ -317,14 +302,11 @@ class Engine:
         kept = np.flatnonzero(active[0])  # the interests this user has (all K unless adaptive)
         interest_vectors, routing = interest_vectors[:, kept], routing[:, kept]
         query = Query(history, top_n, blocked=blocked)
-        if allowed is not None:
-            searchable = self.search_mask(allowed, query)
-            found_ids, found_scores, _ = self.search_within(interest_vectors[0], top_n, searchable, gathered)
-            found, scores = found_ids[None], found_scores[None]
-        else:
-            found, scores = search_excluding(
-                self.index, interest_vectors, top_n, [query.seen()], self.shared_exclusion(blocked)
-            )
+        where = None if allowed is None else Where(None, NO_ITEMS, allowed, gathered)
+        found_ids, found_scores, _ = self.retriever.search_user(
+            interest_vectors[0], top_n, query.seen(), self.shared_exclusion(blocked), where
+        )
+        found, scores = found_ids[None], found_scores[None]
         weights = interest_weights(routing, mask)[0]
         out = []
         valid = mask[0]

@@ -1,4 +1,4 @@
-"""How one batch of queries becomes FAISS searches and merges.
+"""How one batch of queries becomes index searches and merges, whichever index answers them.
 
 A micro-batch mixes requests with different k, blocklist versions, filters and merges, and each
 is answered on its own terms, exactly as if it came alone (a row's answer in a shared FAISS call
@@ -8,7 +8,7 @@ trained model"). The plan shares what can be shared and nothing else:
 1. which interests are searched (:func:`interests_to_search`): all a user has, or only the
    leaders of near-copy groups (retrieval/dedup.py) for the score merge;
 2. by k (:func:`plan`): one table of per-interest candidates, k deep, per distinct k;
-3. within a k, plain queries by blocklist version: one FAISS call each (the version's blocked
+3. within a k, plain queries by blocklist version: one index call each (the version's blocked
    items are that call's selector); filtered queries one by one, over their own allowed items;
 4. by merge strategy: one numpy merge per strategy; a score merge over leaders only re-scores
    the pooled candidates against every interest first (:func:`merge_step`).
@@ -58,7 +58,7 @@ class KGroup:
 
     k: int
     users: list[int]  # rows of :class:`Interests`, in batch order
-    plain: list[list[int]]  # positions in ``users``: one list per blocklist version, one FAISS call each
+    plain: list[list[int]]  # positions in ``users``: one list per blocklist version, one index call each
     filtered: list[int]  # positions in ``users`` searched one by one, over their allowed items
     merges: list[MergeStep]  # one per merge strategy, by name
 
@@ -85,7 +85,7 @@ class Searcher(Protocol):
         self, vectors: np.ndarray, owner: np.ndarray, k: int, exclude: Sequence[np.ndarray], blocked: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k item indices and scores of every (Q, d) query row, minus its owner's ``exclude``
-        and the ``blocked`` items: one FAISS call."""
+        and the ``blocked`` items: one call of the engine's retriever (retrieval/retriever.py)."""
         ...
 
     def search_allowed(self, query: Query, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, str, int]:
