@@ -1,4 +1,4 @@
-"""``remi index build|status|rollback`` and ``remi reindex``: the FAISS item index.
+"""``remi index build|status|rollback|sync`` and ``remi reindex [--publish URL]``: the FAISS item index.
 
 The build settings (kind, HNSW / IVF-PQ parameters, recall gate, versions kept) are flags
 generated from :class:`~index.params.IndexSettings`.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -19,7 +19,9 @@ from index.params import REINDEX_ONLY, IndexSettings
 Opt = typer.Option
 PANEL = "Index settings (flag > REMI_INDEX_* > default)"
 app = typer.Typer(add_completion=False)  # a part of the root app (cli/__init__.py)
-index_app = typer.Typer(help="FAISS item index: build one, inspect or roll back an index root.", no_args_is_help=True)
+index_app = typer.Typer(
+    help="FAISS item index: build one, inspect, roll back or sync an index root.", no_args_is_help=True
+)
 app.add_typer(index_app, name="index")
 
 
@@ -73,6 +75,16 @@ def reindex_cmd(
             "item attributes dropped)."
         ),
     ] = False,
+    publish: Annotated[
+        str | None,
+        Opt(
+            help="Object-store URL (s3://bucket/prefix, gs://..., az://..., file:///...) to publish to: the root first "
+            "takes the version the remote `current` names, then the new version is uploaded (hash-checked, manifest "
+            "last) and the remote `current` moved to it. Credentials and endpoint: the AWS_* variables "
+            "(AWS_ENDPOINT_URL for MinIO and other S3-compatible stores).",
+            metavar="URL",
+        ),
+    ] = None,
     *,
     flags: SettingsFlags,
 ) -> None:
@@ -80,6 +92,10 @@ def reindex_cmd(
     from index.publish import reindex
 
     settings = index_settings(flags)
+    if publish:  # build against what the replicas serve: "up to date" and the replacement check compare with it
+        from index.sync import seed_from_remote
+
+        seed_from_remote(publish, root)
     result = reindex(
         artifacts,
         root,
@@ -103,23 +119,99 @@ def reindex_cmd(
         "pruned": result.pruned,
         "seconds": round(result.seconds, 2),
     }
+    if publish:
+        from index.sync import publish as publish_version
+
+        published = publish_version(publish, root, result.index_version, keep=settings.keep)
+        summary["published"] = {
+            "url": published.url,
+            "uploaded": published.uploaded,
+            "remote_previous": published.previous,
+            "remote_moved": published.moved,
+            "remote_pruned": published.pruned,
+        }
     typer.echo(json.dumps(summary, indent=2))
 
 
 @index_app.command("status")
-def index_status_cmd(root: Annotated[Path, Opt(help="Index root.")]) -> None:
-    """Show the version `current` points to and the complete versions kept."""
+def index_status_cmd(
+    root: Annotated[Path | None, Opt(help="Index root.")] = None,
+    remote: Annotated[str | None, Opt(help="Object-store URL of a published root instead.", metavar="URL")] = None,
+) -> None:
+    """Show the version `current` points to and the complete versions kept (of a root or a remote)."""
+    if (root is None) == (remote is None):
+        raise typer.BadParameter("give --root or --remote (one of them)")
+    if remote is not None:
+        from index.sync import remote_status
+
+        typer.echo(json.dumps(remote_status(remote), indent=2))
+        return
     from remi.contract import list_versions, read_current
 
+    assert root is not None
     typer.echo(json.dumps({"current": read_current(root), "versions": list_versions(root)}, indent=2))
 
 
 @index_app.command("rollback")
 def index_rollback_cmd(
-    root: Annotated[Path, Opt(help="Index root.")],
+    root: Annotated[Path | None, Opt(help="Index root.")] = None,
     to: Annotated[str | None, Opt(help="Version to activate (default: the one before current).")] = None,
+    remote: Annotated[
+        str | None,
+        Opt(
+            help="Object-store URL: move the remote `current` back instead (every replica's sync follows it).",
+            metavar="URL",
+        ),
+    ] = None,
 ) -> None:
-    """Point `current` back at an older complete version (validated first)."""
+    """Point `current` back at an older complete version (validated first), of a root or of a remote."""
+    if (root is None) == (remote is None):
+        raise typer.BadParameter("give --root or --remote (one of them)")
+    if remote is not None:
+        from index.sync import rollback_remote
+
+        typer.echo(json.dumps({"current": rollback_remote(remote, to), "remote": remote}))
+        return
     from index.publish import rollback
 
+    assert root is not None
     typer.echo(json.dumps({"current": rollback(root, to)}))
+
+
+@index_app.command("sync")
+@settings_options(IndexSettings, exclude=set(IndexSettings.model_fields) - set(REINDEX_ONLY), panel=PANEL)
+def index_sync_cmd(
+    source: Annotated[
+        str,
+        Opt(
+            "--from",
+            help="Object-store URL that `remi reindex --publish` writes (s3://bucket/prefix, ...; AWS_* credentials).",
+            metavar="URL",
+        ),
+    ],
+    root: Annotated[Path, Opt(help="Local index root the service follows (`remi serve --index-root`).")],
+    once: Annotated[bool, Opt("--once", help="One round, then exit (status 2 when it failed).")] = False,
+    every: Annotated[
+        float, Opt(help="Seconds between two checks of the remote `current` (a loop until stopped).", min=0.1)
+    ] = 10.0,
+    force: Annotated[bool, Opt(help="Skip the replacement check (a new model with another catalogue).")] = False,
+    *,
+    flags: SettingsFlags,
+) -> None:
+    """Follow a published index: download the version the remote `current` names, check every hash, flip the local
+    `current` only when it is complete. Replicas run this beside `remi serve` and never build."""
+    from index.sync import sync_forever, sync_once
+
+    settings = index_settings(flags)
+    options: dict[str, Any] = {
+        "keep": settings.keep,
+        "force": force,
+        "min_catalogue_overlap": settings.min_catalogue_overlap,
+        "min_history_coverage": settings.min_history_coverage,
+    }
+    if once:
+        result = sync_once(source, root, **options)
+        typer.echo(json.dumps({"current": result.current, "changed": result.changed, "downloaded": result.downloaded,
+                               "pruned": result.pruned, "seconds": round(result.seconds, 3)}))  # fmt: skip
+        return
+    sync_forever(source, root, every, **options)

@@ -54,7 +54,7 @@ def serve(flags: SettingsFlags, access_log: bool = False) -> None:
     for var in NATIVE_THREAD_VARS:
         os.environ.setdefault(var, str(settings.faiss_threads))
     settings.export_env(os.environ)  # what every server process reads: ServiceSettings() == settings
-    _check_serve_paths(settings.index_root, settings.artifacts)
+    _check_serve_paths(settings.index_root, settings.artifacts, settings.wait_for_index)
 
     from remi.logs import setup_logging
     from service import workers
@@ -69,7 +69,12 @@ def serve(flags: SettingsFlags, access_log: bool = False) -> None:
             warning = "--seed-history is ignored with a Redis history store: load it with `remi history load`"
             logging.getLogger("cli").warning(warning, extra={"path": settings.seed_history})
             typer.echo(f"warning: {warning}", err=True)
-        if settings.artifacts is not None:
+        if settings.artifacts is not None and settings.wait_for_index:
+            logging.getLogger("cli").warning(
+                "--artifacts is ignored with REMI_WAIT_FOR_INDEX: waiting for a synced version",
+                extra={"artifacts": str(settings.artifacts), "index_root": str(settings.index_root)},
+            )
+        elif settings.artifacts is not None:
             _publish_first(settings.artifacts, settings.index_root)
         if settings.workers > 1:
             workers.serve_workers(
@@ -96,17 +101,23 @@ def _publish_first(artifacts: Path, root: Path) -> None:
         logging.getLogger("cli").error("could not build the first index version", extra={"error": str(exc)})
 
 
-def _check_serve_paths(root: Path, artifacts: Path | None) -> None:
+def _check_serve_paths(root: Path, artifacts: Path | None, wait: bool = False) -> None:
     """Refuses a start that can never become ready (it would answer 503 until someone looks).
 
     An index root with at least one complete version starts even if ``current`` is broken: the
     worker then serves the last good version (see service/versions.py). Without one, only
-    ``--artifacts`` (an existing folder) can give it a first version.
+    ``--artifacts`` (an existing folder) can give it a first version, or, with ``wait``
+    (REMI_WAIT_FOR_INDEX), whoever fills the root: the replica's `remi index sync`, which may
+    not have created it yet (the root is made here, so that the sync and the blocklist's disk
+    copy find it).
     """
     from remi.contract import list_versions
 
     if root.exists() and not root.is_dir():
         raise RemiError(f"index root {root}: not a folder")
+    if wait:
+        root.mkdir(parents=True, exist_ok=True)
+        return
     if list_versions(root):
         return
     if artifacts is None:

@@ -5,7 +5,7 @@
 #   ../requirements.txt  the same versions for Python 3.11 on Linux x86_64 (CI, the README's install, pip),
 #                        everything including the dev extra, a sha256 for every file of each release
 #   ../pylock.toml       requirements.txt's resolution in the standard PEP 751 format
-#   service.txt, train.txt  the two Docker images' subsets (base; base + train) of the same versions
+#   service.txt, train.txt  the two Docker images' subsets (base + remote; base + train + remote) of the same versions
 # torch is left out of every lock ([tool.uv] exclude-dependencies, --no-emit-package): its right build
 # (CPU, CUDA x.y) depends on the machine, so it is installed first, by hand or by a Dockerfile build argument.
 set -euo pipefail
@@ -22,5 +22,5 @@ common=(--python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate
 [ -d /opt/wheels ] && common+=(--find-links /opt/wheels)
 uv pip compile ../pyproject.toml --extra dev "${common[@]}" -o ../requirements.txt
 uv pip compile ../pyproject.toml --extra dev "${common[@]}" -c ../requirements.txt --format pylock.toml -o ../pylock.toml
-uv pip compile ../pyproject.toml "${common[@]}" -c ../requirements.txt -o service.txt
-uv pip compile ../pyproject.toml --extra train "${common[@]}" -c ../requirements.txt -o train.txt
+uv pip compile ../pyproject.toml --extra remote "${common[@]}" -c ../requirements.txt -o service.txt
+uv pip compile ../pyproject.toml --extra train --extra remote "${common[@]}" -c ../requirements.txt -o train.txt

@@ -26,6 +26,12 @@ class ServiceSettings(BaseSettings):
     artifacts: Path | None = Field(
         None, description="Model artifacts; used to build the first index version when the root has none."
     )
+    wait_for_index: bool = Field(
+        False,
+        description="Never build an index version: start on an empty (or missing) index root, answer 503 on /readyz "
+        "until `remi index sync` (a replica's sidecar following a published index) or a reindex job flips `current`, "
+        "then serve it; --artifacts is ignored. For replicas (deploy/k8s).",
+    )
     poll_seconds: float = Field(2.0, ge=0, description="How often to check `current` for a new version; 0 = never.")
     mmap: bool = Field(
         False,

@@ -38,7 +38,8 @@ def _requirements(extras: list[str]) -> list[Requirement]:
     return reqs
 
 
-@pytest.mark.parametrize(("lock", "extras"), [(SERVICE, []), (TRAIN, ["train"]), (DEV, ["dev"])])
+# both images sync and publish index versions through object storage (the `remote` extra)
+@pytest.mark.parametrize(("lock", "extras"), [(SERVICE, ["remote"]), (TRAIN, ["train", "remote"]), (DEV, ["dev"])])
 def test_every_declared_dependency_is_pinned_in_its_lock_at_an_allowed_version(lock: str, extras: list[str]) -> None:
     pins = _pins(lock)
     for req in _requirements(extras):
