@@ -29,11 +29,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from index.build import TUNED, build_index_folder, choose_kind, resolve_params
+from index.build import build_index_folder, choose_kind
 from index.compat import check_replacement
 from index.params import KEEP, MIN_CATALOGUE_OVERLAP, MIN_HISTORY_COVERAGE, MIN_RECALL, RECALL_OF
-from index.probe import interest_queries, smoke_query
-from remi.artifacts import load_artifacts
+from index.probe import smoke_query
+from index.served import GateSettings, build_version_index, up_to_date
+from remi.artifacts import Artifacts, load_artifacts
 from remi.contract import (
     CURRENT,
     MANIFEST,
@@ -41,6 +42,7 @@ from remi.contract import (
     VERSION_ARTIFACTS,
     VERSIONS,
     ArtifactError,
+    ArtifactManifest,
     IndexManifest,
     atomic_folder,
     check_real_folder,
@@ -66,25 +68,19 @@ def build_from_artifacts(
     use_interests: bool = True,
     force: bool = False,
     recall_of: str = RECALL_OF,
+    gate: GateSettings | None = None,
 ) -> IndexManifest:
     """``remi index build``: one index folder from an artifact folder (written atomically)."""
     arts = load_artifacts(artifacts_dir)
-    queries = interest_queries(arts, active_only=recall_of == "interests") if use_interests else None
     with atomic_folder(Path(out), replace=force) as tmp:
-        manifest = build_index_folder(
-            arts.item_vectors,
-            tmp,
-            kind,
-            arts.model_version,
-            queries=queries,
-            params=params,
-            min_recall=min_recall,
-            answers_of=_answers_of(arts, recall_of),
-        )
+        if use_interests:
+            manifest = build_version_index(arts, tmp, kind, params, min_recall, recall_of, gate)
+        else:
+            manifest = build_index_folder(arts.item_vectors, tmp, kind, arts.model_version, None, params, min_recall)
     return manifest
 
 
-def _answers_of(arts: Any, recall_of: str) -> int:
+def answers_of(arts: Any, recall_of: str) -> int:
     """The build's ``answers_of``: K for a gate on merged answers (interest_queries keeps a user's K in a row)."""
     if recall_of not in ("interests", "answers"):
         raise RemiError(f"unknown recall_of {recall_of!r}; choose interests or answers")
@@ -120,8 +116,32 @@ def _seal(folder: Path) -> None:
             path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
 
 
+def seal_version(folder: Path) -> None:
+    """:func:`_seal` for the other backends' publishing (index/milvus_publish.py)."""
+    _seal(folder)
+
+
+def new_version_name(model_version: str, kind: str) -> str:
+    """``<UTC timestamp>-<model>-<kind>``: names sort by age (list_versions, pruning, rollback)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{stamp}-{model_version[:8]}-{kind}"
+
+
+def copy_artifacts(artifacts_dir: str | Path, folder: Path, source: ArtifactManifest) -> Artifacts:
+    """The artifacts listed by ``source`` copied into ``folder/artifacts`` (private copies, :func:`_publish_file`)
+    and loaded from there: everything after reads the copy, so the version holds exactly what was checked."""
+    published = folder / VERSION_ARTIFACTS
+    published.mkdir()
+    for name in [*source.files, MANIFEST]:
+        _publish_file(Path(artifacts_dir) / name, published / name)
+    arts = load_artifacts(published)
+    if arts.model_version != source.model_version:
+        raise ArtifactError(f"{artifacts_dir}: changed while being copied (run the reindex again)")
+    return arts
+
+
 @contextmanager
-def _root_lock(root: Path) -> Iterator[None]:
+def root_lock(root: Path) -> Iterator[None]:
     """One reindex job per root at a time (a second one waits)."""
     with (root / ".lock").open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -131,7 +151,7 @@ def _root_lock(root: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _clean_partial(root: Path) -> list[str]:
+def clean_partial(root: Path) -> list[str]:
     """Removes what a killed job left: version temporaries and swapped-out folders, pointer temporaries.
 
     Safe under the lock: no other writer of this root runs, and no reader opens a hidden name.
@@ -150,14 +170,7 @@ def _prune(root: Path, keep: int, current: str) -> list[str]:
     return doomed
 
 
-def _same_build(old: IndexManifest, wanted: dict[str, Any], given: dict[str, Any] | None) -> bool:
-    """Same settings, ignoring a search knob that calibration chose (unless given explicitly)."""
-    tuned = TUNED.get(old.kind, (None,))[0]
-    skip = {tuned} if tuned and tuned not in (given or {}) else set()
-    return {k: v for k, v in old.params.items() if k not in skip} == {k: v for k, v in wanted.items() if k not in skip}
-
-
-def _check_replacement(
+def check_serving_replacement(
     root: Path, previous: str, artifacts_dir: str | Path, min_overlap: float, min_coverage: float
 ) -> None:
     """The replacement check against the serving version; skipped (logged) when that one is unreadable,
@@ -201,6 +214,7 @@ def reindex(
     recall_of: str = RECALL_OF,
     min_catalogue_overlap: float = MIN_CATALOGUE_OVERLAP,
     min_history_coverage: float = MIN_HISTORY_COVERAGE,
+    gate: GateSettings | None = None,
 ) -> ReindexResult:
     """Builds, validates and activates a new index version under ``root``.
 
@@ -213,53 +227,30 @@ def reindex(
     t0 = time.perf_counter()
     root = Path(root)
     (root / VERSIONS).mkdir(parents=True, exist_ok=True)
-    with _root_lock(root):
-        removed = _clean_partial(root)
+    with root_lock(root):
+        removed = clean_partial(root)
         if removed:
             log.warning("removed partial folders of an interrupted job", extra={"removed": removed})
         source = read_artifact_manifest(artifacts_dir)  # names, sizes and hashes, before any work
         previous = read_current(root)
-        chosen = choose_kind(source.n_items) if kind == "auto" else kind
-        wanted = resolve_params(chosen, source.n_items, source.dim, params)
+        # auto on the served gate names its versions "auto" (the kind it picks is in the manifest)
+        named = choose_kind(source.n_items) if kind == "auto" and recall_of != "answers" else kind
         if previous and not force:
             try:
                 folder = check_real_folder(version_dir(root, previous), "version")  # never "up to date" via a link
                 old: IndexManifest | None = read_index_manifest(folder, check_hash=False)
             except ArtifactError:
                 old = None
-            if (
-                old
-                and old.model_version == source.model_version
-                and old.kind == chosen
-                and _same_build(old, wanted, params)
-                and old.recall_source == ("answers" if recall_of == "answers" and source.interests > 1 else "interests")
-            ):
+            if old and up_to_date(old, source, kind, params, min_recall, recall_of, gate):
                 log.info("index up to date", extra={"version": previous})
                 return ReindexResult(previous, previous, False, old, [], time.perf_counter() - t0)
         if previous and not force:
-            _check_replacement(root, previous, artifacts_dir, min_catalogue_overlap, min_history_coverage)
+            check_serving_replacement(root, previous, artifacts_dir, min_catalogue_overlap, min_history_coverage)
 
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        index_version = f"{stamp}-{source.model_version[:8]}-{chosen}"
+        index_version = new_version_name(source.model_version, named)
         with atomic_folder(version_dir(root, index_version)) as tmp:
-            published = tmp / VERSION_ARTIFACTS
-            published.mkdir()
-            for name in [*source.files, MANIFEST]:
-                _publish_file(Path(artifacts_dir) / name, published / name)
-            # Everything below reads the private copy, so the version holds exactly what was checked.
-            arts = load_artifacts(published)
-            if arts.model_version != source.model_version:
-                raise ArtifactError(f"{artifacts_dir}: changed while being copied (run the reindex again)")
-            manifest = build_index_folder(
-                arts.item_vectors,
-                tmp,
-                chosen,
-                arts.model_version,
-                interest_queries(arts, active_only=recall_of == "interests"),
-                params,
-                min_recall,
-                _answers_of(arts, recall_of),
-            )
+            arts = copy_artifacts(artifacts_dir, tmp, source)
+            manifest = build_version_index(arts, tmp, kind, params, min_recall, recall_of, gate)
             smoke_query(arts, tmp)
             _seal(tmp)
         try:
@@ -293,7 +284,7 @@ def publish_first(artifacts_dir: str | Path, root: str | Path) -> ReindexResult 
 def rollback(root: str | Path, to: str | None = None) -> str:
     """Points ``current`` at an older complete version (default: the one before current)."""
     root = Path(root)
-    with _root_lock(root):
+    with root_lock(root):
         versions = list_versions(root)
         current = read_current(root)
         if to is None:
