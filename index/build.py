@@ -97,12 +97,19 @@ def build_faiss(vectors: np.ndarray, kind: str, params: dict[str, Any]) -> faiss
         hnsw.hnsw.efConstruction = int(params["ef_construction"])
         index = hnsw
     elif kind == "ivfpq":
-        spec = f"IVF{int(params['nlist'])},PQ{int(params['pq_m'])}x{int(params['nbits'])}"
+        fast_scan = bool(params.get("fast_scan", False))
+        if fast_scan and int(params["nbits"]) != 4:
+            raise RemiError(f"IVF-PQ fast-scan codes have 4 bits, not --nbits {params['nbits']}")
+        codes = f"PQ{int(params['pq_m'])}x4fs" if fast_scan else f"PQ{int(params['pq_m'])}x{int(params['nbits'])}"
+        spec = f"IVF{int(params['nlist'])},{codes}"
         index = faiss.index_factory(d, spec + (",RFlat" if params["refine"] else ""), faiss.METRIC_INNER_PRODUCT)
-        # index_factory turns on polysemous training, which only serves polysemous_ht search (never
-        # set here): ~90% of the build at 20k items (25 s -> 2.5 s on one core), for nothing.
-        vars(faiss)["downcast_index"](faiss.extract_index_ivf(index)).do_polysemous_training = False
-        sample = 64 * int(params["nlist"])  # FAISS wants 30-256 points per list; 64 keeps 1M builds short
+        if not fast_scan:
+            # index_factory turns on polysemous training, which only serves polysemous_ht search (never
+            # set here): ~90% of the build at 20k items (25 s -> 2.5 s on one core), for nothing.
+            vars(faiss)["downcast_index"](faiss.extract_index_ivf(index)).do_polysemous_training = False
+        # FAISS wants 30-256 points per list (64 keeps 1M builds short), and the PQ codebooks ~39 per
+        # centroid (a few inverted lists, e.g. one for a fast-scan of every code, would starve them)
+        sample = max(64 * int(params["nlist"]), 1024 * 2 ** int(params["nbits"]))
         train = x if n <= sample else x[np.sort(np.random.default_rng(0).choice(n, sample, replace=False))]
         index.train(train)
     else:
@@ -256,22 +263,31 @@ def build_index_folder(
             f"{chosen} index recall@50 is {recall:.4f} against exact search, below the threshold {min_recall}; "
             "raise its parameters (e.g. --hnsw-m, --ef-search, --nprobe, --refine) or lower --min-recall"
         )
-    write_faiss(index, out / INDEX_FILE)
-    manifest = IndexManifest(
-        format_version=FORMAT_VERSION,
+    return save_index_folder(
+        index,
+        out,
         kind=chosen,
         params=resolved,
-        n_items=n,
-        dim=dim,
         model_version=model_version,
         build_seconds=round(build_seconds, 3),
         recall_at_50=recall,
         recall_queries=len(queries),
         recall_source=source,
         calibration=calibration,
+    )
+
+
+def save_index_folder(index: faiss.Index, out: Path, **fields: Any) -> IndexManifest:
+    """Writes ``index`` and its manifest (``fields``: what the build measured) into the folder ``out``."""
+    write_faiss(index, out / INDEX_FILE)
+    manifest = IndexManifest(
+        format_version=FORMAT_VERSION,
+        n_items=int(index.ntotal),
+        dim=int(index.d),
         faiss_version=faiss.__version__,
         created_at=utc_now(),
         files=file_entries(out, [INDEX_FILE]),
+        **fields,
     )
     write_manifest(out, manifest)
     return manifest

@@ -14,7 +14,7 @@ from typing import Any, Final, Literal, get_args
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-IndexKindChoice = Literal["flat", "hnsw", "ivfpq", "auto"]  # what to build; `auto` picks by item count
+IndexKindChoice = Literal["flat", "hnsw", "ivfpq", "auto"]  # what to build; `auto` measures candidates (index/auto.py)
 RecallOf = Literal["interests", "answers"]  # the recall gate's unit: one interest's list, or a user's answer
 HnswStorage = Literal["flat", "fp16", "sq8"]  # how an HNSW index stores the item vectors
 KIND_CHOICES: Final[tuple[str, ...]] = get_args(IndexKindChoice)
@@ -23,7 +23,14 @@ KIND_CHOICES: Final[tuple[str, ...]] = get_args(IndexKindChoice)
 KIND_PARAMS: Final[dict[str, dict[str, str]]] = {
     "flat": {},
     "hnsw": {"m": "hnsw_m", "ef_construction": "ef_construction", "ef_search": "ef_search", "storage": "hnsw_storage"},
-    "ivfpq": {"nlist": "nlist", "pq_m": "pq_m", "nbits": "nbits", "nprobe": "nprobe", "refine": "refine"},
+    "ivfpq": {
+        "nlist": "nlist",
+        "pq_m": "pq_m",
+        "nbits": "nbits",
+        "nprobe": "nprobe",
+        "refine": "refine",
+        "fast_scan": "fast_scan",
+    },
 }
 
 
@@ -37,9 +44,17 @@ class IndexSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="REMI_INDEX_", extra="forbid")
 
-    kind: IndexKindChoice = Field("auto", description="Index kind: flat is exact search, auto picks one by item count.")
+    kind: IndexKindChoice = Field(
+        "auto",
+        description="Index kind: flat is exact search; auto builds the candidates (flat, HNSW M / storage, PQ "
+        "fast-scan) and keeps the one with the least compute per user that passes --min-recall.",
+    )
     min_recall: float = Field(
-        0.95, ge=0.0, le=1.0, description="Fail the build if recall@50 against exact search is below this."
+        0.95,
+        ge=0.0,
+        le=1.0,
+        description="Fail the build if recall@50 of the served answers against those over an exact index is below "
+        "this.",
     )
     keep: int = Field(3, ge=1, description="Complete versions kept by reindex (current is never removed).")
     min_catalogue_overlap: float = Field(
@@ -59,7 +74,25 @@ class IndexSettings(BaseSettings):
     recall_of: RecallOf = Field(
         "answers",
         description="What --min-recall measures: each user's merged top-50, which is what the service returns "
-        "(answers), or each interest's own top-50 (interests, stricter).",
+        "(answers), or each interest's own top-50 (interests, stricter; auto then picks the kind by item count).",
+    )
+    gate_users: int = Field(
+        1000, ge=1, description="Users (sample histories of every length) whose served answers the gate measures."
+    )
+    gate_dedup_cosine: float = Field(
+        0.94,
+        gt=0,
+        le=1,
+        description="The gate's interest dedup: set it to the service's REMI_INTEREST_DEDUP_COSINE (1 = off).",
+    )
+    gate_min_weight: float = Field(
+        0.0, ge=0, lt=1, description="The gate's light-interest skip: the service's REMI_INTEREST_MIN_WEIGHT."
+    )
+    auto_budget_s: float = Field(
+        900.0,
+        gt=0,
+        description="auto: build no further candidate once this many seconds have gone (or would go) into the "
+        "search; the cheapest that passed so far is kept.",
     )
 
     # hnsw
@@ -86,6 +119,9 @@ class IndexSettings(BaseSettings):
         description="IVF-PQ: lists visited per query; unset, the build picks the cheapest that meets --min-recall.",
     )
     refine: int = Field(4, ge=0, description="IVF-PQ: re-rank refine x k candidates with the exact vectors; 0 = off.")
+    fast_scan: bool = Field(
+        False, description="IVF-PQ: 4-bit codes scanned with SIMD (FAISS fast-scan; needs --nbits 4)."
+    )
 
     def given_params(self) -> dict[str, Any]:
         """The FAISS parameters set explicitly (flag or environment), by the builder's names.
@@ -112,5 +148,9 @@ KEEP: Final[int] = IndexSettings.model_fields["keep"].default
 RECALL_OF: Final[str] = IndexSettings.model_fields["recall_of"].default
 MIN_CATALOGUE_OVERLAP: Final[float] = IndexSettings.model_fields["min_catalogue_overlap"].default
 MIN_HISTORY_COVERAGE: Final[float] = IndexSettings.model_fields["min_history_coverage"].default
+GATE_USERS: Final[int] = IndexSettings.model_fields["gate_users"].default
+GATE_DEDUP_COSINE: Final[float] = IndexSettings.model_fields["gate_dedup_cosine"].default
+GATE_MIN_WEIGHT: Final[float] = IndexSettings.model_fields["gate_min_weight"].default
+AUTO_BUDGET_S: Final[float] = IndexSettings.model_fields["auto_budget_s"].default
 # Settings of `remi reindex` only (the replacement check, the versions kept): not flags of `remi index build`.
 REINDEX_ONLY: Final[frozenset[str]] = frozenset({"keep", "min_catalogue_overlap", "min_history_coverage"})

@@ -149,11 +149,21 @@ class IndexManifest(BaseModel):
     build_seconds: float
     recall_at_50: float | None  # against exact search; None for flat (exact by construction)
     recall_queries: int
-    recall_source: str  # "interests" (ONNX on held-out histories) or "items" (item vectors)
+    # "served" (users' answers through the engine, index/gate.py), "answers" / "interests" (interest
+    # vectors searched in FAISS, merged or not) or "items" (item vectors)
+    recall_source: str
     calibration: dict[str, Any] | None = None  # search knob tuned up to the recall target, if any
     faiss_version: str
     created_at: str
     files: dict[str, FileEntry]
+    # The served gate (absent from manifests written before it): its queries and settings, and the
+    # chosen index's CPU microseconds per user there.
+    gate: dict[str, Any] | None = None
+    us_per_user: float | None = None
+    # `--kind auto`: every candidate tried (chosen first; kind, params, recall, us_per_user, build_s,
+    # passed), and how long the search took.
+    candidates: list[dict[str, Any]] | None = None
+    selection_seconds: float | None = None
 
 
 def utc_now() -> str:

@@ -94,7 +94,7 @@ def test_reindex_on_a_full_disk_is_one_line_exit_2_no_partial_version_and_curren
     assert read_current(root) != good and read_previous(root) == good
 
 
-@pytest.mark.parametrize("step", ["_publish_file", "build_index_folder", "smoke_query", "_seal"])
+@pytest.mark.parametrize("step", ["_publish_file", "build_version_index", "smoke_query", "_seal"])
 def test_disk_full_at_any_reindex_step_leaves_no_partial_version(
     tiny: TinyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:

@@ -70,11 +70,10 @@ def test_build_from_artifacts_measures_recall_on_model_interests(artifacts_dir: 
     assert manifest.model_version == model.model_version and manifest.recall_at_50 >= 0.95
 
 
-def test_build_from_artifacts_gates_on_merged_answers_by_default(artifacts_dir: Path, tmp_path: Path) -> None:
-    """The default gate measures what the service returns: each user's merged top-50."""
+def test_build_from_artifacts_gates_on_served_answers_by_default(artifacts_dir: Path, tmp_path: Path) -> None:
+    """The default gate measures what the service returns: each user's answer through the engine (index/gate.py)."""
     manifest = build_from_artifacts(artifacts_dir, tmp_path / "idx", "hnsw")
-    model = read_artifact_manifest(artifacts_dir)
-    assert manifest.recall_source == ("answers" if model.interests > 1 else "interests")
+    assert manifest.recall_source == "served" and manifest.gate is not None and manifest.us_per_user
     assert manifest.recall_at_50 >= 0.95
 
 

@@ -51,7 +51,7 @@ def test_keeps_the_last_n_versions(artifacts_dir: Path, tmp_path: Path) -> None:
     assert read_current(tmp_path) == made[-1]
 
 
-@pytest.mark.parametrize("step", ["smoke_query", "build_index_folder", "_publish_file"])
+@pytest.mark.parametrize("step", ["smoke_query", "build_version_index", "_publish_file"])
 def test_a_failing_step_leaves_current_untouched(artifacts_dir: Path, tmp_path: Path, monkeypatch, step: str) -> None:
     good = reindex(artifacts_dir, tmp_path, kind="flat").index_version
 
