@@ -43,6 +43,16 @@ MODEL_VARIANTS: dict[str, dict[str, Any]] = {
     # the same blocks made causal and trained on every prefix's next item (SASRec's objective, K interests)
     "comirec-sa-causal": {"model": "comirec-sa", "encoder_blocks": 2, "seq_targets": "all"},
     "comirec-sa-adaptive": {"model": "comirec-sa", "adaptive_interests": "log2"},  # as many interests as the user has
+    # the causal encoder with as many interests as the user has: MIND's log2 rule, and base 3 (fewer)
+    **{
+        f"comirec-sa-causal-{rule}": {
+            "model": "comirec-sa",
+            "encoder_blocks": 2,
+            "seq_targets": "all",
+            "adaptive_interests": rule,
+        }
+        for rule in ("log2", "log3")
+    },
     "sasrec-last": {"model": "sasrec", "seq_targets": "last"},  # SASRec scored on the newest position only
 }
 
@@ -92,7 +102,8 @@ def main() -> None:
         nargs="+",
         default=[],
         help="earlier results files (<name>.json) whose runs join this report: seeds trained on another "
-        "machine or session (a run of the same name trained here replaces the merged one)",
+        "machine or session; their runs are not trained again (a run of the same name trained here replaces "
+        "the merged one)",
     )
     args = ap.parse_args()
 
@@ -118,8 +129,17 @@ def main() -> None:
                     jobs.append(Job(f"{ds}_{model}_{label}_s{seed}_{steps}", flags, tags | {"steps": steps}))
     if args.report_only:
         jobs = [j for j in jobs if (args.runs / j.name / RUN_METRICS).is_file()]
+    jobs = still_to_run(jobs, args.runs, args.merge)
     results = [r for r in run_all(jobs, args.runs, args.parallel) if "result" in r]
     report(merged(results, args.merge, args), args)
+
+
+def still_to_run(jobs: list[Job], runs: Path, earlier: list[Path]) -> list[Job]:
+    """The jobs minus the finished runs that earlier results files hold: a session's finished runs
+    are committed as its results file and the next one resumes from there. A run whose folder is
+    here stays (it is reported from the folder, which replaces the merged one)."""
+    done = {r["name"] for path in earlier for r in json.loads(path.read_text())["runs"] if "result" in r}
+    return [j for j in jobs if j.name not in done or (runs / j.name / RUN_METRICS).is_file()]
 
 
 def merged(results: list[dict[str, Any]], earlier: list[Path], args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -14,3 +14,20 @@ def test_a_moved_results_file_is_read_from_studies() -> None:
 def test_other_arguments_pass_unchanged() -> None:
     for arg in ("--merge", "benchmarks/results/serving.json", "benchmarks/results/nowhere.json", "/tmp/x.json"):
         assert moved(arg) == arg
+
+
+def test_runs_of_an_earlier_results_file_are_not_trained_again(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from remi.contract import RUN_METRICS
+    from studies.quality import still_to_run
+    from studies.runner import Job
+
+    earlier = tmp_path / "earlier.json"
+    runs = [{"name": "a", "result": {}}, {"name": "b", "error": "failed"}, {"name": "c", "result": {}}]
+    earlier.write_text(json.dumps({"runs": runs}))
+    (tmp_path / "runs" / "c").mkdir(parents=True)
+    (tmp_path / "runs" / "c" / RUN_METRICS).write_text("{}")  # trained here too: reported from here
+    jobs = [Job(name, {}, {}) for name in ("a", "b", "c", "d")]
+    left = still_to_run(jobs, tmp_path / "runs", [earlier])
+    assert [j.name for j in left] == ["b", "c", "d"]
