@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
 from cli.options import SettingsFlags, settings_error, settings_options
 from index.params import REINDEX_ONLY, IndexSettings
+
+if TYPE_CHECKING:
+    from index.served import GateSettings
 
 Opt = typer.Option
 PANEL = "Index settings (flag > REMI_INDEX_* > default)"
@@ -31,6 +34,18 @@ def index_settings(flags: SettingsFlags) -> IndexSettings:
         return IndexSettings(**flags)
     except ValidationError as exc:
         raise settings_error(exc) from exc
+
+
+def gate_settings(settings: IndexSettings) -> GateSettings:
+    """The served gate's settings and auto's time budget (index/served.py) from the build settings."""
+    from index.served import GateSettings
+
+    return GateSettings(
+        users=settings.gate_users,
+        dedup_cosine=settings.gate_dedup_cosine,
+        min_weight=settings.gate_min_weight,
+        budget_s=settings.auto_budget_s,
+    )
 
 
 @index_app.command("build")
@@ -58,6 +73,7 @@ def index_build_cmd(
         recall_of=settings.recall_of,
         use_interests=not item_queries,
         force=force,
+        gate=gate_settings(settings),
     )
     typer.echo(json.dumps(manifest.model_dump(exclude={"files"}), indent=2))
 
@@ -107,6 +123,7 @@ def reindex_cmd(
         force=force,
         min_catalogue_overlap=settings.min_catalogue_overlap,
         min_history_coverage=settings.min_history_coverage,
+        gate=gate_settings(settings),
     )
     summary = {
         "current": result.index_version,
@@ -115,7 +132,10 @@ def reindex_cmd(
         "kind": result.manifest.kind,
         "params": result.manifest.params,
         "recall@50": result.manifest.recall_at_50,
+        "us_per_user": result.manifest.us_per_user,
         "build_seconds": result.manifest.build_seconds,
+        "selection_seconds": result.manifest.selection_seconds,
+        "runners_up": runners_up(result.manifest.candidates),
         "pruned": result.pruned,
         "seconds": round(result.seconds, 2),
     }
@@ -131,6 +151,45 @@ def reindex_cmd(
             "remote_pruned": published.pruned,
         }
     typer.echo(json.dumps(summary, indent=2))
+
+
+def runners_up(candidates: list[dict[str, Any]] | None) -> list[str] | None:
+    """One line per candidate `--kind auto` tried (index/auto.py), the chosen one first."""
+    if candidates is None:
+        return None
+    lines = []
+    for c in candidates:
+        recall = "-" if c["recall"] is None else f"{c['recall']:.4f}"
+        cost = "-" if c["us_per_user"] is None else f"{c['us_per_user']:.0f} us/user"
+        knob = " ".join(f"{k} {v}" for k, v in c["params"].items() if k in ("ef_search", "refine", "nprobe"))
+        mark = "chosen" if c["chosen"] else ("passed" if c["passed"] else f"failed ({c['stopped']})")
+        lines.append(
+            f"{c['label']}{' ' + knob if knob else ''}: recall {recall}, {cost}, build {c['build_s']:.1f} s, {mark}"
+        )
+    return lines
+
+
+def current_index(root: Path) -> dict[str, Any] | None:
+    """What `current` serves and what its recall gate measured (None when no version is current)."""
+    from remi.contract import ArtifactError, read_current, read_index_manifest, version_dir
+
+    name = read_current(root)
+    if name is None:
+        return None
+    try:
+        manifest = read_index_manifest(version_dir(root, name), check_hash=False)
+    except ArtifactError as exc:
+        return {"error": str(exc)}
+    return {
+        "kind": manifest.kind,
+        "params": manifest.params,
+        "recall@50": manifest.recall_at_50,
+        "recall_source": manifest.recall_source,
+        "us_per_user": manifest.us_per_user,
+        "gate": manifest.gate,
+        "selection_seconds": manifest.selection_seconds,
+        "runners_up": runners_up(manifest.candidates),
+    }
 
 
 @index_app.command("status")
@@ -149,7 +208,8 @@ def index_status_cmd(
     from remi.contract import list_versions, read_current
 
     assert root is not None
-    typer.echo(json.dumps({"current": read_current(root), "versions": list_versions(root)}, indent=2))
+    status = {"current": read_current(root), "index": current_index(root), "versions": list_versions(root)}
+    typer.echo(json.dumps(status, indent=2))
 
 
 @index_app.command("rollback")

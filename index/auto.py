@@ -354,7 +354,7 @@ def build_served_folder(
         },
         us_per_user=round(measurement.us_per_user, 1),
         candidates=[o.record(o is chosen) for o in selection.candidates] if kind == "auto" else None,
-        selection_seconds=round(selection.seconds, 1) if kind == "auto" else None,
+        selection_seconds=round(gate.seconds + selection.seconds, 1) if kind == "auto" else None,
     )
 
 

@@ -202,6 +202,7 @@ class ServedGate:
         min_weight: float = 0.0,
         batch: int = BATCH,
     ) -> None:
+        t0 = time.perf_counter()
         self.arts, self.gate_queries, self.batch = arts, queries, batch
         self.dedup_cosine, self.min_weight = dedup_cosine, min_weight
         self.queries = queries.queries()
@@ -212,6 +213,7 @@ class ServedGate:
             truth, self.exact_us = self._answers(engine, self.interests)
         self.truth = [set(answer) for answer in truth]
         self.dedup_recall = self._dedup_recall() if engine.dedup else 1.0
+        self.seconds = time.perf_counter() - t0  # the tower, the exact answers and dedup's own recall
 
     def engine(self, index: faiss.Index, dedup: bool = True) -> Engine:
         """The service's engine over ``index`` with the gate's dedup settings (``dedup`` False: none)."""
@@ -237,6 +239,7 @@ class ServedGate:
             "min_weight": self.min_weight,
             "batch": self.batch,
             "dedup_recall": round(self.dedup_recall, 4),
+            "seconds": round(self.seconds, 1),
         }
 
     def _answers(self, engine: Engine, interests: Interests) -> tuple[list[list[str]], float]:

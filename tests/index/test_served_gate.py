@@ -158,3 +158,18 @@ def test_a_small_gate_still_covers_every_length(users: int) -> None:
     history, mask = samples([20] * 30)
     queries = gate_queries(history, mask, users=users)
     assert sorted(queries.lengths().tolist()) == list(range(1, 21))
+
+
+def test_index_status_shows_what_the_gate_measured_and_the_runners_up(artifacts_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    root = tmp_path / "root"
+    reindex(artifacts_dir, root, min_catalogue_overlap=0.0)
+    shown = CliRunner().invoke(app, ["index", "status", "--root", str(root)])
+    assert shown.exit_code == 0, shown.output
+    index = json.loads(shown.stdout)["index"]
+    assert index["kind"] == "flat" and index["recall_source"] == "served" and index["us_per_user"] > 0
+    assert index["gate"]["exclude_seen"] and index["gate"]["k"] == 50
+    assert index["runners_up"][0].startswith("flat: recall 1.0000") and index["runners_up"][0].endswith("chosen")
