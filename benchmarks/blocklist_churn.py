@@ -1,4 +1,5 @@
-"""A large live blocklist under load: 100k blocked ids, block/unblock churn, real server (issue 23 A5).
+"""A large live blocklist under load: 100k blocked ids, block/unblock churn, real server
+(docs/operations.md#blocking-items-without-a-reindex).
 
     python -m benchmarks.blocklist_churn [--blocked 100000] [--workers 2] [--duration 20] [--churn-every 0.2]
 

@@ -1,7 +1,7 @@
 """Validation at catalogue scale: exact search vs the approximate index ``--eval-index`` uses
-(issue 11 §2). One validation (interest vectors of the valid users, the index over all items,
-search, merge, metrics) timed with each search on the same model, and what it gives up: the
-approximate recall@50 metric beside the exact one, and the overlap of the merged top-50 lists
+(docs/remi.md#a4-evaluation). One validation (interest vectors of the valid users, the index over
+all items, search, merge, metrics) timed with each search on the same model, and what it gives up:
+the approximate recall@50 metric beside the exact one, and the overlap of the merged top-50 lists
 (the share of the exact top-50 the approximate search also returns).
 
 The model: ComiRec-SA (d=64, K=4, L=20) whose item table holds planted topics (items are noisy

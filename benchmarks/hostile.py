@@ -1,4 +1,5 @@
-"""Normal POST /recommend traffic beside hostile clients, against a 2-worker `remi serve` (issue 23).
+"""Normal POST /recommend traffic beside hostile clients, against a 2-worker `remi serve`
+(docs/operations.md#hostile-clients-what-one-connection-may-hold).
 
     python -m benchmarks.hostile [--seconds 25] [--idle 5000] [--slow 200] [--bodies 4]
 
@@ -368,7 +369,8 @@ def report(result: dict[str, Any]) -> str:
         "Reading it: every idle socket is held at most REMI_REQUEST_HEAD_TIMEOUT_S (10 s) and every slow head is "
         "dropped with a 408 within it (`slow completed` stays 0), so the attackers must keep reconnecting; no normal "
         "request failed. What slows normal requests most is the ~1 MiB bodies: each is read and decoded before its "
-        "422 (issue 23 A2, benchmarks/worst_bodies.py), on the same event loop and the same two cores.",
+        "422 (docs/operations.md#scaling-the-api-horizontally, benchmarks/worst_bodies.py), on the same event loop "
+        "and the same two cores.",
         "",
     ]
     return "\n".join(lines)

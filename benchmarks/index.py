@@ -19,9 +19,10 @@ cluster, as an attention/capsule interest is. Ratios to flat search are computed
 
 Writes benchmarks/results/index.json, index.md and index.png (recall vs requests/s).
 
-A trained model instead of the synthetic catalogue (issue 11 §3, the 1M-item chain): with
-``--artifacts ART --root ROOT`` it runs the real job, ``remi reindex --kind auto`` (recall gate
-on, calibration included), as a child process and reports its wall seconds and peak RSS, then the
+A trained model instead of the synthetic catalogue (the 1M-item chain,
+docs/results.md#a-trained-1m-item-model): with ``--artifacts ART --root ROOT`` it runs the real job,
+``remi reindex --kind auto`` (recall gate on, calibration included), as a child process and reports
+its wall seconds and peak RSS, then the
 published version: kind and parameters the job chose, index bytes, recall@50 on the model's own
 interest vectors (the gate's measure), and search milliseconds per request (K interests at
 top-50, one thread, the index mapped as the service maps it):

@@ -5,8 +5,9 @@
     python -m benchmarks.serving --trained ART --data DATA.csv.gz   # a trained model, lever by lever
 
 With --trained, the whole run is benchmarks/serving_trained.py (see its --help): a real exported
-model and the histories of its own data, each serving lever of issue 11 section 4 against the
-code before it, with recall@50 of the served answers against exact search.
+model and the histories of its own data, each serving lever
+(docs/operations.md#serving-cost-of-a-trained-model) against the code before it, with recall@50 of
+the served answers against exact search.
 
 This module is the command line and the order of the runs; the work is done in
 benchmarks/serving_setup.py (artifacts, histories), serving_stages.py (a), serving_http.py (b),

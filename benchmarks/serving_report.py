@@ -293,7 +293,7 @@ def limits_section(result: dict[str, Any]) -> list[str]:
 
 
 def targets(result: dict[str, Any], env: dict[str, str]) -> list[list[str]]:
-    """The issue's targets for the real configurations run with ``env`` ({} = as shipped)."""
+    """The targets (docs/results.md#serving) for the real configurations run with ``env`` ({} = as shipped)."""
     rows = result["http"]
     real = [r for r in rows if not r["config"].startswith("noop") and r["env"] == env]
     head = next((r for r in real if r.get("headline")), None)

@@ -1,4 +1,6 @@
-"""Serving a TRAINED model: the levers of issue 11 section 4, each measured against the code before them.
+"""Serving a TRAINED model: the serving levers, each measured against the code before them.
+
+The levers: docs/operations.md#serving-cost-of-a-trained-model.
 
     python -m benchmarks.serving --trained ART --data INTERACTIONS.csv.gz [--duration 60] ...
 

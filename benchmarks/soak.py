@@ -1,4 +1,5 @@
-"""A soak: a 2-worker `remi serve` at a fixed share of its peak for a long time, under operations (issue 23 B).
+"""A soak: a 2-worker `remi serve` at a fixed share of its peak for a long time, under operations
+(docs/results.md#soak).
 
     python -m benchmarks.soak [--minutes 30] [--rate-fraction 0.7] [--redis-restart-every 300]
                               [--reindex-every 600] [--blocklist-every 60]

@@ -1,5 +1,5 @@
 """Training steps/s by catalogue size: dense Adam vs ``--optimizer sparse-adam`` vs
-``--optimizer rowwise-adagrad`` (issue 11 §2).
+``--optimizer rowwise-adagrad`` (docs/results.md#large-catalogues---optimizer-rowwise-adagrad).
 
 The model and the scheme's loss on random batches of the default shapes (ComiRec-SA, batch 128,
 L = 20, 1,280 shared negatives, d = 64, K = 4; histories of random length, uniform items) over
@@ -221,7 +221,7 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any], smallest_items: 
         f"{small} items; 'sparse of adam at {small}' is sparse-adam's steps/s as a share of dense "
         f"Adam's at {small} items (today's training there); 'rowwise of best at {small}' is "
         f"rowwise-adagrad's as a share of the fastest optimiser at {small} items and the same threads "
-        f"(the issue's goal: >= 70% at 4M). State: the optimisers' state tensors (Adam and SparseAdam: "
+        f"(the goal: >= 70% at 4M). State: the optimisers' state tensors (Adam and SparseAdam: "
         f"two table-sized moments; rowwise-adagrad: one float per row, plus dense Adam's on the tower). "
         f"Item grad: the item table's gradient after a step (dense: the whole table; sparse: the "
         f"coalesced batch rows). Peak RSS: a fresh process building the model and optimiser and "

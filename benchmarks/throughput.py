@@ -9,8 +9,8 @@ L=20, batch 128, 1,280 negatives, dense Adam. Variants:
     remi-default  the shipped configs/default.json (beta 0.05, detached weights, lambda 20,000)
 
 ``--before`` adds `remi-before` and `remi-default-before`: the same settings with the plain
-autograd IHN and RR of training/loss_reference.py, i.e. the code before issue 11 §2 wrote their
-gradients out, timed in the same run.
+autograd IHN and RR of training/loss_reference.py, i.e. the code before their gradients were
+written out (docs/remi.md#b3-ihn-interest-aware-hard-negatives), timed in the same run.
 
     python -m benchmarks.throughput                  # 1 thread and torch's default
     python -m benchmarks.throughput --threads 2 1 --before
@@ -69,7 +69,8 @@ def variant_configs(base: TrainConfig, model_name: str, before: bool) -> dict[st
 
 @contextlib.contextmanager
 def loss_code(variant: str) -> Iterator[None]:
-    """The scheme's IHN and RR functions for a variant: the pre-issue-11 autograd form for `-before`."""
+    """The scheme's IHN and RR functions for a variant: the plain autograd form (before the
+    closed-form gradients) for `-before`."""
     if not variant.endswith(BEFORE):
         yield
         return
@@ -133,7 +134,9 @@ def main() -> None:
     )
     ap.add_argument("--block", type=int, default=300, help="steps per timed block")
     ap.add_argument("--rounds", type=int, default=5, help="alternating blocks per variant")
-    ap.add_argument("--before", action="store_true", help="also time the pre-issue-11 IHN/RR code")
+    ap.add_argument(
+        "--before", action="store_true", help="also time the plain autograd IHN/RR (training/loss_reference.py)"
+    )
     args = ap.parse_args()
     default_threads = torch.get_num_threads()
     thread_settings = args.threads or sorted({1, default_threads})
@@ -184,14 +187,10 @@ def main() -> None:
         f"dense Adam. `remi`: beta 1, undetached weights, lambda 12800 (authors' RR); `remi-default`: "
         f"configs/default.json (beta {default['beta']:g}, {'detached' if default['ihn_detach'] else 'undetached'} "
         f"weights, lambda {default['lam']:g})"
-        + (
-            "; `-before`: the same with the pre-issue-11 autograd IHN/RR (training/loss_reference.py)"
-            if args.before
-            else ""
-        )
+        + ("; `-before`: the same with the plain autograd IHN/RR (training/loss_reference.py)" if args.before else "")
         + f". Median of {args.rounds} alternating blocks of {args.block} steps per variant, all variants in one "
         f"process; default threads here: {default_threads}. Overhead = sampled steps/s / variant steps/s - 1 "
-        f"(the issue's goal: <= 10% at the default threads).\n\n"
+        f"(the goal: <= 10% at the default threads).\n\n"
         + md_table(["model", "threads", "variant", "steps/s", "ms/step", "overhead vs sampled"], rows)
     )
     save_results(args.results, args.name, {"meta": meta, "results": out}, text)

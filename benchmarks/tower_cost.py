@@ -2,10 +2,11 @@
 hands to the index (one search each) and the time of those searches.
 
 The quality table (docs/results.md) puts this beside each model's recall: a model that wins on
-recall but doubles serving compute is not a free default (issue "step 5": at most 2x the current
-default). Weights do not change the cost, so each backbone is built with random weights at the
-catalogue's shape (items, d, L, K), exported exactly as ``remi export`` does, and timed under
-onnxruntime with one thread (the service's default), interleaved round by round so a noisy
+recall but doubles serving compute is not a free default (at most 2x the current default:
+docs/results.md#against-sasrec-self-attention-encoders-and-adaptive-interests-in-progress). Weights
+do not change the cost, so each backbone is built with random weights at the catalogue's shape
+(items, d, L, K), exported exactly as ``remi export`` does, and timed under onnxruntime with one
+thread (the service's default), interleaved round by round so a noisy
 machine slows every model alike; the figure reported is the median round.
 
 Interests searched per user come from a history-length sample: with ``--histories DATA`` the

@@ -12,8 +12,9 @@ worker's ``/proc/PID/smaps_rollup``:
   over workers is the memory they actually take; split into anonymous (private heap: Python
   objects, the ONNX runtime) and file-backed (the mapped version files: page cache).
 
-The goal of issue 11 §3 is that 2 workers take at most 1.25x the memory of one: the ratio is
-reported on both sums. The supervisor process is listed apart (it loads no model). The wrk
+The goal (docs/operations.md#memory-per-worker-one-copy-of-the-version-for-all-workers) is that 2
+workers take at most 1.25x the memory of one: the ratio is reported on both sums. The supervisor
+process is listed apart (it loads no model). The wrk
 run's req/s, latency and errors at the same time come with each row; the load time is the
 worker's own "serving version" log line (hash check, ONNX session, index, warm-up).
 

@@ -1,4 +1,5 @@
-"""What the worst body of each route costs the event loop before its 4xx (issue 23 A2).
+"""What the worst body of each route costs the event loop before its 4xx
+(docs/operations.md#scaling-the-api-horizontally).
 
     python -m benchmarks.worst_bodies [--repeats 5] [--label after] [--name worst_bodies]
 
@@ -207,10 +208,11 @@ def report(result: dict[str, Any], before: dict[str, Any] | None = None) -> str:
         row += [r["status"], r["ms_median"], r["response_bytes"]]
         rows.append(row)
     return (
-        "# Worst bodies: event-loop time to the answer, per route (issue 23 A2)\n\n"
+        "# Worst bodies: event-loop time to the answer, per route\n\n"
         "`python -m benchmarks.worst_bodies` (in process, the tiny test model loaded, one request at a time on the "
         f"app's event loop; median of {result['repeats']} runs; bodies up to the 1 MiB body limit, the interests "
-        "filter up to its 64 KiB query limit). `before`: the code before issue 23 A2, `after`: with it. The "
+        "filter up to its 64 KiB query limit). `before`: the code before the bounded decode and list checks, "
+        "`after`: with them. The "
         "`valid_*` rows are ordinary requests (200), for scale. Machine: 2 shared cores under two training jobs, "
         "so absolute numbers are noisy; the ratios are what matters.\n\n"
         + md_table(headers, rows)

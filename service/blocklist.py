@@ -1,6 +1,6 @@
 """The live blocklist: raw item ids that no answer may contain, changed at run time without a reindex.
 
-Why it is built this way (issue 13, part 3; issue 23 A5/A6):
+Why it is built this way (docs/operations.md#blocking-items-without-a-reindex):
 
 * **One truth, shared and durable.** With a Redis history store the ids live in Redis under the
   service's key prefix (:class:`RedisBlocklist`): a set of the ids, a version counter, an epoch

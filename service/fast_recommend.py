@@ -2,9 +2,10 @@
 
 Why: on a trained 87k-item model the event-loop thread of a worker spent ~0.5 ms per request, as
 much as the search itself, and about half of it in the ASGI layers between uvicorn and the route
-(FastAPI's and Starlette's middleware, routing, dependency solving, the body reader, the
-response object; issue 11 section 4, benchmarks/results/serving_fast_path.md). Nearly every
-request is the same well-formed JSON object, so this path answers exactly those:
+(FastAPI's and Starlette's middleware, routing, dependency solving, the body reader, the response
+object; docs/operations.md#serving-cost-of-a-trained-model,
+benchmarks/results/serving_fast_path.md). Nearly every request is the same well-formed JSON object,
+so this path answers exactly those:
 
 * a POST to ``/recommend`` sent as ``application/json`` with a Content-Length within the body
   limit, no query string;

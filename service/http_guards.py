@@ -127,7 +127,8 @@ def has_surrogate(text: str) -> bool:
 
 def decode_json(body: bytes) -> Any:
     """Strict RFC 8259 decode at C speed, no Python call per value (a 1 MiB body of ``[1,1,...]``
-    cost ~1.3 s of the event loop through the stdlib decoder's Python hooks; issue 23 A2).
+    cost ~1.3 s of the event loop through the stdlib decoder's Python hooks;
+    docs/operations.md#scaling-the-api-horizontally).
 
     orjson first: it refuses everything JSON cannot carry (NaN, Infinity, numbers outside a double,
     lone surrogates, invalid UTF-8, a BOM). Only a body it refuses -- always a 422 -- is decoded

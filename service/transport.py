@@ -1,4 +1,5 @@
-"""The connection layer under the app: what one client may hold of a worker (issue 23 A1, A3).
+"""The connection layer under the app: what one client may hold of a worker
+(docs/operations.md#hostile-clients-what-one-connection-may-hold).
 
 uvicorn's HTTP protocol (httptools) bounds nothing a client sends before the app sees a
 request, nor how long it may take: ~20,600 sockets that sent nothing held one worker until

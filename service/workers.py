@@ -6,8 +6,9 @@ measured 424 req/s with 2 workers vs 792 with a better spread). With SO_REUSEPOR
 has its own socket on the same port and the kernel spreads new connections evenly. The parent
 supervises: it restarts a worker that dies and stops them all on SIGINT/SIGTERM.
 
-One server per port (issue 23 A16): SO_REUSEPORT lets any process of the same user join a port,
-so a second ``remi serve --workers 2`` on a taken port used to start and silently take half of
+One server per port (docs/operations.md#hostile-clients-what-one-connection-may-hold): SO_REUSEPORT
+lets any process of the same user join a port, so a second ``remi serve --workers 2`` on a taken
+port used to start and silently take half of
 the first one's connections (with other settings). Now the parent claims the port before any
 worker exists (:func:`listen`): it takes a Linux abstract-namespace socket named after the port
 (held for the server's life, released by the kernel when the process ends, so nothing goes
@@ -16,8 +17,9 @@ and listens the workers' SO_REUSEPORT sockets itself and hands one to each worke
 is :class:`PortInUse`: one line and exit status 2 from the CLI, before the model loads, for one
 worker or many. One worker listens without SO_REUSEPORT at all.
 
-Every server process builds its uvicorn config with service.transport.server_config (the
-connection limits of issue 23 A1/A3), in one process or in each worker.
+Every server process builds its uvicorn config with service.transport.server_config (the connection
+limits of docs/operations.md#hostile-clients-what-one-connection-may-hold), in one process or in
+each worker.
 """
 
 from __future__ import annotations

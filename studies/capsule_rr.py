@@ -1,4 +1,5 @@
-"""Does RR reach the routing of the capsule backbones (ComiRec-DR, MIND)? Issue 12 §2.
+"""Does RR reach the routing of the capsule backbones (ComiRec-DR, MIND)?
+(docs/remi.md#a10-rr-and-ihn-on-the-capsule-backbones)
 
 Trains each capsule backbone on amazon_beauty (fixed split file) with three schemes, same seed
 and step budget: `sampled`; `ihn` with configs/default.json's settings, which is exactly what

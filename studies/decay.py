@@ -23,7 +23,8 @@ RESULTS = Path(__file__).parent / "results"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 # the authors' setting, undetached (explicit since `remi train`'s defaults are configs/default.json)
-PLAIN = {"emb_l2": 0.0, "lr_schedule": "constant"}  # no item-norm penalty, constant rate (pre-issue-12 defaults)
+# no item-norm penalty, constant rate: the defaults before docs/results.md#the-default-for-unseen-data
+PLAIN = {"emb_l2": 0.0, "lr_schedule": "constant"}
 REMI = {"scheme": "remi", "beta": 1.0, "lam": 12800.0, "ihn_detach": False, **PLAIN}
 VARIANTS: dict[str, dict[str, Any]] = {
     "sampled": {"scheme": "sampled"},

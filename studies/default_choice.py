@@ -2,8 +2,9 @@
 
     python -m studies.default_choice CAND=RESULTS.json [CAND=RESULTS.json ...]
 
-Issue 12 section 1. Each candidate default is one ``studies.default_decay`` result: the same
-settings trained on the four shared datasets (one seed, 20k steps, early stopping off). For each
+The default for unseen data (docs/results.md#the-default-for-unseen-data). Each candidate default is
+one ``studies.default_decay`` result: the same settings trained on the four shared datasets (one
+seed, 20k steps, early stopping off). For each
 held-out dataset the candidate is picked by the other three only: the highest mean, over those
 three, of its best-checkpoint valid Recall@50 relative to the best candidate on that dataset (so
 no dataset's scale dominates), among the candidates that do not decay there (valid at the budget

@@ -2,8 +2,9 @@
 
     python -m studies.default_decay --steps 20000
 
-Issue 12 section 1: with the shipped defaults (configs/default.json = TrainConfig's defaults),
-the validation Recall@50 at the end of the step budget should be within 5% of its peak on every
+The goal (docs/results.md#the-default-for-unseen-data): with the shipped defaults
+(configs/default.json = TrainConfig's defaults), the validation Recall@50 at the end of the step
+budget should be within 5% of its peak on every
 shared dataset (no decay left). Each dataset gets one `remi train --data D` with only the budget,
 the seed and early stopping switched off (patience larger than the run), so the curve is read
 to its end; amazon_beauty uses its fixed user split. Reports peak valid Recall@50 and its step,

@@ -1,5 +1,5 @@
-"""Interests that stay distinct (issue 12 §3): how much of remi's Recall@50 gain survives when a
-user's K interests are kept apart?
+"""Interests that stay distinct (docs/remi.md#a11-interests-that-stay-distinct): how much of remi's
+Recall@50 gain survives when a user's K interests are kept apart?
 
 With the tuned RR, ComiRec-SA's interests of a user become near-copies (mean pairwise cosine
 ~0.93): RR's minimum is a uniform routing row, the same row for every interest. This benchmark
@@ -131,8 +131,9 @@ def anatomy(run_dir: Path) -> dict[str, float]:
         keep = (n >= lo) & (n <= hi)
         out[f"similarity {label}"] = float(sim[keep].mean()) if keep.any() else float("nan")
         out[f"users {label}"] = float(keep.mean())
-    # option (c) of issue 12 §3 without retraining: K(n) = min(K, n // per) interests for a user with
-    # n history items; the similarity of the interests that remain (users left with >= 2 of them)
+    # option (c) of docs/remi.md A.11 (fewer interests for short histories) without retraining: K(n)
+    # = min(K, n // per) interests for a user with n history items; the similarity of the interests
+    # that remain (users left with >= 2 of them)
     for per in (2, 4):
         kept = np.minimum(k, n // per)
         pairs = [pair_cos(vectors[kept == j, :j].astype(np.float64)) for j in range(2, k + 1) if (kept == j).any()]

@@ -27,7 +27,8 @@ def project_path(path: Path) -> str:
 
 
 def list_metric(result: dict[str, Any], key: str) -> float:
-    """A list metric of a run's metrics.json; NaN for runs from before issue 12 §4 (no "lists")."""
+    """A list metric of a run's metrics.json; NaN for runs from before the list metrics
+    (docs/remi.md#a5-routing-collapse-diagnostics; no "lists")."""
     return float(result.get("lists", {}).get(key, float("nan")))
 
 

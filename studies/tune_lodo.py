@@ -3,8 +3,9 @@ falls from that dataset's own tuned setting.
 
     python -m studies.tune_lodo DATASET=TUNE_DIR [DATASET=TUNE_DIR ...]
 
-Issue 12 section 1. The studies start from the same points: trial 0 is the base config (the
-shipped default) and the sampler's start-up trials are drawn from the same seed, so the first
+The default for unseen data (docs/results.md#the-default-for-unseen-data). The studies start from
+the same points: trial 0 is the base config (the shipped default) and the sampler's start-up trials
+are drawn from the same seed, so the first
 points are identical on every dataset and each was scored on every dataset. For each held-out
 dataset, the setting is picked among those common points by the other datasets only (the highest
 mean, over them, of its valid Recall@50 relative to the best common point there, so no dataset's

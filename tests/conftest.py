@@ -31,8 +31,9 @@ def synth_csv(synth_dir: Path) -> Path:
     return synth_dir / "interactions.csv.gz"
 
 
-# `remi` as it was before issue 12 made configs/default.json the default: the authors' beta, lambda
-# 12,800 and undetached IHN weights. Tests that trained `remi` with those defaults state them.
+# `remi` as it was before configs/default.json became the default (docs/remi.md#a7-defaults): the
+# authors' beta, lambda 12,800 and undetached IHN weights. Tests that trained `remi` with those
+# defaults state them.
 AUTHORS_REMI = {"beta": 1.0, "lam": 12800.0, "ihn_detach": False, "emb_l2": 0.0, "lr_schedule": "constant"}
 SMALL = {"max_steps": 1000, "eval_every": 250, "batch_size": 64, "negatives": 256, "dim": 32, "seed": 1}
 

@@ -225,7 +225,7 @@ def test_compose_services_profiles_and_start_order() -> None:
     assert re.fullmatch(r"redis:7\.\d+\.\d+-alpine", redis["image"]), "pin Redis by its full tag"
     assert "redis-cli" in redis["healthcheck"]["test"] and "ping" in redis["healthcheck"]["test"]
     assert "--appendonly" in redis["command"] and "--save" in redis["command"]
-    # in protected mode Redis answers the api's container DENIED (issue 9, A.3): off whatever the image
+    # in protected mode Redis answers the api's container DENIED (README.md#deployment): off whatever the image
     command = redis["command"]
     assert command[command.index("--protected-mode") + 1] == "no"
     assert "ports" not in redis, "Redis without protected mode must not be published"
@@ -248,8 +248,9 @@ def test_compose_services_profiles_and_start_order() -> None:
 
 
 def test_compose_api_requires_credentials_and_listens_on_loopback_only() -> None:
-    """A plain `up` must not publish an open API on every interface (issue 23, A7): the port is
-    bound to 127.0.0.1 unless REMI_BIND says otherwise, and every route but the probes needs a key
+    """A plain `up` must not publish an open API on every interface
+    (docs/operations.md#threat-model-who-may-call-what): the port is bound to 127.0.0.1 unless
+    REMI_BIND says otherwise, and every route but the probes needs a key
     from the keys file that the `keys` service writes (the same path in both)."""
     services = load_compose()["services"]
     api, keys = services["api"], services["keys"]
@@ -333,7 +334,7 @@ def test_jobs_image_installs_cpu_torch_first() -> None:
 
 
 def test_jobs_image_torch_source_is_a_build_argument_with_an_offline_wheel_folder() -> None:
-    """A mirror or an air-gapped build (issue 9, A.3): TORCH_SPEC / TORCH_INDEX_URL default to the
+    """A mirror or an air-gapped build (README.md#deployment): TORCH_SPEC / TORCH_INDEX_URL default to the
     PyTorch CPU index; TORCH_WHEEL_DIR installs from a folder of the build context with --no-index,
     in a first stage, so the wheel never stays in a layer of the shipped image."""
     defaults = arg_defaults(JOBS_DOCKERFILE)
@@ -566,7 +567,7 @@ def test_init_trains_a_first_model_once(stack: Stack) -> None:
 
 
 def test_training_users_are_personalised_from_the_start(stack: Stack) -> None:
-    """Before init loaded the training histories, every training user got `cold_start` (issue 9, A.2)."""
+    """Before init loaded the training histories, every training user got `cold_start` (README.md#deployment)."""
     with gzip.open(stack.data / "synth" / "interactions.csv.gz", "rt") as f:
         users = list(dict.fromkeys(line.split(",", 1)[0] for line in itertools.islice(f, 1, 2000)))[:5]
     for user in users:

@@ -74,3 +74,33 @@ def test_the_anchor_rule_matches_githubs() -> None:
     page = REPO / "docs" / "remi.md"
     assert "a12-self-attention-encoders-sasrec-and-comirec-sa-over-transformer-blocks" in anchors(page)
     assert "b11-comirec-sa-self-attention" in anchors(page)
+
+
+# a doc section cited from code, tests or a report: docs/operations.md#..., README.md#..., or
+# ../../docs/remi.md#... from a results file
+CITED = re.compile(r"(?<![\w.-])(?:(?:\.\./)*docs/)?(operations|remi|results|README)\.md#([\w-]+)")
+
+
+def cited_sections() -> list[tuple[Path, str, str]]:
+    """(file, doc, anchor) of every section cited in the repository's Python and Markdown files."""
+    files = [p for p in REPO.rglob("*") if p.suffix in (".py", ".md") and p.is_file()]
+    skip = {".git", ".venv", "runs", "node_modules", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+    return [
+        (path, doc, anchor)
+        for path in files
+        if not skip & set(path.relative_to(REPO).parts)
+        for doc, anchor in CITED.findall(path.read_text(errors="replace"))
+    ]
+
+
+def test_every_doc_section_cited_in_code_tests_or_reports_exists() -> None:
+    pages = {name: REPO / "docs" / f"{name}.md" for name in ("operations", "remi", "results")} | {
+        "README": REPO / "README.md"
+    }
+    headings = {name: anchors(page) for name, page in pages.items()}
+    missing = sorted(
+        f"{path.relative_to(REPO)}: {doc}.md#{anchor}"
+        for path, doc, anchor in cited_sections()
+        if anchor not in headings[doc]
+    )
+    assert not missing, "cited sections with no such heading:\n" + "\n".join(missing)

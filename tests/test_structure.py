@@ -10,6 +10,8 @@ tests/test_deploy.py::test_serve_path_never_imports_the_training_stack.
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,3 +146,59 @@ def test_the_item_row_offset_lives_in_the_contract_alone() -> None:
         and any(isinstance(a, ast.Call) and getattr(a.func, "attr", None) == "indices_to_rows" for a in node.args)
     ]
     assert not by_hand + guarded, "use remi.contract.ItemVocabulary's conversions:\n" + "\n".join(by_hand + guarded)
+
+
+# The word "issue" followed by a number (with a section, or hyphenated) cites the project's tracker,
+# which a reader of the repository cannot open. A decision is explained in the repository's own docs
+# and cited by its anchor (docs/operations.md#..., docs/remi.md#a7-defaults, docs/results.md#...);
+# "an issue with X" is fine.
+TRACKER_REFERENCE = re.compile(r"\bissues?[ -]#?\d+", re.IGNORECASE)
+SCANNED_SUFFIXES = {".py", ".md", ".toml", ".yml", ".yaml", ".sh", ".json", ".lua", ".cfg", ".ini"}
+
+
+def scanned_files() -> list[Path]:
+    """Every file of the checkout (tracked or new, not ignored) a reader reads as code, docs or config.
+
+    Recorded results JSON (benchmarks/results/, studies/results/) is left out: it is the raw record
+    of a run (its command, notes and settings as they were), data rather than prose, and rewriting
+    it would change what was recorded; the Markdown reports beside it are read as docs and are in.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], capture_output=True, text=True, cwd=REPO
+    )
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    out = []
+    for name in sorted(set(listed.stdout.splitlines())):
+        path = REPO / name
+        text_like = path.suffix in SCANNED_SUFFIXES or "Dockerfile" in path.name or name == ".ci/run"
+        if not text_like or not path.is_file():
+            continue
+        if path.suffix == ".json" and "results" in path.parts:
+            continue
+        out.append(path)
+    return out
+
+
+def test_no_reference_to_the_issue_tracker() -> None:
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]}"
+        for path in scanned_files()
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if TRACKER_REFERENCE.search(line)
+    ]
+    assert not found, "cite the docs section that explains it (docs/<file>.md#<anchor>) instead:\n" + "\n".join(found)
+
+
+def test_the_tracker_rule_tells_a_reference_from_the_word() -> None:
+    word = "issue"  # spelled apart, so that this file passes its own rule
+    for cited in (
+        f"({word} 23 A2)",
+        f"{word} 11 §4",
+        f"the pre-{word}-11 code",
+        f"{word.title()} 12 section 1",
+        f"{word}s 9, 12",
+    ):
+        assert TRACKER_REFERENCE.search(cited), cited
+    for prose in ("an issue with the lock", "issue a 503", "no issue here: 3 retries", "tissue 5"):
+        assert not TRACKER_REFERENCE.search(prose), prose

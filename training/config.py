@@ -138,7 +138,7 @@ class TrainConfig(BaseSettings):
             "--model mind 0 unless set."
         ),
     )
-    # interests that stay distinct (docs/remi.md A.11, issue 12 §3); both off by default
+    # interests that stay distinct (docs/remi.md#a11-interests-that-stay-distinct); both off by default
     rr_scope: RrScope = Field(
         "interest",
         description=(

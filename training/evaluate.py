@@ -4,7 +4,7 @@ look like (coverage, diversity, which interest supplied them; A.5).
 
 Validation during training may search an approximate index instead (``TrainConfig.eval_index``):
 exact search of every valid user's K interests over millions of items is what makes evaluation
-infeasible at 4M items, not the model (issue 11 §2; what recall it gives up:
+infeasible at 4M items, not the model (docs/remi.md#a4-evaluation; what recall it gives up:
 benchmarks/results/eval_index.md)."""
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def evaluate(
 
 
 def list_metrics(merged: np.ndarray, interest: np.ndarray, items: np.ndarray, n_interests: int) -> Metrics:
-    """What multi-interest retrieval is for, measured on the merged lists (docs/remi.md A.5, issue 12 §4).
+    """What multi-interest retrieval is for, measured on the merged lists
+    (docs/remi.md#a5-routing-collapse-diagnostics).
 
     ``coverage@N`` (distinct items recommended over all evaluated users / catalogue size),
     ``diversity@N`` (mean pairwise cosine distance of a list's item embeddings, mean over users),

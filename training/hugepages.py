@@ -1,4 +1,5 @@
-"""Transparent huge pages for a large item table (issue 11 §2), best effort, Linux only.
+"""Transparent huge pages for a large item table (docs/results.md#large-catalogues---optimizer-rowwise-adagrad), best
+effort, Linux only.
 
 With sparse updates a step reads and writes a few thousand random rows of the item table; at 4M x
 64 floats (1 GB) in 4 KiB pages nearly every row is a TLB miss and a page walk. Backed by 2 MiB

@@ -1,4 +1,5 @@
-"""The IHN and RR terms in their plain autograd form, as they were before issue 11 §2 wrote their
+"""The IHN and RR terms in their plain autograd form, as they were before
+docs/remi.md#b3-ihn-interest-aware-hard-negatives wrote their
 gradients out (training/losses.py). Kept as one copy: the oracle of
 tests/training/test_closed_form_losses.py and the "before" variants of benchmarks/throughput.py.
 Not used in training.

@@ -73,7 +73,8 @@ def ihn_loss(
 
 
 class _ImportanceWeightedSoftmax(torch.autograd.Function):
-    """The IHN loss (beta != 0) with its gradient in closed form (issue 11 §2, REMI's own cost).
+    """The IHN loss (beta != 0) with its gradient in closed form (docs/remi.md#b3-ihn-interest-aware-hard-negatives,
+    REMI's own cost).
 
     Per row, with s the logits, σ the weight scores (σ = s for raw), q = softmax(s + βσ),
     w = softmax(βσ) and the margin t = log M + lse(s + βσ) - lse(βσ) - s⁺:
@@ -216,7 +217,7 @@ def rr_scoped(routing: torch.Tensor, scope: str) -> torch.Tensor:
 
 
 class _AuthorsRoutingPenalty(torch.autograd.Function):
-    """RR with the authors' normalisation and its gradient written out (issue 11 §2).
+    """RR with the authors' normalisation and its gradient written out (docs/remi.md#b4-rr-routing-regularisation).
 
     mean_b sum_k var_bk^2 with var = sum_l (A - 1/L)^2 / d. Autograd of that chain is ~14 ops on
     small (B, K, L) tensors, each paying the per-op dispatch cost; here forward is 3 and backward

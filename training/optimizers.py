@@ -1,6 +1,6 @@
 """The optimiser of a training run: dense Adam over everything (the default), SparseAdam on the
 item table (``--optimizer sparse-adam``) or row-wise Adagrad on it (``--optimizer rowwise-adagrad``),
-each beside dense Adam on the rest (issue 11 §2).
+each beside dense Adam on the rest (docs/results.md#large-catalogues---optimizer-rowwise-adagrad).
 
 With dense Adam every step reads and writes all of the item table and both of its moment buffers,
 so a step's cost grows with the catalogue. With the two sparse choices the table's lookups give
@@ -138,7 +138,7 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 
     Why cosine: with a constant rate the item vectors keep fitting the training users after valid
     recall peaks, and on short-history data (amazon_beauty) it decays; annealing to 0 at the budget
-    makes the last steps small, so what the budget ends on is near the best (issue 12 section 1).
+    makes the last steps small, so what the budget ends on is near the best (docs/remi.md#a7-defaults).
     """
     if cfg.lr_schedule == "constant":
         return 1.0

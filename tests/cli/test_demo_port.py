@@ -1,4 +1,4 @@
-"""`remi demo` serves where REMI_PORT / REMI_HOST say, like `remi serve` (issue 9 C)."""
+"""`remi demo` serves where REMI_PORT / REMI_HOST say, like `remi serve` (README.md#remi-match)."""
 
 from __future__ import annotations
 

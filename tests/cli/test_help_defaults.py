@@ -1,4 +1,5 @@
-"""Defaults shown in `--help` are the ones the code uses (issue 9 C: HNSW help said 32/80/128).
+"""Defaults shown in `--help` are the ones the code uses (README.md#configuration-reference; HNSW
+help once said 32/80/128).
 
 `remi train`, `remi serve`, `remi index build` and `remi reindex` generate one flag per settings
 field; these tests read the expected flags and defaults from the settings classes, so they
@@ -102,7 +103,7 @@ def test_index_build_help_shows_the_hnsw_and_ivfpq_defaults_the_builder_uses() -
         hnsw["ef_construction"],
         hnsw["ef_search"],
     )
-    assert (hnsw["m"], hnsw["ef_construction"], hnsw["ef_search"]) == (48, 200, 64)  # issue 10: help said 32/80/128
+    assert (hnsw["m"], hnsw["ef_construction"], hnsw["ef_search"]) == (48, 200, 64)  # help once said 32/80/128
     ivfpq = resolve_params("ivfpq", 100_000, 64)
     for name in ("nbits", "nprobe", "refine"):
         assert shown[name] == ivfpq[name] == DEFAULTS["ivfpq"][name]

@@ -1,4 +1,5 @@
-"""`remi train` run folders as a user meets them (issue 9 C): overwrite, failure, paths, progress."""
+"""`remi train` run folders as a user meets them (README.md#training-on-your-data): overwrite,
+failure, paths, progress."""
 
 from __future__ import annotations
 

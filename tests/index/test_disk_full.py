@@ -1,4 +1,5 @@
-"""A full disk under the batch jobs (issue 23, A10): one line, exit status 2, nothing half-written.
+"""A full disk under the batch jobs (docs/operations.md#reindex-cadence-and-rollback): one line,
+exit status 2, nothing half-written.
 
 `remi reindex`, `export`, `train` and `history load` on a disk that fills up mid-way print one
 `error: ...` line (no traceback) and exit 2; reindex leaves no partial version and `current` as it

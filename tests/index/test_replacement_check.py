@@ -1,4 +1,4 @@
-"""Reindex compares the new model with the one it replaces (issue 23, A17).
+"""Reindex compares the new model with the one it replaces (docs/operations.md#reindex-cadence-and-rollback).
 
 `remi reindex` of another model's artifacts (the 985-item demo) into the root a live server
 follows used to exit 0, and within a poll every user of the real catalogue got cold-start answers

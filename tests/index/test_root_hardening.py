@@ -1,5 +1,6 @@
-"""What the index root's readers trust (issue 23, A8 and A9): pointers and manifests are read with a
-size cap and never through a symbolic link, and a version folder that is a link is never a version.
+"""What the index root's readers trust (docs/operations.md#reindex-cadence-and-rollback): pointers
+and manifests are read with a size cap and never through a symbolic link, and a version folder that
+is a link is never a version.
 
 Everything inside an index root is written by `remi reindex`, which writes none of these: a link,
 a FIFO or a 50 MB `current` is damage or an attack, and is refused by name, quickly.

@@ -163,7 +163,7 @@ def test_malformed_json_is_a_422(api: Server, raw: bytes) -> None:
 
 def test_a_long_history_is_truncated_and_one_over_the_limit_is_refused(api: Server, artifacts_dir: Path) -> None:
     """Up to REMI_HISTORY_ITEMS_MAX (1,000) ids the model reads the most recent REMI_HISTORY_MAX_LEN
-    (200); a longer list is a 422 naming it, refused before its items are read (issue 23 A2: a
+    (200); a longer list is a 422 naming it, refused before its items are read (README.md#api-usage: a
     100k-item history used to be read whole)."""
     items = item_ids(artifacts_dir)
     history = [items[i % len(items)] for i in range(1000)]

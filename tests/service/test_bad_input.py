@@ -178,7 +178,7 @@ def test_docs_load_only_local_assets(client: TestClient) -> None:
     assert "swagger-ui-bundle.js" in client.get("/docs").text
 
 
-# ---------------------------------------------------------------- work before refusal is bounded (issue 23 A2)
+# ------------------------------------- work before refusal is bounded (docs/operations.md#scaling-the-api-horizontally)
 
 TOO_LONG = [  # (path, body, token, the field named): every list one over its default limit
     ("/recommend", {"user_id": "u", "history": ["a"] * 1001}, False, ["body", "history"]),

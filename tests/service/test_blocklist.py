@@ -184,7 +184,7 @@ def test_the_blocklist_routes_are_404_without_a_configured_token(tiny_root: Path
         ({"item_ids": []}, ["body", "item_ids"], "too_short"),
         ({"item_ids": [f"i{n}" for n in range(BLOCK_MAX + 1)]}, ["body", "item_ids"], "too_long"),
         ({"item_ids": "item-001"}, ["body", "item_ids"], "list_type"),
-        ({"item_ids": [""]}, ["body", "item_ids", 0], "item_id_invalid"),  # one error per item (issue 23)
+        ({"item_ids": [""]}, ["body", "item_ids", 0], "item_id_invalid"),  # one error per item (README.md#api-usage)
         ({"item_ids": ["x" * 257]}, ["body", "item_ids", 0], "item_id_invalid"),
         ({"item_ids": ["ok", True]}, ["body", "item_ids", 1], "item_id_invalid"),
         ({"item_ids": ["ok"], "ids": ["x"]}, ["body", "ids"], "extra_forbidden"),
@@ -269,7 +269,7 @@ def test_a_redis_outage_keeps_the_last_list_and_answers(
         assert best not in [i["item_id"] for i in client.post("/recommend", json=body).json()["items"]]
 
 
-# ---------------------------------------------------------------- incremental updates (issue 23 A5)
+# -------------------------------------------- incremental updates (docs/operations.md#blocking-items-without-a-reindex)
 
 
 def command_calls(server: redis.Redis) -> dict[str, int]:
@@ -392,7 +392,8 @@ def fill_to_maxmemory(admin: redis.Redis) -> None:
 
 def test_the_blocklist_is_read_from_a_redis_at_maxmemory(own_redis: OwnRedis) -> None:
     """Redis refuses MULTI transactions at maxmemory with noeviction, reads or not: a worker that
-    started then applied no blocklist at all (issue 23 A6). The reads need no transaction."""
+    started then applied no blocklist at all (docs/operations.md#blocking-items-without-a-reindex).
+    The reads need no transaction."""
     store = RedisBlocklist(own_redis.url, "t:", timeout_s=1.0)
 
     async def first() -> None:
@@ -412,7 +413,7 @@ def test_the_blocklist_is_read_from_a_redis_at_maxmemory(own_redis: OwnRedis) ->
     assert fresh.loaded and fresh.snapshot.items == {"a"} and fresh.snapshot.version == 2
 
 
-# ---------------------------------------------------------------- fail closed (issue 23 A6)
+# ---------------------------------------------------- fail closed (docs/operations.md#blocking-items-without-a-reindex)
 
 
 def test_a_worker_that_cannot_read_the_blocklist_at_start_answers_503_and_is_not_ready(

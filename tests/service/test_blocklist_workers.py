@@ -96,8 +96,9 @@ def test_a_restarted_server_still_blocks(tiny_root: Path, tiny_model: TinyModel,
 def test_a_worker_restarted_while_redis_is_at_maxmemory_still_blocks(
     tiny_root: Path, tiny_model: TinyModel, own_redis: OwnRedis, tmp_path: Path
 ) -> None:
-    """Issue 23 A6: Redis at maxmemory (noeviction), then a worker killed: its replacement must
-    apply the list too (it read nothing and served blocked items in 20 of 20 answers)."""
+    """Fail closed (docs/operations.md#blocking-items-without-a-reindex): Redis at maxmemory
+    (noeviction), then a worker killed: its replacement must apply the list too (it read nothing and
+    served blocked items in 20 of 20 answers)."""
     body = {"user_id": "u", "k": 10, "history": tiny_model.item_ids[10:16], "use_stored_history": False}
     server = start_server(tiny_root, None, REMI_REDIS_URL=own_redis.url, REMI_ADMIN_TOKEN="s3cret", REMI_WORKERS="2")
     try:

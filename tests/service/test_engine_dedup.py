@@ -1,4 +1,5 @@
-"""The engine's levers of issue 11 section 4: interest dedup, one search per batch, answers as bytes."""
+"""The engine's serving levers (docs/operations.md#serving-cost-of-a-trained-model): interest dedup,
+one search per batch, answers as bytes."""
 
 from __future__ import annotations
 

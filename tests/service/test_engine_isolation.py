@@ -1,4 +1,4 @@
-"""A request's answer never depends on its neighbours (issue 9 B.5).
+"""A request's answer never depends on its neighbours (docs/operations.md#serving-cost-of-a-trained-model).
 
 Every merge, in process (Engine.recommend with mixed batches, and the micro-batcher with
 concurrent requests) and once end to end through a real server's /recommend/batch.

@@ -185,7 +185,7 @@ def test_a_body_the_fast_path_refuses_is_decoded_once(
     pair: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A valid JSON body that fails validation is handed to the full app already decoded: a 1 MiB
-    bad body costs one decode, not two (issue 23 A2)."""
+    bad body costs one decode, not two (docs/operations.md#scaling-the-api-horizontally)."""
     from service import http_guards
 
     calls: list[int] = []

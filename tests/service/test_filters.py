@@ -263,7 +263,8 @@ def test_filters_end_to_end_through_a_real_server(attr_root: Path, attr_model: A
 def test_blocked_items_never_appear_in_filtered_answers_which_still_fill_k(
     attr_root: Path, attr_model: AttrModel
 ) -> None:
-    """The live blocklist and a filter together (issue 13): the filtered paths (graph with a
+    """The live blocklist and a filter together
+    (docs/operations.md#blocking-items-without-a-reindex): the filtered paths (graph with a
     selector, exact subset, popular fallback) and the interests view drop blocked items as the
     plain path does, and an answer still has min(k, allowed unblocked unseen) items; the filter's
     counts stay the filter's."""
@@ -297,7 +298,7 @@ def test_blocked_items_never_appear_in_filtered_answers_which_still_fill_k(
         assert shown and not set(shown) & set(blocked) and set(shown) <= allowed_ids(attr_model, spec)
 
 
-# ---------------------------------------------------------------- null and arbitrary JSON values (issue 23 A4)
+# ---------------------------------------------------------------- null and arbitrary JSON values (README.md#api-usage)
 
 FILTER_ROUTES = ("recommend", "batch", "interests")
 

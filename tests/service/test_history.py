@@ -405,7 +405,7 @@ def test_a_server_that_never_answers_times_out_into_history_unavailable() -> Non
         asyncio.run(go())
 
 
-# --- one order: timestamps (issue 23 A12) -----------------------------------------------------------
+# --- one order: timestamps (docs/operations.md#scaling-the-api-horizontally) ------------------------------------------
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -492,7 +492,7 @@ def test_both_stores_keep_the_same_order_and_it_is_the_timestamp_order(
         assert memory == [arrived[n] for n in order[max(0, len(order) - max_len) :]]
 
 
-# --- a busy event loop is not a slow Redis (issue 23 A13) -------------------------------------------
+# --- a busy event loop is not a slow Redis (docs/operations.md#scaling-the-api-horizontally) --------------------------
 
 
 async def _stalled_while_in_flight(call: object, turns: int, stall_s: float = 0.3) -> object:
@@ -509,7 +509,8 @@ async def _stalled_while_in_flight(call: object, turns: int, stall_s: float = 0.
 @needs_redis
 @pytest.mark.parametrize("pooled", [False, True], ids=["new-connection", "pooled-connection"])
 def test_a_stalled_event_loop_is_not_a_slow_redis(prefix: str, pooled: bool) -> None:
-    """With 2 workers on 2 cores a few answers in 10k fell back with a healthy Redis (issue 23 A13):
+    """With 2 workers on 2 cores a few answers in 10k fell back with a healthy Redis
+    (docs/operations.md#scaling-the-api-horizontally):
     the loop came back after the deadline with the reply (or the connection) waiting in the socket,
     and the timer fired first: a timeout, or "unreachable" (which counts for the breaker). Stalled
     at every step of a call (connect, handshake, send, read), it must still get its answer."""

@@ -101,8 +101,9 @@ def test_load_keeps_the_last_max_len_in_training_order_and_a_rerun_changes_nothi
 def test_events_posted_after_a_load_join_the_loaded_history_in_timestamp_order(
     tmp_path: Path, redis_prefix: str
 ) -> None:
-    """One rule for both paths (issue 23 A12): the loader sorts by timestamp (file order on ties),
-    and an event posted later with an older timestamp goes where its timestamp puts it."""
+    """One rule for both paths (docs/operations.md#scaling-the-api-horizontally, a history's order):
+    the loader sorts by timestamp (file order on ties), and an event posted later with an older
+    timestamp goes where its timestamp puts it."""
     path = tmp_path / "interactions.csv"
     pd.DataFrame({"user_id": ["u1"] * 4, "item_id": ["c", "a", "tie-1", "b"], "timestamp": [30, 10, 20, 20]}).to_csv(
         path, index=False

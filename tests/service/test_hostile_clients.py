@@ -1,4 +1,6 @@
-"""What one client may hold of a worker (issue 23 A1, A3), against real `remi serve` processes.
+"""What one client may hold of a worker
+(docs/operations.md#hostile-clients-what-one-connection-may-hold), against real `remi serve`
+processes.
 
 Raw sockets, so the test controls every byte and every pause: connections that send nothing,
 heads and bodies trickled a byte at a time, heads too large or with too many lines, and more

@@ -1,4 +1,5 @@
-"""A hostile or damaged index root against a real `remi serve` process (issue 23, A8 and A9).
+"""A hostile or damaged index root against a real `remi serve` process
+(docs/operations.md#reindex-cadence-and-rollback).
 
 What reaches an HTTP response names versions and files, never a path of the machine, and a
 pointer file is read with a size cap (a `current` linked to a 50 MB file made a 100 MB /readyz

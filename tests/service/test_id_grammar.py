@@ -1,4 +1,4 @@
-"""One id grammar for user and item ids, in bodies and in paths (issue 23 A14, A15).
+"""One id grammar for user and item ids, in bodies and in paths (README.md#api-usage).
 
 Ids are printable UTF-8 text of 1..256 characters: no control characters, none of the 66 Unicode
 non-characters, no U+FFFD, no lone surrogates, and not ``.`` or ``..`` (a URL path cannot carry

@@ -1,5 +1,6 @@
-"""One server per port (issue 23 A16): a second `remi serve` on a taken port exits 2 with one line,
-whatever the worker counts, instead of joining the first one's SO_REUSEPORT group."""
+"""One server per port (docs/operations.md#hostile-clients-what-one-connection-may-hold): a second
+`remi serve` on a taken port exits 2 with one line, whatever the worker counts, instead of joining
+the first one's SO_REUSEPORT group."""
 
 from __future__ import annotations
 

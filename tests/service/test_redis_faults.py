@@ -326,7 +326,8 @@ def test_serve_with_a_denied_redis_fails_closed_answers_503_and_warns_at_start(
     artifacts_dir: Path, servers: list[Own], tmp_path: Path
 ) -> None:
     """Redis refuses every command from the start: the worker cannot read the blocklist and has no
-    copy on disk, so it gives no answer that could hold a blocked item (issue 23 A6) and says why."""
+    copy on disk, so it gives no answer that could hold a blocked item
+    (docs/operations.md#blocking-items-without-a-reindex) and says why."""
     ip = outward_ip()
     if ip is None:
         pytest.skip("no non-loopback address")

@@ -1,4 +1,4 @@
-"""A reload hands the replaced version's memory back to the kernel (issue 23 B, the soak).
+"""A reload hands the replaced version's memory back to the kernel (the soak: docs/results.md#soak).
 
 glibc keeps freed heap inside the process unless ``malloc_trim`` runs after the free. The trim
 used to run only at the end of loading the new version, while the old engine was still being

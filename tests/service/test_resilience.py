@@ -63,7 +63,8 @@ def test_redis_outage_falls_back_and_recovers(artifacts_dir: Path, own_redis: Ow
 
 def test_unreachable_redis_from_the_start_fails_closed_until_it_answers(artifacts_dir: Path, tmp_path: Path) -> None:
     """No blocklist from the store and no copy of it on disk: any answer could hold a blocked item,
-    so none is given (issue 23 A6; it used to serve, blocking nothing); once Redis answers, it serves."""
+    so none is given (docs/operations.md#blocking-items-without-a-reindex; it used to serve,
+    blocking nothing); once Redis answers, it serves."""
     dead = OwnRedis()  # a free port nobody listens on
     server = start_server(tmp_path / "root", artifacts_dir, REMI_REDIS_URL=dead.url)
     try:

@@ -74,7 +74,8 @@ def test_two_mapped_workers_answer_like_private_copies_and_follow_reindexes(
         expected = answers(copied, bodies)
     finally:
         copied.stop()
-    server = start_server(root, None, REMI_WORKERS="2", REMI_MMAP="true", **env)  # opt-in since issue 23 A9
+    # mapping is opt-in: docs/operations.md#memory-per-worker-one-copy-of-the-version-for-all-workers
+    server = start_server(root, None, REMI_WORKERS="2", REMI_MMAP="true", **env)
     try:
         wait_for(lambda: versions_served(server) == [first, first])
         pids = worker_pids(server)

@@ -1,4 +1,5 @@
-"""IHN and RR with hand-written gradients (issue 11 §2) give the loss and gradients of the plain
+"""IHN and RR with hand-written gradients (docs/remi.md#b3-ihn-interest-aware-hard-negatives) give the loss and
+gradients of the plain
 autograd form (training/loss_reference.py), and training on them follows the same trajectory."""
 
 from collections.abc import Iterator

@@ -1,4 +1,5 @@
-"""A bare `remi train` trains the recommended model: the defaults are configs/default.json (issue 12 §1)."""
+"""A bare `remi train` trains the recommended model: the defaults are configs/default.json
+(docs/remi.md#a7-defaults)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Validation by an approximate index at catalogue scale (``eval_index``, issue 11 §2): chosen by
+"""Validation by an approximate index at catalogue scale (``eval_index``, docs/remi.md#a4-evaluation): chosen by
 the size threshold, close to exact search, and only for validation during training."""
 
 from __future__ import annotations

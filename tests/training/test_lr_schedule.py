@@ -1,6 +1,6 @@
 """``--lr-schedule cosine``: the learning rate anneals from ``lr`` to 0 over the step budget.
 
-It is what keeps the default model from decaying by the end of its budget (issue 12 section 1),
+It is what keeps the default model from decaying by the end of its budget (docs/remi.md#a7-defaults),
 so the tests check the rate every step of a real training run actually used, on every
 optimiser the trainer builds, and that ``constant`` leaves the rates alone.
 """

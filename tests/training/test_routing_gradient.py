@@ -1,4 +1,4 @@
-"""Which parameters the REMI terms reach on each backbone (issue 12 §2, docs/remi.md A.10).
+"""Which parameters the REMI terms reach on each backbone (docs/remi.md#a10-rr-and-ihn-on-the-capsule-backbones).
 
 Dynamic routing updates its logits from detached agreements, so in ComiRec's form the capsule
 models' coupling coefficients depend on no parameter and RR is a constant. remi-match keeps the

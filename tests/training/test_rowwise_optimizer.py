@@ -1,4 +1,5 @@
-"""``--optimizer rowwise-adagrad``: row-wise Adagrad on the item table (issue 11 §2).
+"""``--optimizer rowwise-adagrad``: row-wise Adagrad on the item table
+(docs/results.md#large-catalogues---optimizer-rowwise-adagrad).
 
 It changes only the rows a batch touches, equals a written-out reference update (duplicates
 summed, one accumulator per row), keeps O(rows) state, trains, runs under --nproc like

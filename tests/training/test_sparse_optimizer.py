@@ -1,4 +1,5 @@
-"""``--optimizer sparse-adam``: SparseAdam on the item table, dense Adam on the rest (issue 11 §2).
+"""``--optimizer sparse-adam``: SparseAdam on the item table, dense Adam on the rest
+(docs/results.md#large-catalogues---optimizer-rowwise-adagrad).
 
 Only the rows a batch touches change; it still learns; the default ``adam`` is the code path it
 always was; two CPU processes train as one; the combinations it cannot honour are refused.
