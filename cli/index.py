@@ -1,7 +1,9 @@
 """``remi index build|status|rollback|sync`` and ``remi reindex [--publish URL]``: the FAISS item index.
 
 The build settings (kind, HNSW / IVF-PQ parameters, recall gate, versions kept) are flags
-generated from :class:`~index.params.IndexSettings`.
+generated from :class:`~index.params.IndexSettings`. ``--backend milvus`` (reindex, status,
+rollback) publishes to a Milvus collection per version behind an alias instead
+(index/milvus_publish.py; the REMI_BACKEND / REMI_MILVUS_* settings of :class:`~index.backend.BackendSettings`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import typer
 from pydantic import ValidationError
 
 from cli.options import SettingsFlags, settings_error, settings_options
+from index.backend import BackendSettings
 from index.params import REINDEX_ONLY, IndexSettings
 
 if TYPE_CHECKING:
     from index.served import GateSettings
+from remi.errors import RemiError
 
 Opt = typer.Option
 PANEL = "Index settings (flag > REMI_INDEX_* > default)"
@@ -26,6 +30,64 @@ index_app = typer.Typer(
     help="FAISS item index: build one, inspect, roll back or sync an index root.", no_args_is_help=True
 )
 app.add_typer(index_app, name="index")
+
+
+# --backend and where Milvus is: flags over the REMI_BACKEND / REMI_MILVUS_* variables the service reads too
+BACKEND_PANEL = "Backend (flag > REMI_* > default)"
+Backend = Annotated[
+    str | None,
+    Opt(
+        "--backend",
+        help="faiss: a FAISS index per version, `current` flipped; milvus: a Milvus collection per version, "
+        "the alias flipped (default: REMI_BACKEND, else faiss).",
+        metavar="[faiss|milvus]",
+        rich_help_panel=BACKEND_PANEL,
+    ),
+]
+MilvusUri = Annotated[
+    str | None,
+    Opt(
+        help="--backend milvus: http(s)://host:19530, or a Milvus Lite .db file (default: REMI_MILVUS_URI).",
+        metavar="URI",
+        rich_help_panel=BACKEND_PANEL,
+    ),
+]
+MilvusAlias = Annotated[
+    str | None,
+    Opt(
+        help="The Milvus alias flipped and served (default: REMI_MILVUS_ALIAS, else remi).",
+        rich_help_panel=BACKEND_PANEL,
+    ),
+]
+MilvusPrefix = Annotated[
+    str | None,
+    Opt(
+        help="Collections are <prefix><version>; one prefix per index root (default: REMI_MILVUS_COLLECTION_PREFIX, "
+        "else remi_).",
+        rich_help_panel=BACKEND_PANEL,
+    ),
+]
+MilvusTokenFile = Annotated[
+    Path | None,
+    Opt(help="File holding the Milvus credential (or REMI_MILVUS_TOKEN).", rich_help_panel=BACKEND_PANEL),
+]
+
+
+def backend_settings(
+    backend: str | None, uri: str | None, alias: str | None, prefix: str | None, token_file: Path | None
+) -> BackendSettings:
+    """The backend settings: the flags given, then REMI_* variables, then the defaults."""
+    given: dict[str, Any] = {
+        "backend": backend,
+        "milvus_uri": uri,
+        "milvus_alias": alias,
+        "milvus_collection_prefix": prefix,
+        "milvus_token_file": token_file,
+    }
+    try:
+        return BackendSettings(**{name: value for name, value in given.items() if value is not None})
+    except ValidationError as exc:
+        raise settings_error(exc) from exc
 
 
 def index_settings(flags: SettingsFlags) -> IndexSettings:
@@ -101,13 +163,24 @@ def reindex_cmd(
             metavar="URL",
         ),
     ] = None,
+    backend: Backend = None,
+    milvus_uri: MilvusUri = None,
+    milvus_alias: MilvusAlias = None,
+    milvus_collection_prefix: MilvusPrefix = None,
+    milvus_token_file: MilvusTokenFile = None,
     *,
     flags: SettingsFlags,
 ) -> None:
-    """Batch reindex: build a new index version, validate it, then flip `current` atomically."""
+    """Batch reindex: build a new index version, validate it, then flip `current` (or the Milvus alias) atomically."""
     from index.publish import reindex
 
     settings = index_settings(flags)
+    where = backend_settings(backend, milvus_uri, milvus_alias, milvus_collection_prefix, milvus_token_file)
+    if where.backend == "milvus":
+        if publish:
+            raise RemiError("--publish uploads FAISS versions; a Milvus version is published by its alias flip")
+        typer.echo(json.dumps(reindex_milvus_summary(artifacts, root, settings, where, force), indent=2))
+        return
     if publish:  # build against what the replicas serve: "up to date" and the replacement check compare with it
         from index.sync import seed_from_remote
 
@@ -153,6 +226,42 @@ def reindex_cmd(
     typer.echo(json.dumps(summary, indent=2))
 
 
+def reindex_milvus_summary(
+    artifacts: Path, root: Path, settings: IndexSettings, where: BackendSettings, force: bool
+) -> dict[str, Any]:
+    """``remi reindex --backend milvus``: the job (index/milvus_publish.py) and what it prints."""
+    from index.milvus_publish import reindex_milvus
+
+    target = where.milvus_target()
+    result = reindex_milvus(
+        artifacts,
+        root,
+        target,
+        settings.kind,
+        settings.given_params(),
+        min_recall=settings.min_recall,
+        keep=settings.keep,
+        force=force,
+        recall_of=settings.recall_of,
+        min_catalogue_overlap=settings.min_catalogue_overlap,
+        min_history_coverage=settings.min_history_coverage,
+    )
+    return {
+        "current": result.index_version,
+        "previous": result.previous,
+        "built": result.built,
+        "backend": "milvus",
+        "alias": target.alias,
+        "collection": result.manifest.collection,
+        "kind": result.manifest.kind,
+        "params": result.manifest.params,
+        "recall@50": result.manifest.recall_at_50,
+        "build_seconds": result.manifest.build_seconds,
+        "pruned": result.pruned,
+        "seconds": round(result.seconds, 2),
+    }
+
+
 def runners_up(candidates: list[dict[str, Any]] | None) -> list[str] | None:
     """One line per candidate `--kind auto` tried (index/auto.py), the chosen one first."""
     if candidates is None:
@@ -196,10 +305,21 @@ def current_index(root: Path) -> dict[str, Any] | None:
 def index_status_cmd(
     root: Annotated[Path | None, Opt(help="Index root.")] = None,
     remote: Annotated[str | None, Opt(help="Object-store URL of a published root instead.", metavar="URL")] = None,
+    backend: Backend = None,
+    milvus_uri: MilvusUri = None,
+    milvus_alias: MilvusAlias = None,
+    milvus_token_file: MilvusTokenFile = None,
 ) -> None:
-    """Show the version `current` points to and the complete versions kept (of a root or a remote)."""
+    """Show the version `current` (or the Milvus alias) points to and the complete versions kept (of a root or a
+    remote)."""
     if (root is None) == (remote is None):
         raise typer.BadParameter("give --root or --remote (one of them)")
+    where = backend_settings(backend, milvus_uri, milvus_alias, None, milvus_token_file)
+    if where.backend == "milvus" and root is not None:
+        from index.milvus_publish import status_milvus
+
+        typer.echo(json.dumps(status_milvus(root, where.milvus_target()), indent=2))
+        return
     if remote is not None:
         from index.sync import remote_status
 
@@ -223,10 +343,22 @@ def index_rollback_cmd(
             metavar="URL",
         ),
     ] = None,
+    backend: Backend = None,
+    milvus_uri: MilvusUri = None,
+    milvus_alias: MilvusAlias = None,
+    milvus_token_file: MilvusTokenFile = None,
 ) -> None:
-    """Point `current` back at an older complete version (validated first), of a root or of a remote."""
+    """Point `current` (or the Milvus alias) back at an older complete version (validated first), of a root or of
+    a remote."""
     if (root is None) == (remote is None):
         raise typer.BadParameter("give --root or --remote (one of them)")
+    where = backend_settings(backend, milvus_uri, milvus_alias, None, milvus_token_file)
+    if where.backend == "milvus" and root is not None:
+        from index.milvus_publish import rollback_milvus
+
+        target = where.milvus_target()
+        typer.echo(json.dumps({"current": rollback_milvus(root, target, to), "alias": target.alias}))
+        return
     if remote is not None:
         from index.sync import rollback_remote
 

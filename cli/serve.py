@@ -54,7 +54,9 @@ def serve(flags: SettingsFlags, access_log: bool = False) -> None:
     for var in NATIVE_THREAD_VARS:
         os.environ.setdefault(var, str(settings.faiss_threads))
     settings.export_env(os.environ)  # what every server process reads: ServiceSettings() == settings
-    _check_serve_paths(settings.index_root, settings.artifacts, settings.wait_for_index)
+    # With --backend milvus the versions come from `remi reindex --backend milvus`: wait for its alias.
+    waits = settings.wait_for_index or settings.backend == "milvus"
+    _check_serve_paths(settings.index_root, settings.artifacts, waits)
 
     from remi.logs import setup_logging
     from service import workers
@@ -73,6 +75,11 @@ def serve(flags: SettingsFlags, access_log: bool = False) -> None:
             logging.getLogger("cli").warning(
                 "--artifacts is ignored with REMI_WAIT_FOR_INDEX: waiting for a synced version",
                 extra={"artifacts": str(settings.artifacts), "index_root": str(settings.index_root)},
+            )
+        elif settings.artifacts is not None and settings.backend == "milvus":
+            logging.getLogger("cli").warning(
+                "--artifacts is ignored with --backend milvus: publish with `remi reindex --backend milvus`",
+                extra={"artifacts": str(settings.artifacts), "milvus_alias": settings.milvus_alias},
             )
         elif settings.artifacts is not None:
             _publish_first(settings.artifacts, settings.index_root)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,26 @@ class ServiceSettings(BaseSettings):
         "cache for all workers (off: a private copy per worker). On, a file truncated in place kills the workers "
         "(SIGBUS): only where nothing but the reindex job can write the index root.",
     )
+    backend: Literal["faiss", "milvus"] = Field(
+        "faiss",
+        description="Where the items are searched: each version's FAISS index in every worker's memory (faiss), or "
+        "the Milvus collection that REMI_MILVUS_ALIAS names (milvus; the model still loads from its version folder).",
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="The Milvus of --backend milvus: http(s)://host:19530 (a cluster), or a Milvus Lite .db file "
+        "(one process: --workers 1, and no reindex job beside it).",
+    )
+    milvus_alias: str = Field(
+        "remi", description="The Milvus alias that `remi reindex --backend milvus` flips and the service follows."
+    )
+    milvus_token: SecretStr | None = Field(
+        None, description="Milvus credential (user:password or an API key); environment only."
+    )
+    milvus_token_file: Path | None = Field(
+        None, description="A file holding the Milvus credential (instead of REMI_MILVUS_TOKEN), read at start."
+    )
+    milvus_timeout_s: float = Field(2.0, gt=0, description="Deadline of one Milvus call (a search, an alias lookup).")
     admin_token: SecretStr | None = Field(
         None,
         description="Bearer token with the `admin` scope (the /admin/* routes, and every other scope); unset with no "
@@ -276,6 +297,22 @@ class ServiceSettings(BaseSettings):
                 "REMI_JWT_SECRET must have at least 32 characters (HS256 with a short secret is guessable)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _milvus_backend_has_a_milvus(self) -> ServiceSettings:
+        if self.backend == "milvus" and not self.milvus_uri:
+            raise ValueError("REMI_BACKEND=milvus needs REMI_MILVUS_URI (http://host:19530, or a Milvus Lite .db file)")
+        if self.backend == "milvus" and str(self.milvus_uri).endswith(".db") and self.workers > 1:
+            raise ValueError("a Milvus Lite .db file serves one process: use --workers 1 or a Milvus server URI")
+        return self
+
+    def milvus_credential(self) -> str | None:
+        """The Milvus token: REMI_MILVUS_TOKEN, else REMI_MILVUS_TOKEN_FILE's content (stripped), else none."""
+        if self.milvus_token is not None:
+            return self.milvus_token.get_secret_value()
+        if self.milvus_token_file is not None:
+            return self.milvus_token_file.read_text().strip() or None
+        return None
 
     @model_validator(mode="after")
     def _embedded_store_is_per_process(self) -> ServiceSettings:

@@ -11,6 +11,11 @@ beside siblings that answer 200: first the version ``current`` named before its 
 (``INDEX_ROOT/previous``, what the siblings still serve), then every other complete version,
 newest first; the first that loads completely serves. The refusal stays in /readyz
 (``last_reload_error``) until ``current`` names a version this worker serves or loads.
+
+With ``REMI_BACKEND=milvus`` the pointer is the Milvus alias instead of ``current``
+(retrieval/milvus.py, :class:`~retrieval.milvus.MilvusServing`): polled the same way, a version
+loads as its folder's model plus a retriever over its collection, and a worker with nothing
+loaded falls back to the root's other Milvus versions, newest first.
 """
 
 from __future__ import annotations
@@ -22,14 +27,18 @@ import re
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from remi.contract import CURRENT, VERSIONS, read_artifact_manifest
 from remi.errors import RemiError
 from retrieval.engine import Engine
+from retrieval.retriever import Retriever, ServedVersion
 from retrieval.store import list_versions, load_version, read_current, read_previous, version_dir
 from service import telemetry
 from service.config import ServiceSettings
+
+if TYPE_CHECKING:
+    from retrieval.milvus import MilvusServing
 
 log = logging.getLogger("remi.service")
 
@@ -93,6 +102,12 @@ class Versions:
         self.loaded_at: float | None = None
         self._lock = asyncio.Lock()
         self._trims: set[asyncio.Future[None]] = set()  # trims under way (a task must be referenced to run)
+        self.milvus: MilvusServing | None = None  # the alias and collections of REMI_BACKEND=milvus
+        if settings.backend == "milvus":
+            from retrieval.milvus import MilvusServing  # pymilvus is an extra: imported only when chosen
+
+            uri, alias, timeout = str(settings.milvus_uri), settings.milvus_alias, settings.milvus_timeout_s
+            self.milvus = MilvusServing(self.root, uri, alias, settings.milvus_credential(), timeout)
 
     @property
     def error(self) -> str | None:
@@ -110,6 +125,8 @@ class Versions:
         ``remi serve --artifacts`` publishes the first version before the workers start (the
         service only reads versions); when that failed, the artifact check says why in /readyz.
         """
+        if self.milvus is not None:
+            return f"Milvus alias {self.milvus.alias} names no collection (run `remi reindex --backend milvus`)"
         error = f"{self.root}: no current index version (run `remi reindex`)"
         if self.settings.artifacts is None:
             return error
@@ -120,9 +137,14 @@ class Versions:
         return f"{error}; the artifacts {self.settings.artifacts} were not published"
 
     def _load(self, name: str) -> Engine:
-        version = load_version(
-            version_dir(self.root, name), threads=self.settings.onnx_threads, mmap=self.settings.mmap
+        if self.milvus is not None:
+            version, retriever = self.milvus.load(name, threads=self.settings.onnx_threads, mmap=self.settings.mmap)
+            return self._engine(version, retriever)
+        return self._engine(
+            load_version(version_dir(self.root, name), threads=self.settings.onnx_threads, mmap=self.settings.mmap)
         )
+
+    def _engine(self, version: ServedVersion, retriever: Retriever | None = None) -> Engine:
         engine = Engine(
             version,
             faiss_threads=self.settings.faiss_threads,
@@ -131,6 +153,7 @@ class Versions:
             filter_exact_max_rows=self.settings.filter_exact_max_rows,
             filter_slot_cost=self.settings.filter_graph_slot_cost,
             filter_cache_mb=self.settings.filter_cache_mb,
+            retriever=retriever,
         )
         engine.warm_up()
         release_free_memory()
@@ -138,7 +161,10 @@ class Versions:
 
     def _fall_back(self, refused: str | None) -> tuple[list[str], tuple[str, Engine] | None]:
         """The candidates of :func:`fallback_order`, and the first that loads completely (or None)."""
-        candidates = fallback_order(self.root, refused)
+        if self.milvus is not None:
+            candidates = [name for name in reversed(self.milvus.versions()) if name != refused]
+        else:
+            candidates = fallback_order(self.root, refused)
         for name in candidates:
             try:
                 return candidates, (name, self._load(name))
@@ -202,7 +228,7 @@ class Versions:
         """Loads ``current`` if it changed (or ``force``); returns what happened."""
         async with self._lock:
             try:
-                name = await asyncio.to_thread(read_current, self.root)
+                name = await asyncio.to_thread(self.read_pointer)
             except (RemiError, OSError) as exc:  # a link, a FIFO, an oversized file: refused by name
                 log.error("cannot read current", extra={"error": str(exc)})
                 name, self.error = None, str(exc) if isinstance(exc, RemiError) else f"cannot read {CURRENT}: {exc}"
@@ -238,6 +264,10 @@ class Versions:
                 },
             )
             return {"changed": True, "version": name, "previous": previous, "error": None}
+
+    def read_pointer(self) -> str | None:
+        """The version to serve: ``current``'s, or the Milvus alias's (REMI_BACKEND=milvus)."""
+        return self.milvus.current() if self.milvus is not None else read_current(self.root)
 
     @property
     def refused(self) -> str | None:

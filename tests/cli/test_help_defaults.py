@@ -29,7 +29,7 @@ DEFAULT_IN_HELP = re.compile(r"\(default:? (?:REMI_\w+ or )?([^\s),;]+)|\[defaul
 WIDE = {**os.environ, "COLUMNS": "250", "TERMINAL_WIDTH": "250", "NO_COLOR": "1"}
 GENERATED: dict[str, tuple[type[BaseModel], set[str]]] = {  # command -> settings class, fields without a flag
     "train": (TrainConfig, set()),
-    "serve": (ServiceSettings, {"admin_token", "jwt_secret"}),  # secrets: from the environment only
+    "serve": (ServiceSettings, {"admin_token", "jwt_secret", "milvus_token"}),  # secrets: from the environment only
     "index build": (IndexSettings, {"keep", "min_catalogue_overlap", "min_history_coverage"}),
     "reindex": (IndexSettings, set()),
 }
@@ -186,9 +186,9 @@ def test_every_default_stated_in_any_commands_help_is_the_real_default() -> None
 
 def test_secrets_are_never_flags() -> None:
     secret = [n for n, f in ServiceSettings.model_fields.items() if SecretStr in getattr(f.annotation, "__args__", ())]
-    assert secret == ["admin_token", "jwt_secret"]
+    assert secret == ["milvus_token", "admin_token", "jwt_secret"]
     help_text = rendered_help("serve")
-    assert "--admin-token" not in help_text and "--jwt-secret" not in help_text
+    assert "--admin-token" not in help_text and "--jwt-secret" not in help_text and "--milvus-token" not in help_text
 
 
 @pytest.mark.parametrize("model", [TrainConfig, ServiceSettings, IndexSettings], ids=lambda m: m.__name__)
