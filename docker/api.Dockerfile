@@ -41,6 +41,9 @@ RUN pip install --no-deps . && rm -rf build *.egg-info && pip check
 USER remi
 
 # Settings come from REMI_* variables (service/config.py), e.g. REMI_REDIS_URL, REMI_ONNX_THREADS.
+# The CMD builds a first index version from /data/artifacts when /data/index has none (compose). Replicas
+# that follow a published index run `remi serve` with REMI_WAIT_FOR_INDEX=true instead (never build; 503 until
+# synced) beside `remi index sync --from s3://... --root /data/index` from this same image (deploy/k8s).
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
