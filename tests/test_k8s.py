@@ -72,6 +72,12 @@ def container(spec: dict[str, Any], name: str, init: bool = False) -> dict[str, 
     return found[0]
 
 
+def flag(c: dict[str, Any], name: str) -> str:
+    """The value a container's command line gives ``name``."""
+    argv = [*c.get("command", []), *c.get("args", [])]
+    return str(argv[argv.index(name) + 1])
+
+
 def container_env(overlay: str, c: dict[str, Any]) -> dict[str, str | None]:
     """A container's variables: literal values, None for the ones read from a Secret."""
     env: dict[str, str | None] = {}
@@ -184,7 +190,7 @@ def test_the_api_pod_probes_drains_is_limited_and_runs_non_root_on_a_read_only_r
             if not m.get("readOnly"):
                 assert "emptyDir" in volumes[m["name"]], (c["name"], m["name"])
     settings = config_map(overlay, "remi-api-settings")
-    assert settings["REMI_INDEX_ROOT"] == "/data/index"
+    assert flag(api, "--index-root") == "/data/index"
     assert settings["REMI_API_KEYS_FILE"].startswith(
         next(m["mountPath"] for m in api["volumeMounts"] if m["name"] == "api-keys") + "/"
     )
@@ -202,7 +208,7 @@ def test_the_sidecar_syncs_into_the_root_the_api_serves_from_where_the_cronjob_p
     assert sync["restartPolicy"] == "Always"  # a native sidecar: up before the API, down after it
     argv = [*sync["command"], *sync["args"]]
     assert argv[:3] == ["remi", "index", "sync"]
-    assert argv[argv.index("--root") + 1] == config_map(overlay, "remi-api-settings")["REMI_INDEX_ROOT"]
+    assert flag(sync, "--root") == flag(container(spec, "api"), "--index-root")
     assert argv[argv.index("--from") + 1] == "$(REMI_INDEX_REMOTE)"
     index_volume = {m["mountPath"]: m["name"] for m in sync["volumeMounts"]}["/data/index"]
     assert {m["mountPath"]: m["name"] for m in container(spec, "api")["volumeMounts"]}["/data/index"] == index_volume
@@ -257,8 +263,23 @@ def test_every_remi_command_and_flag_in_the_manifests_exists() -> None:
         words = words[:2] if words[0] == "index" else words[:1]
         result = runner.invoke(app, [*words, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0, (words, result.output)
-        for flag in (w for w in argv if w.startswith("--")):
-            assert re.search(rf"{re.escape(flag)}\b", result.output), f"remi {' '.join(words)} has no {flag}"
+        for option in (w for w in argv if w.startswith("--")):
+            assert re.search(rf"{re.escape(option)}\b", result.output), f"remi {' '.join(words)} has no {option}"
+        for required in required_options(words):  # a required flag is never left to a variable
+            assert required & set(argv), f"remi {' '.join(words)} needs {sorted(required)}: {argv}"
+
+
+def required_options(words: list[str]) -> list[set[str]]:
+    """The option names of each required parameter of ``remi <words>``."""
+    import typer
+
+    from cli import app
+
+    command: Any = typer.main.get_command(app)
+    ctx = command.context_class(command)  # typer's own click, whichever it is
+    for word in words:
+        command = command.get_command(ctx, word)
+    return [set(p.opts) for p in command.params if p.required and p.param_type_name == "option"]
 
 
 READ_ONLY_POD = """
@@ -268,44 +289,71 @@ mount --bind "$TMPDIR" "$TMPDIR"
 mount -o remount,bind,ro /
 if touch "$REPO/.read-only-probe" 2>/dev/null; then echo "root file system writable"; exit 3; fi
 cd "$REPO"
-"$PY" -m cli index sync --from "$REMOTE" --root "$INDEX" --every 0.3 > "$TMPDIR/sync.log" 2>&1 &
-"$PY" -m cli serve --index-root "$INDEX" --port "$PORT" > "$TMPDIR/serve.log" 2>&1 &
+eval "exec $SYNC_CMD" > "$TMPDIR/sync.log" 2>&1 &
+eval "exec $SERVE_CMD" > "$TMPDIR/serve.log" 2>&1 &
 trap 'kill %1 %2; wait' EXIT
 for _ in $(seq 1 150); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/readyz")" = 200 ] && break; sleep 0.2
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$REMI_PORT/readyz")" = 200 ] && break; sleep 0.2
 done
-curl -sf -X POST "http://127.0.0.1:$PORT/recommend" -H 'content-type: application/json' \
-  -d '{"user_id": "u1", "history": ["item-001", "item-002"], "k": 3}'
-curl -sf "http://127.0.0.1:$PORT/metrics" > /dev/null
+curl -sf -X POST "http://127.0.0.1:$REMI_PORT/recommend" -H "authorization: Bearer $KEY" \
+  -H 'content-type: application/json' -d '{"user_id": "u1", "history": ["item-001", "item-002"], "k": 3}'
+curl -sf "http://127.0.0.1:$REMI_PORT/metrics" -H "authorization: Bearer $KEY" > /dev/null
 """
 
 
+def base_settings() -> dict[str, str]:
+    """The literals of the base's remi-api-settings (kustomize's configMapGenerator), without kubectl."""
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    (generator,) = [g for g in kustomization["configMapGenerator"] if g["name"] == "remi-api-settings"]
+    return dict(item.split("=", 1) for item in generator["literals"])
+
+
 @pytest.mark.skipif(
-    shutil.which("unshare") is None or shutil.which("curl") is None or not hasattr(os, "geteuid") or os.geteuid() != 0,
+    shutil.which("unshare") is None or shutil.which("curl") is None or os.geteuid() != 0,
     reason="needs root, unshare and curl (a private mount namespace with a read-only root file system)",
 )
 def test_the_api_and_the_sync_run_on_a_read_only_root_with_only_the_pods_writable_mounts(tmp_path: Path) -> None:
-    """What the pod spec promises, on this machine: `/` read-only, the index root and the temp folder
-    writable (the emptyDirs; TMPDIR stands for /tmp), 2 workers on Redis (the blocklist's disk copy),
-    the sync filling the root: ready, answering, metrics, no write refused."""
+    """What the pod spec promises, on this machine: the manifest's own command lines and settings
+    (paths moved under tmp_path), `/` read-only, only the index root and the temp folder writable
+    (the emptyDirs; TMPDIR stands for /tmp), 2 workers on Redis (the blocklist's disk copy), the
+    sync filling the root: ready, answering with a key, metrics, no write refused."""
+    import shlex
     import uuid
+
+    import redis
 
     from index.publish import reindex
     from index.sync import publish
     from loadtest.server import free_port
+    from remi.contract import read_current
     from tests.service.tiny_model import write_tiny_artifacts
 
-    remote = (tmp_path / "remote").as_uri()
+    remote, index, tmp = (tmp_path / "remote").as_uri(), tmp_path / "index", tmp_path / "tmp"
     version = reindex(write_tiny_artifacts(tmp_path / "art").artifacts, tmp_path / "job", kind="flat").index_version
     publish(remote, tmp_path / "job", version)
-    (tmp_path / "index").mkdir()
-    (tmp_path / "tmp").mkdir()
+    index.mkdir()
+    tmp.mkdir()
+    spec = yaml.safe_load((K8S / "base" / "api-deployment.yaml").read_text())["spec"]["template"]["spec"]
+
+    def command_line(c: dict[str, Any]) -> str:
+        argv = [a.replace("/data/index", str(index)).replace("$(REMI_INDEX_REMOTE)", remote) for a in c["args"]]
+        assert c["command"][0] == "remi"
+        return shlex.join([sys.executable, "-m", "cli", *c["command"][1:], *argv])
+
+    settings = base_settings()
+    keys = tmp_path / "auth" / Path(settings["REMI_API_KEYS_FILE"]).name  # the Secret volume's file
+    added = subprocess.run(
+        [sys.executable, "-m", "cli", "auth", "add-key", "--keys-file", str(keys), "--scopes", "recommend,metrics"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
     prefix = f"remi-test:{uuid.uuid4().hex[:12]}:"
     env = {
-        **os.environ, "REPO": str(REPO), "PY": sys.executable, "REMOTE": remote, "PORT": str(free_port()),
-        "INDEX": str(tmp_path / "index"), "TMPDIR": str(tmp_path / "tmp"), "PYTHONDONTWRITEBYTECODE": "1",
-        "REMI_WAIT_FOR_INDEX": "true", "REMI_WORKERS": "2", "REMI_POLL_SECONDS": "0.3",
+        **os.environ, **settings, "REMI_API_KEYS_FILE": str(keys), "REMI_HOST": "127.0.0.1",
+        "REMI_PORT": str(free_port()), "REMI_WORKERS": "2", "REMI_POLL_SECONDS": "0.3",
         "REMI_REDIS_URL": "redis://127.0.0.1:6379/0", "REMI_REDIS_PREFIX": prefix,
+        "REPO": str(REPO), "INDEX": str(index), "TMPDIR": str(tmp), "PYTHONDONTWRITEBYTECODE": "1",
+        "KEY": added.stdout.split()[0], "SERVE_CMD": command_line(container(spec, "api")),
+        "SYNC_CMD": command_line(container(spec, "index-sync", init=True)),
     }  # fmt: skip
     try:
         done = subprocess.run(
@@ -313,22 +361,13 @@ def test_the_api_and_the_sync_run_on_a_read_only_root_with_only_the_pods_writabl
             env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     finally:
-        import redis
-
         client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
+        stale = list(client.scan_iter(match=f"{prefix}*"))
+        if stale:
+            client.delete(*stale)
         client.close()
-    logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in (tmp_path / "tmp").glob("*.log"))
+    logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in tmp.glob("*.log"))
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{logs}"
-    assert '"items"' in done.stdout
-    assert read_current_name(tmp_path / "index") == version
-    assert (tmp_path / "index" / "blocklist.json").is_file()  # the API wrote its disk copy into the root
+    assert '"items"' in done.stdout and read_current(index) == version
+    assert (index / "blocklist.json").is_file()  # the API wrote its disk copy into the root
     assert not re.search(r"Read-only file system|Errno 30|Permission denied", logs), logs
-
-
-def read_current_name(root: Path) -> str | None:
-    from remi.contract import read_current
-
-    return read_current(root)
