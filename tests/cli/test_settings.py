@@ -89,7 +89,7 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     listens: list[dict[str, Any]] = []
     monkeypatch.setattr(service.workers, "listen", recorder(listens, service.workers.Listeners("h", 8000, [])))
     monkeypatch.setattr(service.workers, "serve_one", recorder(calls))
-    monkeypatch.setattr(cli.serve, "_check_serve_paths", lambda root, artifacts: None)
+    monkeypatch.setattr(cli.serve, "_check_serve_paths", lambda root, artifacts, wait=False: None)
     return calls
 
 

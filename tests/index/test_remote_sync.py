@@ -219,3 +219,15 @@ def test_the_sync_loop_keeps_going_after_a_failure_and_backs_off_the_failed_vers
     replica = tmp_path / "replica"
     sync_forever(url, replica, 0.05, stop=lambda: read_current(replica) is not None or len(calls) > 20)
     assert read_current(replica) == version and len(calls) == 2
+
+
+def test_a_replica_that_waits_for_a_synced_version_starts_on_a_missing_root_and_never_builds(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    from cli.serve import _check_serve_paths
+
+    root = tmp_path / "replica" / "index"
+    with pytest.raises(RemiError, match="no such folder"):
+        _check_serve_paths(root, None)
+    _check_serve_paths(root, models["v1"], wait=True)  # --artifacts is ignored: nothing is built
+    assert root.is_dir() and list_versions(root) == [] and read_current(root) is None
