@@ -174,21 +174,22 @@ def test_the_api_pod_probes_drains_is_limited_and_runs_non_root_on_a_read_only_r
     assert api["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
     assert int(api["lifecycle"]["preStop"]["exec"]["command"][1]) < spec["terminationGracePeriodSeconds"]
     assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 10001
-    sync = container(spec, "index-sync", init=True)
+    sidecars = spec.get("initContainers", [])  # the sync sidecar (faiss-disk), none with a shared root (milvus)
     job = one(overlay, "CronJob", "remi-reindex")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert job["securityContext"]["runAsNonRoot"] is True
     volumes = {v["name"]: v for v in [*spec["volumes"], *job["volumes"]]}
-    for c in (api, sync, *job["containers"]):
+    for c in (api, *sidecars, *job["containers"]):
         assert c["resources"]["requests"] and c["resources"]["limits"], c["name"]
         assert c["securityContext"]["readOnlyRootFilesystem"] is True, c["name"]
         assert c["securityContext"]["allowPrivilegeEscalation"] is False, c["name"]
         writable = {m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")}
         # what the processes write: the index root (versions, `current`, the sync's lock, the API's
-        # blocklist.json) and /tmp (the metrics folder of several workers); emptyDirs, nothing else
+        # blocklist.json) and /tmp (the metrics folder of several workers); emptyDirs (the shared root
+        # of the milvus overlay: its claim), nothing else
         assert {"/data/index", "/tmp"} <= writable, c["name"]
         for m in c["volumeMounts"]:
             if not m.get("readOnly"):
-                assert "emptyDir" in volumes[m["name"]], (c["name"], m["name"])
+                assert {"emptyDir", "persistentVolumeClaim"} & set(volumes[m["name"]]), (c["name"], m["name"])
     settings = config_map(overlay, "remi-api-settings")
     assert flag(api, "--index-root") == "/data/index"
     assert settings["REMI_API_KEYS_FILE"].startswith(
@@ -201,7 +202,7 @@ def test_the_api_pod_probes_drains_is_limited_and_runs_non_root_on_a_read_only_r
 
 
 @needs_kubectl
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", ["faiss-disk"])
 def test_the_sidecar_syncs_into_the_root_the_api_serves_from_where_the_cronjob_publishes(overlay: str) -> None:
     spec = pod_spec(overlay)
     sync = container(spec, "index-sync", init=True)
@@ -227,8 +228,16 @@ def test_the_overlays_choose_the_backend() -> None:
     assert config_map("faiss-disk", "remi-api-settings")["REMI_MMAP"] == "true"
     milvus = container_env("milvus", container(pod_spec("milvus"), "api"))
     assert milvus["REMI_BACKEND"] == "milvus" and "REMI_MILVUS_URI" in milvus and milvus["REMI_MILVUS_URI"] is None
-    (job,) = one("milvus", "CronJob", "remi-reindex")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    job_spec = one("milvus", "CronJob", "remi-reindex")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (job,) = job_spec["containers"]
     assert container_env("milvus", job)["REMI_BACKEND"] == "milvus"
+    # a Milvus version is published by its alias flip, not uploaded (`--publish` is FAISS only): the
+    # job and the replicas share one root on a ReadWriteMany claim, and there is no sync sidecar
+    assert "--publish" not in job["args"] and not pod_spec("milvus").get("initContainers")
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in job_spec["volumes"]}
+    api_claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod_spec("milvus")["volumes"]}
+    assert claims["index"] == api_claims["index"] == "remi-index"
+    assert one("milvus", "PersistentVolumeClaim", "remi-index")["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 def containers_in(node: Any) -> list[dict[str, Any]]:
