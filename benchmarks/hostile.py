@@ -225,6 +225,80 @@ def closed_counts(url: str) -> dict[str, float]:
     return {m[0]: float(m[1]) for m in re.findall(r'remi_connections_closed_total\{reason="(\w+)"\} (\S+)', text)}
 
 
+def bulk_refusals(url: str) -> dict[str, float]:
+    """The server's remi_bulk_bodies_refused_total{when} (service/bulk_budget.py)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return {m[0]: float(m[1]) for m in re.findall(r'remi_bulk_bodies_refused_total\{when="(\w+)"\} (\S+)', text)}
+
+
+def processes() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, name, user + system CPU seconds) of every live process (/proc, Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[int, str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, fields = text[text.index("(") + 1 : text.rindex(")")], text.rsplit(")", 1)[1].split()
+        out[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def command(pid: int, name: str) -> str:
+    """A short form of a process's command line (``python -m cli train``), else its name."""
+    try:
+        argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return name
+    words = [Path(argv[0]).name, *argv[1:4]] if argv and argv[0] else [name]
+    return " ".join(words).strip()[:40]
+
+
+def tree(snapshot: dict[int, tuple[int, str, float]], root_pid: int) -> set[int]:
+    """A process and its descendants in a snapshot."""
+    found: set[int] = set()
+    todo = [root_pid]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo += [child for child, (ppid, _, _) in snapshot.items() if ppid == pid and child not in found]
+    return found
+
+
+def machine_cpu_s() -> dict[str, float]:
+    """CPU seconds of the whole machine since boot, over every core, by kind (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return {
+        "all": sum(values) / tick,
+        "busy": (sum(values) - values[3] - values[4]) / tick,  # all but idle and iowait
+        "irq": (values[5] + values[6]) / tick,  # irq + softirq
+    }
+
+
+def cpu_use(server_pid: int, measure: Any, attacker_pid: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """Runs ``measure()``; also returns the CPU seconds it took meanwhile of the server, the attacker,
+    this process (the measuring client), interrupts (the kernel's network processing, mostly), the
+    busiest other processes, and the whole machine (busy, and available)."""
+    before, machine0 = processes(), machine_cpu_s()
+    value = measure()
+    after, machine1 = processes(), machine_cpu_s()
+    used = {pid: after[pid][2] - before.get(pid, (0, "", 0.0))[2] for pid in after}
+    groups = {"server": tree(after, server_pid), "client": {os.getpid()}}
+    groups["attacker"] = tree(after, attacker_pid) if attacker_pid else set()
+    named = set().union(*groups.values())
+    others = sorted(((used[pid], command(pid, after[pid][1])) for pid in used if pid not in named), reverse=True)
+    cpu: dict[str, Any] = {
+        f"{group}_s": round(sum(used.get(pid, 0.0) for pid in pids), 2) for group, pids in groups.items()
+    }
+    cpu |= {key + "_s": round(machine1[key] - machine0[key], 2) for key in ("irq", "busy", "all")}
+    cpu["top_other"] = [[name, round(seconds, 2)] for seconds, name in others[:3] if seconds >= 0.1]
+    return value, cpu
+
+
 def index_root(work: Path) -> tuple[Path, Path, dict[str, Any]]:
     """The artifact folder and a private index root of the synthetic serving model (built once)."""
     spec = synthetic_spec(100_000, 64, 2000, 0)
@@ -265,14 +339,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         with ServerProcess(argv, port, work / "hostile-server.log", env, cwd=REPO).start().wait_ready(120) as server:
             normal_traffic(server.url, users, args.clients, args.warmup)
-            result["phases"] = {"quiet": normal_traffic(server.url, users, args.clients, args.seconds)}
+            quiet, cpu = cpu_use(server.proc.pid, lambda: normal_traffic(server.url, users, args.clients, args.seconds))
+            result["phases"] = {"quiet": quiet}
+            result["cpu"] = {"quiet": cpu}
             print("quiet:", result["phases"]["quiet"], flush=True)
             result["attacks"] = {}
             for name, attack in attack_phases(args):
-                result["phases"][name], result["attacks"][name] = under_attack(server, users, item_ids, attack, args)
+                result["phases"][name], result["attacks"][name], result["cpu"][name] = under_attack(
+                    server, users, item_ids, attack, args
+                )
                 print(f"{name}:", result["phases"][name], result["attacks"][name], flush=True)
             result["server_alive"] = server.proc.poll() is None
             result["connections_closed"] = closed_counts(server.url)
+            result["bulk_refusals"] = bulk_refusals(server.url)
     finally:
         delete_prefix(args.redis_url, prefix)
     result["meta"]["loadavg_after"] = list(os.getloadavg())
@@ -296,15 +375,17 @@ def attack_phases(args: argparse.Namespace) -> list[tuple[str, dict[str, int]]]:
 
 def under_attack(
     server: ServerProcess, users: list[str], item_ids: list[str], attack: dict[str, int], args: argparse.Namespace
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Normal traffic for --seconds while an attacker process runs ``attack``; (normal, attacker) stats."""
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Normal traffic for --seconds while an attacker process runs ``attack``; (normal, attacker, CPU) stats."""
     ctx = multiprocessing.get_context("spawn")
     stop, ready, out = ctx.Event(), ctx.Event(), ctx.Queue()
     proc = ctx.Process(target=attacker, args=(server.port, attack, worst_bodies(item_ids), stop, ready, out))
     proc.start()
     try:
         ready.wait(60)
-        normal = normal_traffic(server.url, users, args.clients, args.seconds)
+        normal, cpu = cpu_use(
+            server.proc.pid, lambda: normal_traffic(server.url, users, args.clients, args.seconds), proc.pid
+        )
         stop.set()
         seen = out.get(timeout=60)
     finally:
@@ -312,7 +393,30 @@ def under_attack(
         proc.join(30)
         if proc.is_alive():
             proc.kill()
-    return normal, seen
+    return normal, seen, cpu
+
+
+def bodies_reading(result: dict[str, Any]) -> str:
+    """What the ~1 MiB bodies cost in the `bodies` phase, from its answers and CPU seconds."""
+    seen, cpu = result["attacks"].get("bodies"), result.get("cpu", {}).get("bodies")
+    if not seen or not cpu:
+        return ""
+    answers = seen["body_status"]
+    decoded = sum(n for key, n in answers.items() if key.endswith(" 422"))
+    refused = sum(n for key, n in answers.items() if key.endswith(" 503"))
+    reset = sum(n for key, n in answers.items() if not key.rsplit(" ", 1)[1].isdigit())
+    quiet, bodies = result["phases"]["quiet"], result["phases"]["bodies"]
+    return (
+        f"The ~1 MiB bodies are rationed by each worker's bulk-body budget (REMI_BULK_BODY_BYTES_PER_S, "
+        f"service/bulk_budget.py): of the {seen['bodies_sent']:,} sent in the `bodies` phase, {decoded} were read "
+        f"and decoded (their 422s, 5-80 ms of a worker each: benchmarks/worst_bodies.py); {refused:,} were answered "
+        f"503 before their body was read, and {reset:,} saw their connection closed under the upload before they "
+        "read that 503 (ReadError: the server does not drain a refused body). What is left is the cost of "
+        f"refusing fast: the attacker, looping as fast as the refusals come, used {cpu['attacker_s']:.1f} of the "
+        f"phase's {cpu['all_s']:.0f} CPU seconds on the same cores (the server {cpu['server_s']:.1f}), so normal "
+        f"requests went from {quiet['req_s']:.0f} to {bodies['req_s']:.0f} a second with p99 "
+        f"{quiet['p99_ms']:.1f} -> {bodies['p99_ms']:.1f} ms."
+    )
 
 
 def report(result: dict[str, Any]) -> str:
@@ -326,6 +430,13 @@ def report(result: dict[str, Any]) -> str:
          f"{a['slow_dropped']:,}", f"{a['slow_completed']:,}", f"{a['bodies_sent']:,}",
          ", ".join(f"{k}: {v}" for k, v in sorted(a["body_status"].items()))]
         for name, a in result["attacks"].items()
+    ]  # fmt: skip
+    cpu_rows = [
+        [phase, f"{c['server_s']:.1f}", f"{c['attacker_s']:.1f}", f"{c['client_s']:.1f}", f"{c['irq_s']:.1f}",
+         f"{c['busy_s'] - c['server_s'] - c['attacker_s'] - c['client_s'] - c['irq_s']:.1f}",
+         ", ".join(f"{name} {seconds:.1f}" for name, seconds in c["top_other"]),
+         f"{c['busy_s']:.1f} / {c['all_s']:.1f}"]
+        for phase, c in result.get("cpu", {}).items()
     ]  # fmt: skip
     goal = result["goal"]
     lines = [
@@ -364,13 +475,22 @@ def report(result: dict[str, Any]) -> str:
             attack_rows,
         ),  # fmt: skip
         "",
-        f"Server `remi_connections_closed_total` at the end: {result['connections_closed']}.",
+        f"Server `remi_connections_closed_total` at the end: {result['connections_closed']}; "
+        f"`remi_bulk_bodies_refused_total`: {result.get('bulk_refusals', {})}.",
+        "",
+        f"CPU seconds per phase ({args['seconds']:g} s, {result['meta']['cpus']} cores; /proc): the server's "
+        "processes, the attacker process, the measuring client (this process), interrupts (softirq: the kernel's "
+        "network processing, charged to no process), everything else and its busiest processes, and the machine's "
+        "busy / available seconds:",
+        "",
+        md_table(
+            ["phase", "server", "attackers", "measuring client", "irq", "other", "busiest other", "busy / available"],
+            cpu_rows,
+        ),
         "",
         "Reading it: every idle socket is held at most REMI_REQUEST_HEAD_TIMEOUT_S (10 s) and every slow head is "
         "dropped with a 408 within it (`slow completed` stays 0), so the attackers must keep reconnecting; no normal "
-        "request failed. What slows normal requests most is the ~1 MiB bodies: each is read and decoded before its "
-        "422 (docs/operations.md#scaling-the-api-horizontally, benchmarks/worst_bodies.py), on the same event loop "
-        "and the same two cores.",
+        "request failed. " + bodies_reading(result),
         "",
     ]
     return "\n".join(lines)

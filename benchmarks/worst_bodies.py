@@ -167,7 +167,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model = write_tiny_artifacts(Path(tmp) / "artifacts")
         root = Path(tmp) / "root"
         publish_tiny_version(model.artifacts, root)
-        app = create_app(ServiceSettings(index_root=root, poll_seconds=0, admin_token=TOKEN))
+        # the decode itself is measured: the bulk-body budget (service/bulk_budget.py) would refuse most of these
+        app = create_app(ServiceSettings(index_root=root, poll_seconds=0, admin_token=TOKEN, bulk_body_bytes_per_s=0))
         with TestClient(app) as client:
             assert client.get("/readyz").status_code == 200
             for route, case, path, build in CASES:

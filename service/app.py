@@ -22,7 +22,9 @@ from starlette.types import Receive, Scope, Send
 import remi
 from service import fast_recommend, limits, telemetry
 from service.auth import Authenticator, require
+from service.bulk_budget import BulkBodyBudget
 from service.config import ServiceSettings
+from service.credentials_first import CredentialsFirst
 from service.docs_ui import mount_offline_docs
 from service.filter_schema import with_attributes
 from service.http_guards import BodyLimitMiddleware, SafeJsonRoute, validation_error_handler
@@ -39,8 +41,22 @@ class RemiAPI(FastAPI):
         self.request_limits = request_limits
         self.fast_path_max_body: int | None = None  # set by create_app when REMI_FAST_PATH is on
         self.auth: Authenticator | None = None  # set by create_app
+        self.credentials_first: CredentialsFirst | None = None  # set by create_app when auth is required
+        self.bulk_budget: BulkBodyBudget | None = None  # set by create_app unless REMI_BULK_BODY_BYTES_PER_S=0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # First what must happen before any body is read, for the fast path and the full app alike:
+        # a 401 without a valid credential (service/credentials_first.py), then the bulk-body budget
+        # (service/bulk_budget.py), which thus only clients with a valid credential can spend.
+        if scope["type"] == "http":
+            if self.credentials_first is not None and await self.credentials_first.answered(scope, receive, send):
+                return
+            if self.bulk_budget is not None:
+                await self.bulk_budget(self._dispatch, scope, receive, send)
+                return
+        await self._dispatch(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         with limits.applied(self.request_limits):
             length = None
             if self.fast_path_max_body is not None:
@@ -81,6 +97,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     app.state.remi = State(settings)
     app.state.auth = app.auth = Authenticator(settings)
+    if settings.auth_required:
+        app.credentials_first = CredentialsFirst(app, app.auth)
+    app.bulk_budget = BulkBodyBudget.of(settings)
     if settings.fast_path:
         app.fast_path_max_body = settings.max_body_bytes
     # Every route decodes JSON strictly and every 422 renders safely (service/http_guards.py).

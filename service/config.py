@@ -167,6 +167,17 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(
         1_048_576, ge=1, description="Largest request body in bytes; larger ones get 413 (also when chunked)."
     )
+    bulk_body_bytes_per_s: float = Field(
+        1_048_576,
+        ge=0,
+        description="Per-worker budget for large request bodies (over REMI_BULK_BODY_MIN_BYTES), in bytes a second, "
+        "holding max(REMI_MAX_BODY_BYTES, 2 x this): a body it cannot pay gets 503 with Retry-After: 1 before it is "
+        "read (chunked: as it arrives). 1 MiB/s keeps decoding such bodies to a few % of a worker "
+        "(service/bulk_budget.py); 0 = off.",
+    )
+    bulk_body_min_bytes: int = Field(
+        65_536, ge=0, description="Bodies up to this many bytes (all normal requests) never draw on the bulk budget."
+    )
 
     # compute
     onnx_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per worker.")

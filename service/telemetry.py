@@ -36,6 +36,15 @@ CONNECTIONS_CLOSED = Counter(
     "Client connections the server refused or closed itself, by reason (service/transport.py).",
     ["reason"],
 )
+BULK_BODIES_REFUSED = Counter(
+    "remi_bulk_bodies_refused_total",
+    "Large request bodies answered 503 because the worker's bulk-body budget (REMI_BULK_BODY_BYTES_PER_S) was "
+    "spent: declared (by Content-Length, before reading) or streamed (chunked, mid-body); service/bulk_budget.py.",
+    ["when"],
+)
+BULK_BODY_BYTES = Counter(
+    "remi_bulk_body_bytes_total", "Bytes of large request bodies admitted against the bulk-body budget."
+)
 BATCH_SIZE = Histogram("remi_batch_users", "Users per model + index call.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 VERSION = Gauge(
     "remi_version_info",
