@@ -50,6 +50,21 @@ def pad_histories(histories: Sequence[Sequence[int] | np.ndarray], seq_len: int)
     return ids, mask
 
 
+def quiet_onnxruntime() -> None:
+    """Turns onnxruntime's telemetry off before a session is created.
+
+    onnxruntime's default build tries to record telemetry events at every session start (on
+    Windows through ETW; elsewhere a no-op that still costs a call); a recommender serving private
+    histories should not emit any, so every session this project creates goes through here first.
+    Idempotent and cheap; older onnxruntime versions without the switch are left as they are.
+    """
+    import onnxruntime as ort
+
+    disable = getattr(ort, "disable_telemetry_events", None)
+    if disable is not None:
+        disable()
+
+
 class UserTower:
     """The exported user tower on onnxruntime: padded histories -> K interests and routing."""
 
@@ -64,6 +79,7 @@ class UserTower:
         """
         import onnxruntime as ort
 
+        quiet_onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
