@@ -3,7 +3,8 @@
 Why: FastAPI's default pages load their JavaScript from a CDN, so on an offline or air-gapped
 host /docs was a blank page. The ``fastapi-offline`` package ships the upstream Swagger UI 5 and
 ReDoc bundles (Swagger UI 4, as in ``swagger-ui-bundle``, cannot render FastAPI's OpenAPI 3.1);
-only its static files are used here, mounted at :data:`ASSETS`.
+only its static files are used here, mounted at :data:`ASSETS`. Swagger UI's online validator
+is turned off for the same reason (it fetches a badge from validator.swagger.io).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def mount_offline_docs(app: FastAPI, guard: Depends, openapi_url: str = "/openap
             swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{ASSETS}/favicon.png",
+            # Swagger UI otherwise loads a badge from validator.swagger.io when the page is opened
+            # under a host name other than localhost: a request off the host, blocked offline.
+            swagger_ui_parameters={"validatorUrl": None},
         )
 
     @app.get("/redoc", include_in_schema=False, dependencies=[guard])

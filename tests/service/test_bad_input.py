@@ -178,6 +178,16 @@ def test_docs_load_only_local_assets(client: TestClient) -> None:
     assert "swagger-ui-bundle.js" in client.get("/docs").text
 
 
+def test_swagger_ui_turns_its_online_validator_off(client: TestClient) -> None:
+    """Swagger UI's default validatorUrl loads a badge from validator.swagger.io when /docs is
+    opened under a host name other than localhost; null turns it off."""
+    html = client.get("/docs").text
+    config = re.search(r"SwaggerUIBundle\(\{(.*?)\}\)", html, re.S)
+    assert config is not None, html
+    assert re.search(r'"?validatorUrl"?\s*:\s*null', config.group(1)), config.group(1)
+    assert "validator.swagger.io" not in html
+
+
 # ------------------------------------- work before refusal is bounded (docs/operations.md#scaling-the-api-horizontally)
 
 TOO_LONG = [  # (path, body, token, the field named): every list one over its default limit
