@@ -232,12 +232,16 @@ def _max_properties(schema: dict[str, Any]) -> None:
 
 
 # A value of a filter condition: text or an integer for categorical attributes (integers compare
-# as their decimal text), a number for numeric ones. Booleans are refused (a categorical column of
-# booleans holds the text "true" / "false").
+# as their decimal text), a number for numeric ones. A JSON boolean is the text "true" / "false",
+# which is how a categorical column of booleans is stored (remi/attributes.py), so
+# {"in_stock": {"eq": true}} works; on a numeric attribute it is a 422 like any text.
 def _filter_value(value: object) -> object:
-    """Text (up to 256 characters) or a finite JSON number; one error naming the value otherwise."""
+    """Text (up to 256 characters), a boolean (as "true"/"false") or a finite JSON number; one
+    error naming the value otherwise."""
     if value is None:
         raise _NULL_FILTER_VALUE
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):
         if len(value) > 256:
             raise PydanticCustomError("string_too_long", "String should have at most 256 characters")
@@ -248,7 +252,7 @@ def _filter_value(value: object) -> object:
         return _json_int(value)
     if isinstance(value, float) and math.isfinite(value):
         return value
-    raise PydanticCustomError("filter_value_type", "A filter value must be a string or a finite number")
+    raise PydanticCustomError("filter_value_type", "A filter value must be a string, a boolean or a finite number")
 
 
 _NULL_FILTER_VALUE = PydanticCustomError(

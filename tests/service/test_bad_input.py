@@ -215,7 +215,7 @@ def test_every_list_over_its_limit_is_a_422_naming_it(
 BAD_ITEMS = [  # a list within its limit whose every item is bad: refused at the first one
     ("/recommend", {"user_id": "u", "history": [True] * 1000}, False, ["body", "history", 0]),
     ("/recommend", {"user_id": "u", "exclude_items": [None] * 1000}, False, ["body", "exclude_items", 0]),
-    ("/recommend", {"user_id": "u", "filter": {"c": {"in": [True] * 1000}}}, False, ["body", "filter", "c", "in", 0]),
+    ("/recommend", {"user_id": "u", "filter": {"c": {"in": [{}] * 1000}}}, False, ["body", "filter", "c", "in", 0]),
     ("/recommend/batch", {"requests": [{"user_id": ""}] * 256}, False, ["body", "requests", 0, "user_id"]),
     ("/users/u/events", {"events": [{"item_id": True}] * 1000}, False, ["body", "events", 0, "item_id"]),
     ("/admin/items/block", {"item_ids": [[]] * 1000}, True, ["body", "item_ids", 0]),

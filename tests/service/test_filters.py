@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -155,6 +156,40 @@ def test_exclude_items_alone_removes_those_items(client: TestClient, attr_model:
     assert again["filter"]["filtered_out"] == 5
 
 
+def test_json_booleans_filter_a_boolean_attribute_stored_as_true_false_text(
+    tmp_path: Path,
+) -> None:
+    """A column of booleans is stored as the text "true"/"false"; a filter may say so with JSON
+    booleans as well as with that text, and both give the same items."""
+    from index.publish import reindex
+    from remi.attributes import attach_attributes, read_attribute_table
+    from tests.service.tiny_model import write_model_folder
+
+    rng = np.random.default_rng(3)
+    item_ids = [f"b-{i:03d}" for i in range(300)]
+    artifacts = tmp_path / "model"
+    manifest, _ = write_model_folder(artifacts, item_ids, rng)
+    in_stock = rng.random(len(item_ids)) < 0.3
+    source = tmp_path / "items.csv"
+    pd.DataFrame({"item_id": item_ids, "in_stock": in_stock}).to_csv(source, index=False)
+    attach_attributes(artifacts, manifest, read_attribute_table(source, item_ids))
+    root = tmp_path / "root"
+    reindex(artifacts, root, kind="flat", min_recall=0.0)
+    expected = {True: {i for i, s in zip(item_ids, in_stock, strict=True) if s}}
+    expected[False] = set(item_ids) - expected[True]
+    with _app(root) as client:
+        for flag in (True, False):
+            answers = [
+                client.post("/recommend", json={"user_id": "u", "k": 50, "filter": {"in_stock": spec}})
+                for spec in ({"eq": flag}, {"eq": str(flag).lower()}, {"in": [flag]})
+            ]
+            assert [a.status_code for a in answers] == [200, 200, 200], answers[0].text
+            got = [ids(a.json()) for a in answers]
+            assert got[0] == got[1] == got[2] and got[0] and set(got[0]) <= expected[flag]
+        both = client.post("/recommend", json={"user_id": "u", "filter": {"in_stock": {"not_in": [True, False]}}})
+        assert both.status_code == 200 and ids(both.json()) == []
+
+
 @pytest.mark.parametrize(
     ("spec", "loc", "kind"),
     [
@@ -165,7 +200,7 @@ def test_exclude_items_alone_removes_those_items(client: TestClient, attr_model:
         ({"category": {"like": "sh%"}}, ["body", "filter", "category", "like"], "extra_forbidden"),
         ({"category": {}}, ["body", "filter", "category"], "filter_empty_condition"),
         ({"price": {"lt": "10"}}, ["body", "filter", "price", "lt"], "filter_number_type"),
-        ({"category": {"eq": True}}, ["body", "filter", "category", "eq"], "filter_value_type"),
+        ({"price": {"eq": True}}, ["body", "filter", "price", "eq"], "filter_value_kind"),
         ({"category": {"in": ["x"] * 1001}}, ["body", "filter", "category", "in"], "too_long"),
     ],
 )
