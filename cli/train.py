@@ -49,12 +49,15 @@ def train_cmd(
     if nproc > 1:
         _relaunch_distributed(nproc, flags.get("threads"))
         return
+    from remi.datafiles import interaction_files
     from training.config import load_config
-    from training.trainer import train
 
     cfg = load_config(config, **flags)
     if not cfg.data:
         raise RemiError("no data: pass --data PATH (or set it in --config)")
+    interaction_files(cfg.data)  # a missing file is one line now, not after seconds of importing torch
+    from training.trainer import train
+
     result = train(cfg, out, show_progress=progress, force=force)
     if result is None:  # a non-zero rank of a distributed run: rank 0 reports
         return

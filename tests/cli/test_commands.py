@@ -175,3 +175,24 @@ def test_readme_documents_every_setting_with_its_default() -> None:
             default = "(set)" if hasattr(field.default, "get_secret_value") else field.default
             assert f"| `{prefix}{name.upper()}` | `{default}` |" in readme, name
         assert settings_table(cls) in readme, f"README: regenerate the {cls.__name__} table with settings_table()"
+
+
+_TORCH_PROBE = """
+import runpy, sys
+sys.argv = ["remi", *sys.argv[1:]]
+try:
+    runpy.run_module("cli", run_name="__main__")
+except SystemExit as exit:
+    print(f"exit={exit.code} torch_imported={'torch' in sys.modules}")
+"""
+
+
+def test_train_with_a_missing_data_file_fails_at_once_without_importing_torch(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.csv"
+    args = ["train", "--data", str(missing), "--out", str(tmp_path / "run")]
+    probe = subprocess.run([sys.executable, "-c", _TORCH_PROBE, *args], capture_output=True, text=True, timeout=120)
+    assert probe.stdout.strip().endswith("torch_imported=False"), (probe.stdout, probe.stderr)
+    assert "exit=0" not in probe.stdout
+    proc = remi(*args)
+    _assert_one_line_error(proc, str(missing))
+    assert not (tmp_path / "run").exists()
