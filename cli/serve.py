@@ -26,7 +26,7 @@ NATIVE_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREAD
 
 
 @app.command("serve")
-@settings_options(ServiceSettings, required={"index_root"}, panel="Settings (flag > REMI_* > default)")
+@settings_options(ServiceSettings, panel="Settings (flag > REMI_* > default)")
 def serve_cmd(
     access_log: Annotated[bool, typer.Option(help="uvicorn access log (off: it costs throughput).")] = False,
     *,

@@ -196,3 +196,13 @@ def test_train_with_a_missing_data_file_fails_at_once_without_importing_torch(tm
     proc = remi(*args)
     _assert_one_line_error(proc, str(missing))
     assert not (tmp_path / "run").exists()
+
+
+def test_serve_takes_its_index_root_from_remi_index_root_without_the_flag(tmp_path: Path) -> None:
+    root = tmp_path / "from-env"
+    env = {**__import__("os").environ, "REMI_INDEX_ROOT": str(root)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "serve", "--port", "0"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 2, proc.stderr
+    _assert_one_line_error(proc, f"index root {root}: no such folder")
