@@ -293,8 +293,9 @@ class Engine:
         blocked: np.ndarray = NO_ITEMS,
         gathered: Gathered | None = None,
     ) -> list[dict[str, Any]]:
-        """Per interest: the history items it draws on, how many effectively, and its own candidates
-        (never a seen or a ``blocked`` item).
+        """Per interest: the history items it draws on (each item once, its positions' weights
+        summed), how many positions effectively, and its own candidates (never a seen or a
+        ``blocked`` item).
 
         With ``allowed`` (a filter's mask by FAISS row) the candidates are allowed items only;
         ``gathered``: the cached filter's rows (:meth:`filtered_items`), scored in place.
@@ -318,7 +319,10 @@ class Engine:
             row = routing[0, interest][valid]
             p = row / max(float(row.sum()), 1e-12)
             entropy = float(-(p[p > 0] * np.log(p[p > 0])).sum())
-            order = np.argsort(-row, kind="stable")[:top_history]
+            # An item seen several times is named once, with the routing weight of all its positions.
+            items, per_item = np.unique(ids[0][valid], return_inverse=True)
+            summed = np.bincount(per_item, weights=row, minlength=len(items))
+            order = np.argsort(-summed, kind="stable")[:top_history]
             out.append(
                 {
                     "interest": int(kept[interest]),
@@ -326,7 +330,8 @@ class Engine:
                     "effective_items": round(float(np.exp(entropy)), 3),
                     "norm": round(float(np.linalg.norm(interest_vectors[0, interest])), 4),
                     "history": [
-                        {"item_id": self.vocabulary.raw_id(ids[0, j]), "weight": round(float(row[j]), 4)} for j in order
+                        {"item_id": self.vocabulary.raw_id(items[j]), "weight": round(float(summed[j]), 4)}
+                        for j in order
                     ],
                     "candidates": [
                         {"item_id": self.vocabulary.raw_id(i), "score": float(s)}

@@ -419,9 +419,16 @@ class FilterInfo(BaseModel):
     path: Literal["graph", "exact", "graph+exact", "popular"] | None = Field(
         None,
         description="How the allowed items were searched: the index with a selector (graph), exactly "
-        "(exact), the graph then exactly for short lists (graph+exact), or the cold-start list (popular); "
-        "null in /users/{id}/interests (each interest is planned on its own).",
+        "(exact), the graph then exactly for short lists (graph+exact), or the cold-start list (popular).",
     )
+
+
+class InterestsFilterInfo(BaseModel):
+    """FilterInfo of /users/{id}/interests: the counts only (each interest is searched on its own,
+    so there is no one search path to state)."""
+
+    allowed_items: int = Field(description="Catalogue items that pass the filter.")
+    filtered_out: int = Field(description="Catalogue items the filter removed.")
 
 
 class RecommendResponse(BaseModel):
@@ -484,7 +491,7 @@ class InterestsResponse(BaseModel):
     history_len: int
     unknown_items: int
     collapsed_interests: int = Field(description="Interests drawing on about one item while the history has more.")
-    filter: FilterInfo | None = Field(None, description="Present when the request had a filter.")
+    filter: InterestsFilterInfo | None = Field(None, description="Present when the request had a filter.")
     interests: list[Interest]
 
 

@@ -120,7 +120,10 @@ async def interests(user_id: UserPath, state: StateDep, top_n: TopN = 10, filter
     def explain() -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         allowed, gathered = engine.filtered_items(query) if query.filtered else (None, None)
         explained = engine.explain(known, top_n, allowed=allowed, blocked=blocked, gathered=gathered)
-        return explained, None if allowed is None else engine.filter_info(allowed, None)
+        if allowed is None:
+            return explained, None
+        counts = engine.filter_info(allowed, None)
+        return explained, {key: counts[key] for key in ("allowed_items", "filtered_out")}  # no one search path
 
     explained, filter_info = await loop.run_in_executor(state.executor, explain)
     collapsed = sum(1 for i in explained if i["effective_items"] < 1.5 and len(known) > 1)

@@ -310,6 +310,21 @@ def test_interests_explain_routing_and_candidates(client: TestClient, tiny_model
         assert weights == sorted(weights, reverse=True) and abs(sum(weights) - 1) < 1e-3
 
 
+def test_interests_name_each_history_item_once_with_its_weights_summed(
+    client: TestClient, tiny_model: TinyModel
+) -> None:
+    user, items = "repeats", tiny_model.item_ids[:3]
+    history = [items[0], items[1], items[0], items[2], items[0], items[1]]
+    client.post(f"/users/{user}/events", json={"events": [{"item_id": i} for i in history]})
+    body = client.get(f"/users/{user}/interests").json()
+    assert body["history_len"] == 6
+    for interest in body["interests"]:
+        named = [h["item_id"] for h in interest["history"]]
+        assert sorted(named) == sorted(set(items)), named
+        weights = [h["weight"] for h in interest["history"]]
+        assert weights == sorted(weights, reverse=True) and abs(sum(weights) - 1) < 1e-3
+
+
 def test_interests_of_a_user_without_history_are_empty(client: TestClient) -> None:
     body = client.get("/users/nobody/interests").json()
     assert body["interests"] == [] and body["history_len"] == 0 and body["collapsed_interests"] == 0
