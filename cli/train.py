@@ -62,7 +62,8 @@ def train_cmd(
     if result is None:  # a non-zero rank of a distributed run: rank 0 reports
         return
     summary = {
-        key: result.to_dict()[key] for key in ("test", "routing", "lists", "steps", "best_step", "train_seconds")
+        key: result.to_dict()[key]
+        for key in ("test", "popularity_test", "routing", "lists", "steps", "best_step", "train_seconds")
     }
     typer.echo(json.dumps(summary, indent=2))
 

@@ -20,7 +20,7 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess[str], needle: str) 
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
 
 
-def test_synth_train_evaluate_round_trip(tmp_path: Path) -> None:
+def test_synth_train_evaluate_round_trip_prints_the_popularity_baseline(tmp_path: Path) -> None:
     assert remi("data", "synth", "--out", str(tmp_path / "d"), "--users", "300", "--items", "200").returncode == 0
     data = tmp_path / "d" / "interactions.csv.gz"
     proc = remi(
@@ -47,6 +47,9 @@ def test_synth_train_evaluate_round_trip(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    printed = json.loads(proc.stdout)  # the popularity baseline is printed beside the model's metrics
+    assert list(printed)[:2] == ["test", "popularity_test"]
+    assert printed["popularity_test"] == pytest.approx(trained["popularity_test"])
     evaluated = json.loads(remi("evaluate", "--run", str(tmp_path / "run")).stdout)
     assert evaluated["test"] == pytest.approx(trained["test"], abs=1e-6)
 
