@@ -1,15 +1,18 @@
 """Which FAISS index searches a trained model's interests cheapest at a served recall@50 >= 0.95.
 
-    python -m benchmarks.search_kinds --root INDEX_ROOT --data INTERACTIONS.csv.gz
+    python -m benchmarks.search_kinds --root INDEX_ROOT
 
 In process, one thread, the service's own path (retrieval/engine.py): the users' interest vectors
 from the exported ONNX tower, near-copy interests grouped (``--dedup-cosine``), one search call
 per micro-batch of 16 users with each user's history excluded, re-scoring against all K and the
-score merge. Each index kind is built over the model's item table and scored by the recall@50 of
-the merged answers against exact search over all K interests (what `--recall-of answers` gates)
-and by its search + merge time per user. Why: on a trained model the HNSW search is most of a
-request's CPU (docs/operations.md "Serving cost of a trained model"), so a cheaper index at the
-same recall would be the next serving lever. Writes benchmarks/results/search_kinds.{json,md}.
+score merge. Each index kind is built over the model's item table and scored by the served recall
+gate (index/gate.py, the one query set of the gate, `remi index status` and the serving benchmarks:
+sample users of every history length, recall@50 of the served answers against the same engine over
+an exact index) and by its search + merge CPU time per user. `remi reindex --kind auto` makes the
+same measurement over its own candidates (index/auto.py) and records it in the manifest. Why: on a
+trained model the HNSW search is most of a request's CPU (docs/operations.md "Serving cost of a
+trained model"), so a cheaper index at the same recall is a serving lever. Writes
+benchmarks/results/search_kinds.{json,md}.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import faiss
 import numpy as np
 
 from benchmarks import harness
-from benchmarks.harness import save_results, timed
+from benchmarks.harness import save_results
 
 KINDS = [  # (label, FAISS factory string, search knobs)
     ("hnsw M16", "HNSW16", {"efSearch": 48}),
@@ -43,8 +46,7 @@ KINDS = [  # (label, FAISS factory string, search knobs)
 def parser() -> argparse.ArgumentParser:
     ap = harness.parser(__doc__, "search_kinds")
     ap.add_argument("--root", type=Path, required=True, help="index root (`remi reindex` output) of a trained model")
-    ap.add_argument("--data", type=Path, required=True, help="interactions CSV the model was trained on")
-    ap.add_argument("--users", type=int, default=1600, help="users (their last 50 events) to search for")
+    ap.add_argument("--users", type=int, default=1000, help="users of the served recall gate (index/gate.py)")
     ap.add_argument("--dedup-cosine", type=float, default=0.94, help="REMI_INTEREST_DEDUP_COSINE")
     return ap
 
@@ -68,53 +70,25 @@ def build(spec: str, knobs: dict[str, Any], vectors: np.ndarray) -> tuple[faiss.
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks.serving_trained import user_histories
-    from retrieval.engine import Engine
-    from retrieval.query import Query
+    from index.gate import ServedGate, artifact_queries
     from retrieval.store import load_current
 
-    faiss.omp_set_num_threads(1)
     loaded = load_current(args.root, threads=1)
-    _, histories = user_histories(args.data, args.users, 50)
-    reference = Engine(loaded, 1, args.dedup_cosine, 0.0)
-    queries = [Query(reference.encode([item for item, _ in h])[0], 50) for h in histories]
-    queries = [q for q in queries if len(q.history)]
-    exact_engine = Engine(_with_index(loaded, build("Flat", {}, reference.item_vectors)[0]), 1, 1.0, 0.0)
-    truth = [set(r.item_ids) for r in _answers(exact_engine, queries)[0]]
+    arts = loaded.artifacts
+    gate = ServedGate(arts, artifact_queries(arts, args.users), args.dedup_cosine)
+    vectors = gate.engine(gate.exact).item_vectors
+    searched = float(gate.interests.searched.sum(1).mean())
     rows = []
     for label, spec, knobs in KINDS:
-        index, build_s = build(spec, knobs, reference.item_vectors)
-        engine = Engine(_with_index(loaded, index), 1, args.dedup_cosine, 0.0)
-        results, seconds, searched = _answers(engine, queries)
-        recall = float(
-            np.mean([len(t & set(r.item_ids)) / max(1, len(t)) for t, r in zip(truth, results, strict=True)])
-        )
-        row = {"kind": label, "factory": spec, "knobs": knobs, "recall_at_50": round(recall, 4),
-               "ms_per_user": round(1000 * seconds / len(queries), 3), "searched_per_user": round(searched, 3),
+        index, build_s = build(spec, knobs, vectors)
+        measured = gate.measure(index)
+        row = {"kind": label, "factory": spec, "knobs": knobs, "recall_at_50": round(measured.recall, 4),
+               "ms_per_user": round(measured.us_per_user / 1000, 3), "searched_per_user": round(searched, 3),
                "build_s": round(build_s, 1)}  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
-    return {"meta": {"root": str(args.root), "users": len(queries), "items": int(reference.item_vectors.shape[0]),
-                     "dedup_cosine": args.dedup_cosine}, "rows": rows}  # fmt: skip
-
-
-def _with_index(loaded: Any, index: faiss.Index) -> Any:
-    from dataclasses import replace
-
-    return replace(loaded, index=index)
-
-
-def _answers(engine: Any, queries: list[Any]) -> tuple[list[Any], float, float]:
-    """The engine's answers in micro-batches of 16 (as at C = 32 with 2 workers), their compute seconds."""
-    engine.recommend(queries[:16])  # warm
-    results, seconds, searched = [], 0.0, 0.0
-    for start in range(0, len(queries), 16):
-        with timed() as took:
-            batch, timings = engine.recommend(queries[start : start + 16])
-        seconds += took.wall_s
-        searched += timings.extra.get("searched_interests", 0.0)
-        results += batch
-    return results, seconds, searched / len(queries)
+    return {"meta": {"root": str(args.root), "users": len(gate.queries), "items": int(vectors.shape[0]),
+                     "dedup_cosine": args.dedup_cosine, "gate": gate.describe()}, "rows": rows}  # fmt: skip
 
 
 def report(result: dict[str, Any]) -> str:
@@ -122,10 +96,10 @@ def report(result: dict[str, Any]) -> str:
     lines = [
         "# Index kinds on a trained model's interests (`python -m benchmarks.search_kinds`)",
         "",
-        f"{m['items']:,} items, {m['users']:,} users (their last 50 events, excluded from the answers), interest "
-        f"dedup cosine {m['dedup_cosine']}, k = 50, micro-batches of 16, one thread. `recall@50` = the merged "
-        "answers against exact search over all K interests; `ms / user` = the engine's whole compute (ONNX, "
-        "search, merge) per user. Only the index differs between rows.",
+        f"{m['items']:,} items, {m['users']:,} users of the served recall gate (index/gate.py: sample histories of "
+        f"every length, seen items excluded), interest dedup cosine {m['dedup_cosine']}, k = 50, micro-batches of "
+        "16, one thread. `recall@50` = the served answers against the same engine over an exact index; `ms / user` "
+        "= search + merge CPU per user (the tower's run left out). Only the index differs between rows.",
         "",
         "| index | recall@50 | ms / user | interests searched | build s |",
         "|---|---|---|---|---|",

@@ -22,8 +22,8 @@ Every configuration is a real ``remi serve`` with 2 workers and micro-batching, 
 * ``sq8`` / ``fp16``: + compact storage, the beam re-ranked with the exact vectors (same gate);
 * ``fast ...``: + the fast path of POST /recommend (service/fast_recommend.py), on the last row's index.
 
-Each configuration also gets recall@50 of its merged answers against exact search over the same
-interest vectors and exclusions (in process, the same Engine, --recall-users users).
+Each configuration also gets the served recall gate's figures (index/gate.py, --recall-users of its
+users): recall@50 of its answers against the same engine over an exact index, and search CPU per user.
 Writes benchmarks/results/<name>.json and .md.
 """
 
@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--m", type=int, nargs="+", default=[48, 32, 16], help="HNSW M values of the `ef` configs")
     ap.add_argument("--storage", nargs="*", default=["sq8", "fp16"], help="compact storages (at the last --m)")
     ap.add_argument("--configs", nargs="*", default=None, help="only these configuration labels (default: all)")
-    ap.add_argument("--recall-users", type=int, default=1000, help="users whose answers are checked against exact")
+    ap.add_argument("--recall-users", type=int, default=1000, help="users of the served recall gate (index/gate.py)")
     ap.add_argument("--build-only", action="store_true", help="build the index roots (and base code), measure nothing")
     return ap
 
@@ -133,49 +133,24 @@ async def seed(url: str, prefix: str, users: list[str], histories: list[list[tup
         await store.close()
 
 
-def merged_recall(
-    root: Path, histories: list[list[tuple[str, int]]], dedup_cosine: float, min_weight: float, k: int = 50
-) -> dict[str, float]:
-    """Recall@k of the engine's merged answers against exact search over the same interests and exclusions.
-
-    The interest vectors are the engine's own (same ONNX run); the exact answer searches all K
-    of them in a flat index and merges by score. Also: interests searched per user.
-    """
-    from remi.artifacts import pad_histories
-    from retrieval.engine import Engine
-    from retrieval.merge import merge_by_score
-    from retrieval.query import Query
-    from retrieval.search import exact_index, search_excluding
+def merged_recall(root: Path, users: int, dedup_cosine: float, min_weight: float) -> dict[str, float]:
+    """The served recall gate's figures for ``root``'s current index (index/gate.py: the gate's own
+    query set, ``users`` sample histories of every length with seen items excluded, recall@50 of
+    the served answers against the same engine over an exact index, search + merge CPU per user on
+    one thread in micro-batches of 16), with the configuration's dedup; and interests searched."""
+    from index.gate import ServedGate, artifact_queries
     from retrieval.store import load_current
 
-    engine = Engine(load_current(root, threads=1), 1, dedup_cosine, min_weight)
-    exact = exact_index(engine.item_vectors)
-    queries = [Query(engine.encode([item for item, _ in h])[0], k) for h in histories]
-    queries = [q for q in queries if len(q.history)]
-    hits, searched, total = [], 0.0, 0.0
-    stages = {"model": 0.0, "search": 0.0, "merge": 0.0}
-    engine.recommend(queries[:16])  # warm
-    for start in range(0, len(queries), 16):  # micro-batches of 16, as at C = 32 with 2 workers
-        batch = queries[start : start + 16]
-        results, timings = engine.recommend(batch)
-        for stage in stages:
-            stages[stage] += getattr(timings, stage)
-        searched += timings.extra["searched_interests"]
-        total += timings.extra["interests"]
-        ids, mask = pad_histories([q.history for q in batch], engine.seq_len)
-        vectors, _ = engine.arts.tower.run(ids, mask)
-        found, scores = search_excluding(exact, vectors, k, [q.history for q in batch])
-        truth, _, _ = merge_by_score(found, scores, k)
-        for result, row in zip(results, truth, strict=True):
-            want = set(engine.vocabulary.raw_ids_of(row[row >= 0]))
-            hits.append(len(want & set(result.item_ids)) / max(1, len(want)))
+    loaded = load_current(root, threads=1)
+    gate = ServedGate(loaded.artifacts, artifact_queries(loaded.artifacts, users), dedup_cosine, min_weight)
+    gate.measure(loaded.index)  # warm the index's pages
+    measured = gate.measure(loaded.index)
     return {
-        "recall_at_50": round(float(np.mean(hits)), 4),
-        "users": len(hits),
-        "searched_per_user": round(searched / max(1, len(hits)), 3),
-        "interests_per_user": round(total / max(1, len(hits)), 3),
-        # in-process compute per user, one thread, batches of 16 (not the HTTP figure)
-        **{f"{stage}_ms": round(1000 * t / max(1, len(hits)), 4) for stage, t in stages.items()},
+        "recall_at_50": round(measured.recall, 4),
+        "users": len(gate.queries),
+        "searched_per_user": round(float(gate.interests.searched.sum(1).mean()), 3),
+        "interests_per_user": round(float(gate.interests.active.sum(1).mean()), 3),
+        "search_ms": round(measured.us_per_user / 1000, 4),  # search + merge + encoding, one thread
     }
 
 
@@ -278,10 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"== {c['label']}", flush=True)
             dedup_on = c["env"].get("REMI_INTEREST_DEDUP_COSINE", "1.0")
             recall = merged_recall(
-                c["root"],
-                histories[: args.recall_users],
-                float(dedup_on),
-                float(c["env"].get("REMI_INTEREST_MIN_WEIGHT", "0.0")),
+                c["root"], args.recall_users, float(dedup_on), float(c["env"].get("REMI_INTEREST_MIN_WEIGHT", "0.0"))
             )
             print(json.dumps(recall), flush=True)
             log = work / "logs" / f"{c['label'].replace(' ', '-')}.log"
@@ -320,9 +292,10 @@ def report(result: dict[str, Any]) -> str:
         f"others = commit {meta['source']['commit']} (serving code hash {meta['source']['code_sha256']}"
         f"{'' if meta['source'] == meta.get('source_at_end') else ', CHANGED during the run'}).",
         "",
-        "`recall@50` = merged answers vs exact search over all K interests of the same ONNX run, same "
-        "exclusions; `searched` = interests searched per user (of K); `search ms` = in-process FAISS (+ "
-        "exclusion filter) time per user in batches of 16, one thread; `x before` = req/s ratio at C = 32; "
+        "`recall@50` = the served gate's (index/gate.py: sample users of every history length, seen items "
+        "excluded, answers vs the same engine over an exact index); `searched` = interests searched per user (of "
+        "K); `search ms` = in-process search + merge CPU per user in batches of 16, one thread; `x before` = req/s "
+        "ratio at C = 32; "
         "`x prev` = ratio to the row above (the lever's own gain); `fallbacks` = answers with `fallback` set "
         "(all `history_unavailable` here: a Redis reply later than REMI_REDIS_TIMEOUT_MS under a saturated CPU); "
         "`other cores` = CPU of everything else on the machine during the C = 32 run (> 0.1: disturbed).",
