@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -66,15 +67,65 @@ class LoadReport:
     partitions: int
     seconds: float
     events_per_s: float
+    capped: int = 0  # rows left out: older than the last max_len events of their user
+    max_len: int = 0
 
     def line(self) -> str:
         return (
             f"loaded {self.users:,} users, {self.events:,} events ({self.rows:,} rows read) in "
-            f"{self.seconds:.1f} s: {self.events_per_s:,.0f} events/s"
+            f"{self.seconds:.1f} s: {self.events_per_s:,.0f} events/s; {self.capped:,} rows beyond the last "
+            f"{self.max_len:,} events of their user left out"
         )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# --- progress ---------------------------------------------------------------------------------------
+
+LINE_SECONDS = 10.0  # between two progress lines when stderr is not a terminal
+
+
+class _ProgressLines:
+    """Progress as plain lines on stderr every ``every`` seconds and once at the end: the stand-in
+    for a tqdm bar when stderr is a log or `docker logs`, which keep its carriage returns as
+    garbage (as `remi train` does, training/progress.py)."""
+
+    def __init__(self, desc: str, unit: str, every: float = LINE_SECONDS):
+        self.desc, self.unit, self.every = desc, unit, every
+        self.done = 0
+        self.started = self.last = time.monotonic()
+
+    def __enter__(self) -> _ProgressLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._line(time.monotonic())
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self._line(now)
+
+    def _line(self, now: float) -> None:
+        self.last = now
+        elapsed = now - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        print(
+            f"history load: {self.desc} {self.done:,} {self.unit} ({rate:,.0f} {self.unit}/s, {elapsed:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _progress(desc: str, unit: str, show: bool) -> Any:
+    """A tqdm bar on a terminal, plain lines otherwise, nothing without ``show``."""
+    if show and not sys.stderr.isatty():
+        return _ProgressLines(desc, unit)
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, unit=f" {unit}", unit_scale=True, disable=not show)
 
 
 # --- reading ----------------------------------------------------------------------------------------
@@ -339,7 +390,6 @@ def load_history(
     """Replace the Redis history of every user in `data` with their last `max_len` events."""
     if max_len < 1:
         raise RemiError(f"max_len must be >= 1, got {max_len}")
-    from tqdm import tqdm
 
     path = Path(data)
     parts = max(1, math.ceil(_estimated_rows(path) / rows_per_partition))
@@ -358,9 +408,9 @@ def load_history(
 
     asyncio.run(check())
     with tempfile.TemporaryDirectory(prefix="remi-history-load-", dir=tmp_dir) as folder:
-        with tqdm(desc="read", unit=" rows", unit_scale=True, disable=not progress) as bar:
+        with _progress("read", "rows", progress) as bar:
             files, rows = _partition(path, Path(folder), parts, batch_rows, bar)
-        with tqdm(desc="write", unit=" events", unit_scale=True, disable=not progress) as bar:
+        with _progress("write", "events", progress) as bar:
             users, events = asyncio.run(
                 _write(
                     redis_url,
@@ -375,4 +425,6 @@ def load_history(
                 )
             )
     seconds = time.perf_counter() - t0
-    return LoadReport(users, events, rows, len(files), round(seconds, 3), round(events / max(seconds, 1e-9), 1))
+    rate = round(events / max(seconds, 1e-9), 1)
+    # Every row read reaches a partition, so what was not written is what the per-user cap cut.
+    return LoadReport(users, events, rows, len(files), round(seconds, 3), rate, capped=rows - events, max_len=max_len)
