@@ -19,7 +19,7 @@ import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -76,6 +76,13 @@ class Appended:
 class Event:
     item_id: str
     timestamp: int | None = None
+    # True when the timestamp is the arrival time the API gave an event posted without one: the
+    # Idempotency-Key fingerprint is taken of the event as sent, so a retry later is the same request.
+    stamped: bool = field(default=False, compare=False)
+
+
+def _as_sent(event: Event) -> Event:
+    return Event(event.item_id) if event.stamped else event
 
 
 class HistoryStore(Protocol):
@@ -395,7 +402,7 @@ class RedisHistory:
         if not events:  # nothing to write: report the length
             return Appended(0, int(await self._call(lambda: self._client.llen(key))))
         encoded = [_encode(e) for e in events]
-        fingerprint = _fingerprint(encoded)
+        fingerprint = _fingerprint([_encode(_as_sent(e)) for e in events])
         keys = [key]
         if idempotency_key is not None:
             keys.append(idempotency_marker_key(self.prefix, user_id, idempotency_key))
@@ -518,7 +525,7 @@ class MemoryHistory:
 
     async def append(self, user_id: str, events: list[Event], idempotency_key: str | None = None) -> Appended:
         # No await before the write: one event loop, so check-and-append is atomic here too.
-        fingerprint = _fingerprint([_encode(e) for e in events])
+        fingerprint = _fingerprint([_encode(_as_sent(e)) for e in events])
         now = self._clock()
         while self._seen and next(iter(self._seen.values()))[3] <= now:
             self._seen.popitem(last=False)  # expired (insertion order = expiry order)

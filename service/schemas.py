@@ -390,7 +390,8 @@ class EventIn(_Request):
     item_id: ItemId
     timestamp: Annotated[JsonSafeInt, Ge(0), AfterValidator(_not_in_future)] | None = Field(
         None,
-        description="Unix seconds; optional. At most REMI_EVENT_MAX_FUTURE_S (default a day) ahead of the "
+        description="Unix seconds; optional (without one, the time it arrives). At most "
+        "REMI_EVENT_MAX_FUTURE_S (default a day) ahead of the "
         "server's clock (the maximum stated here: that bound when this document was built).",
         json_schema_extra=_timestamp_schema,
     )

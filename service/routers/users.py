@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Container
+import time
+from collections.abc import Container, Sequence
 from typing import Any
 
 import orjson
@@ -21,6 +22,7 @@ from service.recommender import blocked_items
 from service.schemas import (
     BAD_INPUT_422,
     TOO_LARGE_413,
+    EventIn,
     EventsRequest,
     EventsResponse,
     FilterQuery,
@@ -55,7 +57,7 @@ router = APIRouter(route_class=SafeJsonRoute)
 async def add_events(
     user_id: UserPath, body: EventsRequest, history: HistoryDep, idempotency_key: IdempotencyKey = None
 ) -> Response:
-    events = [Event(str(e.item_id), e.timestamp) for e in body.events]
+    events = stamp_arrival(body.events, time.time())
     try:
         done = await history.append(user_id, events, idempotency_key)
     except IdempotencyConflict as exc:
@@ -72,6 +74,22 @@ async def add_events(
     out = EventsResponse(user_id=user_id, stored=done.stored, history_len=done.history_len)
     headers = {"Idempotent-Replayed": "true"} if done.replayed else None
     return Response(orjson.dumps(out.model_dump()), media_type="application/json", headers=headers)
+
+
+def stamp_arrival(posted: Sequence[EventIn], now: float) -> list[Event]:
+    """The events to store: one posted without a timestamp takes its arrival time (integer Unix
+    seconds, like every other timestamp), never earlier than a timestamp before it in its batch,
+    so a history never shows ``timestamp: null`` and a batch keeps its order. Marked ``stamped``:
+    the Idempotency-Key fingerprint is of the events as sent (service/history.py)."""
+    events: list[Event] = []
+    latest = int(now)
+    for e in posted:
+        if e.timestamp is None:
+            events.append(Event(str(e.item_id), latest, stamped=True))
+        else:
+            events.append(Event(str(e.item_id), e.timestamp))
+            latest = max(latest, e.timestamp)
+    return events
 
 
 @router.get(

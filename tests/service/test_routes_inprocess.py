@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -204,14 +205,29 @@ def test_events_are_stored_and_read_back_oldest_first(client: TestClient, tiny_m
     user = "event-user"
     events = [{"item_id": tiny_model.item_ids[i], "timestamp": 1_700_000_000 + i} for i in (3, 9, 27)]
     events.append({"item_id": "not-in-the-model"})
+    before = int(time.time())
     stored = client.post(f"/users/{user}/events", json={"events": events})
     assert stored.status_code == 200 and stored.json() == {"user_id": user, "stored": 4, "history_len": 4}
     history = client.get(f"/users/{user}/history").json()
     assert history["user_id"] == user
-    assert [(h["item_id"], h["timestamp"]) for h in history["items"]] == [
-        (e["item_id"], e.get("timestamp")) for e in events
+    assert [(h["item_id"], h["timestamp"]) for h in history["items"][:3]] == [
+        (e["item_id"], e["timestamp"]) for e in events[:3]
     ]
+    # posted without a timestamp: stamped at arrival, in integer seconds
+    assert history["items"][3]["item_id"] == "not-in-the-model"
+    assert before <= history["items"][3]["timestamp"] <= time.time()
     assert [h["known"] for h in history["items"]] == [True, True, True, False]
+
+
+def test_a_retry_of_untimed_events_with_the_same_idempotency_key_is_a_replay_not_a_conflict(
+    client: TestClient,
+) -> None:
+    url, key, body = "/users/idem-late/events", {"idempotency-key": "late-1"}, {"events": [{"item_id": "a"}]}
+    first = client.post(url, json=body, headers=key)
+    time.sleep(1.1)  # the retry arrives in a later second: another arrival time, the same request
+    again = client.post(url, json=body, headers=key)
+    assert first.status_code == again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    assert isinstance(client.get("/users/idem-late/history").json()["items"][0]["timestamp"], int)
 
 
 def test_an_unknown_user_has_an_empty_history(client: TestClient) -> None:
