@@ -56,7 +56,7 @@ from redis.backoff import NoBackoff
 from remi.contract import ItemVocabulary
 from service import telemetry
 from service.config import ServiceSettings
-from service.redis_client import client_for, public_url
+from service.redis_client import NO_ACCESS, RedisAccess, client_for, public_url
 
 log = logging.getLogger("remi.blocklist")
 
@@ -182,13 +182,16 @@ def _continues(version: int, entries: list[Entry]) -> bool:
 class RedisBlocklist:
     """The blocklist in Redis: set, version, epoch and change log, all changed by one script."""
 
-    def __init__(self, url: str, prefix: str, timeout_s: float, log_max: int = LOG_MAX) -> None:
+    def __init__(
+        self, url: str, prefix: str, timeout_s: float, log_max: int = LOG_MAX, access: RedisAccess = NO_ACCESS
+    ) -> None:
         self.items_key, self.version_key, self.epoch_key, self.log_key = blocklist_keys(prefix)
         self.log_max = log_max
         self.url = public_url(url)
         timeout = max(timeout_s, MIN_TIMEOUT_S)
         self._client = client_for(
             url,
+            access,
             max_connections=4,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
@@ -301,7 +304,9 @@ class MemoryBlocklist:
 def make_blocklist_store(settings: ServiceSettings) -> BlocklistStore:
     """Redis when REMI_REDIS_URL is set (shared, durable), else in process (as the history store)."""
     if settings.redis_url:
-        return RedisBlocklist(settings.redis_url, settings.redis_prefix, settings.redis_timeout_ms / 1000)
+        return RedisBlocklist(
+            settings.redis_url, settings.redis_prefix, settings.redis_timeout_ms / 1000, access=settings.redis_access()
+        )
     return MemoryBlocklist()
 
 

@@ -4,17 +4,49 @@
 it to the server processes as the REMI_* variables of :meth:`ServiceSettings.to_env`, so a
 container, a test and the CLI configure the service the same way and every uvicorn worker
 process reads identical settings.
+
+Secrets can come from files instead of the environment: every setting is also read from a file
+named after its variable (``remi_redis_password``, ``remi_redis_url``, ``remi_admin_token``...) in
+REMI_SECRETS_DIR, or in ``/run/secrets`` when that folder exists (Docker and Compose secrets; a
+Kubernetes Secret volume mounted anywhere with REMI_SECRETS_DIR pointing at it). One folder rather
+than a ``*_FILE`` twin of each secret: every setting gets it without a second field, and the
+file names are the variable names. A variable that is set wins over its file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
+
+from remi.errors import RemiError
+
+if TYPE_CHECKING:
+    from service.redis_client import RedisAccess
+
+DOCKER_SECRETS = Path("/run/secrets")
+
+
+def secrets_folder(named: str | Path | None = None) -> Path | None:
+    """``named`` (--secrets-dir) or REMI_SECRETS_DIR (it must be a folder), else /run/secrets when it
+    is one, else none."""
+    named = named or os.environ.get("REMI_SECRETS_DIR")
+    if named:
+        if not Path(named).is_dir():
+            raise RemiError(f"REMI_SECRETS_DIR={named}: not a folder")
+        return Path(named)
+    return DOCKER_SECRETS if DOCKER_SECRETS.is_dir() else None
 
 
 class ServiceSettings(BaseSettings):
@@ -102,6 +134,35 @@ class ServiceSettings(BaseSettings):
         100.0, gt=0, description="Redis socket and connect timeout (then the request falls back)."
     )
     redis_max_connections: int = Field(64, ge=1, description="Redis connection pool size per worker.")
+    redis_username: str | None = Field(
+        None, description="Redis ACL user (server, cluster nodes, a sentinel's master); a user in the URL wins."
+    )
+    redis_password: SecretStr | None = Field(
+        None, description="Redis password for that user (or `requirepass`); a password in the URL wins."
+    )
+    redis_sentinel_username: str | None = Field(
+        None, description="ACL user of the sentinels themselves (redis+sentinel URLs); `?sentinel_username=` wins."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="Password of the sentinels themselves; `?sentinel_password=` in the URL wins."
+    )
+    redis_tls_ca_file: Path | None = Field(
+        None, description="CA bundle that signs the Redis certificates (rediss URLs); unset = the system's CAs."
+    )
+    redis_tls_cert_file: Path | None = Field(
+        None, description="Client certificate for Redis mutual TLS (with REMI_REDIS_TLS_KEY_FILE)."
+    )
+    redis_tls_key_file: Path | None = Field(None, description="Private key of REMI_REDIS_TLS_CERT_FILE.")
+    redis_tls_verify: Literal["full", "ca", "none"] = Field(
+        "full",
+        description="How Redis certificates are checked: full (chain and host name), ca (chain only: nodes "
+        "announced by an address their certificate does not name), none (encrypted, not authenticated).",
+    )
+    secrets_dir: Path | None = Field(
+        None,
+        description="Folder of secret files named after the variables (remi_redis_password, remi_redis_url, ...), "
+        "read at start; a set variable wins. Unset: /run/secrets when it exists.",
+    )
     redis_breaker_window_s: float = Field(
         10.0, gt=0, description="Rolling window in which the circuit breaker counts Redis calls and failures."
     )
@@ -247,6 +308,21 @@ class ServiceSettings(BaseSettings):
     )
     max_headers: int = Field(100, ge=1, description="Most header lines in one request; more get 431.")
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then the secret files of :func:`secrets_folder`."""
+        given = init_settings.init_kwargs.get("secrets_dir") if isinstance(init_settings, InitSettingsSource) else None
+        folder = secrets_folder(given)
+        files = () if folder is None else (SecretsSettingsSource(settings_cls, secrets_dir=folder),)
+        return (init_settings, env_settings, dotenv_settings, *files)
+
     def to_env(self) -> dict[str, str]:
         """The REMI_* variables from which ``ServiceSettings()`` rebuilds exactly these settings.
 
@@ -316,6 +392,40 @@ class ServiceSettings(BaseSettings):
         if self.backend == "milvus" and str(self.milvus_uri).endswith(".db") and self.workers > 1:
             raise ValueError("a Milvus Lite .db file serves one process: use --workers 1 or a Milvus server URI")
         return self
+
+    @model_validator(mode="after")
+    def _redis_tls_settings_need_a_tls_url(self) -> ServiceSettings:
+        tls = (self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file)
+        if self.redis_url and (any(tls) or self.redis_tls_verify != "full"):
+            if not self.redis_url.partition("://")[0].startswith("rediss"):
+                raise ValueError(
+                    "REMI_REDIS_TLS_* need a TLS URL in REMI_REDIS_URL: rediss://, rediss+cluster:// or "
+                    "rediss+sentinel://"
+                )
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ValueError("REMI_REDIS_TLS_CERT_FILE and REMI_REDIS_TLS_KEY_FILE go together")
+        return self
+
+    def redis_access(self) -> RedisAccess:
+        """The credentials and TLS files every Redis client of the service and `remi history load` uses."""
+        from service.redis_client import RedisAccess
+
+        def secret(value: SecretStr | None) -> str | None:
+            return None if value is None else value.get_secret_value()
+
+        def path(value: Path | None) -> str | None:
+            return None if value is None else str(value)
+
+        return RedisAccess(
+            username=self.redis_username,
+            password=secret(self.redis_password),
+            sentinel_username=self.redis_sentinel_username,
+            sentinel_password=secret(self.redis_sentinel_password),
+            tls_ca_file=path(self.redis_tls_ca_file),
+            tls_cert_file=path(self.redis_tls_cert_file),
+            tls_key_file=path(self.redis_tls_key_file),
+            tls_verify=self.redis_tls_verify,
+        )
 
     def milvus_credential(self) -> str | None:
         """The Milvus token: REMI_MILVUS_TOKEN, else REMI_MILVUS_TOKEN_FILE's content (stripped), else none."""

@@ -32,7 +32,17 @@ from redis.exceptions import MaxConnectionsError
 
 from remi.contract import INTERACTION_COLUMNS
 from service.config import ServiceSettings
-from service.redis_client import BACKSTOP_TIMEOUT_S, CircuitBreaker, Failure, classify, client_for, public_url, within
+from service.redis_client import (
+    BACKSTOP_TIMEOUT_S,
+    NO_ACCESS,
+    CircuitBreaker,
+    Failure,
+    RedisAccess,
+    classify,
+    client_for,
+    public_url,
+    within,
+)
 
 log = logging.getLogger("remi.history")
 
@@ -271,6 +281,7 @@ class RedisHistory:
         breaker_failure_rate: float = _DEFAULTS.redis_breaker_failure_rate,
         idempotency_ttl_s: int = _DEFAULTS.idempotency_ttl_s,
         clock: Callable[[], float] = time.monotonic,
+        access: RedisAccess = NO_ACCESS,
     ) -> None:
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
@@ -302,6 +313,7 @@ class RedisHistory:
         backstop = max(BACKSTOP_TIMEOUT_S, 4 * timeout_s)  # the deadline is within's
         self._client = client_for(
             url,
+            access,
             max_connections=max_connections,
             socket_timeout=backstop,
             socket_connect_timeout=backstop,

@@ -4,8 +4,10 @@ topology, what a failure means, a deadline that a busy event loop does not eat, 
 Users: the history store (service/history.py), the live blocklist (service/blocklist.py) and the
 bulk loader (service/history_load.py). Nothing here knows about histories or blocklists.
 
-* :func:`client_for` — a client for a plain, Cluster or Sentinel URL; :func:`public_url` — that
-  URL without credentials, for messages and logs.
+* :func:`client_for` — a client for a plain, Cluster or Sentinel URL (:func:`parse_url`: the URL
+  grammar), with the credentials and TLS files of :class:`RedisAccess` (REMI_REDIS_* settings,
+  secret files included) that the URL leaves out; :func:`node_client` — one cluster node with the
+  same; :func:`public_url` — that URL without credentials, for messages and logs.
 * :func:`classify` — a redis-py exception as a :class:`Failure`: its reason, whether the command
   may have run, whether the server as a whole is unusable (what the breaker counts).
 * :func:`within` — a call's deadline as the service measures it, not redis-py's socket timer.
@@ -20,7 +22,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -39,39 +41,183 @@ def public_url(url: str) -> str:
     return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path.partition('?')[0]}"
 
 
-def client_for(url: str, **options: Any) -> Any:
-    """A client for a plain, Cluster or Sentinel URL.
+@dataclass(frozen=True)
+class RedisAccess:
+    """Credentials and TLS files for every connection to Redis, beside the URL (REMI_REDIS_* settings).
 
-    * ``redis://`` / ``rediss://`` / ``unix://`` — one server (redis-py's own URL format).
-    * ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` for TLS) — Redis
-      Cluster; one seed node is enough, the client discovers the rest. A user's history is one
-      key, so every write stays a single-slot transaction.
-    * ``redis+sentinel://host:port[,host:port...]/service_name[/db]`` — Sentinel; the client
-      asks the sentinels for the current master of ``service_name`` and follows failovers.
+    What the URL itself says wins (its user and password, its query options), so a URL that
+    carries everything keeps working unchanged; these fill in what it leaves out, which is how a
+    password kept out of the URL (a secret file, docs/operations.md "Redis topologies") reaches
+    the server, the cluster nodes, the sentinels and the master they name.
     """
-    scheme, _, rest = url.partition("://")
-    if scheme in ("redis+cluster", "rediss+cluster"):
-        seeds = rest.split("/")[0].split(",")
-        base = scheme.replace("+cluster", "")
-        options.pop("max_connections", None)  # per node in cluster mode; redis-py sizes it itself
-        return aioredis.RedisCluster.from_url(f"{base}://{seeds[0]}", **options)
-    if scheme in ("redis+sentinel", "rediss+sentinel"):
-        hosts, _, path = rest.partition("/")
-        parts = [p for p in path.split("/") if p]
-        if not parts:
-            raise ValueError("a sentinel URL needs the service name: redis+sentinel://host:port/service_name[/db]")
-        sentinels = []
-        for host in hosts.split(","):
-            name, _, port = host.rpartition(":")
-            sentinels.append((name or host, int(port or 26379)))
-        db = int(parts[1]) if len(parts) > 1 else 0
-        from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
-        timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
-        unannotated_sentinel: Any = Sentinel  # redis-py declares no types for its constructor
-        sentinel = unannotated_sentinel(sentinels, sentinel_kwargs=timeouts, ssl=scheme.startswith("rediss"), **options)
-        return sentinel.master_for(parts[0], connection_pool_class=SentinelConnectionPool, db=db)
-    return aioredis.Redis.from_url(url, **options)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_verify: str = "full"  # full: chain + host name; ca: chain only; none: no check
+
+    def __post_init__(self) -> None:
+        if self.tls_verify not in TLS_VERIFY_MODES:
+            raise ValueError(f"TLS verify mode {self.tls_verify!r}: one of {', '.join(TLS_VERIFY_MODES)}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("a TLS client certificate needs both its certificate and its key file")
+
+    @property
+    def wants_tls(self) -> bool:
+        """TLS settings other than the defaults: they make no sense on a plain-text URL."""
+        files = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        return any(f is not None for f in files) or self.tls_verify != "full"
+
+    def data_options(self, tls: bool) -> dict[str, Any]:
+        """Connection options for data nodes (a server, a cluster node, a sentinel's master)."""
+        options: dict[str, Any] = {}
+        if self.username is not None:
+            options["username"] = self.username
+        if self.password is not None:
+            options["password"] = self.password
+        return options | (self.tls_options() if tls else {})
+
+    def sentinel_options(self, tls: bool) -> dict[str, Any]:
+        """Connection options for the sentinels themselves (their own ACL user and password)."""
+        options: dict[str, Any] = {}
+        if self.sentinel_username is not None:
+            options["username"] = self.sentinel_username
+        if self.sentinel_password is not None:
+            options["password"] = self.sentinel_password
+        return options | (self.tls_options() | {"ssl": True} if tls else {})
+
+    def tls_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "ssl_cert_reqs": "none" if self.tls_verify == "none" else "required",
+            "ssl_check_hostname": self.tls_verify == "full",
+        }
+        for name, value in (("ssl_ca_certs", self.tls_ca_file), ("ssl_certfile", self.tls_cert_file),
+                            ("ssl_keyfile", self.tls_key_file)):  # fmt: skip
+            if value is not None:
+                options[name] = value
+        return options
+
+
+TLS_VERIFY_MODES = ("full", "ca", "none")
+NO_ACCESS = RedisAccess()
+_TLS_SCHEMES = ("rediss", "rediss+cluster", "rediss+sentinel")
+_SCHEMES = ("redis", "unix", "redis+cluster", "redis+sentinel", *_TLS_SCHEMES)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a Redis URL names (:func:`parse_url`): the topology, its nodes and the connection options."""
+
+    kind: str  # "server", "cluster" or "sentinel"
+    tls: bool
+    nodes: tuple[tuple[str, int], ...]  # cluster seeds or sentinels; () for one server
+    service_name: str | None  # the sentinels' name of the master
+    options: dict[str, Any] = field(repr=False)  # for data-node connections: the URL's, then RedisAccess's
+    sentinel_options: dict[str, Any] = field(repr=False)  # for the sentinels' own connections
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        host, _, port = text.partition(":") if text.count(":") == 1 else (text, "", "")
+    if not host:
+        raise ValueError(f"empty host in {text!r}")
+    try:
+        return host, int(port) if port else default_port
+    except ValueError:
+        raise ValueError(f"bad port in {text!r}") from None
+
+
+def _url_options(userinfo: str, path: str, query: str) -> dict[str, Any]:
+    """User, password, db and query options as redis-py reads them from a one-server URL."""
+    from redis.asyncio.connection import parse_url as redis_parse_url
+
+    at = f"{userinfo}@" if userinfo else ""
+    options = dict(redis_parse_url(f"redis://{at}placeholder/{path}?{query}"))
+    options.pop("host", None)
+    return options
+
+
+def parse_url(url: str, access: RedisAccess = NO_ACCESS) -> Target:
+    """Reads a Redis URL (grammar in :func:`client_for`); ValueError names what is wrong."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in _SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(s + '://' for s in _SCHEMES)}")
+    tls = scheme in _TLS_SCHEMES
+    if access.wants_tls and not tls:
+        raise ValueError("TLS settings (REMI_REDIS_TLS_*) need a TLS URL: rediss://, rediss+cluster:// or "
+                         "rediss+sentinel://")  # fmt: skip
+    if scheme in ("redis", "rediss", "unix"):
+        return Target("server", tls, (), None, access.data_options(tls), {})
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    if scheme.endswith("+cluster"):
+        seeds = tuple(_host_port(h, 6379) for h in hosts.split(","))
+        options = _url_options(userinfo, path, query)
+        if options.pop("db", 0):
+            raise ValueError("Redis Cluster has only db 0")
+        return Target("cluster", tls, seeds, None, access.data_options(tls) | options, {})
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) > 2:
+        raise ValueError("a sentinel URL needs the service name: redis+sentinel://host:port/service_name[/db]")
+    sentinels = tuple(_host_port(h, 26379) for h in hosts.split(","))
+    options = _url_options(userinfo, parts[1] if len(parts) > 1 else "", query)
+    own = {k.removeprefix("sentinel_"): options.pop(k) for k in ("sentinel_username", "sentinel_password")
+           if k in options}  # fmt: skip
+    return Target("sentinel", tls, sentinels, parts[0], access.data_options(tls) | options,
+                  access.sentinel_options(tls) | own)  # fmt: skip
+
+
+def client_for(url: str, access: RedisAccess = NO_ACCESS, **options: Any) -> Any:
+    """A client for a plain, Cluster or Sentinel URL, with ``access``'s credentials and TLS files.
+
+    * ``redis://[user:password@]host:port/db[?option=value...]`` (``rediss://`` for TLS,
+      ``unix:///path.sock``) — one server, redis-py's own URL format.
+    * ``redis+cluster://[user:password@]host:port[,host:port...][?option=value...]``
+      (``rediss+cluster://``) — Redis Cluster; every host:port is a seed (the client starts
+      from whichever answers and discovers the rest), the query options apply to every node.
+      A user's history is one key, so every write stays a single-slot script.
+    * ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db][?option=value...]``
+      (``rediss+sentinel://``: TLS to the sentinels and to the master) — Sentinel; the client
+      asks the sentinels for the current master of ``service_name`` and follows failovers. The
+      user and password (or ``?username=&password=``) are the master's; the sentinels' own are
+      ``?sentinel_username=&sentinel_password=``. ``?db=`` works as the ``/db`` segment does.
+
+    What the URL says wins over ``access`` (REMI_REDIS_USERNAME, _PASSWORD, _SENTINEL_*, _TLS_*).
+    Percent-encode a user or password with ``@ : / ? # %`` in them, as in any URL.
+    """
+    target = parse_url(url, access)
+    if target.kind == "server":
+        # redis-py's from_url: what the URL says overrides these keyword options.
+        return aioredis.Redis.from_url(url, **(options | target.options))
+    if target.kind == "cluster":
+        options.pop("max_connections", None)  # per node in cluster mode; redis-py sizes it itself
+        from redis.asyncio.cluster import ClusterNode
+
+        nodes = [ClusterNode(host, port) for host, port in target.nodes]
+        return aioredis.RedisCluster(startup_nodes=nodes, ssl=target.tls, **(options | target.options))
+    from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+    # The caller's deadline and retry policy hold for asking the sentinels too.
+    timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout", "retry") if k in options}
+    unannotated_sentinel: Any = Sentinel  # redis-py declares no types for its constructor
+    sentinel = unannotated_sentinel(
+        target.nodes, sentinel_kwargs=timeouts | target.sentinel_options, ssl=target.tls, **(options | target.options)
+    )
+    return sentinel.master_for(target.service_name, connection_pool_class=SentinelConnectionPool)
+
+
+def node_client(target: Target, host: str, port: int, **options: Any) -> Any:
+    """A one-server client to ``host:port`` (a cluster node) with the target's credentials and TLS."""
+    return aioredis.Redis(host=host, port=port, ssl=target.tls, **(options | target.options))
 
 
 @dataclass(frozen=True)
@@ -94,7 +240,8 @@ _SERVER_WIDE_REPLIES = {
     "TRYAGAIN": "try_again",
 }
 # Error replies refusing one command on a reachable server: reads may still work, no breaker.
-_COMMAND_REPLIES = {"READONLY": "read_only", "OOM": "out_of_memory", "NOPERM": "no_permission"}
+_COMMAND_REPLIES = {"READONLY": "read_only", "OOM": "out_of_memory", "NOPERM": "no_permission",
+                   "MOVED": "moved", "ASK": "moved"}  # fmt: skip
 
 
 _NETWORK = (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError, OSError, asyncio.TimeoutError)
@@ -120,7 +267,8 @@ def classify(err: BaseException) -> Failure | None:
     if isinstance(err, (redis_exceptions.ConnectionError, OSError)):
         return Failure("connection_lost", None, True)
     if isinstance(err, redis_exceptions.ResponseError):
-        code = text.split(" ", 1)[0].upper()
+        # redis-py strips the code off the replies it has a class for (ClusterDownError: "The cluster is down").
+        code = str(getattr(err, "status_code", None) or text.split(" ", 1)[0]).upper()
         if code in _SERVER_WIDE_REPLIES:
             return Failure(_SERVER_WIDE_REPLIES[code], False, True)
         if code in _COMMAND_REPLIES:
@@ -134,6 +282,8 @@ def classify(err: BaseException) -> Failure | None:
         return Failure("error_reply", False, False)
     if isinstance(err, RedisError):
         return Failure("redis_error", None, True)
+    if isinstance(err, redis_exceptions.RedisClusterException):  # no node answers for the slot, or none at all
+        return Failure("cluster_down", None, True)
     return None
 
 

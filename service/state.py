@@ -78,6 +78,7 @@ def history_store(settings: ServiceSettings) -> HistoryStore:
         breaker_min_failures=settings.redis_breaker_min_failures,
         breaker_failure_rate=settings.redis_breaker_failure_rate,
         idempotency_ttl_s=settings.idempotency_ttl_s,
+        access=settings.redis_access(),
     )
 
 
