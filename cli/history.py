@@ -47,6 +47,10 @@ def history_load_cmd(
     rows_per_partition: Annotated[
         int, Opt(min=1000, help="Rows sorted in memory at once (memory bound; more = fewer temporary files).")
     ] = 2_000_000,
+    retry_seconds: Annotated[
+        float,
+        Opt(min=0.0, help="How long a batch is sent again while a failover or a slot move is under way."),
+    ] = 60.0,
     progress: Annotated[bool, Opt(help="Progress bars on stderr.")] = True,
 ) -> None:
     """Load histories into Redis so the service answers the data's users personalised from the start.
@@ -73,6 +77,8 @@ def history_load_cmd(
         max_len=max_len or settings.history_max_len,
         ttl_seconds=ttl,
         rows_per_partition=rows_per_partition,
+        retry_s=retry_seconds,
+        access=settings.redis_access(),
         progress=progress and os.environ.get("REMI_NO_PROGRESS") is None,
     )
     typer.echo(json.dumps(report.as_dict()))

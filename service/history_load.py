@@ -13,14 +13,24 @@ the rows by a hash of the user into partition files on disk; pass 2 sorts one pa
 per-user replacements. Nothing holds the whole file, and never as Python objects.
 
 Semantics: a loaded user's list is **replaced** (one Lua script per user: DEL + LPUSH + EXPIRE,
-atomic and single-slot, so Redis Cluster works), which makes a re-run idempotent: it leaves the
-same lists, never doubled ones. Events such a user received through the API before the load are
-dropped; users absent from the file are not touched.
+atomic and single-slot), which makes a re-run idempotent: it leaves the same lists, never doubled
+ones. Events such a user received through the API before the load are dropped; users absent from
+the file are not touched.
+
+Topologies (:class:`_Writer`): one server and a Sentinel's master take a batch as one pipeline;
+on Redis Cluster, where redis-py refuses EVALSHA in a cluster pipeline, a batch is split by the
+master that owns each key's slot, one pipeline per master. Writes are at least once: a batch
+counts only when its replies are OK and the master's replicas acknowledged it (WAIT), and what a
+failover interrupts is sent again (the same replacement) once a master owns the slot, so a load
+survives a failover with no lost and no doubled events; past ``retry_s`` it fails, and running
+it again finishes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import math
 import sys
 import tempfile
@@ -36,12 +46,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from redis.exceptions import NoScriptError, SlotNotCoveredError
 
 from remi.contract import INTERACTION_COLUMNS
 from remi.datafiles import interaction_files, is_parquet_file
 from remi.errors import RemiError
 from service.history import encode_many, history_key
-from service.redis_client import classify, client_for, public_url
+from service.redis_client import NO_ACCESS, RedisAccess, classify, client_for, node_client, parse_url, public_url
 
 _SCHEMA = pa.schema(
     [("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()), ("row", pa.int64())]
@@ -275,10 +286,10 @@ def _last_events(table: pa.Table, max_len: int) -> Iterator[tuple[str, list[str]
         yield str(uniques[codes[starts[u]]]), encoded[a:b]
 
 
-def _connect(url: str, timeout_s: float) -> Any:
+def _connect(url: str, timeout_s: float, access: RedisAccess) -> Any:
     """The service's own client factory, with a bad URL turned into the one-line error."""
     try:
-        return client_for(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        return client_for(url, access, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     except (ValueError, TypeError) as exc:
         raise RemiError(f"bad Redis URL {public_url(url)}: {exc}") from exc
 
@@ -292,24 +303,173 @@ def _redis_failure(exc: BaseException, url: str, what: str) -> RemiError | None:
     return RemiError(f"{what} at {public_url(url)} ({failure.reason}: {exc})")
 
 
+# Failures that a failover or a slot move ends: the batch is sent again (a replacement is idempotent).
+_PASSING = {"unreachable", "timeout", "connection_lost", "loading", "master_down", "cluster_down", "try_again",
+            "read_only", "moved", "redis_error"}  # fmt: skip
+
+
+def _passing(exc: BaseException) -> bool:
+    if isinstance(exc, NoScriptError):  # a promoted replica without the script: load it, send again
+        return True
+    failure = classify(exc)
+    return failure is not None and failure.reason in _PASSING
+
+
+@dataclass
+class _Group:
+    """Users of one batch that go to one master, and how many replicas must hold them."""
+
+    client: Any
+    replicas: int
+    items: list[tuple[str, list[str]]]
+
+
+class _Writer:
+    """Sends batches of per-user replacements until the masters and their replicas hold them.
+
+    One server or a Sentinel's master: one pipeline of EVALSHA per batch. Redis Cluster: redis-py
+    refuses EVALSHA in a cluster pipeline, so the batch is split by the master that owns each
+    key's slot (the client's slot map) and each part is one pipeline on a plain connection to
+    that master. Every EVALSHA replaces one key, so each is atomic on its own and a part can be
+    sent again whole.
+
+    At least once, never doubled: a batch counts as written only when every reply is OK and,
+    where the master has replicas, ``WAIT`` says they all hold it (the slot map's replicas, or
+    the ones the sentinels see), so a failover cannot promote a replica that lacks an
+    acknowledged write. Anything a failover or a slot move ends (a refused or lost connection,
+    MOVED, READONLY, CLUSTERDOWN, LOADING, NOSCRIPT, fewer replicas than asked) sends the failed
+    users again after the topology is read anew, for up to ``retry_s``; a replacement sent twice
+    leaves the same list. Other refusals (OOM, NOPERM, a wrong key type) fail the load.
+    """
+
+    def __init__(self, url: str, access: RedisAccess, timeout_s: float, ttl_seconds: int | None, retry_s: float):
+        self.url, self.timeout_s, self.ttl, self.retry_s = url, timeout_s, ttl_seconds or 0, retry_s
+        self.target = parse_url(url, access)
+        self.client = _connect(url, timeout_s, access)
+        self.nodes: dict[str, Any] = {}  # cluster: a plain client per master, by host:port
+        self.replicas = 0  # one server: none to wait for; a sentinel's master: those the sentinels see
+        self.sha = hashlib.sha1(_REPLACE_LUA.encode()).hexdigest()  # what SCRIPT LOAD answers, on every node
+        self._refreshing = asyncio.Lock()
+        self.problem = ""  # why the last attempt left users to send again
+
+    async def start(self) -> None:
+        """Loads the script and reads the topology; a failover under way is left to :meth:`write`."""
+        for step in (lambda: self.client.script_load(_REPLACE_LUA), self.refresh):
+            try:
+                await step()
+            except Exception as exc:
+                if not _passing(exc):
+                    raise
+
+    async def refresh(self) -> None:
+        """Reads the topology anew: the slot map, or the replicas the sentinels see."""
+        async with self._refreshing:
+            if self.target.kind == "cluster":
+                await self.client.nodes_manager.initialize()
+            elif self.target.kind == "sentinel":
+                sentinels = self.client.connection_pool.sentinel_manager
+                self.replicas = len(await sentinels.discover_slaves(self.target.service_name))
+
+    def _groups(self, items: list[tuple[str, list[str]]]) -> list[_Group]:
+        if self.target.kind != "cluster":
+            return [_Group(self.client, self.replicas, items)]
+        groups: dict[str, _Group] = {}
+        slots = self.client.nodes_manager.slots_cache
+        for item in items:
+            owners = slots.get(self.client.keyslot(item[0]))  # master first, then its replicas
+            if not owners:
+                raise SlotNotCoveredError(f"no node owns the slot of {item[0]!r}")
+            name = owners[0].name
+            if name not in groups:
+                if name not in self.nodes:
+                    self.nodes[name] = node_client(
+                        self.target, owners[0].host, owners[0].port,
+                        socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
+                    )  # fmt: skip
+                groups[name] = _Group(self.nodes[name], len(owners) - 1, [])
+            groups[name].items.append(item)
+        return list(groups.values())
+
+    async def _send(self, group: _Group) -> list[tuple[str, list[str]]]:
+        """One pipeline to one master; returns the users to send again."""
+        pipe = group.client.pipeline(transaction=False)
+        for key, values in group.items:
+            pipe.evalsha(self.sha, 1, key, self.ttl, *values)
+        if group.replicas:
+            pipe.wait(group.replicas, max(1, int(self.timeout_s * 500)))
+        replies = await pipe.execute(raise_on_error=False)
+        again = []
+        for item, reply in zip(group.items, replies, strict=False):
+            if isinstance(reply, Exception):
+                if not _passing(reply):
+                    raise reply
+                again.append(item)
+                self.problem = repr(reply)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            await group.client.script_load(_REPLACE_LUA)
+        if group.replicas and (isinstance(replies[-1], Exception) or int(replies[-1]) < group.replicas):
+            self.problem = f"WAIT: {replies[-1]!r} of {group.replicas} replicas acknowledged"
+            return group.items  # not on every replica yet: a failover now could lose them
+        return again
+
+    async def _try(self, pending: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+        """One attempt at every user of ``pending``: the ones to send again (``self.problem`` says why)."""
+        try:
+            groups = self._groups(pending)
+        except Exception as exc:  # no slot map yet (the cluster is electing): all of them, later
+            if not _passing(exc):
+                raise
+            self.problem = repr(exc)
+            return pending
+        failed: list[tuple[str, list[str]]] = []
+        results = await asyncio.gather(*map(self._send, groups), return_exceptions=True)
+        for group, result in zip(groups, results, strict=True):
+            if isinstance(result, BaseException):
+                if not _passing(result):
+                    raise result
+                failed, self.problem = failed + group.items, repr(result)
+            else:
+                failed += result
+        return failed
+
+    async def write(self, items: list[tuple[str, list[str]]]) -> None:
+        pending, give_up, pause = items, time.monotonic() + self.retry_s, 0.05
+        while pending := await self._try(pending):
+            if time.monotonic() > give_up:
+                why = f"{len(pending)} users still unwritten after {self.retry_s:g} s of retries"
+                raise RemiError(f"Redis failed during the load at {public_url(self.url)} ({why}; last error: "
+                                f"{self.problem}); the load is idempotent: run it again")  # fmt: skip
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+            with contextlib.suppress(Exception):  # the cluster may still be electing: the next try reads it again
+                await self.refresh()
+
+    async def close(self) -> None:
+        for node in self.nodes.values():
+            await node.aclose()
+        await self.client.aclose()
+
+
 async def _write(
     url: str,
     files: list[Path],
     *,
+    access: RedisAccess,
     prefix: str,
     max_len: int,
     ttl_seconds: int | None,
     batch_events: int,
     in_flight: int,
     timeout_s: float,
+    retry_s: float,
     bar: Any,
 ) -> tuple[int, int]:
     """Pass 2: one partition in memory at a time, users written by pipelined replace scripts."""
-    client = _connect(url, timeout_s)
+    writer = _Writer(url, access, timeout_s, ttl_seconds, retry_s)
     users = events = 0
     try:
         try:
-            sha = await client.script_load(_REPLACE_LUA)
+            await writer.start()
         except Exception as exc:
             if (err := _redis_failure(exc, url, "cannot use Redis")) is None:
                 raise
@@ -319,17 +479,7 @@ async def _write(
 
         async def send(batch: list[tuple[str, list[str]]]) -> None:
             try:
-                for attempt in (1, 2):
-                    pipe = client.pipeline(transaction=False)
-                    for key, values in batch:
-                        pipe.evalsha(sha, 1, key, ttl_seconds or 0, *values)
-                    try:
-                        await pipe.execute()
-                        break
-                    except Exception as exc:  # NOSCRIPT after a failover: reload, resend (replacement is idempotent)
-                        if attempt == 2 or "NOSCRIPT" not in str(exc):
-                            raise
-                        await client.script_load(_REPLACE_LUA)
+                await writer.write(batch)
                 bar.update(sum(len(v) for _, v in batch))
             finally:
                 slots.release()
@@ -368,7 +518,7 @@ async def _write(
             raise
         raise err from exc
     finally:
-        await client.aclose()
+        await writer.close()
     return users, events
 
 
@@ -384,8 +534,10 @@ def load_history(
     batch_events: int = 20_000,
     in_flight: int = 4,
     timeout_s: float = 10.0,
+    retry_s: float = 60.0,
     progress: bool = False,
     tmp_dir: str | Path | None = None,
+    access: RedisAccess = NO_ACCESS,
 ) -> LoadReport:
     """Replace the Redis history of every user in `data` with their last `max_len` events."""
     if max_len < 1:
@@ -396,7 +548,7 @@ def load_history(
     t0 = time.perf_counter()
 
     async def check() -> None:  # fail on a bad URL or an unusable Redis before reading a byte
-        client = _connect(redis_url, timeout_s)
+        client = _connect(redis_url, timeout_s, access)
         try:
             await client.ping()
         except Exception as exc:
@@ -415,12 +567,14 @@ def load_history(
                 _write(
                     redis_url,
                     files,
+                    access=access,
                     prefix=prefix,
                     max_len=max_len,
                     ttl_seconds=ttl_seconds,
                     batch_events=batch_events,
                     in_flight=in_flight,
                     timeout_s=timeout_s,
+                    retry_s=retry_s,
                     bar=bar,
                 )
             )
