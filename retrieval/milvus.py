@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
-from pymilvus import MilvusClient
+from pymilvus import MilvusClient, MilvusException
 
 from remi.artifacts import Artifacts, load_artifacts
 from remi.attributes import Condition, ItemAttributes
@@ -62,6 +62,8 @@ PROP_VERSION, PROP_MODEL = "remi.version", "remi.model_version"  # collection pr
 INDEX_TYPES: dict[str, str] = {"flat": "FLAT", "hnsw": "HNSW"}  # the kinds a Milvus version may be
 TOPK_MAX = 16_384  # Milvus's largest limit of one search
 SEARCH_CHUNK = 1_024  # query rows per search call when measuring (the gate)
+KEEPALIVE_MS = 300_000  # gRPC keepalive of the client (see connect)
+NOT_LOADED = 101  # Milvus's error code for a search on a released collection
 RANGE_OPS = {"gte": ">=", "lte": "<=", "gt": ">", "lt": "<"}
 _NOT_A_NAME = re.compile(r"[^A-Za-z0-9_]")
 
@@ -111,8 +113,15 @@ def attribute_fields(attributes: ItemAttributes | None) -> dict[str, str]:
 
 
 def connect(uri: str, token: str | None = None, timeout: float | None = None) -> MilvusClient:
-    """A client of ``uri`` (``http://host:19530``, or a Milvus Lite ``.db`` file, one process at a time)."""
-    return MilvusClient(uri=uri, token=token or "", timeout=timeout)
+    """A client of ``uri`` (``http://host:19530``, or a Milvus Lite ``.db`` file, one process at a time).
+
+    Keepalive pings every KEEPALIVE_MS instead of pymilvus's 10 s: a gRPC server with the default
+    ping policy (``milvus-lite server``'s) answers idle pings more frequent than every 5 minutes with
+    GOAWAY "too_many_pings", which dropped the shared connection of an idle replica (and pymilvus
+    could not recover it). Every call carries its own deadline, so a dead peer is still found by the
+    next call."""
+    options = {"grpc.keepalive_time_ms": KEEPALIVE_MS, "grpc.keepalive_permit_without_calls": False}
+    return MilvusClient(uri=uri, token=token or "", timeout=timeout, grpc_options=options)
 
 
 def read_manifest(folder: Path) -> MilvusManifest:
@@ -323,16 +332,16 @@ class MilvusRetriever:
         params: dict[str, Any] = {"metric_type": "IP"}
         if not self.exact:  # Milvus wants a beam at least as wide as the limit
             params["params"] = {"ef": max(int(self.manifest.params.get("ef_search", 64)), limit)}
-        result = self.client.search(
-            self.collection,
-            data=list(data),
-            limit=max(1, limit),
-            filter=expression,
-            output_fields=[PK],
-            search_params=params,
-            anns_field=VECTOR,
-            timeout=self.timeout,
-        )
+        search = {"data": list(data), "limit": max(1, limit), "filter": expression, "output_fields": [PK]}
+        search |= {"search_params": params, "anns_field": VECTOR, "timeout": self.timeout}
+        try:
+            result = self.client.search(self.collection, **search)
+        except MilvusException as exc:
+            if exc.code != NOT_LOADED:
+                raise
+            # Milvus (Lite, after a restart) released the collection: load it again, once.
+            self.client.load_collection(self.collection, timeout=self.timeout)
+            result = self.client.search(self.collection, **search)
         ids, scores = _empty(len(data), limit)
         for q, hits in enumerate(result):
             n = len(hits.ids)

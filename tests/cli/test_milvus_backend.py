@@ -35,37 +35,55 @@ def wait_for(check: Callable[[], Any], timeout: float = 60.0) -> Any:
     raise AssertionError("condition not reached in time")
 
 
-@pytest.fixture
-def milvus_uri(tmp_path: Path) -> Iterator[str]:
-    """A Milvus Lite gRPC server on a free port, its data in this test's folder."""
-    port = free_port()
-    exe = Path(sys.executable).with_name("milvus-lite")
-    command = [str(exe)] if exe.exists() else [shutil.which("milvus-lite") or "milvus-lite"]
-    log = (tmp_path / "milvus.log").open("wb")
-    proc = subprocess.Popen(
-        [*command, "server", "--data-dir", str(tmp_path / "milvus-data"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
+class MilvusLite:
+    """A Milvus Lite gRPC server process on a fixed port, its data in one folder: stoppable and restartable."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> MilvusLite:
         from pymilvus import MilvusClient
+
+        exe = Path(sys.executable).with_name("milvus-lite")
+        command = [str(exe)] if exe.exists() else [shutil.which("milvus-lite") or "milvus-lite"]
+        with (self.folder / "milvus.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*command, "server", "--data-dir", str(self.folder / "milvus-data"), "--host", "127.0.0.1",
+                 "--port", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
 
         def up() -> bool:
             try:
-                MilvusClient(uri=uri, timeout=2).close()
+                MilvusClient(uri=self.uri, timeout=2).close()
                 return True
             except Exception:
-                return proc.poll() is not None  # exited: fail below rather than wait
-            return False
+                assert self.proc is not None and self.proc.poll() is None, (self.folder / "milvus.log").read_text()
+                return False
 
         wait_for(up, timeout=60)
-        assert proc.poll() is None, (tmp_path / "milvus.log").read_text()
-        yield uri
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+            self.proc = None
+
+
+@pytest.fixture
+def milvus(tmp_path: Path) -> Iterator[MilvusLite]:
+    server = MilvusLite(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def milvus_uri(milvus: MilvusLite) -> str:
+    return milvus.uri
 
 
 def remi(*args: str) -> dict[str, Any]:
@@ -152,3 +170,25 @@ def test_the_token_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
     assert ServiceSettings(milvus_token_file=token).milvus_credential() == "root:Milvus"
     assert ServiceSettings(milvus_token=SecretStr("key"), milvus_token_file=token).milvus_credential() == "key"
     assert ServiceSettings().milvus_credential() is None
+
+
+def test_a_replica_fails_while_milvus_is_down_says_why_and_answers_again_when_it_is_back(
+    milvus: MilvusLite, tmp_path: Path
+) -> None:
+    model = write_attr_artifacts(tmp_path / "model", n_items=800, seed=4)
+    root = tmp_path / "root"
+    remi("reindex", "--artifacts", str(model.artifacts), "--root", str(root), "--backend", "milvus",
+         "--milvus-uri", milvus.uri, "--kind", "flat")  # fmt: skip
+    port = free_port()
+    env = {**os.environ, "REMI_POLL_SECONDS": "0.2", "REMI_BACKEND": "milvus", "REMI_MILVUS_URI": milvus.uri}
+    body = {"user_id": "bo", "k": 5, "history": model.item_ids[:3], "use_stored_history": False}
+    with ServerProcess(remi_serve_argv(port, ["--index-root", str(root)]), port, tmp_path / "serve.log", env) as server:
+        server.start().wait_ready(timeout=90, ready=is_ready)
+        assert httpx.post(server.url + "/recommend", json=body).status_code == 200
+        milvus.stop()
+        assert httpx.post(server.url + "/recommend", json=body, timeout=30).status_code == 500
+        error = wait_for(lambda: httpx.get(server.url + "/readyz").json()["last_reload_error"])
+        assert milvus.uri in error and "describe alias failed" in error
+        milvus.start()  # a restarted Milvus Lite has released its collections: the replica loads it again
+        wait_for(lambda: httpx.post(server.url + "/recommend", json=body, timeout=30).status_code == 200)
+        wait_for(lambda: httpx.get(server.url + "/readyz").json()["last_reload_error"] is None)
