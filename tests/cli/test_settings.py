@@ -162,7 +162,10 @@ def test_reindex_keep_and_min_recall_come_from_the_index_settings(
 ) -> None:
     import index.publish
 
-    manifest = SimpleNamespace(kind="flat", params={}, recall_at_50=None, build_seconds=0.1)
+    manifest = SimpleNamespace(
+        kind="flat", params={}, recall_at_50=None, build_seconds=0.1, us_per_user=None, selection_seconds=None,
+        candidates=None,
+    )  # fmt: skip
     done = SimpleNamespace(index_version="v2", previous="v1", built=True, manifest=manifest, pruned=[], seconds=0.2)
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(index.publish, "reindex", recorder(calls, done))
@@ -188,6 +191,8 @@ def test_train_flag_beats_config_file_beats_env_beats_default(
     monkeypatch.setattr(training.run_folder, "check_run_folder", lambda out, force: None)
     monkeypatch.setattr(training.trainer, "train", recorder(calls, None))  # None: a non-zero rank, prints nothing
     (tmp_path / "cfg.json").write_text(json.dumps({"train": {"dim": 24, "seq_len": 30}}))
+    monkeypatch.chdir(tmp_path)
+    Path("d.csv").write_text("user_id,item_id,timestamp\n")  # train checks its data path before it starts
     os.environ.update({"REMI_TRAIN_DIM": "16", "REMI_TRAIN_LR": "0.01", "REMI_TRAIN_SEQ_LEN": "10"})
     args = ["train", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "cfg.json"), "--data", "d.csv"]
     result = runner.invoke(app, [*args, "--seq-len", "40", "--ihn-detach"])
