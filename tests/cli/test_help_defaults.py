@@ -29,7 +29,11 @@ DEFAULT_IN_HELP = re.compile(r"\(default:? (?:REMI_\w+ or )?([^\s),;]+)|\[defaul
 WIDE = {**os.environ, "COLUMNS": "250", "TERMINAL_WIDTH": "250", "NO_COLOR": "1"}
 GENERATED: dict[str, tuple[type[BaseModel], set[str]]] = {  # command -> settings class, fields without a flag
     "train": (TrainConfig, set()),
-    "serve": (ServiceSettings, {"admin_token", "jwt_secret", "milvus_token"}),  # secrets: from the environment only
+    # secrets: from the environment or a secrets folder only, never a flag (visible in ps)
+    "serve": (
+        ServiceSettings,
+        {"admin_token", "jwt_secret", "milvus_token", "redis_password", "redis_sentinel_password"},
+    ),
     "index build": (IndexSettings, {"keep", "min_catalogue_overlap", "min_history_coverage"}),
     "reindex": (IndexSettings, set()),
 }
@@ -186,9 +190,10 @@ def test_every_default_stated_in_any_commands_help_is_the_real_default() -> None
 
 def test_secrets_are_never_flags() -> None:
     secret = [n for n, f in ServiceSettings.model_fields.items() if SecretStr in getattr(f.annotation, "__args__", ())]
-    assert secret == ["milvus_token", "admin_token", "jwt_secret"]
+    assert secret == ["milvus_token", "admin_token", "jwt_secret", "redis_password", "redis_sentinel_password"]
     help_text = rendered_help("serve")
-    assert "--admin-token" not in help_text and "--jwt-secret" not in help_text and "--milvus-token" not in help_text
+    for name in secret:
+        assert f"--{name.replace('_', '-')}" not in help_text, name
 
 
 @pytest.mark.parametrize("model", [TrainConfig, ServiceSettings, IndexSettings], ids=lambda m: m.__name__)
