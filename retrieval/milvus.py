@@ -52,7 +52,7 @@ from remi.contract import (
     version_dir,
 )
 from retrieval.filtered import search_exact
-from retrieval.retriever import Found, Where, searchable_rows
+from retrieval.retriever import Found, RetrieverUnavailable, Where, searchable_rows
 from retrieval.search import SharedExclusion, ties_by_item
 
 MILVUS_FORMAT = 1
@@ -325,6 +325,16 @@ class MilvusRetriever:
         fields, attributes = self.manifest.fields, self.attributes
         return _all_of([condition_expression(c, fields[c.attribute], attributes) for c in conditions])
 
+    def _search(self, search: dict[str, Any]) -> Any:
+        try:
+            return self.client.search(self.collection, **search)
+        except MilvusException as exc:
+            if exc.code != NOT_LOADED:
+                raise
+            # Milvus (Lite, after a restart) released the collection: load it again, once.
+            self.client.load_collection(self.collection, timeout=self.timeout)
+            return self.client.search(self.collection, **search)
+
     def call(self, queries: np.ndarray, limit: int, expression: str) -> tuple[np.ndarray, np.ndarray]:
         """One search call: (Q, d) queries -> item indices (Q, limit), -1 padded, and their inner products."""
         self.calls += 1
@@ -335,13 +345,9 @@ class MilvusRetriever:
         search = {"data": list(data), "limit": max(1, limit), "filter": expression, "output_fields": [PK]}
         search |= {"search_params": params, "anns_field": VECTOR, "timeout": self.timeout}
         try:
-            result = self.client.search(self.collection, **search)
-        except MilvusException as exc:
-            if exc.code != NOT_LOADED:
-                raise
-            # Milvus (Lite, after a restart) released the collection: load it again, once.
-            self.client.load_collection(self.collection, timeout=self.timeout)
-            result = self.client.search(self.collection, **search)
+            result = self._search(search)
+        except Exception as exc:  # pymilvus and grpc raise their own exceptions for every failure
+            raise RetrieverUnavailable(f"milvus search failed ({str(exc).splitlines()[0][:200]})") from exc
         ids, scores = _empty(len(data), limit)
         for q, hits in enumerate(result):
             n = len(hits.ids)

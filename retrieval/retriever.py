@@ -32,8 +32,15 @@ import numpy as np
 from remi.artifacts import Artifacts
 from remi.attributes import Condition
 from remi.contract import ItemVocabulary
+from remi.errors import RemiError
 from retrieval.filtered import EXACT_MAX_ROWS, SLOT_COST, Gathered, search_filtered
 from retrieval.search import SharedExclusion, needs_rerank, search_batch, search_excluding
+
+
+class RetrieverUnavailable(RemiError):
+    """The backend did not answer a search (a Milvus server down or timing out): the service
+    answers 503 with Retry-After, never a 500, and keeps serving what does not need the backend."""
+
 
 # ids (Q, k) item indices, -1 padded; scores (Q, k), -inf padded; the filtered search's path
 # (retrieval/filtered.py: graph, exact, graph+exact), None for an unfiltered search.

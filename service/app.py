@@ -15,11 +15,13 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 import remi
+from retrieval.retriever import RetrieverUnavailable
 from service import fast_recommend, limits, telemetry
 from service.auth import Authenticator, require
 from service.bulk_budget import BulkBodyBudget
@@ -31,6 +33,12 @@ from service.http_guards import BodyLimitMiddleware, SafeJsonRoute, validation_e
 from service.lifespan import lifespan
 from service.routers import admin, health, recommend, users
 from service.state import State
+
+
+async def retriever_unavailable_handler(request: Request, exc: Exception) -> Response:
+    """503 + Retry-After for a search the index backend did not answer (retrieval/retriever.py)."""
+    detail = f"index backend unavailable: {exc}; retry"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
 
 
 class RemiAPI(FastAPI):
@@ -105,6 +113,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     # Every route decodes JSON strictly and every 422 renders safely (service/http_guards.py).
     app.router.route_class = SafeJsonRoute
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    # A search backend that does not answer (Milvus down) is a 503 to retry, never a 500.
+    app.add_exception_handler(RetrieverUnavailable, retriever_unavailable_handler)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(telemetry.MetricsMiddleware)  # outermost: 413s are counted too
     if settings.docs_enabled:

@@ -172,7 +172,7 @@ def test_the_token_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
     assert ServiceSettings().milvus_credential() is None
 
 
-def test_a_replica_fails_while_milvus_is_down_says_why_and_answers_again_when_it_is_back(
+def test_a_replica_answers_503_while_milvus_is_down_says_why_and_answers_again_when_it_is_back(
     milvus: MilvusLite, tmp_path: Path
 ) -> None:
     model = write_attr_artifacts(tmp_path / "model", n_items=800, seed=4)
@@ -186,7 +186,10 @@ def test_a_replica_fails_while_milvus_is_down_says_why_and_answers_again_when_it
         server.start().wait_ready(timeout=90, ready=is_ready)
         assert httpx.post(server.url + "/recommend", json=body).status_code == 200
         milvus.stop()
-        assert httpx.post(server.url + "/recommend", json=body, timeout=30).status_code == 500
+        down = httpx.post(server.url + "/recommend", json=body, timeout=30)
+        assert down.status_code == 503 and down.headers["retry-after"] == "1", down.text  # never a 500
+        assert "index backend unavailable" in down.json()["detail"]
+        assert httpx.get(server.url + "/healthz").status_code == 200  # the process stays up
         error = wait_for(lambda: httpx.get(server.url + "/readyz").json()["last_reload_error"])
         assert milvus.uri in error and "describe alias failed" in error
         milvus.start()  # a restarted Milvus Lite has released its collections: the replica loads it again
