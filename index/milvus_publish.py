@@ -38,6 +38,7 @@ from index.publish import (
     clean_partial,
     copy_artifacts,
     new_version_name,
+    rollback_target,
     root_lock,
     seal_version,
 )
@@ -421,15 +422,7 @@ def rollback_milvus(root: str | Path, target: MilvusTarget, to: str | None = Non
     checked first as the service will load it."""
     root = Path(root)
     with root_lock(root):
-        versions = list_milvus_versions(root)
-        current = serving_version(target)
-        if to is None:
-            older = [v for v in versions if current is None or v < current]
-            if not older:
-                raise RemiError(f"{root}: no Milvus version older than {current} to roll back to")
-            to = older[-1]
-        if to not in versions:
-            raise RemiError(f"{root}: no Milvus version {to!r} (have: {', '.join(versions) or 'none'})")
+        to = rollback_target(root, list_milvus_versions(root), serving_version(target), to, "Milvus ")
         version = load_milvus_version(root, to, target.client)
         flip_alias(target, version.manifest.collection)
     return to

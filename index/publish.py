@@ -281,19 +281,25 @@ def publish_first(artifacts_dir: str | Path, root: str | Path) -> ReindexResult 
     return reindex(artifacts_dir, root)
 
 
+def rollback_target(root: Path, versions: list[str], current: str | None, to: str | None, what: str = "") -> str:
+    """The version a rollback moves to: ``to`` when it is one of ``versions``, else the newest one
+    older than ``current``; one rule for FAISS versions and Milvus collections (``what`` names
+    the kind in the error)."""
+    if to is None:
+        older = [v for v in versions if current is None or v < current]
+        if not older:
+            raise RemiError(f"{root}: no {what}version older than {current} to roll back to")
+        to = older[-1]
+    if to not in versions:
+        raise RemiError(f"{root}: no {what or 'complete '}version {to!r} (have: {', '.join(versions) or 'none'})")
+    return to
+
+
 def rollback(root: str | Path, to: str | None = None) -> str:
     """Points ``current`` at an older complete version (default: the one before current)."""
     root = Path(root)
     with root_lock(root):
-        versions = list_versions(root)
-        current = read_current(root)
-        if to is None:
-            older = [v for v in versions if current is None or v < current]
-            if not older:
-                raise RemiError(f"{root}: no version older than {current} to roll back to")
-            to = older[-1]
-        if to not in versions:
-            raise RemiError(f"{root}: no complete version {to!r} (have: {', '.join(versions) or 'none'})")
+        to = rollback_target(root, list_versions(root), read_current(root), to)
         read_index_manifest(version_dir(root, to))
         read_artifact_manifest(version_dir(root, to) / VERSION_ARTIFACTS)
         write_current(root, to)
