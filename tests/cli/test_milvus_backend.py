@@ -11,8 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,9 @@ import pytest
 
 from loadtest.server import ServerProcess, free_port, is_ready, remi_serve_argv
 from tests.service.attr_model import AttrModel, write_attr_artifacts
+from tests.service.conftest import wait_for
 
 N_ITEMS = 1500
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 class MilvusLite:
@@ -136,12 +126,12 @@ def test_reindex_serve_follow_the_alias_and_roll_back(milvus_uri: str, tmp_path:
         second = remi("reindex", "--artifacts", str(second_model.artifacts), "--root", str(root), "--kind", "flat",
                       *milvus)  # fmt: skip
         assert second["built"] and second["previous"] == first["current"]
-        wait_for(lambda: served_version(server) == second["current"])
+        wait_for(lambda: served_version(server) == second["current"], timeout=60)
         assert httpx.post(server.url + "/recommend", json=body).json()["index_version"] == second["current"]
 
         back = remi("index", "rollback", "--root", str(root), *milvus)
         assert back == {"current": first["current"], "alias": "shop"}
-        wait_for(lambda: served_version(server) == first["current"])
+        wait_for(lambda: served_version(server) == first["current"], timeout=60)
         status = remi("index", "status", "--root", str(root), *milvus)
         assert status["current"] == first["current"] and status["versions"] == [first["current"], second["current"]]
         assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
@@ -190,8 +180,8 @@ def test_a_replica_answers_503_while_milvus_is_down_says_why_and_answers_again_w
         assert down.status_code == 503 and down.headers["retry-after"] == "1", down.text  # never a 500
         assert "index backend unavailable" in down.json()["detail"]
         assert httpx.get(server.url + "/healthz").status_code == 200  # the process stays up
-        error = wait_for(lambda: httpx.get(server.url + "/readyz").json()["last_reload_error"])
+        error = wait_for(lambda: httpx.get(server.url + "/readyz").json()["last_reload_error"], timeout=60)
         assert milvus.uri in error and "describe alias failed" in error
         milvus.start()  # a restarted Milvus Lite has released its collections: the replica loads it again
-        wait_for(lambda: httpx.post(server.url + "/recommend", json=body, timeout=30).status_code == 200)
-        wait_for(lambda: httpx.get(server.url + "/readyz").json()["last_reload_error"] is None)
+        wait_for(lambda: httpx.post(server.url + "/recommend", json=body, timeout=30).status_code == 200, timeout=60)
+        wait_for(lambda: httpx.get(server.url + "/readyz").json()["last_reload_error"] is None, timeout=60)

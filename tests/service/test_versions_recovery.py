@@ -9,25 +9,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from index.publish import reindex
 from remi.contract import INDEX_FILE, VERSIONS, read_current, version_dir, write_current
-from tests.service.conftest import start_server
-
-
-def wait_for(check: Callable[[], object], timeout: float = 30.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
+from tests.service.conftest import start_server, wait_for
 
 
 def break_copy_of(root: Path, good: str, name: str) -> str:
